@@ -1,0 +1,209 @@
+//! Wire types shared by the pgsteward instance manager, the coordinator, the operator and the
+//! CLI: the instance status JSON, request bodies, and the one error body every HTTP error uses.
+//! This crate does no I/O; it only describes what crosses the wire.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The instance manager's lifecycle state (see the state machine in `crates/instance/README.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceState {
+    /// The manager is reading its configuration and inspecting the data directory.
+    Initializing,
+    /// initdb and post-init steps are running on an empty data directory.
+    Bootstrapping,
+    /// The postmaster is starting (or recovering) and does not accept connections yet.
+    Starting,
+    /// Postgres accepts connections.
+    Running,
+    /// A restart requested through the API or by configuration is in progress.
+    Restarting,
+    /// The postmaster exited unexpectedly; the manager waits before starting it again.
+    CrashBackoff,
+    /// The manager is shutting postgres down (signal received).
+    ShuttingDown,
+    /// Postgres is stopped after a shutdown; the manager is about to exit.
+    Stopped,
+    /// The manager gave up (crash loop, unrecoverable error) and is about to exit non-zero.
+    Failed,
+}
+
+impl InstanceState {
+    /// Every state, in declaration order (for metrics and docs).
+    pub const ALL: [InstanceState; 9] = [
+        InstanceState::Initializing,
+        InstanceState::Bootstrapping,
+        InstanceState::Starting,
+        InstanceState::Running,
+        InstanceState::Restarting,
+        InstanceState::CrashBackoff,
+        InstanceState::ShuttingDown,
+        InstanceState::Stopped,
+        InstanceState::Failed,
+    ];
+
+    /// The snake_case name used in JSON and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Initializing => "initializing",
+            InstanceState::Bootstrapping => "bootstrapping",
+            InstanceState::Starting => "starting",
+            InstanceState::Running => "running",
+            InstanceState::Restarting => "restarting",
+            InstanceState::CrashBackoff => "crash_backoff",
+            InstanceState::ShuttingDown => "shutting_down",
+            InstanceState::Stopped => "stopped",
+            InstanceState::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for InstanceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Replication role of the instance as postgres reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Writable primary (`pg_is_in_recovery()` is false).
+    Primary,
+    /// In recovery: a standby or an instance replaying archived WAL.
+    Replica,
+    /// Postgres is not reachable, so the role is not known.
+    Unknown,
+}
+
+/// `GET /pg/status`: everything an operator, a probe or the coordinator needs to know.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct InstanceStatus {
+    /// Instance name (also postgres's `cluster_name` and, later, `application_name`).
+    pub instance_name: String,
+    /// Manager state machine state.
+    pub state: InstanceState,
+    /// Role reported by postgres.
+    pub role: Role,
+    /// True when a connection to postgres succeeded for this status.
+    pub postgres_up: bool,
+    /// Postgres server version (`server_version`), when up.
+    pub postgres_version: Option<String>,
+    /// Major version of the binaries the manager runs.
+    pub postgres_major: u32,
+    /// Database system identifier from pg_control, as a decimal string (it exceeds 2^53).
+    pub system_identifier: Option<String>,
+    /// Current timeline.
+    pub timeline: Option<u32>,
+    /// Current WAL position: insert LSN on a primary, replay LSN on a replica.
+    pub current_lsn: Option<String>,
+    /// Postmaster process id.
+    pub postmaster_pid: Option<i32>,
+    /// Postmaster start time (RFC 3339).
+    pub postmaster_start_time: Option<String>,
+    /// True when a changed parameter needs a restart to take effect.
+    pub pending_restart: bool,
+    /// Names of the parameters waiting for a restart.
+    pub pending_restart_parameters: Vec<String>,
+    /// sha256 of the manager-rendered configuration (postgresql include file and pg_hba.conf).
+    pub config_hash: String,
+    /// Number of unexpected postmaster exits the manager restarted from since it started.
+    pub crash_restarts: u64,
+    /// Version of the pgsteward binary.
+    pub manager_version: String,
+    /// Last error the manager recorded (start failure, reload failure), if any.
+    pub last_error: Option<String>,
+}
+
+/// `POST /pg/restart` body (optional; an empty body means the defaults).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestartRequest {
+    /// Shutdown mode used for the stop half of the restart (default `fast`).
+    #[serde(default)]
+    pub mode: RestartMode,
+}
+
+/// Shutdown mode of a restart.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartMode {
+    /// Wait for clients to disconnect (bounded by `smart_shutdown_timeout`, then fast).
+    Smart,
+    /// Disconnect clients, checkpoint, stop (default).
+    #[default]
+    Fast,
+}
+
+/// `POST /pg/restart` response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RestartResponse {
+    /// Postmaster pid before the restart.
+    pub previous_postmaster_pid: Option<i32>,
+    /// Postmaster pid after the restart.
+    pub postmaster_pid: Option<i32>,
+}
+
+/// `POST /pg/reload` response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ReloadResponse {
+    /// True when the rendered configuration changed and postgres was asked to reload.
+    pub changed: bool,
+    /// Hash of the rendered configuration now in effect.
+    pub config_hash: String,
+    /// Parameters that need a restart to take effect.
+    pub pending_restart_parameters: Vec<String>,
+    /// True when the manager restarted postgres because `restart_on_pending` is set.
+    pub restarted: bool,
+}
+
+/// Body of every HTTP error response: `{ "error": { "code": "...", "message": "..." } }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// Machine-readable code and human-readable message of an error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code (`bad_request`, `unauthorized`, `forbidden`, `not_found`,
+    /// `method_not_allowed`, `conflict`, `precondition_failed`, `not_ready`, `internal`,
+    /// `payload_too_large`).
+    pub code: String,
+    /// What went wrong, for a person.
+    pub message: String,
+}
+
+/// Body of the probe endpoints (`/healthz`, `/readyz`, `/startupz`, `/primary`, `/replica`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ProbeBody {
+    /// True when the probe passes (HTTP 200), false otherwise (HTTP 503).
+    pub ok: bool,
+    /// Manager state at the time of the probe.
+    pub state: InstanceState,
+    /// Why the probe passes or fails.
+    pub reason: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_names_match_serde() {
+        for state in InstanceState::ALL {
+            let json = serde_json::to_value(state).unwrap_or_default();
+            assert_eq!(json, serde_json::Value::String(state.as_str().to_owned()));
+        }
+    }
+
+    #[test]
+    fn restart_request_rejects_unknown_fields() {
+        let parsed: Result<RestartRequest, _> = serde_json::from_str(r#"{"mode":"fast","x":1}"#);
+        assert!(parsed.is_err());
+        let parsed: Result<RestartRequest, _> = serde_json::from_str("{}");
+        assert_eq!(parsed.ok(), Some(RestartRequest::default()));
+    }
+}

@@ -1,0 +1,127 @@
+//! Command-line interface: `pgsteward run | status | config check | version`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// pgsteward: PostgreSQL instance manager with high availability and continuous backup.
+#[derive(Debug, Parser)]
+#[command(name = "pgsteward", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the instance manager (the container entrypoint).
+    Run(RunArgs),
+    /// Show the status of the local instance through its API.
+    Status(StatusArgs),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Print the version.
+    Version,
+}
+
+/// Sources of configuration shared by `run` and `config check`.
+#[derive(Debug, Clone, Args)]
+pub struct ConfigArgs {
+    /// Override a configuration path: `--set postgres.parameters.work_mem=8MB`.
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    pub set: Vec<String>,
+    /// Data directory (pgdata).
+    #[arg(long)]
+    pub pgdata: Option<PathBuf>,
+    /// Instance name (instance_name).
+    #[arg(long)]
+    pub instance_name: Option<String>,
+    /// Directory of the postgres binaries (bin_dir).
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+    /// API listen address (http.listen).
+    #[arg(long)]
+    pub http_listen: Option<String>,
+    /// Metrics listen address (metrics.listen).
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
+}
+
+impl ConfigArgs {
+    /// The flags as `(path, value)` overrides, in precedence order.
+    pub fn overrides(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        let mut push = |path: &str, value: Option<String>| {
+            if let Some(value) = value {
+                out.push((path.to_owned(), value));
+            }
+        };
+        push(
+            "pgdata",
+            self.pgdata.as_ref().map(|p| p.display().to_string()),
+        );
+        push("instance_name", self.instance_name.clone());
+        push(
+            "bin_dir",
+            self.bin_dir.as_ref().map(|p| p.display().to_string()),
+        );
+        push("http.listen", self.http_listen.clone());
+        push("metrics.listen", self.metrics_listen.clone());
+        for item in &self.set {
+            let (path, value) = item
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--set expects PATH=VALUE, got {item:?}"))?;
+            out.push((path.trim().to_owned(), value.to_owned()));
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// YAML configuration file.
+    #[arg(long, env = "PGSTEWARD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// When started as root: the user to become before anything else (required as root).
+    #[arg(long, env = "PGSTEWARD_USER")]
+    pub user: Option<String>,
+    #[command(flatten)]
+    pub sources: ConfigArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Base URL of the instance's API.
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    pub url: String,
+    /// Print the raw JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a configuration file (with the environment and flags) without running.
+    Check {
+        /// The YAML file.
+        file: PathBuf,
+        #[command(flatten)]
+        sources: ConfigArgs,
+    },
+}
+
+/// Run the command; returns the process exit code.
+pub fn dispatch(cli: Cli) -> i32 {
+    match cli.command {
+        Command::Run(args) => crate::run::run(args),
+        Command::Status(args) => crate::status_cmd::run(&args),
+        Command::Config(ConfigCommand::Check { file, sources }) => {
+            crate::run::config_check(&file, &sources)
+        }
+        Command::Version => {
+            println!("pgsteward {}", env!("CARGO_PKG_VERSION"));
+            0
+        }
+    }
+}

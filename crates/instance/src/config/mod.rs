@@ -1,0 +1,277 @@
+//! The manager's configuration: the typed model of the YAML file, its defaults, and the
+//! entry points that load (`load`), validate (`validate`) and render (`render`) it.
+
+pub mod gucs;
+pub mod layers;
+pub mod render;
+pub mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use layers::{load, ConfigSources};
+
+/// The whole configuration of one instance manager.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Instance name: postgres `cluster_name`, status, metrics label. Defaults to the host name.
+    pub instance_name: String,
+    /// The data directory. Required.
+    pub pgdata: Option<PathBuf>,
+    /// Directory of the postgres binaries; detected when unset (`pg_config --bindir`, then the
+    /// newest `/usr/lib/postgresql/*/bin`).
+    pub bin_dir: Option<PathBuf>,
+    pub postgres: PostgresConfig,
+    pub bootstrap: BootstrapConfig,
+    pub http: HttpConfig,
+    pub metrics: MetricsConfig,
+    pub shutdown: ShutdownConfig,
+    pub restart: RestartPolicy,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            instance_name: default_instance_name(),
+            pgdata: None,
+            bin_dir: None,
+            postgres: PostgresConfig::default(),
+            bootstrap: BootstrapConfig::default(),
+            http: HttpConfig::default(),
+            metrics: MetricsConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            restart: RestartPolicy::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+fn default_instance_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "pgsteward".to_owned())
+}
+
+/// A postgres parameter value as written in YAML.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ParamValue {
+    Bool(bool),
+    Integer(i64),
+    Real(f64),
+    Text(String),
+}
+
+impl ParamValue {
+    /// The value as postgres would read it, before quoting.
+    pub fn as_conf_string(&self) -> String {
+        match self {
+            ParamValue::Bool(b) => if *b { "on" } else { "off" }.to_owned(),
+            ParamValue::Integer(i) => i.to_string(),
+            ParamValue::Real(r) => r.to_string(),
+            ParamValue::Text(s) => s.clone(),
+        }
+    }
+}
+
+/// How postgres itself is configured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// TCP port postgres listens on.
+    pub port: u16,
+    /// `listen_addresses`.
+    pub listen_addresses: String,
+    /// Directory of postgres's Unix socket (the manager connects through it).
+    pub socket_dir: PathBuf,
+    /// Database superuser name (created by initdb; the manager connects as it).
+    pub superuser: String,
+    /// User parameters (`shared_buffers: 256MB`, ...). Manager-owned names are rejected.
+    pub parameters: BTreeMap<String, ParamValue>,
+    /// Extra pg_hba.conf lines, placed after the manager's local rules and before the defaults.
+    pub hba: Vec<String>,
+    /// Append the default `host all all 0.0.0.0/0 scram-sha-256` rules (and ::/0).
+    pub hba_default_rules: bool,
+    /// Restart postgres automatically when a reload leaves parameters pending a restart.
+    pub restart_on_pending: bool,
+    /// Keep `ALTER SYSTEM` enabled (PostgreSQL 17+; off by default so the file stays the truth).
+    pub allow_alter_system: bool,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            port: 5432,
+            listen_addresses: "*".to_owned(),
+            socket_dir: PathBuf::from("/tmp"),
+            superuser: "postgres".to_owned(),
+            parameters: BTreeMap::new(),
+            hba: Vec::new(),
+            hba_default_rules: true,
+            restart_on_pending: false,
+            allow_alter_system: false,
+        }
+    }
+}
+
+/// What to do on an empty data directory.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BootstrapConfig {
+    pub initdb: InitdbConfig,
+}
+
+/// initdb and post-init steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InitdbConfig {
+    /// `--locale` (encoding is always UTF8).
+    pub locale: String,
+    /// `--data-checksums` (on by default; PostgreSQL 18 enables them by default too).
+    pub data_checksums: bool,
+    /// File whose first line is the superuser's password (scram-sha-256).
+    pub superuser_password_file: Option<PathBuf>,
+    /// Application database to create.
+    pub database: Option<String>,
+    /// Owner role of the application database (created with LOGIN).
+    pub owner: Option<String>,
+    /// File whose first line is the owner's password.
+    pub owner_password_file: Option<PathBuf>,
+    /// SQL files run as the superuser, in order, after the application database exists
+    /// (in the application database when there is one, else in `postgres`).
+    pub post_init_sql_files: Vec<PathBuf>,
+}
+
+impl Default for InitdbConfig {
+    fn default() -> Self {
+        InitdbConfig {
+            locale: "C.UTF-8".to_owned(),
+            data_checksums: true,
+            superuser_password_file: None,
+            database: None,
+            owner: None,
+            owner_password_file: None,
+            post_init_sql_files: Vec::new(),
+        }
+    }
+}
+
+/// The HTTP API listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    /// File holding the bearer token of mutating routes. Without it those routes answer 403.
+    pub token_file: Option<PathBuf>,
+    /// Serve HTTPS with this certificate and key (PEM).
+    pub tls: Option<TlsConfig>,
+    /// Largest accepted request body.
+    pub body_limit_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8000)),
+            token_file: None,
+            tls: None,
+            body_limit_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// TLS certificate chain and private key, both PEM files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// The Prometheus listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub listen: SocketAddr,
+    /// Metric name prefix: `pgsteward` (default) or `cnpg` for CNPG-compatible names.
+    pub namespace: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9187)),
+            namespace: "pgsteward".to_owned(),
+        }
+    }
+}
+
+/// Shutdown escalation (same meaning as CNPG's smartShutdownTimeout and stopDelay).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// How long a smart shutdown may take before it becomes a fast one.
+    #[serde(with = "humantime_serde")]
+    pub smart_shutdown_timeout: Duration,
+    /// Total time from the shutdown signal after which a fast shutdown becomes immediate.
+    #[serde(with = "humantime_serde")]
+    pub stop_delay: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            smart_shutdown_timeout: Duration::from_secs(180),
+            stop_delay: Duration::from_secs(1800),
+        }
+    }
+}
+
+/// Crash-restart policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestartPolicy {
+    /// After this many unexpected postmaster exits within `crash_window`, exit non-zero.
+    pub max_crashes: u32,
+    #[serde(with = "humantime_serde")]
+    pub crash_window: Duration,
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            max_crashes: 5,
+            crash_window: Duration::from_secs(600),
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The manager's own logging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter (`info`, `debug`, `pgsteward=debug,info`, ...).
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_owned(),
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Rendering of the manager-owned configuration files in PGDATA: `pgsteward.conf` (included
+//! last from `postgresql.conf`, stamped with the sha256 of its content), `pg_hba.conf` and
+//! `pg_ident.conf`. Files are written atomically and only when their content changes.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+
+use super::Config;
+
+/// Name of the manager-owned include file inside PGDATA.
+pub const INCLUDE_FILE: &str = "pgsteward.conf";
+/// Subdirectory of PGDATA where postgres writes its JSON logs.
+pub const LOG_DIRECTORY: &str = "log";
+/// The ident map the manager's local superuser connection uses.
+const IDENT_MAP: &str = "pgsteward";
+const INCLUDE_LINE: &str = "include 'pgsteward.conf'";
+
+/// The three rendered files and their combined hash.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderedConfig {
+    pub include_file: String,
+    pub hba: String,
+    pub ident: String,
+    /// sha256 (hex) of the three bodies; shown in status as `config_hash`.
+    pub hash: String,
+}
+
+/// Render the files for `config`, running postgres `major` as operating-system user `os_user`.
+pub fn render(config: &Config, major: u32, os_user: &str) -> RenderedConfig {
+    let body = include_body(config, major);
+    let include_hash = hex::encode(Sha256::digest(body.as_bytes()));
+    let include_file = format!(
+        "# Managed by pgsteward: do not edit, changes are overwritten.\n# sha256: {include_hash}\n{body}"
+    );
+    let hba = hba_body(config);
+    let ident = format!(
+        "# Managed by pgsteward: do not edit, changes are overwritten.\n{IDENT_MAP} {os_user} {}\n",
+        config.postgres.superuser
+    );
+    let mut hasher = Sha256::new();
+    for part in [&include_file, &hba, &ident] {
+        hasher.update(part.as_bytes());
+        hasher.update([0u8]);
+    }
+    RenderedConfig {
+        include_file,
+        hba,
+        ident,
+        hash: hex::encode(hasher.finalize()),
+    }
+}
+
+fn include_body(config: &Config, major: u32) -> String {
+    let mut out = String::from("\n# User parameters\n");
+    for (name, value) in &config.postgres.parameters {
+        out.push_str(&format!("{name} = {}\n", quote(&value.as_conf_string())));
+    }
+    out.push_str("\n# Manager-owned parameters\n");
+    let pg = &config.postgres;
+    let mut owned: Vec<(&str, String)> = vec![
+        ("cluster_name", quote(&config.instance_name)),
+        ("listen_addresses", quote(&pg.listen_addresses)),
+        ("port", pg.port.to_string()),
+        (
+            "unix_socket_directories",
+            quote(&pg.socket_dir.to_string_lossy()),
+        ),
+        ("restart_after_crash", "off".to_owned()),
+        ("logging_collector", "on".to_owned()),
+        ("log_destination", quote("jsonlog")),
+        ("log_directory", quote(LOG_DIRECTORY)),
+        ("log_filename", quote("postgresql-%Y%m%d-%H%M%S.log")),
+        ("log_file_mode", "0600".to_owned()),
+        ("log_rotation_age", "0".to_owned()),
+        ("log_rotation_size", quote("100MB")),
+        ("log_truncate_on_rotation", "off".to_owned()),
+    ];
+    if major >= 17 {
+        owned.push((
+            "allow_alter_system",
+            if pg.allow_alter_system { "on" } else { "off" }.to_owned(),
+        ));
+    }
+    for (name, value) in owned {
+        out.push_str(&format!("{name} = {value}\n"));
+    }
+    out
+}
+
+fn hba_body(config: &Config) -> String {
+    let superuser = &config.postgres.superuser;
+    let mut out = String::from(
+        "# Managed by pgsteward: do not edit, changes are overwritten.\n\
+         # TYPE  DATABASE  USER  ADDRESS  METHOD\n",
+    );
+    out.push_str(&format!("local all {superuser} peer map={IDENT_MAP}\n"));
+    out.push_str("local all all scram-sha-256\n");
+    if !config.postgres.hba.is_empty() {
+        out.push_str("# From the configuration (postgres.hba)\n");
+        for line in &config.postgres.hba {
+            out.push_str(line.trim());
+            out.push('\n');
+        }
+    }
+    if config.postgres.hba_default_rules {
+        out.push_str("# Defaults (postgres.hba_default_rules)\n");
+        out.push_str("host all all 0.0.0.0/0 scram-sha-256\n");
+        out.push_str("host all all ::/0 scram-sha-256\n");
+    }
+    out
+}
+
+/// Quote a value for postgresql.conf (single quotes, with `'` and `\` escaped).
+pub fn quote(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// Write the rendered files into `pgdata` and make sure `postgresql.conf` includes the
+/// manager's file last. Returns true when any file changed.
+pub fn write(pgdata: &Path, rendered: &RenderedConfig) -> Result<bool> {
+    let mut changed = false;
+    changed |= write_if_changed(&pgdata.join(INCLUDE_FILE), &rendered.include_file)?;
+    changed |= write_if_changed(&pgdata.join("pg_hba.conf"), &rendered.hba)?;
+    changed |= write_if_changed(&pgdata.join("pg_ident.conf"), &rendered.ident)?;
+    changed |= ensure_include_line(&pgdata.join("postgresql.conf"))?;
+    Ok(changed)
+}
+
+fn ensure_include_line(path: &Path) -> Result<bool> {
+    let current = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let last_directive = current
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .next_back();
+    if last_directive == Some(INCLUDE_LINE) {
+        return Ok(false);
+    }
+    let mut text: String = current
+        .lines()
+        .filter(|l| l.trim() != INCLUDE_LINE)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    text.push_str("\n# pgsteward: manager-owned settings, keep this line last\n");
+    text.push_str(INCLUDE_LINE);
+    text.push('\n');
+    write_atomically(path, &text)?;
+    Ok(true)
+}
+
+fn write_if_changed(path: &Path, content: &str) -> Result<bool> {
+    if fs::read_to_string(path).ok().as_deref() == Some(content) {
+        return Ok(false);
+    }
+    write_atomically(path, content)?;
+    Ok(true)
+}
+
+/// Write through a temporary file in the same directory, fsync, rename.
+pub fn write_atomically(path: &Path, content: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().context("path has no parent directory")?;
+    let file_name = path.file_name().context("path has no file name")?;
+    let tmp = dir.join(format!(".{}.pgsteward-tmp", file_name.to_string_lossy()));
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    file.write_all(content.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ParamValue;
+
+    #[test]
+    fn quoting_escapes_quotes_and_backslashes() {
+        assert_eq!(quote(r"it's a \path"), r"'it''s a \\path'");
+    }
+
+    #[test]
+    fn stamp_hash_matches_body_and_changes_with_parameters() {
+        let mut config = Config::default();
+        config.instance_name = "pg-1".into();
+        let a = render(&config, 15, "postgres");
+        let (header, body) = a.include_file.split_once('\n').unwrap_or_default();
+        assert!(header.starts_with("# Managed by pgsteward"));
+        let (stamp, body) = body.split_once('\n').unwrap_or_default();
+        assert_eq!(
+            stamp,
+            format!("# sha256: {}", hex::encode(Sha256::digest(body.as_bytes())))
+        );
+        assert!(!a.include_file.contains("allow_alter_system"));
+        config
+            .postgres
+            .parameters
+            .insert("work_mem".into(), ParamValue::Text("8MB".into()));
+        let b = render(&config, 18, "postgres");
+        assert_ne!(a.hash, b.hash);
+        assert!(b.include_file.contains("work_mem = '8MB'"));
+        assert!(b.include_file.contains("allow_alter_system = off"));
+    }
+
+    #[test]
+    fn include_line_is_appended_once_and_kept_last() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let conf = dir.path().join("postgresql.conf");
+        fs::write(&conf, "max_connections = 100\n").unwrap_or_else(|e| panic!("{e}"));
+        assert!(ensure_include_line(&conf).unwrap_or(false));
+        assert!(!ensure_include_line(&conf).unwrap_or(true));
+        fs::write(&conf, format!("{INCLUDE_LINE}\nwork_mem = 1MB\n"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(ensure_include_line(&conf).unwrap_or(false));
+        let text = fs::read_to_string(&conf).unwrap_or_default();
+        assert_eq!(text.matches(INCLUDE_LINE).count(), 1);
+        assert!(text.trim_end().ends_with(INCLUDE_LINE));
+    }
+}

@@ -1,0 +1,302 @@
+//! Validation of a loaded configuration against the postgres binaries it will run: required
+//! fields, names (instance, database, roles), and every user parameter (unknown names,
+//! manager-owned names, values of the wrong type). All problems are reported at once.
+
+use std::fmt;
+
+use super::gucs::{is_manager_owned, GucCatalog, GucContext, GucType};
+use super::{Config, ParamValue};
+
+/// Everything wrong with a configuration, each problem naming its key.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ConfigProblems {
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigProblems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "invalid configuration ({} problem(s)):",
+            self.problems.len()
+        )?;
+        for problem in &self.problems {
+            writeln!(f, "  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigProblems {}
+
+/// Check `config` against `catalog` (the GUCs of the binaries that will run it).
+pub fn validate(config: &Config, catalog: &GucCatalog) -> Result<(), ConfigProblems> {
+    let mut problems = Vec::new();
+    if config.pgdata.is_none() {
+        problems.push("pgdata: required (the data directory path)".to_owned());
+    }
+    if let Some(pgdata) = &config.pgdata {
+        if !pgdata.is_absolute() {
+            problems.push(format!(
+                "pgdata: must be an absolute path, got {}",
+                pgdata.display()
+            ));
+        }
+    }
+    if !is_valid_instance_name(&config.instance_name) {
+        problems.push(format!(
+            "instance_name: {:?} must be 1-63 characters of a-z, 0-9, '-' and '_'",
+            config.instance_name
+        ));
+    }
+    check_identifier(
+        &mut problems,
+        "postgres.superuser",
+        Some(&config.postgres.superuser),
+    );
+    let init = &config.bootstrap.initdb;
+    check_identifier(
+        &mut problems,
+        "bootstrap.initdb.database",
+        init.database.as_deref(),
+    );
+    check_identifier(
+        &mut problems,
+        "bootstrap.initdb.owner",
+        init.owner.as_deref(),
+    );
+    if init.database.is_some() != init.owner.is_some() {
+        problems.push("bootstrap.initdb: database and owner must be set together".to_owned());
+    }
+    if init.owner_password_file.is_some() && init.owner.is_none() {
+        problems.push("bootstrap.initdb.owner_password_file: set without an owner".to_owned());
+    }
+    if init.locale.is_empty() || init.locale.contains(char::is_whitespace) {
+        problems.push(format!(
+            "bootstrap.initdb.locale: invalid locale {:?}",
+            init.locale
+        ));
+    }
+    if config.metrics.namespace.is_empty()
+        || !config
+            .metrics
+            .namespace
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        problems.push(format!(
+            "metrics.namespace: {:?} must be letters, digits and '_'",
+            config.metrics.namespace
+        ));
+    }
+    if config.shutdown.smart_shutdown_timeout > config.shutdown.stop_delay {
+        problems.push("shutdown.smart_shutdown_timeout: must not exceed stop_delay".to_owned());
+    }
+    if config.restart.max_crashes == 0 {
+        problems.push("restart.max_crashes: must be at least 1".to_owned());
+    }
+    for line in &config.postgres.hba {
+        if line.contains('\n') || line.trim().is_empty() {
+            problems.push(format!("postgres.hba: invalid line {line:?}"));
+        }
+    }
+    check_parameters(&mut problems, config, catalog);
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigProblems { problems })
+    }
+}
+
+fn check_parameters(problems: &mut Vec<String>, config: &Config, catalog: &GucCatalog) {
+    let mut owned = Vec::new();
+    let mut unknown = Vec::new();
+    for (name, value) in &config.postgres.parameters {
+        if is_manager_owned(name) {
+            owned.push(name.clone());
+            continue;
+        }
+        if name.contains('.') {
+            // Extension parameters (`pg_stat_statements.max`): postgres accepts placeholders.
+            if !name.split('.').all(is_simple_name) {
+                problems.push(format!(
+                    "postgres.parameters.{name}: invalid parameter name"
+                ));
+            }
+            continue;
+        }
+        let Some(guc) = catalog.get(name) else {
+            unknown.push(name.clone());
+            continue;
+        };
+        if guc.context == GucContext::Internal {
+            problems.push(format!(
+                "postgres.parameters.{name}: read-only parameter, cannot be set"
+            ));
+            continue;
+        }
+        if let Err(why) = check_value(guc.vartype, value) {
+            problems.push(format!("postgres.parameters.{name}: {why}"));
+        }
+    }
+    if !owned.is_empty() {
+        problems.push(format!(
+            "postgres.parameters: managed by pgsteward, remove: {}",
+            owned.join(", ")
+        ));
+    }
+    if !unknown.is_empty() {
+        problems.push(format!(
+            "postgres.parameters: unknown to these postgres binaries: {}",
+            unknown.join(", ")
+        ));
+    }
+}
+
+fn check_value(vartype: GucType, value: &ParamValue) -> Result<(), String> {
+    let text = value.as_conf_string();
+    match vartype {
+        GucType::Bool => {
+            let ok = matches!(value, ParamValue::Bool(_))
+                || matches!(
+                    text.to_ascii_lowercase().as_str(),
+                    "on" | "off" | "true" | "false" | "yes" | "no" | "1" | "0"
+                );
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("expected a boolean, got {text:?}"))
+            }
+        }
+        GucType::Integer | GucType::Real => {
+            let trimmed = text.trim();
+            let numeric: String = trimmed
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || matches!(c, '-' | '+' | '.' | 'e' | 'E'))
+                .collect();
+            let unit = trimmed[numeric.len()..].trim();
+            let number_ok = if vartype == GucType::Integer {
+                numeric.parse::<i64>().is_ok() || numeric.parse::<f64>().is_ok()
+            } else {
+                numeric.parse::<f64>().is_ok()
+            };
+            const UNITS: &[&str] = &[
+                "", "B", "kB", "MB", "GB", "TB", "us", "ms", "s", "min", "h", "d",
+            ];
+            if number_ok && UNITS.contains(&unit) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "expected a number with an optional unit, got {text:?}"
+                ))
+            }
+        }
+        GucType::String | GucType::Enum => {
+            if text.contains('\n') || text.contains('\0') {
+                Err("value contains a newline or NUL".to_owned())
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
+
+fn check_identifier(problems: &mut Vec<String>, key: &str, value: Option<&str>) {
+    if let Some(value) = value {
+        if !is_simple_name(value) {
+            problems.push(format!(
+                "{key}: {value:?} must be 1-63 characters of a-z, 0-9 and '_', not starting with a digit"
+            ));
+        }
+    }
+}
+
+fn is_simple_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+}
+
+fn is_valid_instance_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn catalog() -> GucCatalog {
+        GucCatalog::parse(
+            "shared_buffers\tpostmaster\tx\tINTEGER\t\t\t\t\t\n\
+             work_mem\tuser\tx\tINTEGER\t\t\t\t\t\n\
+             jit\tuser\tx\tBOOLEAN\t\t\t\t\t\n\
+             port\tpostmaster\tx\tINTEGER\t\t\t\t\t\n\
+             block_size\tinternal\tx\tINTEGER\t\t\t\t\t\n",
+        )
+    }
+
+    fn config_with(params: &[(&str, ParamValue)]) -> Config {
+        let mut config = Config {
+            pgdata: Some(PathBuf::from("/data")),
+            instance_name: "pg-1".into(),
+            ..Config::default()
+        };
+        for (k, v) in params {
+            config.postgres.parameters.insert((*k).into(), v.clone());
+        }
+        config
+    }
+
+    #[test]
+    fn lists_every_offending_key() {
+        let config = config_with(&[
+            ("port", ParamValue::Integer(1)),
+            ("archive_command", ParamValue::Text("x".into())),
+            ("work_mme", ParamValue::Text("4MB".into())),
+            ("shared_buffer", ParamValue::Text("4MB".into())),
+            ("jit", ParamValue::Text("maybe".into())),
+            ("block_size", ParamValue::Integer(1)),
+        ]);
+        let problems = validate(&config, &catalog()).unwrap_err().to_string();
+        assert!(
+            problems.contains("managed by pgsteward, remove: archive_command, port"),
+            "{problems}"
+        );
+        assert!(
+            problems.contains("unknown to these postgres binaries: shared_buffer, work_mme"),
+            "{problems}"
+        );
+        assert!(problems.contains("jit: expected a boolean"), "{problems}");
+        assert!(problems.contains("block_size: read-only"), "{problems}");
+    }
+
+    #[test]
+    fn accepts_good_values() {
+        let config = config_with(&[
+            ("shared_buffers", ParamValue::Text("256MB".into())),
+            ("work_mem", ParamValue::Integer(4096)),
+            ("jit", ParamValue::Bool(false)),
+            ("pg_stat_statements.max", ParamValue::Integer(1000)),
+        ]);
+        assert_eq!(validate(&config, &catalog()), Ok(()));
+    }
+
+    #[test]
+    fn requires_pgdata_and_pairs() {
+        let mut config = Config::default();
+        config.instance_name = "Bad Name".into();
+        config.bootstrap.initdb.database = Some("app".into());
+        let problems = validate(&config, &catalog()).unwrap_err().to_string();
+        assert!(problems.contains("pgdata: required"));
+        assert!(problems.contains("instance_name"));
+        assert!(problems.contains("database and owner must be set together"));
+    }
+}

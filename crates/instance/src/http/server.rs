@@ -1,0 +1,105 @@
+//! The router, built from the route groups' tables by a function tests can call without a
+//! socket, and the listeners (plain or TLS) of the API and of the metrics.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use axum::extract::DefaultBodyLimit;
+use axum::routing::MethodRouter;
+use axum::Router;
+use schemars::{Schema, SchemaGenerator};
+
+use super::{admin, auth, error, lb, probes, status};
+use crate::supervisor::shared::Shared;
+
+/// State every handler gets.
+pub type AppState = Arc<Shared>;
+
+/// Documentation of one path (used to generate `docs/api/openapi.yaml`).
+#[derive(Debug, Clone)]
+pub struct RouteDoc {
+    pub path: &'static str,
+    /// Lower-case HTTP methods served on the path.
+    pub methods: &'static [&'static str],
+    pub summary: &'static str,
+    pub description: &'static str,
+    pub authenticated: bool,
+    /// `(name, description)` of query parameters.
+    pub query: &'static [(&'static str, &'static str)],
+    pub request: Option<fn(&mut SchemaGenerator) -> Schema>,
+    /// Schema of the 200 response body.
+    pub response: Option<fn(&mut SchemaGenerator) -> Schema>,
+    /// Other documented statuses, with what they mean.
+    pub errors: &'static [(u16, &'static str)],
+}
+
+/// A route: its documentation and its handler.
+pub struct Route {
+    pub doc: RouteDoc,
+    pub handler: MethodRouter<AppState>,
+}
+
+/// Every route of the API, public first.
+pub fn routes() -> Vec<Route> {
+    let mut all = probes::routes();
+    all.extend(lb::routes());
+    all.extend(status::routes());
+    all.extend(admin::routes());
+    all
+}
+
+/// The documentation of every route.
+pub fn route_docs() -> Vec<RouteDoc> {
+    routes().into_iter().map(|r| r.doc).collect()
+}
+
+/// The API router. Probes and status are public; mutating routes require the bearer token.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.config().http.body_limit_bytes;
+    let mut public = Router::new();
+    let mut guarded = Router::new();
+    for route in routes() {
+        if route.doc.authenticated {
+            guarded = guarded.route(route.doc.path, route.handler);
+        } else {
+            public = public.route(route.doc.path, route.handler);
+        }
+    }
+    let guarded = guarded.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        auth::require_token,
+    ));
+    public
+        .merge(guarded)
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+/// Bind and serve the API (HTTPS when `http.tls` is set). Returns the bound address.
+pub async fn serve_api(state: AppState) -> Result<SocketAddr> {
+    let config = state.config().http;
+    let app = router(state);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding the API listener on {}", config.listen))?;
+    let address = listener.local_addr()?;
+    match &config.tls {
+        Some(tls) => {
+            let acceptor = super::tls::acceptor(tls)?;
+            tokio::spawn(super::tls::serve(listener, acceptor, app));
+            tracing::info!(%address, "API listening (HTTPS)");
+        }
+        None => {
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "API server stopped");
+                }
+            });
+            tracing::info!(%address, "API listening (HTTP)");
+        }
+    }
+    Ok(address)
+}

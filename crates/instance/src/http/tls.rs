@@ -1,0 +1,74 @@
+//! HTTPS for the API: a rustls acceptor from PEM files and an accept loop that hands each
+//! TLS stream to hyper.
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::TlsConfig;
+
+/// Build an acceptor from the certificate chain and key files.
+pub fn acceptor(tls: &TlsConfig) -> Result<TlsAcceptor> {
+    let cert_pem = std::fs::read(&tls.cert_file)
+        .with_context(|| format!("reading TLS certificate {}", tls.cert_file.display()))?;
+    let key_pem = std::fs::read(&tls.key_file)
+        .with_context(|| format!("reading TLS key {}", tls.key_file.display()))?;
+    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .context("parsing the TLS certificate PEM")?;
+    if certs.is_empty() {
+        bail!("{} holds no certificate", tls.cert_file.display());
+    }
+    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .context("parsing the TLS key PEM")?
+        .with_context(|| format!("{} holds no private key", tls.key_file.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("TLS certificate and key do not match")?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Accept TLS connections forever.
+pub async fn serve(listener: tokio::net::TcpListener, acceptor: TlsAcceptor, app: Router) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting an API connection failed");
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                acceptor.accept(stream),
+            )
+            .await
+            {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let service = TowerToHyperService::new(app);
+            if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "API connection ended with an error");
+            }
+        });
+    }
+}

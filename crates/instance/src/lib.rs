@@ -1,0 +1,20 @@
+//! pgsteward instance manager: the PID 1 of a Postgres container (or the service of a VM).
+//! It drops privileges, bootstraps or re-attaches to the data directory, renders the managed
+//! configuration, supervises the postmaster (restarts, shutdown escalation, orphan reaping),
+//! and serves the local HTTP API and Prometheus metrics. `main.rs` is only the CLI front.
+
+pub mod bootstrap;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod logs;
+pub mod metrics;
+pub mod pgbin;
+pub mod pgconn;
+pub mod pgdata;
+pub mod privileges;
+pub mod run;
+pub mod state;
+pub mod status;
+pub mod status_cmd;
+pub mod supervisor;

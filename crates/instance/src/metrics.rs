@@ -1,0 +1,115 @@
+//! Prometheus metrics of the manager, with a configurable namespace (`pgsteward` by default,
+//! `cnpg` for CNPG-compatible names). Rendered by the separate metrics listener.
+
+use prometheus::{Encoder, Gauge, GaugeVec, IntCounter, IntGauge, Opts, Registry, TextEncoder};
+
+use pgsteward_api::InstanceState;
+
+/// All metrics, cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// 1 when the last collection from postgres succeeded.
+    pub collector_up: IntGauge,
+    /// 1 when postgres accepts connections.
+    pub postgres_up: IntGauge,
+    /// 1 for the current state, 0 for the others.
+    pub manager_state: GaugeVec,
+    /// Postmaster start time, seconds since the epoch.
+    pub postmaster_start_time: Gauge,
+    /// Unexpected postmaster exits the manager restarted from.
+    pub crash_restarts: IntCounter,
+    /// 1 when parameters wait for a restart.
+    pub pending_restart: IntGauge,
+    /// Successful and failed configuration reloads.
+    pub config_reloads: IntCounter,
+    pub config_reload_failures: IntCounter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    /// Create and register every metric under `namespace`.
+    pub fn new(namespace: &str) -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let opts = |name: &str, help: &str| Opts::new(name, help).namespace(namespace.to_owned());
+        let collector_up = IntGauge::with_opts(opts(
+            "collector_up",
+            "1 if the last collection of postgres metrics succeeded, 0 otherwise",
+        ))?;
+        let postgres_up =
+            IntGauge::with_opts(opts("postgres_up", "1 if postgres accepts connections"))?;
+        let manager_state = GaugeVec::new(
+            opts(
+                "manager_state",
+                "1 for the instance manager's current state, 0 for the others",
+            ),
+            &["state"],
+        )?;
+        let postmaster_start_time = Gauge::with_opts(opts(
+            "postmaster_start_time_seconds",
+            "Postmaster start time in seconds since the epoch",
+        ))?;
+        let crash_restarts = IntCounter::with_opts(opts(
+            "postgres_crash_restarts_total",
+            "Unexpected postmaster exits the manager restarted postgres after",
+        ))?;
+        let pending_restart = IntGauge::with_opts(opts(
+            "pending_restart",
+            "1 if changed parameters need a postgres restart",
+        ))?;
+        let config_reloads = IntCounter::with_opts(opts(
+            "config_reloads_total",
+            "Configuration reloads applied",
+        ))?;
+        let config_reload_failures = IntCounter::with_opts(opts(
+            "config_reload_failures_total",
+            "Configuration reloads refused or failed",
+        ))?;
+        registry.register(Box::new(collector_up.clone()))?;
+        registry.register(Box::new(postgres_up.clone()))?;
+        registry.register(Box::new(manager_state.clone()))?;
+        registry.register(Box::new(postmaster_start_time.clone()))?;
+        registry.register(Box::new(crash_restarts.clone()))?;
+        registry.register(Box::new(pending_restart.clone()))?;
+        registry.register(Box::new(config_reloads.clone()))?;
+        registry.register(Box::new(config_reload_failures.clone()))?;
+        for state in InstanceState::ALL {
+            manager_state.with_label_values(&[state.as_str()]).set(0.0);
+        }
+        Ok(Metrics {
+            registry,
+            collector_up,
+            postgres_up,
+            manager_state,
+            postmaster_start_time,
+            crash_restarts,
+            pending_restart,
+            config_reloads,
+            config_reload_failures,
+        })
+    }
+
+    /// Mark `state` as the current state.
+    pub fn set_state(&self, current: InstanceState) {
+        for state in InstanceState::ALL {
+            let value = if state == current { 1.0 } else { 0.0 };
+            self.manager_state
+                .with_label_values(&[state.as_str()])
+                .set(value);
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8_lossy(&buffer).into_owned()
+    }
+}

@@ -1,0 +1,202 @@
+//! Inspection of a data directory before anything touches it: empty, a postgres data
+//! directory of some major version, or something else; and `postmaster.pid` parsing.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+/// What a data directory path holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DataDirKind {
+    /// Does not exist yet.
+    Missing,
+    /// Exists and is empty.
+    Empty,
+    /// A postgres data directory of this major version.
+    Postgres { major: u32 },
+}
+
+/// Why a data directory cannot be used. Nothing is changed when one of these is returned.
+#[derive(Debug, Error, PartialEq)]
+pub enum DataDirError {
+    #[error("data directory {path} is not a directory")]
+    NotADirectory { path: PathBuf },
+    #[error(
+        "data directory {path} is not empty and is not a postgres data directory (no PG_VERSION); found: {sample}. Refusing to touch it: point pgdata at an empty directory or an existing data directory"
+    )]
+    NotPostgres { path: PathBuf, sample: String },
+    #[error(
+        "data directory {path} contains only lost+found: it is a mount point. Use a subdirectory of the mount point as pgdata"
+    )]
+    MountPoint { path: PathBuf },
+    #[error("data directory {path} has an unreadable PG_VERSION ({content:?})")]
+    BadVersionFile { path: PathBuf, content: String },
+    #[error(
+        "data directory {path} was created by PostgreSQL {data_major} but the binaries are PostgreSQL {binary_major}; refusing to start (upgrade with pg_upgrade, or set bin_dir to PostgreSQL {data_major} binaries)"
+    )]
+    WrongMajor {
+        path: PathBuf,
+        data_major: u32,
+        binary_major: u32,
+    },
+    #[error("cannot read data directory {path}: {message}")]
+    Io { path: PathBuf, message: String },
+}
+
+/// Look at `path` without changing anything.
+pub fn inspect(path: &Path) -> Result<DataDirKind, DataDirError> {
+    let io = |e: std::io::Error| DataDirError::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    let meta = match fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DataDirKind::Missing),
+        Err(e) => return Err(io(e)),
+    };
+    if !meta.is_dir() {
+        return Err(DataDirError::NotADirectory {
+            path: path.to_path_buf(),
+        });
+    }
+    let mut names: Vec<String> = fs::read_dir(path)
+        .map_err(io)?
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        return Ok(DataDirKind::Empty);
+    }
+    let version_file = path.join("PG_VERSION");
+    if !version_file.exists() {
+        if names == ["lost+found"] {
+            return Err(DataDirError::MountPoint {
+                path: path.to_path_buf(),
+            });
+        }
+        let sample = names.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+        let more = if names.len() > 5 {
+            format!(" (and {} more)", names.len() - 5)
+        } else {
+            String::new()
+        };
+        return Err(DataDirError::NotPostgres {
+            path: path.to_path_buf(),
+            sample: format!("{sample}{more}"),
+        });
+    }
+    let content = fs::read_to_string(&version_file).map_err(io)?;
+    let major = content
+        .trim()
+        .split('.')
+        .next()
+        .and_then(|m| m.parse::<u32>().ok())
+        .ok_or_else(|| DataDirError::BadVersionFile {
+            path: path.to_path_buf(),
+            content: content.trim().chars().take(40).collect(),
+        })?;
+    Ok(DataDirKind::Postgres { major })
+}
+
+/// Check that the data directory's major version matches the binaries'.
+pub fn check_major(path: &Path, data_major: u32, binary_major: u32) -> Result<(), DataDirError> {
+    if data_major == binary_major {
+        Ok(())
+    } else {
+        Err(DataDirError::WrongMajor {
+            path: path.to_path_buf(),
+            data_major,
+            binary_major,
+        })
+    }
+}
+
+/// The first lines of `postmaster.pid`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PostmasterPid {
+    pub pid: i32,
+    pub data_dir: PathBuf,
+    /// Start time, seconds since the epoch.
+    pub start_epoch: i64,
+    pub port: u16,
+}
+
+/// Read `<pgdata>/postmaster.pid`; None when absent or unparsable (postgres writes it in
+/// steps, so a partial file is possible during startup).
+pub fn read_postmaster_pid(pgdata: &Path) -> Option<PostmasterPid> {
+    let text = fs::read_to_string(pgdata.join("postmaster.pid")).ok()?;
+    parse_postmaster_pid(&text)
+}
+
+fn parse_postmaster_pid(text: &str) -> Option<PostmasterPid> {
+    let mut lines = text.lines();
+    let pid = lines.next()?.trim().parse().ok()?;
+    let data_dir = PathBuf::from(lines.next()?.trim());
+    let start_epoch = lines.next()?.trim().parse().ok()?;
+    let port = lines.next()?.trim().parse().ok()?;
+    Some(PostmasterPid {
+        pid,
+        data_dir,
+        start_epoch,
+        port,
+    })
+}
+
+/// True when `pid` is a live (not zombie) process whose executable name is `postgres`.
+pub fn is_live_postgres(pid: i32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // Format: pid (comm) state ...; comm may contain spaces, so split at the last ')'.
+    let Some((head, tail)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    let comm = head.split_once('(').map(|(_, c)| c).unwrap_or("");
+    let state = tail.trim_start().chars().next().unwrap_or('?');
+    comm.starts_with("postgres") && state != 'Z' && state != 'X'
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_directories() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let p = dir.path().join("data");
+        assert_eq!(inspect(&p), Ok(DataDirKind::Missing));
+        fs::create_dir(&p).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(inspect(&p), Ok(DataDirKind::Empty));
+        fs::create_dir(p.join("lost+found")).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(inspect(&p), Err(DataDirError::MountPoint { .. })));
+        fs::write(p.join("notes.txt"), "x").unwrap_or_else(|e| panic!("{e}"));
+        let err = inspect(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("not a postgres data directory") && err.contains("notes.txt"),
+            "{err}"
+        );
+        fs::write(p.join("PG_VERSION"), "15\n").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(inspect(&p), Ok(DataDirKind::Postgres { major: 15 }));
+        fs::write(p.join("PG_VERSION"), "banana").unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            inspect(&p),
+            Err(DataDirError::BadVersionFile { .. })
+        ));
+        assert!(check_major(&p, 15, 18)
+            .unwrap_err()
+            .to_string()
+            .contains("PostgreSQL 15 but the binaries are PostgreSQL 18"));
+    }
+
+    #[test]
+    fn parses_postmaster_pid() {
+        let text = "4242\n/var/lib/pg\n1700000000\n5432\n/tmp\n*\n  1234 5678\nready   \n";
+        let parsed = parse_postmaster_pid(text);
+        assert_eq!(
+            parsed.map(|p| (p.pid, p.port, p.start_epoch)),
+            Some((4242, 5432, 1700000000))
+        );
+        assert_eq!(parse_postmaster_pid("4242\n"), None);
+    }
+}

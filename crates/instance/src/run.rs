@@ -1,0 +1,236 @@
+//! `pgsteward run` and `pgsteward config check`: privilege drop, configuration, data
+//! directory checks, bootstrap, listeners, signals, then the supervisor loop.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, RwLock};
+
+use anyhow::{bail, Context, Result};
+use pgsteward_api::InstanceState;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+use crate::cli::{ConfigArgs, RunArgs};
+use crate::config::gucs::{GucCatalog, GucContext};
+use crate::config::{self, Config, ConfigSources};
+use crate::metrics::Metrics;
+use crate::pgbin::PgBinaries;
+use crate::pgdata::{self, DataDirKind};
+use crate::privileges;
+use crate::state::StateMachine;
+use crate::supervisor::exit_code;
+use crate::supervisor::reaper::Reaper;
+use crate::supervisor::shared::{RuntimeInfo, Shared, ShutdownMode, SupervisorCommand};
+use crate::supervisor::Supervisor;
+
+/// `pgsteward run`; returns the exit code.
+pub fn run(args: RunArgs) -> i32 {
+    match prepare(&args) {
+        Ok((config, sources, os_user)) => {
+            if let Err(e) = crate::logs::init(&config.log.level) {
+                eprintln!("error: {e:#}");
+                return exit_code::STARTUP_ERROR;
+            }
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "starting the async runtime failed");
+                    return exit_code::STARTUP_ERROR;
+                }
+            };
+            match runtime.block_on(manage(config, sources, os_user)) {
+                Ok(code) => code,
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "pgsteward cannot run");
+                    exit_code::STARTUP_ERROR
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("pgsteward: error: {e:#}");
+            exit_code::STARTUP_ERROR
+        }
+    }
+}
+
+/// Drop privileges first, then load the configuration as the target user.
+fn prepare(args: &RunArgs) -> Result<(Config, ConfigSources, String)> {
+    let os_user = if nix::unistd::geteuid().is_root() {
+        let Some(name) = &args.user else {
+            bail!("running as root requires --user NAME (postgres refuses to run as root); pgsteward drops to that user before doing anything else");
+        };
+        let user = privileges::lookup(name)?;
+        privileges::drop_to(&user)?.name
+    } else {
+        let me = privileges::current_user()?;
+        if let Some(name) = &args.user {
+            let wanted = privileges::lookup(name)?;
+            if wanted.uid.as_raw() != me.uid {
+                bail!(
+                    "--user {name}: only root can switch users (running as {})",
+                    me.name
+                );
+            }
+        }
+        me.name
+    };
+    let sources = ConfigSources::from_process(args.config.clone(), args.sources.overrides()?);
+    let config = config::load(&sources)?;
+    Ok((config, sources, os_user))
+}
+
+/// Binaries, parameter catalogue and a fully validated configuration.
+fn validated(config: &Config) -> Result<(PgBinaries, GucCatalog)> {
+    let bins = PgBinaries::locate(config.bin_dir.as_deref())?;
+    let catalog = GucCatalog::from_binaries(&bins.bin_dir)?;
+    config::validate::validate(config, &catalog)
+        .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+    Ok((bins, catalog))
+}
+
+async fn manage(config: Config, sources: ConfigSources, os_user: String) -> Result<i32> {
+    // std::process waits on its own children: run it before the reaper owns all waiting.
+    let (bins, catalog) = validated(&config)?;
+    let reaper = Reaper::start()?;
+    if std::process::id() != 1 {
+        // Orphans of postgres re-parent to the manager even outside a PID namespace.
+        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+            tracing::warn!(error = %e, "cannot become a child subreaper");
+        }
+    }
+    let pgdata = config.pgdata.clone().context("pgdata is required")?;
+    let kind = pgdata::inspect(&pgdata)?;
+    if let DataDirKind::Postgres { major } = kind {
+        pgdata::check_major(&pgdata, major, bins.major)?;
+        if pgdata.join(crate::bootstrap::MARKER).exists() {
+            bail!(
+                "data directory {} holds an unfinished bootstrap ({} exists): the earlier bootstrap failed after initdb; inspect it, then empty the directory to bootstrap again",
+                pgdata.display(),
+                crate::bootstrap::MARKER
+            );
+        }
+    } else {
+        crate::bootstrap::preflight(&config.bootstrap.initdb)?;
+    }
+    tracing::info!(
+        instance = %config.instance_name,
+        pgdata = %pgdata.display(),
+        binaries = %bins.version_line,
+        user = %os_user,
+        pid = std::process::id(),
+        "pgsteward starting"
+    );
+    let metrics = Metrics::new(&config.metrics.namespace).context("creating metrics")?;
+    let state = StateMachine::new(metrics.clone());
+    let (commands_tx, commands_rx) = mpsc::channel(16);
+    let shared = Arc::new(Shared {
+        state: state.clone(),
+        metrics,
+        bins: bins.clone(),
+        pgdata: pgdata.clone(),
+        os_user: os_user.clone(),
+        sources,
+        config: RwLock::new(config.clone()),
+        runtime: Mutex::new(RuntimeInfo::default()),
+        commands: commands_tx,
+        token: RwLock::new(None),
+        started_once: AtomicBool::new(false),
+    });
+    shared.reload_token(&config);
+    spawn_signal_forwarder(shared.clone())?;
+    crate::http::server::serve_api(shared.clone()).await?;
+    crate::http::metrics_server::serve(shared.clone()).await?;
+    if matches!(kind, DataDirKind::Missing | DataDirKind::Empty) {
+        state.transition(InstanceState::Bootstrapping, "empty data directory");
+        if kind == DataDirKind::Missing {
+            create_pgdata(&pgdata)?;
+        }
+        if let Err(e) = crate::bootstrap::run(&reaper, &bins, &config, &pgdata, &os_user).await {
+            state.transition(InstanceState::Failed, "bootstrap failed");
+            return Err(e.context("bootstrap failed"));
+        }
+    }
+    crate::logs::pg_tail::spawn(pgdata.clone());
+    crate::supervisor::reload::spawn_file_watcher(shared.clone());
+    let code = Supervisor::new(shared, reaper, catalog, commands_rx)
+        .run()
+        .await;
+    tracing::info!(exit_code = code, "pgsteward exiting");
+    Ok(code)
+}
+
+fn create_pgdata(path: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .with_context(|| format!("creating data directory {}", path.display()))
+}
+
+fn spawn_signal_forwarder(shared: Arc<Shared>) -> Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut quit = signal(SignalKind::quit())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        loop {
+            let command = tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM received: smart shutdown"); SupervisorCommand::Shutdown(ShutdownMode::Smart) }
+                _ = int.recv() => { tracing::info!("SIGINT received: smart shutdown"); SupervisorCommand::Shutdown(ShutdownMode::Smart) }
+                _ = quit.recv() => { tracing::info!("SIGQUIT received: immediate shutdown"); SupervisorCommand::Shutdown(ShutdownMode::Immediate) }
+                _ = hup.recv() => { tracing::info!("SIGHUP received: reloading the configuration"); SupervisorCommand::Reload { reply: None } }
+            };
+            if shared.commands.send(command).await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// `pgsteward config check FILE`; returns the exit code.
+pub fn config_check(file: &Path, args: &ConfigArgs) -> i32 {
+    let result = (|| -> Result<String> {
+        let sources = ConfigSources::from_process(Some(file.to_path_buf()), args.overrides()?);
+        let config = config::load(&sources)?;
+        let (bins, catalog) = validated(&config)?;
+        let restart_only = config
+            .postgres
+            .parameters
+            .keys()
+            .filter(|k| {
+                catalog
+                    .get(k)
+                    .is_some_and(|g| g.context == GucContext::Postmaster)
+            })
+            .count();
+        Ok(format!(
+            "configuration OK: {}\n  instance_name: {}\n  pgdata: {}\n  binaries: {} ({})\n  user parameters: {} ({} take effect only after a restart)\n  API: {}  metrics: {} (namespace {})\n",
+            file.display(),
+            config.instance_name,
+            config.pgdata.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
+            bins.bin_dir.display(),
+            bins.version_line,
+            config.postgres.parameters.len(),
+            restart_only,
+            config.http.listen,
+            config.metrics.listen,
+            config.metrics.namespace,
+        ))
+    })();
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            0
+        }
+        Err(e) => {
+            eprintln!("{e:#}");
+            1
+        }
+    }
+}

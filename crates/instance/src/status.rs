@@ -1,0 +1,68 @@
+//! Assembly of the instance status (`GET /pg/status`, `pgsteward status`) from the
+//! supervisor's runtime facts and a live query of postgres.
+
+use std::time::Duration;
+
+use pgsteward_api::{InstanceStatus, Role};
+
+use crate::pgconn::{self, PgFacts};
+use crate::supervisor::shared::Shared;
+
+/// Query postgres (bounded by a short timeout) and refresh the metrics it feeds.
+pub async fn live_facts(shared: &Shared) -> Option<PgFacts> {
+    match pgconn::probe(&shared.target(), Duration::from_secs(2)).await {
+        Ok(facts) => {
+            shared.metrics.collector_up.set(1);
+            shared.metrics.postgres_up.set(1);
+            shared
+                .metrics
+                .postmaster_start_time
+                .set(facts.postmaster_start_epoch);
+            Some(facts)
+        }
+        Err(e) => {
+            tracing::debug!(error = %format!("{e:#}"), "postgres did not answer");
+            shared.metrics.collector_up.set(0);
+            shared.metrics.postgres_up.set(0);
+            None
+        }
+    }
+}
+
+/// The full status.
+pub async fn collect(shared: &Shared) -> InstanceStatus {
+    let facts = live_facts(shared).await;
+    let runtime = shared.runtime();
+    let config = shared.config();
+    let pending = match &facts {
+        Some(f) => f.pending_restart.clone(),
+        None => runtime.pending_restart.clone(),
+    };
+    shared
+        .metrics
+        .pending_restart
+        .set(i64::from(!pending.is_empty()));
+    InstanceStatus {
+        instance_name: config.instance_name,
+        state: shared.state.current(),
+        role: match &facts {
+            Some(f) if f.in_recovery => Role::Replica,
+            Some(_) => Role::Primary,
+            None => Role::Unknown,
+        },
+        postgres_up: facts.is_some(),
+        postgres_version: facts.as_ref().map(|f| f.server_version.clone()),
+        postgres_major: shared.bins.major,
+        system_identifier: facts.as_ref().map(|f| f.system_identifier.clone()),
+        timeline: facts.as_ref().and_then(|f| f.timeline),
+        current_lsn: facts.as_ref().and_then(|f| f.current_lsn.clone()),
+        postmaster_pid: runtime.postmaster_pid,
+        postmaster_start_time: facts.as_ref().map(|f| f.postmaster_start_time.clone()),
+        pending_restart: !pending.is_empty(),
+        pending_restart_parameters: pending,
+        config_hash: runtime.config_hash,
+        crash_restarts: runtime.crash_restarts,
+        manager_version: env!("CARGO_PKG_VERSION").to_owned(),
+        last_error: runtime.last_error,
+    }
+}

@@ -1,0 +1,105 @@
+//! `pgsteward status`: fetch `/pg/status` from the local API and print a summary (or JSON).
+
+use anyhow::{bail, Context, Result};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use pgsteward_api::InstanceStatus;
+
+use crate::cli::StatusArgs;
+
+/// Run the command; returns the exit code (0 when the instance is running).
+pub fn run(args: &StatusArgs) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(fetch(&args.url)) {
+        Ok((raw, status)) => {
+            if args.json {
+                println!("{raw}");
+            } else {
+                print!("{}", summary(&status));
+            }
+            i32::from(status.state != pgsteward_api::InstanceState::Running)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+async fn fetch(base: &str) -> Result<(String, InstanceStatus)> {
+    if base.starts_with("https://") {
+        bail!("pgsteward status speaks plain HTTP to the local API; with http.tls use curl --cacert ... {base}/pg/status");
+    }
+    let url = format!("{}/pg/status", base.trim_end_matches('/'));
+    let uri: hyper::Uri = url.parse().with_context(|| format!("invalid URL {url}"))?;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let response = tokio::time::timeout(std::time::Duration::from_secs(10), client.get(uri))
+        .await
+        .with_context(|| format!("no answer from {url} within 10 s"))?
+        .with_context(|| {
+            format!("cannot reach the pgsteward API at {url} (is pgsteward running?)")
+        })?;
+    let code = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .context("reading the response")?
+        .to_bytes();
+    let raw = String::from_utf8_lossy(&body).into_owned();
+    if !code.is_success() {
+        bail!("{url} answered {code}: {raw}");
+    }
+    let status: InstanceStatus = serde_json::from_str(&raw).context("unexpected status JSON")?;
+    Ok((raw, status))
+}
+
+/// Human-readable summary.
+pub fn summary(s: &InstanceStatus) -> String {
+    let role = serde_json::to_value(s.role)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let dash = || "-".to_owned();
+    let pending = if s.pending_restart_parameters.is_empty() {
+        "none".to_owned()
+    } else {
+        s.pending_restart_parameters.join(", ")
+    };
+    format!(
+        "instance      {} ({role}, {})\n\
+         postgres      {} {}, pid {}, started {}\n\
+         system id     {}\n\
+         timeline/lsn  {} / {}\n\
+         config        {} (pending restart: {pending})\n\
+         crash restarts {}\n\
+         manager       {}\n\
+         last error    {}\n",
+        s.instance_name,
+        s.state,
+        s.postgres_version
+            .clone()
+            .unwrap_or_else(|| s.postgres_major.to_string()),
+        if s.postgres_up { "up" } else { "DOWN" },
+        s.postmaster_pid.map(|p| p.to_string()).unwrap_or_else(dash),
+        s.postmaster_start_time.clone().unwrap_or_else(dash),
+        s.system_identifier.clone().unwrap_or_else(dash),
+        s.timeline.map(|t| t.to_string()).unwrap_or_else(dash),
+        s.current_lsn.clone().unwrap_or_else(dash),
+        s.config_hash.get(..12).unwrap_or(&s.config_hash),
+        s.crash_restarts,
+        s.manager_version,
+        s.last_error.clone().unwrap_or_else(dash),
+    )
+}

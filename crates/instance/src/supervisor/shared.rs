@@ -1,0 +1,129 @@
+//! State shared between the supervisor loop and the HTTP API: the state machine, metrics,
+//! the current configuration, runtime facts, and the command channel into the loop.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, RwLock};
+
+use pgsteward_api::{ReloadResponse, RestartMode, RestartResponse};
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{Config, ConfigSources};
+use crate::metrics::Metrics;
+use crate::pgbin::PgBinaries;
+use crate::pgconn::LocalTarget;
+use crate::state::StateMachine;
+
+/// How to shut down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownMode {
+    /// Smart, escalating to fast after `smart_shutdown_timeout` and to immediate at `stop_delay`.
+    Smart,
+    /// Fast, escalating to immediate at `stop_delay`.
+    Fast,
+    /// Immediate (SIGQUIT): postgres will run crash recovery at the next start.
+    Immediate,
+}
+
+/// Why a command was refused or failed.
+#[derive(Debug, Clone, Error, PartialEq)]
+pub enum CommandError {
+    #[error("{0}")]
+    InvalidConfiguration(String),
+    #[error("{0}")]
+    WrongState(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Requests to the supervisor loop.
+#[derive(Debug)]
+pub enum SupervisorCommand {
+    Restart {
+        mode: RestartMode,
+        reply: oneshot::Sender<Result<RestartResponse, CommandError>>,
+    },
+    Reload {
+        reply: Option<oneshot::Sender<Result<ReloadResponse, CommandError>>>,
+    },
+    Shutdown(ShutdownMode),
+}
+
+/// Facts the loop records for status.
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeInfo {
+    pub postmaster_pid: Option<i32>,
+    pub config_hash: String,
+    pub pending_restart: Vec<String>,
+    pub crash_restarts: u64,
+    pub last_error: Option<String>,
+}
+
+/// Everything the loop and the API share.
+#[derive(Debug)]
+pub struct Shared {
+    pub state: StateMachine,
+    pub metrics: Metrics,
+    pub bins: PgBinaries,
+    pub pgdata: PathBuf,
+    pub os_user: String,
+    pub sources: ConfigSources,
+    pub config: RwLock<Config>,
+    pub runtime: Mutex<RuntimeInfo>,
+    pub commands: mpsc::Sender<SupervisorCommand>,
+    /// Bearer token of mutating routes (None: those routes are disabled).
+    pub token: RwLock<Option<Vec<u8>>>,
+    /// True once postgres accepted connections after the manager started.
+    pub started_once: AtomicBool,
+}
+
+impl Shared {
+    /// A copy of the current configuration.
+    pub fn config(&self) -> Config {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Where the manager connects to postgres.
+    pub fn target(&self) -> LocalTarget {
+        let config = self.config.read().unwrap_or_else(|p| p.into_inner());
+        LocalTarget::new(
+            &config.postgres.socket_dir,
+            config.postgres.port,
+            &config.postgres.superuser,
+        )
+    }
+
+    /// Update runtime facts.
+    pub fn with_runtime<T>(&self, f: impl FnOnce(&mut RuntimeInfo) -> T) -> T {
+        let mut guard = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+
+    /// A copy of the runtime facts.
+    pub fn runtime(&self) -> RuntimeInfo {
+        self.with_runtime(|r| r.clone())
+    }
+
+    pub fn started_once(&self) -> bool {
+        self.started_once.load(Ordering::SeqCst)
+    }
+
+    /// Re-read the bearer token file (None when unset or unreadable; an error is logged).
+    pub fn reload_token(&self, config: &Config) {
+        let token = match &config.http.token_file {
+            None => None,
+            Some(path) => match crate::bootstrap::read_secret(path, "API token") {
+                Ok(token) => Some(token.into_bytes()),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "API token unavailable: mutating routes refuse every request");
+                    Some(Vec::new())
+                }
+            },
+        };
+        *self.token.write().unwrap_or_else(|p| p.into_inner()) = token;
+    }
+}
