@@ -1,0 +1,64 @@
+//! Helpers shared by the integration tests (included with `mod common;`).
+
+#![allow(dead_code, unused_imports)]
+
+use std::path::Path;
+use std::time::Duration;
+
+pub use pgsteward_testkit::manager::{Instance, PASSWORD, TOKEN};
+pub use pgsteward_testkit::{http, proc, wait_for, ManagerOptions, PgVersion};
+
+/// Options for the pgsteward binary built with these tests.
+pub fn options(version: PgVersion) -> ManagerOptions {
+    ManagerOptions::new(env!("CARGO_BIN_EXE_pgsteward"), version)
+}
+
+/// Generous bound for starting an instance (initdb included) on a loaded 2-core machine.
+pub const READY: Duration = Duration::from_secs(90);
+/// Bound for a manager to exit after a signal.
+pub const EXIT: Duration = Duration::from_secs(60);
+
+/// `Database cluster state` from pg_controldata.
+pub fn cluster_state(version: PgVersion, pgdata: &Path) -> String {
+    let output = std::process::Command::new(version.bin_dir().join("pg_controldata"))
+        .arg("-D")
+        .arg(pgdata)
+        .env("LC_ALL", "C")
+        .output()
+        .unwrap_or_else(|e| panic!("pg_controldata: {e}"));
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Database cluster state:")
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no cluster state in pg_controldata output"))
+}
+
+/// The value of one metric line `name value` (exact name with labels).
+pub async fn metric(base: &str, name: &str) -> Option<f64> {
+    let body = http::get(&format!("{base}/metrics")).await?.body;
+    body.lines().find_map(|l| {
+        l.strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
+/// Run `f` for PostgreSQL 15 and 18 as two tests.
+#[macro_export]
+macro_rules! for_each_version {
+    ($name:ident) => {
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn pg15() {
+                super::$name(PgVersion::V15).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn pg18() {
+                super::$name(PgVersion::V18).await
+            }
+        }
+    };
+}
