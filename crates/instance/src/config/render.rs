@@ -139,8 +139,7 @@ fn ensure_include_line(path: &Path) -> Result<bool> {
     let last_directive = current
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .next_back();
+        .rfind(|l| !l.is_empty() && !l.starts_with('#'));
     if last_directive == Some(INCLUDE_LINE) {
         return Ok(false);
     }
