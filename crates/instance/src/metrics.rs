@@ -51,7 +51,7 @@ impl Metrics {
             &["state"],
         )?;
         let postmaster_start_time = Gauge::with_opts(opts(
-            "postmaster_start_time_seconds",
+            "pg_postmaster_start_time",
             "Postmaster start time in seconds since the epoch",
         ))?;
         let crash_restarts = IntCounter::with_opts(opts(

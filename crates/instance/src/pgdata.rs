@@ -190,6 +190,31 @@ mod tests {
     }
 
     #[test]
+    fn finds_manager_owned_parameters_in_auto_conf() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        fs::write(
+            dir.path().join("postgresql.auto.conf"),
+            "# Do not edit\nwork_mem = '8MB'\nport = '6000'\narchive_command='x'\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(auto_conf_overrides(dir.path()), ["archive_command", "port"]);
+    }
+
+    #[test]
+    fn second_lock_is_refused() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let first = lock(dir.path());
+        assert!(first.is_ok());
+        let second = lock(dir.path()).map(|_| ()).unwrap_err().to_string();
+        assert!(
+            second.contains("another pgsteward already manages"),
+            "{second}"
+        );
+        drop(first);
+        assert!(lock(dir.path()).is_ok());
+    }
+
+    #[test]
     fn parses_postmaster_pid() {
         let text = "4242\n/var/lib/pg\n1700000000\n5432\n/tmp\n*\n  1234 5678\nready   \n";
         let parsed = parse_postmaster_pid(text);
@@ -199,4 +224,45 @@ mod tests {
         );
         assert_eq!(parse_postmaster_pid("4242\n"), None);
     }
+}
+
+/// An exclusive lock on the data directory held for the manager's lifetime, so that two
+/// managers never supervise one PGDATA. Released by the kernel when the process dies.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _lock: nix::fcntl::Flock<fs::File>,
+}
+
+/// Take the lock on `pgdata` (which must exist) without waiting.
+pub fn lock(pgdata: &Path) -> anyhow::Result<DataDirLock> {
+    use anyhow::Context;
+    let dir = fs::File::open(pgdata)
+        .with_context(|| format!("opening {} to lock it", pgdata.display()))?;
+    match nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(DataDirLock { _lock: lock }),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => anyhow::bail!(
+            "another pgsteward already manages {}: refusing to run a second manager on the same data directory",
+            pgdata.display()
+        ),
+        Err((_, e)) => Err(anyhow::anyhow!("locking {}: {e}", pgdata.display())),
+    }
+}
+
+/// Manager-owned parameters that `postgresql.auto.conf` (ALTER SYSTEM) sets; they would
+/// override the manager's values.
+pub fn auto_conf_overrides(pgdata: &Path) -> Vec<String> {
+    let Ok(text) = fs::read_to_string(pgdata.join("postgresql.auto.conf")) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split(['=', ' ', '\t']).next())
+        .map(|name| name.trim().to_ascii_lowercase())
+        .filter(|name| crate::config::gucs::is_manager_owned(name))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }

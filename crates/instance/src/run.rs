@@ -83,12 +83,19 @@ fn prepare(args: &RunArgs) -> Result<(Config, ConfigSources, String)> {
     Ok((config, sources, os_user))
 }
 
-/// Binaries, parameter catalogue and a fully validated configuration.
+/// Binaries, parameter catalogue and a fully validated configuration, including the files it
+/// names (token, TLS certificate and key).
 fn validated(config: &Config) -> Result<(PgBinaries, GucCatalog)> {
     let bins = PgBinaries::locate(config.bin_dir.as_deref())?;
     let catalog = GucCatalog::from_binaries(&bins.bin_dir)?;
     config::validate::validate(config, &catalog)
         .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+    if let Some(path) = &config.http.token_file {
+        crate::bootstrap::read_secret(path, "API token (http.token_file)")?;
+    }
+    if let Some(tls) = &config.http.tls {
+        crate::http::tls::acceptor(tls)?;
+    }
     Ok((bins, catalog))
 }
 
@@ -106,6 +113,14 @@ async fn manage(config: Config, sources: ConfigSources, os_user: String) -> Resu
     let kind = pgdata::inspect(&pgdata)?;
     if let DataDirKind::Postgres { major } = kind {
         pgdata::check_major(&pgdata, major, bins.major)?;
+        let overrides = pgdata::auto_conf_overrides(&pgdata);
+        if !overrides.is_empty() {
+            bail!(
+                "postgresql.auto.conf (ALTER SYSTEM) sets parameters pgsteward manages: {}; they would override the manager's values. Remove them (ALTER SYSTEM RESET name, or edit {}/postgresql.auto.conf while postgres is stopped)",
+                overrides.join(", "),
+                pgdata.display()
+            );
+        }
         if pgdata.join(crate::bootstrap::MARKER).exists() {
             bail!(
                 "data directory {} holds an unfinished bootstrap ({} exists): the earlier bootstrap failed after initdb; inspect it, then empty the directory to bootstrap again",
@@ -139,16 +154,18 @@ async fn manage(config: Config, sources: ConfigSources, os_user: String) -> Resu
         commands: commands_tx,
         token: RwLock::new(None),
         started_once: AtomicBool::new(false),
+        active_target: RwLock::new(None),
     });
     shared.reload_token(&config);
     spawn_signal_forwarder(shared.clone())?;
     crate::http::server::serve_api(shared.clone()).await?;
     crate::http::metrics_server::serve(shared.clone()).await?;
+    if kind == DataDirKind::Missing {
+        create_pgdata(&pgdata)?;
+    }
+    let _lock = pgdata::lock(&pgdata)?;
     if matches!(kind, DataDirKind::Missing | DataDirKind::Empty) {
         state.transition(InstanceState::Bootstrapping, "empty data directory");
-        if kind == DataDirKind::Missing {
-            create_pgdata(&pgdata)?;
-        }
         if let Err(e) = crate::bootstrap::run(&reaper, &bins, &config, &pgdata, &os_user).await {
             state.transition(InstanceState::Failed, "bootstrap failed");
             return Err(e.context("bootstrap failed"));
@@ -199,6 +216,7 @@ pub fn config_check(file: &Path, args: &ConfigArgs) -> i32 {
         let sources = ConfigSources::from_process(Some(file.to_path_buf()), args.overrides()?);
         let config = config::load(&sources)?;
         let (bins, catalog) = validated(&config)?;
+        crate::bootstrap::preflight(&config.bootstrap.initdb)?;
         let restart_only = config
             .postgres
             .parameters

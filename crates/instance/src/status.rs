@@ -18,6 +18,10 @@ pub async fn live_facts(shared: &Shared) -> Option<PgFacts> {
                 .metrics
                 .postmaster_start_time
                 .set(facts.postmaster_start_epoch);
+            shared
+                .metrics
+                .pending_restart
+                .set(i64::from(!facts.pending_restart.is_empty()));
             Some(facts)
         }
         Err(e) => {

@@ -20,49 +20,109 @@ async fn reload_applies_and_reports_pending_restart(version: PgVersion) {
 
     // Reloadable: picked up from the file change alone, no restart.
     instance.write_config("    work_mem: 12MB\n");
-    wait_for("work_mem = 12MB after the file changed", Duration::from_secs(30), || async {
-        (sql_value(port, PASSWORD, "SHOW work_mem").await.ok()? == "12MB").then_some(())
-    })
+    wait_for(
+        "work_mem = 12MB after the file changed",
+        Duration::from_secs(30),
+        || async {
+            (sql_value(port, PASSWORD, "SHOW work_mem").await.ok()? == "12MB").then_some(())
+        },
+    )
     .await;
     let status = manager.status().await;
     assert_eq!(status["pending_restart"], false, "{status}");
     assert_ne!(status["config_hash"], first_hash);
-    assert_eq!(manager.postmaster_host_pid().await, postmaster, "a reloadable change restarted postgres");
+    assert_eq!(
+        manager.postmaster_host_pid().await,
+        postmaster,
+        "a reloadable change restarted postgres"
+    );
 
     // Restart-only: pending_restart in status and metrics; SIGHUP triggers the reload.
     instance.write_config("    work_mem: 12MB\n    max_prepared_transactions: \"7\"\n");
     manager.signal(Signal::SIGHUP).await;
     let status = wait_for("pending_restart", Duration::from_secs(30), || async {
-        let status = http::get(&format!("{}/pg/status", instance.api())).await?.json();
+        let status = http::get(&format!("{}/pg/status", instance.api()))
+            .await?
+            .json();
         (status["pending_restart"] == true).then_some(status)
     })
     .await;
-    assert_eq!(status["pending_restart_parameters"], serde_json::json!(["max_prepared_transactions"]));
-    assert_eq!(metric(&instance.metrics(), "pgsteward_pending_restart").await, Some(1.0));
-    assert_eq!(sql_value(port, PASSWORD, "SHOW max_prepared_transactions").await.ok().as_deref(), Some("0"));
+    assert_eq!(
+        status["pending_restart_parameters"],
+        serde_json::json!(["max_prepared_transactions"])
+    );
+    assert_eq!(
+        metric(&instance.metrics(), "pgsteward_pending_restart").await,
+        Some(1.0)
+    );
+    assert_eq!(
+        sql_value(port, PASSWORD, "SHOW max_prepared_transactions")
+            .await
+            .ok()
+            .as_deref(),
+        Some("0")
+    );
 
     // Invalid: refused whole with 412, nothing rendered, old values stay.
     let hash_before = manager.status().await["config_hash"].clone();
-    let rendered_before = std::fs::read_to_string(instance.pgdata.join("pgsteward.conf")).unwrap_or_default();
+    let rendered_before =
+        std::fs::read_to_string(instance.pgdata.join("pgsteward.conf")).unwrap_or_default();
     instance.write_config("    work_mem: 99MB\n    archive_command: /bin/true\n");
-    let r = http::request("POST", &format!("{}/pg/reload", instance.api()), &[("authorization", &format!("Bearer {TOKEN}"))], "")
-        .await
-        .unwrap_or_else(|| panic!("no answer"));
+    let r = http::request(
+        "POST",
+        &format!("{}/pg/reload", instance.api()),
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+        "",
+    )
+    .await
+    .unwrap_or_else(|| panic!("no answer"));
     assert_eq!(r.status, 412, "{}", r.body);
     assert_eq!(r.json()["error"]["code"], "invalid_configuration");
-    assert!(r.json()["error"]["message"].as_str().unwrap_or("").contains("archive_command"), "{}", r.body);
-    assert_eq!(std::fs::read_to_string(instance.pgdata.join("pgsteward.conf")).unwrap_or_default(), rendered_before);
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("archive_command"),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        std::fs::read_to_string(instance.pgdata.join("pgsteward.conf")).unwrap_or_default(),
+        rendered_before
+    );
     assert_eq!(manager.status().await["config_hash"], hash_before);
-    assert_eq!(sql_value(port, PASSWORD, "SHOW work_mem").await.ok().as_deref(), Some("12MB"));
-    assert!(metric(&instance.metrics(), "pgsteward_config_reload_failures_total").await.is_some_and(|n| n >= 1.0));
+    assert_eq!(
+        sql_value(port, PASSWORD, "SHOW work_mem")
+            .await
+            .ok()
+            .as_deref(),
+        Some("12MB")
+    );
+    assert!(metric(
+        &instance.metrics(),
+        "pgsteward_config_reload_failures_total"
+    )
+    .await
+    .is_some_and(|n| n >= 1.0));
 
     // Valid again, then a restart applies the pending parameter.
     instance.write_config("    work_mem: 12MB\n    max_prepared_transactions: \"7\"\n");
-    let r = http::request("POST", &format!("{}/pg/restart", instance.api()), &[("authorization", &format!("Bearer {TOKEN}"))], "")
-        .await
-        .unwrap_or_else(|| panic!("no answer"));
+    let r = http::request(
+        "POST",
+        &format!("{}/pg/restart", instance.api()),
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+        "",
+    )
+    .await
+    .unwrap_or_else(|| panic!("no answer"));
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(sql_value(port, PASSWORD, "SHOW max_prepared_transactions").await.ok().as_deref(), Some("7"));
+    assert_eq!(
+        sql_value(port, PASSWORD, "SHOW max_prepared_transactions")
+            .await
+            .ok()
+            .as_deref(),
+        Some("7")
+    );
     let status = manager.status().await;
     assert_eq!(status["pending_restart"], false, "{status}");
     assert_ne!(manager.postmaster_host_pid().await, postmaster);
@@ -82,7 +142,11 @@ async fn restart_on_pending_restarts_automatically() {
     let postmaster = manager.postmaster_host_pid().await;
     instance.write_config("    max_prepared_transactions: \"3\"\n");
     wait_for("the automatic restart", READY, || async {
-        (sql_value(instance.pg_port, PASSWORD, "SHOW max_prepared_transactions").await.ok()? == "3").then_some(())
+        (sql_value(instance.pg_port, PASSWORD, "SHOW max_prepared_transactions")
+            .await
+            .ok()?
+            == "3")
+            .then_some(())
     })
     .await;
     assert_ne!(manager.postmaster_host_pid().await, postmaster);

@@ -58,6 +58,8 @@ pub fn load(sources: &ConfigSources) -> Result<Config> {
         {
             continue;
         }
+        // `__` separates levels; under postgres.parameters it stands for the dot of an
+        // extension parameter (PGSTEWARD_POSTGRES__PARAMETERS__PG_STAT_STATEMENTS__MAX).
         let path = rest.to_ascii_lowercase().replace("__", ".");
         env_overrides.push((path, value.clone()));
     }
@@ -71,8 +73,17 @@ pub fn load(sources: &ConfigSources) -> Result<Config> {
 }
 
 fn read_yaml(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading configuration file {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| {
+        let user = nix::unistd::User::from_uid(nix::unistd::geteuid())
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+            .unwrap_or_default();
+        format!(
+            "reading configuration file {} as user {user:?} (pgsteward reads it after dropping privileges: it must be readable by that user)",
+            path.display()
+        )
+    })?;
     if text.trim().is_empty() {
         return Ok(Value::Mapping(Mapping::new()));
     }
@@ -109,9 +120,16 @@ fn merge(base: &mut Value, overlay: Value) {
 
 /// Set `dotted.path` in `tree` to `raw`, coerced to the type of the default at that path.
 fn set_path(tree: &mut Value, defaults: &Value, path: &str, raw: &str) -> Result<()> {
-    let parts: Vec<&str> = path.split('.').collect();
+    let mut parts: Vec<&str> = path.split('.').collect();
     if parts.iter().any(|p| p.is_empty()) {
         bail!("invalid configuration path {path:?}");
+    }
+    // `postgres.parameters.pg_stat_statements.max`: the parameter name keeps its dots.
+    let joined;
+    if parts.len() > 3 && parts[0] == "postgres" && parts[1] == "parameters" {
+        joined = parts[2..].join(".");
+        parts.truncate(2);
+        parts.push(&joined);
     }
     let default_here = parts
         .iter()
@@ -216,6 +234,24 @@ mod tests {
         assert_eq!(
             config.postgres.parameters.get("work_mem"),
             Some(&super::super::ParamValue::Text("4MB".into()))
+        );
+    }
+
+    #[test]
+    fn extension_parameters_keep_their_dots() {
+        let s = sources(
+            "",
+            &[(
+                "PGSTEWARD_POSTGRES__PARAMETERS__AUTO_EXPLAIN__LOG_MIN_DURATION",
+                "5s",
+            )],
+            &[("postgres.parameters.pg_stat_statements.max", "1000")],
+        );
+        let config = load(&s).unwrap_or_else(|e| panic!("{e:#}"));
+        let keys: Vec<&String> = config.postgres.parameters.keys().collect();
+        assert_eq!(
+            keys,
+            ["auto_explain.log_min_duration", "pg_stat_statements.max"]
         );
     }
 

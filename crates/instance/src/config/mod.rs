@@ -52,12 +52,30 @@ impl Default for Config {
     }
 }
 
+/// The host name made valid as an instance name: lower case, first label only, characters
+/// outside `a-z0-9-_` replaced by `-`, at most 63 characters.
 fn default_instance_name() -> String {
-    nix::unistd::gethostname()
+    let host = nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "pgsteward".to_owned())
+        .unwrap_or_default();
+    let label = host.split('.').next().unwrap_or("").to_ascii_lowercase();
+    let name: String = label
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    if name.is_empty() {
+        "pgsteward".to_owned()
+    } else {
+        name
+    }
 }
 
 /// A postgres parameter value as written in YAML.

@@ -195,8 +195,10 @@ mod tests {
 
     #[test]
     fn stamp_hash_matches_body_and_changes_with_parameters() {
-        let mut config = Config::default();
-        config.instance_name = "pg-1".into();
+        let mut config = Config {
+            instance_name: "pg-1".into(),
+            ..Config::default()
+        };
         let a = render(&config, 15, "postgres");
         let (header, body) = a.include_file.split_once('\n').unwrap_or_default();
         assert!(header.starts_with("# Managed by pgsteward"));

@@ -291,8 +291,10 @@ mod tests {
 
     #[test]
     fn requires_pgdata_and_pairs() {
-        let mut config = Config::default();
-        config.instance_name = "Bad Name".into();
+        let mut config = Config {
+            instance_name: "Bad Name".into(),
+            ..Config::default()
+        };
         config.bootstrap.initdb.database = Some("app".into());
         let problems = validate(&config, &catalog()).unwrap_err().to_string();
         assert!(problems.contains("pgdata: required"));

@@ -47,7 +47,9 @@ pub async fn require_token(
     let presented = header
         .to_str()
         .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token)
         .ok_or(ApiError::Unauthorized)?;
     if !token_matches(presented.trim().as_bytes(), &expected) {
         tracing::warn!(path = %request.uri().path(), "rejected a request with a wrong bearer token");

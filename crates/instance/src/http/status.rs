@@ -11,7 +11,7 @@ pub fn routes() -> Vec<Route> {
     vec![Route {
         doc: RouteDoc {
             path: "/pg/status",
-            methods: &["get"],
+                        methods: &["get", "head"],
             summary: "Instance status",
             description: "Role, state, versions, identifiers, WAL position, pending restart, configuration hash. Answers even when postgres is down (postgres fields are then null).",
             authenticated: false,

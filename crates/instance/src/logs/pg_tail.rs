@@ -64,7 +64,7 @@ fn poll(pgdata: &Path, mut position: Position) -> Position {
     if position.file.as_ref() != Some(&current) {
         if let Some(old) = position.file.take() {
             // Drain what the old file got before the rotation, then remove it.
-            read_new(&old, &mut position);
+            while read_new(&old, &mut position) {}
             flush_partial(&mut position);
             let _ = fs::remove_file(&old);
         }
@@ -74,7 +74,11 @@ fn poll(pgdata: &Path, mut position: Position) -> Position {
             partial: Vec::new(),
         };
     }
-    if read_new(&current, &mut position) {
+    let mut moved = false;
+    while read_new(&current, &mut position) {
+        moved = true;
+    }
+    if moved {
         save_position(pgdata, &position);
     }
     position

@@ -95,6 +95,7 @@ impl Supervisor {
                     Err(e) => {
                         let message = format!("{e:#}");
                         tracing::error!(error = %message, "starting postgres failed");
+                        self.fail_restart_reply(format!("postgres did not start again: {message}"));
                         self.shared.with_runtime(|r| r.last_error = Some(message));
                         match self.after_crash() {
                             Ok(delay) => next_start = Some(Instant::now() + delay),
@@ -194,6 +195,8 @@ impl Supervisor {
         self.shared.metrics.pending_restart.set(0);
         let pm = Postmaster::spawn(&self.reaper, &self.shared.bins, &self.shared.pgdata, &[])?;
         self.shared
+            .set_active_target(self.shared.configured_target());
+        self.shared
             .with_runtime(|r| r.postmaster_pid = Some(pm.pid()));
         Ok(pm)
     }
@@ -237,8 +240,6 @@ impl Supervisor {
         {
             self.crashes.pop_front();
         }
-        self.shared.metrics.crash_restarts.inc();
-        self.shared.with_runtime(|r| r.crash_restarts += 1);
         let count = self.crashes.len() as u32;
         if count >= policy.max_crashes {
             tracing::error!(crashes = count, window = ?policy.crash_window, "postgres keeps failing: giving up so the platform can act");
@@ -247,6 +248,8 @@ impl Supervisor {
                 .transition(InstanceState::Failed, "crash loop");
             return Err(exit_code::CRASH_LOOP);
         }
+        self.shared.metrics.crash_restarts.inc();
+        self.shared.with_runtime(|r| r.crash_restarts += 1);
         let factor = 2u32.saturating_pow(count.saturating_sub(1));
         let delay = policy
             .initial_backoff
@@ -307,10 +310,15 @@ impl Supervisor {
             .transition(InstanceState::ShuttingDown, "shutdown requested");
         self.fail_restart_reply("the manager is shutting down".into());
         let Some(mut pm) = postmaster else {
+            let clean = self.control_data_says_shut_down().await;
             self.shared
                 .state
                 .transition(InstanceState::Stopped, "postgres was not running");
-            return exit_code::CLEAN;
+            return if clean {
+                exit_code::CLEAN
+            } else {
+                exit_code::UNCLEAN_STOP
+            };
         };
         let limits = self.shared.config().shutdown;
         let outcome = shutdown::stop(&mut pm, mode, &limits, Some(&mut self.commands)).await;

@@ -80,6 +80,14 @@ impl Postmaster {
         if !is_live_postgres(pid_file.pid) {
             return None;
         }
+        // The postmaster's working directory is its data directory: this rules out a reused
+        // pid that happens to belong to another postgres.
+        let cwd = std::fs::read_link(format!("/proc/{}/cwd", pid_file.pid)).ok();
+        let ours = std::fs::canonicalize(pgdata).ok();
+        if cwd.is_none() || cwd != ours {
+            tracing::warn!(pid = pid_file.pid, cwd = ?cwd, "postmaster.pid names a postgres of another data directory: not attaching");
+            return None;
+        }
         tracing::info!(pid = pid_file.pid, "re-attached to the running postmaster");
         Some(Postmaster {
             pid: pid_file.pid,

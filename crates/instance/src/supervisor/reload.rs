@@ -40,6 +40,14 @@ fn keep_manager_settings(old: &Config, new: &mut Config) -> Vec<&'static str> {
         new.metrics = old.metrics.clone();
         kept.push("metrics");
     }
+    if new.postgres.superuser != old.postgres.superuser {
+        new.postgres.superuser.clone_from(&old.postgres.superuser);
+        kept.push("postgres.superuser");
+    }
+    if new.http.body_limit_bytes != old.http.body_limit_bytes {
+        new.http.body_limit_bytes = old.http.body_limit_bytes;
+        kept.push("http.body_limit_bytes");
+    }
     if new.log != old.log {
         new.log = old.log.clone();
         kept.push("log");

@@ -76,6 +76,9 @@ pub struct Shared {
     pub token: RwLock<Option<Vec<u8>>>,
     /// True once postgres accepted connections after the manager started.
     pub started_once: AtomicBool,
+    /// Where the running postmaster listens (set when it starts; a reloaded port or socket
+    /// directory only applies after a restart).
+    pub active_target: RwLock<Option<LocalTarget>>,
 }
 
 impl Shared {
@@ -89,12 +92,33 @@ impl Shared {
 
     /// Where the manager connects to postgres.
     pub fn target(&self) -> LocalTarget {
+        if let Some(active) = self
+            .active_target
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return active;
+        }
+        self.configured_target()
+    }
+
+    /// The address the configuration asks for (used when starting postgres).
+    pub fn configured_target(&self) -> LocalTarget {
         let config = self.config.read().unwrap_or_else(|p| p.into_inner());
         LocalTarget::new(
             &config.postgres.socket_dir,
             config.postgres.port,
             &config.postgres.superuser,
         )
+    }
+
+    /// Record the address of the postmaster that was just started.
+    pub fn set_active_target(&self, target: LocalTarget) {
+        *self
+            .active_target
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(target);
     }
 
     /// Update runtime facts.

@@ -1,0 +1,122 @@
+//! HTTPS on the API (certificate and key from PEM files, checked with curl against the CA) and
+//! the `pgsteward status` command's summary and JSON output.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_serves_https_with_the_configured_certificate() {
+    let instance = Instance::new(options(PgVersion::V15));
+    let cert = instance.dir.join("tls.crt");
+    let key = instance.dir.join("tls.key");
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap_or_else(|e| {
+            panic!("openssl is required for this test (apt-get install openssl): {e}")
+        });
+    assert!(status.success());
+    instance.dir.chown_postgres(&cert);
+    instance.dir.chown_postgres(&key);
+    let args = vec![
+        format!("--set=http.tls.cert_file={}", cert.display()),
+        format!("--set=http.tls.key_file={}", key.display()),
+    ];
+    let mut manager = instance.spawn_with(&args);
+    let url = format!("https://127.0.0.1:{}/pg/status", instance.api_port);
+    let body = wait_for("the HTTPS API", READY, || {
+        let url = url.clone();
+        let cert = cert.clone();
+        async move {
+            let output = Command::new("curl")
+                .args(["-sf", "--max-time", "5", "--cacert"])
+                .arg(&cert)
+                .arg(&url)
+                .output()
+                .ok()?;
+            output
+                .status
+                .success()
+                .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+        }
+    })
+    .await;
+    let status: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(
+        status["instance_name"],
+        format!("test-{}", instance.pg_port)
+    );
+    // Plain HTTP on the TLS port is not served; an untrusted client is refused by curl.
+    assert!(
+        http::get(&format!("http://127.0.0.1:{}/healthz", instance.api_port))
+            .await
+            .map(|r| r.status)
+            != Some(200)
+    );
+    let untrusted = Command::new("curl")
+        .args(["-sf", "--max-time", "5"])
+        .arg(&url)
+        .status()
+        .unwrap_or_else(|e| panic!("curl: {e}"));
+    assert!(!untrusted.success());
+    manager.signal(nix::sys::signal::Signal::SIGTERM).await;
+    assert_eq!(manager.wait_exit(EXIT).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_command_prints_a_summary_and_json() {
+    let instance = Instance::new(options(PgVersion::V15));
+    let manager = instance.spawn();
+    let binary = env!("CARGO_BIN_EXE_pgsteward");
+    // Before the manager answers: a clear error and exit 1.
+    let early = Command::new(binary)
+        .args(["status", "--url", "http://127.0.0.1:1"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(early.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&early.stderr).contains("is pgsteward running?"));
+    manager.wait_ready(READY).await;
+    let output = Command::new(binary)
+        .args(["status", "--url", &instance.api()])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("(primary, running)") && text.contains("pending restart: none"),
+        "{text}"
+    );
+    let output = Command::new(binary)
+        .args(["status", "--json", "--url", &instance.api()])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let json: serde_json::Value =
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(json["state"], "running");
+    let version = Command::new(binary)
+        .arg("version")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(String::from_utf8_lossy(&version.stdout).starts_with("pgsteward "));
+}
