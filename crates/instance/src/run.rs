@@ -131,6 +131,11 @@ async fn manage(config: Config, sources: ConfigSources, os_user: String) -> Resu
     } else {
         crate::bootstrap::preflight(&config.bootstrap.initdb)?;
     }
+    // One manager per data directory: lock before binding listeners or touching anything.
+    if kind == DataDirKind::Missing {
+        create_pgdata(&pgdata)?;
+    }
+    let _lock = pgdata::lock(&pgdata)?;
     tracing::info!(
         instance = %config.instance_name,
         pgdata = %pgdata.display(),
@@ -160,10 +165,6 @@ async fn manage(config: Config, sources: ConfigSources, os_user: String) -> Resu
     spawn_signal_forwarder(shared.clone())?;
     crate::http::server::serve_api(shared.clone()).await?;
     crate::http::metrics_server::serve(shared.clone()).await?;
-    if kind == DataDirKind::Missing {
-        create_pgdata(&pgdata)?;
-    }
-    let _lock = pgdata::lock(&pgdata)?;
     if matches!(kind, DataDirKind::Missing | DataDirKind::Empty) {
         state.transition(InstanceState::Bootstrapping, "empty data directory");
         if let Err(e) = crate::bootstrap::run(&reaper, &bins, &config, &pgdata, &os_user).await {
