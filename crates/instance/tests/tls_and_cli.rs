@@ -44,6 +44,7 @@ async fn api_serves_https_with_the_configured_certificate() {
     ];
     let mut manager = instance.spawn_with(&args);
     let url = format!("https://127.0.0.1:{}/pg/status", instance.api_port);
+    let ready = format!("https://127.0.0.1:{}/readyz", instance.api_port);
     let body = wait_for("the HTTPS API", READY, || {
         let url = url.clone();
         let cert = cert.clone();
@@ -80,8 +81,23 @@ async fn api_serves_https_with_the_configured_certificate() {
         .status()
         .unwrap_or_else(|e| panic!("curl: {e}"));
     assert!(!untrusted.success());
+    wait_for("HTTPS /readyz", READY, || {
+        let ready = ready.clone();
+        let cert = cert.clone();
+        async move {
+            let ok = Command::new("curl")
+                .args(["-sf", "--max-time", "5", "--cacert"])
+                .arg(&cert)
+                .arg(&ready)
+                .status()
+                .ok()?
+                .success();
+            ok.then_some(())
+        }
+    })
+    .await;
     manager.signal(nix::sys::signal::Signal::SIGTERM).await;
-    assert_eq!(manager.wait_exit(EXIT).await, 0);
+    assert_eq!(manager.wait_exit(EXIT).await, 0, "{}", manager.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -324,12 +324,10 @@ impl Supervisor {
         let outcome = shutdown::stop(&mut pm, mode, &limits, Some(&mut self.commands)).await;
         self.shared.metrics.postgres_up.set(0);
         self.shared.with_runtime(|r| r.postmaster_pid = None);
-        let clean = match outcome.ended {
-            Ended::Vanished if outcome.mode != ShutdownMode::Immediate => {
-                self.control_data_says_shut_down().await
-            }
-            _ => outcome.clean(),
-        };
+        // The control file is the truth: a postmaster killed before it installed its signal
+        // handlers (shutdown right after start) or an attached one (no exit status) is clean
+        // when pg_control says "shut down".
+        let clean = outcome.clean() || self.control_data_says_shut_down().await;
         self.shared
             .state
             .transition(InstanceState::Stopped, "postgres stopped");
