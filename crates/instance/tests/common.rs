@@ -62,3 +62,32 @@ macro_rules! for_each_version {
         }
     };
 }
+
+/// kill -9 the postmaster of `manager` and wait until the manager runs a new one; returns
+/// the (old, new) host pids.
+pub async fn kill_postmaster_and_wait_for_new(
+    manager: &pgsteward_testkit::Manager,
+    instance: &Instance,
+) -> (i32, i32) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let first = manager
+        .postmaster_host_pid()
+        .await
+        .unwrap_or_else(|| panic!("no postmaster"));
+    kill(Pid::from_raw(first), Signal::SIGKILL).unwrap_or_else(|e| panic!("{e}"));
+    let second = wait_for("a new postmaster", READY, || async {
+        let status = http::get(&format!("{}/pg/status", instance.api()))
+            .await?
+            .json();
+        if status["state"] != "running" {
+            return None;
+        }
+        manager
+            .postmaster_host_pid()
+            .await
+            .filter(|pid| *pid != first)
+    })
+    .await;
+    (first, second)
+}

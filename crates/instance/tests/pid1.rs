@@ -56,24 +56,7 @@ async fn pid1_reaps_restarts_and_shuts_down(version: PgVersion) {
     .await;
 
     // kill -9 of the postmaster: the manager starts postgres again.
-    let first = manager
-        .postmaster_host_pid()
-        .await
-        .unwrap_or_else(|| panic!("no postmaster"));
-    kill(Pid::from_raw(first), Signal::SIGKILL).unwrap_or_else(|e| panic!("{e}"));
-    let second = wait_for("a new postmaster", READY, || async {
-        let status = http::get(&format!("{}/pg/status", instance.api()))
-            .await?
-            .json();
-        if status["state"] != "running" {
-            return None;
-        }
-        manager
-            .postmaster_host_pid()
-            .await
-            .filter(|pid| *pid != first)
-    })
-    .await;
+    let (_, second) = kill_postmaster_and_wait_for_new(&manager, &instance).await;
     assert!(proc::alive(second));
     manager.wait_ready(READY).await;
     assert_eq!(manager.status().await["crash_restarts"], 1);
@@ -114,24 +97,7 @@ async fn crash_loop_makes_the_manager_exit_non_zero() {
     let instance = Instance::new(opts);
     let mut manager = instance.spawn();
     manager.wait_ready(READY).await;
-    let first = manager
-        .postmaster_host_pid()
-        .await
-        .unwrap_or_else(|| panic!("no postmaster"));
-    kill(Pid::from_raw(first), Signal::SIGKILL).unwrap_or_else(|e| panic!("{e}"));
-    let second = wait_for("the restarted postmaster", READY, || async {
-        let status = http::get(&format!("{}/pg/status", instance.api()))
-            .await?
-            .json();
-        if status["state"] != "running" {
-            return None;
-        }
-        manager
-            .postmaster_host_pid()
-            .await
-            .filter(|pid| *pid != first)
-    })
-    .await;
+    let (_, second) = kill_postmaster_and_wait_for_new(&manager, &instance).await;
     kill(Pid::from_raw(second), Signal::SIGKILL).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(manager.wait_exit(EXIT).await, 3, "{}", manager.log());
     assert!(manager.log().contains("giving up"));
