@@ -114,6 +114,32 @@ pub struct InstanceStatus {
     pub manager_version: String,
     /// Last error the manager recorded (start failure, reload failure), if any.
     pub last_error: Option<String>,
+    /// WAL archiving, when `archive.destination` is set.
+    pub archive: Option<ArchiveStatus>,
+}
+
+/// Continuous WAL archiving as the manager sees it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ArchiveStatus {
+    /// Destination (`s3://bucket/prefix` or `file:///path`; never credentials).
+    pub destination: String,
+    /// Highest WAL segment archived since the manager started.
+    pub last_archived_wal: Option<String>,
+    /// When the last file was archived (RFC 3339).
+    pub last_archived_time: Option<String>,
+    /// The last file whose archiving failed, when, and why.
+    pub last_failed_wal: Option<String>,
+    pub last_failure_time: Option<String>,
+    pub last_failure: Option<String>,
+    /// Files archived and failures since the manager started.
+    pub archived_count: u64,
+    pub failed_count: u64,
+    /// `.ready` files waiting in `pg_wal/archive_status`.
+    pub ready_backlog: u64,
+    /// Bytes of WAL written after the end of the last archived segment.
+    pub lag_bytes: Option<u64>,
+    /// Age of the oldest `.ready` file (0 when none waits).
+    pub lag_seconds: f64,
 }
 
 /// `POST /pg/restart` body (optional; an empty body means the defaults).

@@ -51,7 +51,7 @@ pub async fn run(
     bins: &PgBinaries,
     config: &Config,
     pgdata: &Path,
-    os_user: &str,
+    ctx: &crate::config::render::RenderContext,
 ) -> Result<()> {
     let init = &config.bootstrap.initdb;
     preflight(init)?;
@@ -90,7 +90,7 @@ pub async fn run(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "initdb done"
     );
-    post_init(reaper, bins, config, pgdata, os_user).await?;
+    post_init(reaper, bins, config, pgdata, ctx).await?;
     std::fs::remove_file(pgdata.join(MARKER)).context("removing the bootstrap marker")?;
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -104,14 +104,14 @@ async fn post_init(
     bins: &PgBinaries,
     config: &Config,
     pgdata: &Path,
-    os_user: &str,
+    ctx: &crate::config::render::RenderContext,
 ) -> Result<()> {
     let init = &config.bootstrap.initdb;
     if init.database.is_none() && init.post_init_sql_files.is_empty() {
         return Ok(());
     }
     // The manager's hba and ident files must be in place for its peer connection.
-    let rendered = crate::config::render::render(config, bins.major, os_user);
+    let rendered = crate::config::render::render(config, ctx);
     crate::config::render::write(pgdata, &rendered)?;
     let socket_dir = private_socket_dir(pgdata)?;
     let settings = [

@@ -23,6 +23,50 @@ pub enum Command {
     Config(ConfigCommand),
     /// Print the version.
     Version,
+    /// Archive one WAL file (postgres's archive_command: `wal-archive --pgdata DIR %p`).
+    WalArchive {
+        /// The data directory (holds the archive settings the manager wrote).
+        #[arg(long)]
+        pgdata: PathBuf,
+        /// The file (`%p`, relative to the data directory).
+        path: PathBuf,
+    },
+    /// Restore one WAL file (postgres's restore_command: `wal-restore --pgdata DIR %f %p`).
+    WalRestore {
+        #[arg(long)]
+        pgdata: PathBuf,
+        /// WAL file name (`%f`).
+        name: String,
+        /// Where postgres wants it (`%p`).
+        dest: PathBuf,
+    },
+    /// Inspect the WAL archive.
+    #[command(subcommand)]
+    Wal(WalCommand),
+}
+
+/// `pgsteward wal ...`.
+#[derive(Debug, Subcommand)]
+pub enum WalCommand {
+    /// List archived WAL files.
+    List(WalTarget),
+    /// Report gaps in the archived segments of each timeline (exit 1 when there are some).
+    Check {
+        #[command(flatten)]
+        target: WalTarget,
+        /// WAL segment size in MB.
+        #[arg(long, default_value_t = 16)]
+        segment_size_mb: u64,
+    },
+}
+
+/// Which archive: the one a data directory's manager uses, or the one a configuration names.
+#[derive(Debug, Args)]
+pub struct WalTarget {
+    #[arg(long)]
+    pub pgdata: Option<PathBuf>,
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }
 
 /// Sources of configuration shared by `run` and `config check`.
@@ -119,6 +163,21 @@ pub fn dispatch(cli: Cli) -> i32 {
         Command::Config(ConfigCommand::Check { file, sources }) => {
             crate::run::config_check(&file, &sources)
         }
+        Command::WalArchive { pgdata, path } => crate::wal_cmd::archive(&pgdata, &path),
+        Command::WalRestore { pgdata, name, dest } => {
+            crate::wal_cmd::restore(&pgdata, &name, &dest)
+        }
+        Command::Wal(WalCommand::List(target)) => {
+            crate::wal_cmd::list(target.pgdata.as_deref(), target.config.as_deref())
+        }
+        Command::Wal(WalCommand::Check {
+            target,
+            segment_size_mb,
+        }) => crate::wal_cmd::check(
+            target.pgdata.as_deref(),
+            target.config.as_deref(),
+            segment_size_mb,
+        ),
         Command::Version => {
             println!("pgsteward {}", env!("CARGO_PKG_VERSION"));
             0

@@ -3,6 +3,7 @@
 //! configuration, supervises the postmaster (restarts, shutdown escalation, orphan reaping),
 //! and serves the local HTTP API and Prometheus metrics. `main.rs` is only the CLI front.
 
+pub mod archiver;
 pub mod bootstrap;
 pub mod cli;
 pub mod config;
@@ -18,3 +19,4 @@ pub mod state;
 pub mod status;
 pub mod status_cmd;
 pub mod supervisor;
+pub mod wal_cmd;

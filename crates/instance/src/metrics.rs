@@ -24,6 +24,16 @@ pub struct Metrics {
     /// Successful and failed configuration reloads.
     pub config_reloads: IntCounter,
     pub config_reload_failures: IntCounter,
+    /// WAL archiving and restore.
+    pub wal_archived: IntCounter,
+    pub wal_archive_failures: IntCounter,
+    pub wal_archive_conflicts: IntCounter,
+    pub wal_archive_ready_backlog: IntGauge,
+    pub wal_archive_lag_seconds: Gauge,
+    pub wal_archive_last_success: Gauge,
+    pub wal_archive_last_failure: Gauge,
+    pub wal_restored: IntCounter,
+    pub wal_restore_prefetch_hits: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -70,6 +80,51 @@ impl Metrics {
             "config_reload_failures_total",
             "Configuration reloads refused or failed",
         ))?;
+        let counter = |name: &str, help: &str| IntCounter::with_opts(opts(name, help));
+        let wal_archived = counter(
+            "wal_archived_total",
+            "WAL files archived (or found already archived)",
+        )?;
+        let wal_archive_failures =
+            counter("wal_archive_failures_total", "Failed WAL archive attempts")?;
+        let wal_archive_conflicts = counter(
+            "wal_archive_conflicts_total",
+            "Archive attempts refused because a different object already exists",
+        )?;
+        let wal_archive_ready_backlog = IntGauge::with_opts(opts(
+            "wal_archive_ready_backlog",
+            "WAL files waiting to be archived (.ready)",
+        ))?;
+        let wal_archive_lag_seconds = Gauge::with_opts(opts(
+            "wal_archive_lag_seconds",
+            "Age of the oldest WAL file waiting to be archived",
+        ))?;
+        let wal_archive_last_success = Gauge::with_opts(opts(
+            "wal_archive_last_success_timestamp_seconds",
+            "When a WAL file was last archived",
+        ))?;
+        let wal_archive_last_failure = Gauge::with_opts(opts(
+            "wal_archive_last_failure_timestamp_seconds",
+            "When archiving a WAL file last failed",
+        ))?;
+        let wal_restored = counter("wal_restored_total", "WAL files restored for postgres")?;
+        let wal_restore_prefetch_hits = counter(
+            "wal_restore_prefetch_hits_total",
+            "WAL restores served from the prefetch spool",
+        )?;
+        for metric in [
+            &wal_archived,
+            &wal_archive_failures,
+            &wal_archive_conflicts,
+            &wal_restored,
+            &wal_restore_prefetch_hits,
+        ] {
+            registry.register(Box::new(metric.clone()))?;
+        }
+        registry.register(Box::new(wal_archive_ready_backlog.clone()))?;
+        registry.register(Box::new(wal_archive_lag_seconds.clone()))?;
+        registry.register(Box::new(wal_archive_last_success.clone()))?;
+        registry.register(Box::new(wal_archive_last_failure.clone()))?;
         registry.register(Box::new(collector_up.clone()))?;
         registry.register(Box::new(postgres_up.clone()))?;
         registry.register(Box::new(manager_state.clone()))?;
@@ -91,6 +146,15 @@ impl Metrics {
             pending_restart,
             config_reloads,
             config_reload_failures,
+            wal_archived,
+            wal_archive_failures,
+            wal_archive_conflicts,
+            wal_archive_ready_backlog,
+            wal_archive_lag_seconds,
+            wal_archive_last_success,
+            wal_archive_last_failure,
+            wal_restored,
+            wal_restore_prefetch_hits,
         })
     }
 

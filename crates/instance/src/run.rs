@@ -144,6 +144,7 @@ async fn manage(config: Config, sources: ConfigSources, os_user: String) -> Resu
         pid = std::process::id(),
         "pgsteward starting"
     );
+    let executable = std::env::current_exe().context("locating the pgsteward executable")?;
     let metrics = Metrics::new(&config.metrics.namespace).context("creating metrics")?;
     let state = StateMachine::new(metrics.clone());
     let (commands_tx, commands_rx) = mpsc::channel(16);
@@ -160,6 +161,8 @@ async fn manage(config: Config, sources: ConfigSources, os_user: String) -> Resu
         token: RwLock::new(None),
         started_once: AtomicBool::new(false),
         active_target: RwLock::new(None),
+        executable: executable.clone(),
+        archiver: std::sync::OnceLock::new(),
     });
     shared.reload_token(&config);
     spawn_signal_forwarder(shared.clone())?;
@@ -167,11 +170,14 @@ async fn manage(config: Config, sources: ConfigSources, os_user: String) -> Resu
     crate::http::metrics_server::serve(shared.clone()).await?;
     if matches!(kind, DataDirKind::Missing | DataDirKind::Empty) {
         state.transition(InstanceState::Bootstrapping, "empty data directory");
-        if let Err(e) = crate::bootstrap::run(&reaper, &bins, &config, &pgdata, &os_user).await {
+        if let Err(e) =
+            crate::bootstrap::run(&reaper, &bins, &config, &pgdata, &shared.render_context()).await
+        {
             state.transition(InstanceState::Failed, "bootstrap failed");
             return Err(e.context("bootstrap failed"));
         }
     }
+    start_archiver(&shared, &reaper, &config).await?;
     crate::logs::pg_tail::spawn(pgdata.clone());
     crate::supervisor::reload::spawn_file_watcher(shared.clone());
     let code = Supervisor::new(shared, reaper, catalog, commands_rx)
@@ -179,6 +185,45 @@ async fn manage(config: Config, sources: ConfigSources, os_user: String) -> Resu
         .await;
     tracing::info!(exit_code = code, "pgsteward exiting");
     Ok(code)
+}
+
+/// Write the archive settings for the WAL commands and start the archiver (before postgres
+/// starts, so that its first archive_command call finds the manager).
+async fn start_archiver(shared: &Arc<Shared>, reaper: &Reaper, config: &Config) -> Result<()> {
+    let settings = crate::archiver::settings::ArchiveSettings::from_config(config);
+    crate::archiver::settings::ArchiveSettings::write(&shared.pgdata, settings.as_ref())?;
+    let Some(settings) = settings else {
+        return Ok(());
+    };
+    let segment_bytes = segment_size(reaper, &shared.bins, &shared.pgdata).await;
+    let archiver = crate::archiver::Archiver::new(
+        settings,
+        &shared.pgdata,
+        shared.metrics.clone(),
+        segment_bytes,
+    )
+    .await?;
+    archiver.spawn()?;
+    tracing::info!(destination = %archiver.wal().store().describe(), server = %archiver.settings().server_name, segment_bytes, "WAL archiving enabled");
+    let _ = shared.archiver.set(archiver);
+    Ok(())
+}
+
+/// WAL segment size from pg_controldata (16 MiB when it cannot be read).
+async fn segment_size(reaper: &Reaper, bins: &PgBinaries, pgdata: &Path) -> u64 {
+    let mut command = std::process::Command::new(bins.bin("pg_controldata"));
+    command.arg("-D").arg(pgdata).env("LC_ALL", "C");
+    let parsed = reaper
+        .output(&mut command)
+        .await
+        .ok()
+        .and_then(|(_, stdout, _)| {
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("Bytes per WAL segment:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        });
+    parsed.unwrap_or(16 << 20)
 }
 
 fn create_pgdata(path: &Path) -> Result<()> {

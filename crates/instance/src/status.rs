@@ -68,5 +68,49 @@ pub async fn collect(shared: &Shared) -> InstanceStatus {
         crash_restarts: runtime.crash_restarts,
         manager_version: env!("CARGO_PKG_VERSION").to_owned(),
         last_error: runtime.last_error,
+        archive: shared.archiver.get().map(|archiver| {
+            let mut status = archiver.status();
+            status.lag_bytes = lag_bytes(
+                facts.as_ref().and_then(|f| f.current_lsn.as_deref()),
+                status.last_archived_wal.as_deref(),
+                archiver.segment_bytes(),
+            );
+            status
+        }),
+    }
+}
+
+/// Bytes between the end of the last archived segment and the current LSN.
+fn lag_bytes(
+    current_lsn: Option<&str>,
+    last_archived: Option<&str>,
+    segment_bytes: u64,
+) -> Option<u64> {
+    let (high, low) = current_lsn?.split_once('/')?;
+    let current =
+        (u64::from_str_radix(high, 16).ok()? << 32) | u64::from_str_radix(low, 16).ok()?;
+    let file = pgsteward_archive::WalFile::parse(last_archived?).ok()?;
+    let (_, log, seg) = file.position()?;
+    let end = (u64::from(log) << 32) + (u64::from(seg) + 1) * segment_bytes;
+    Some(current.saturating_sub(end))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lag_is_measured_from_the_end_of_the_last_archived_segment() {
+        let seg = 16u64 << 20;
+        assert_eq!(
+            super::lag_bytes(Some("0/3000028"), Some("000000010000000000000002"), seg),
+            Some(0x28)
+        );
+        assert_eq!(
+            super::lag_bytes(Some("1/0"), Some("0000000100000000000000FF"), seg),
+            Some(0)
+        );
+        assert_eq!(
+            super::lag_bytes(None, Some("000000010000000000000002"), seg),
+            None
+        );
     }
 }

@@ -44,6 +44,8 @@ fn offline_state() -> Arc<Shared> {
         token: RwLock::new(Some(b"t".to_vec())),
         started_once: AtomicBool::new(false),
         active_target: RwLock::new(None),
+        executable: "/usr/bin/pgsteward".into(),
+        archiver: std::sync::OnceLock::new(),
     })
 }
 

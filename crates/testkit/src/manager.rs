@@ -133,10 +133,10 @@ impl Instance {
 
     /// Start a manager on this instance; its output goes to `<dir>/manager-<n>.log`.
     pub fn spawn(&self) -> Manager {
-        self.spawn_with(&self.options.args)
+        self.spawn_with(&[])
     }
 
-    /// Start a manager with these extra arguments.
+    /// Start a manager with these arguments after the instance's own `options.args`.
     pub fn spawn_with(&self, extra_args: &[String]) -> Manager {
         let log_path = (0..)
             .map(|n| self.dir.join(&format!("manager-{n}.log")))
@@ -152,6 +152,7 @@ impl Instance {
             "--config".into(),
             self.config_path.display().to_string(),
         ];
+        args.extend(self.options.args.iter().cloned());
         args.extend(extra_args.iter().cloned());
         let mut command = if self.options.pid_namespace {
             let mut c = Command::new("unshare");

@@ -33,6 +33,7 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub restart: RestartPolicy,
     pub log: LogConfig,
+    pub archive: ArchiveConfig,
 }
 
 impl Default for Config {
@@ -48,6 +49,7 @@ impl Default for Config {
             shutdown: ShutdownConfig::default(),
             restart: RestartPolicy::default(),
             log: LogConfig::default(),
+            archive: ArchiveConfig::default(),
         }
     }
 }
@@ -292,4 +294,76 @@ impl Default for LogConfig {
             level: "info".to_owned(),
         }
     }
+}
+
+/// Continuous WAL archiving (and the restore command) to an object store.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveConfig {
+    /// `s3://bucket/prefix` or `file:///path`; archiving is off when unset.
+    pub destination: Option<String>,
+    /// barman's server name (the folder below the destination); defaults to instance_name.
+    pub server_name: Option<String>,
+    /// Allow the first archive of this data directory into a destination that already holds
+    /// WAL for the server (default: refuse, as barman-cloud-check-wal-archive does).
+    pub allow_existing_wal: bool,
+    pub s3: S3Config,
+    pub wal: WalArchiveConfig,
+}
+
+/// S3 connection settings.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    /// Endpoint of an S3-compatible server (MinIO, SeaweedFS, ...).
+    pub endpoint_url: Option<String>,
+    pub region: Option<String>,
+    /// Path-style addressing (`https://host/bucket/key`), needed by most S3-compatible servers.
+    pub force_path_style: bool,
+    /// Files holding the credentials; without them the default AWS chain is used.
+    pub access_key_id_file: Option<PathBuf>,
+    pub secret_access_key_file: Option<PathBuf>,
+    /// `none`, `aes256` (SSE-S3) or `aws_kms` (SSE-KMS, with kms_key_id).
+    pub sse: pgsteward_archive::store::ServerSideEncryption,
+    pub kms_key_id: Option<String>,
+    /// `when_supported` (default: a checksum with every upload) or `when_required`.
+    pub checksums: pgsteward_archive::store::ChecksumMode,
+}
+
+/// How WAL is compressed and shipped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WalArchiveConfig {
+    /// `gzip` (default) or `none`.
+    pub compression: WalCompression,
+    /// gzip level 1-9.
+    pub gzip_level: u32,
+    /// Segments uploaded at once (memory: about 2 x 16 MiB each).
+    pub max_parallel: usize,
+    /// Segments downloaded ahead of postgres during recovery.
+    pub prefetch: usize,
+    /// How long one `wal-archive` or `wal-restore` call may take, retries included.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for WalArchiveConfig {
+    fn default() -> Self {
+        WalArchiveConfig {
+            compression: WalCompression::Gzip,
+            gzip_level: 6,
+            max_parallel: 4,
+            prefetch: 8,
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Compression of archived WAL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WalCompression {
+    #[default]
+    Gzip,
+    None,
 }

@@ -29,9 +29,23 @@ pub struct RenderedConfig {
     pub hash: String,
 }
 
-/// Render the files for `config`, running postgres `major` as operating-system user `os_user`.
-pub fn render(config: &Config, major: u32, os_user: &str) -> RenderedConfig {
-    let body = include_body(config, major);
+/// What rendering needs besides the configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderContext {
+    /// Major version of the binaries.
+    pub major: u32,
+    /// Operating-system user postgres runs as.
+    pub os_user: String,
+    /// The pgsteward executable (used in archive_command and restore_command).
+    pub executable: std::path::PathBuf,
+    /// The data directory.
+    pub pgdata: std::path::PathBuf,
+}
+
+/// Render the files for `config`.
+pub fn render(config: &Config, ctx: &RenderContext) -> RenderedConfig {
+    let os_user = ctx.os_user.as_str();
+    let body = include_body(config, ctx);
     let include_hash = hex::encode(Sha256::digest(body.as_bytes()));
     let include_file = format!(
         "# Managed by pgsteward: do not edit, changes are overwritten.\n# sha256: {include_hash}\n{body}"
@@ -54,7 +68,8 @@ pub fn render(config: &Config, major: u32, os_user: &str) -> RenderedConfig {
     }
 }
 
-fn include_body(config: &Config, major: u32) -> String {
+fn include_body(config: &Config, ctx: &RenderContext) -> String {
+    let major = ctx.major;
     let mut out = String::from("\n# User parameters\n");
     for (name, value) in &config.postgres.parameters {
         out.push_str(&format!("{name} = {}\n", quote(&value.as_conf_string())));
@@ -85,10 +100,32 @@ fn include_body(config: &Config, major: u32) -> String {
             if pg.allow_alter_system { "on" } else { "off" }.to_owned(),
         ));
     }
+    let archiving = config.archive.destination.is_some();
+    owned.push((
+        "archive_mode",
+        if archiving { "on" } else { "off" }.to_owned(),
+    ));
+    if archiving {
+        let exe = shell_quote(&ctx.executable.to_string_lossy());
+        let pgdata = shell_quote(&ctx.pgdata.to_string_lossy());
+        owned.push((
+            "archive_command",
+            quote(&format!("{exe} wal-archive --pgdata {pgdata} %p")),
+        ));
+        owned.push((
+            "restore_command",
+            quote(&format!("{exe} wal-restore --pgdata {pgdata} %f %p")),
+        ));
+    }
     for (name, value) in owned {
         out.push_str(&format!("{name} = {value}\n"));
     }
     out
+}
+
+/// Quote for /bin/sh (single quotes) and escape `%` for postgres's command placeholders.
+fn shell_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "'\\''")).replace('%', "%%")
 }
 
 fn hba_body(config: &Config) -> String {
@@ -199,7 +236,13 @@ mod tests {
             instance_name: "pg-1".into(),
             ..Config::default()
         };
-        let a = render(&config, 15, "postgres");
+        let ctx = |major| RenderContext {
+            major,
+            os_user: "postgres".into(),
+            executable: "/usr/bin/pgsteward".into(),
+            pgdata: "/data".into(),
+        };
+        let a = render(&config, &ctx(15));
         let (header, body) = a.include_file.split_once('\n').unwrap_or_default();
         assert!(header.starts_with("# Managed by pgsteward"));
         let (stamp, body) = body.split_once('\n').unwrap_or_default();
@@ -212,10 +255,34 @@ mod tests {
             .postgres
             .parameters
             .insert("work_mem".into(), ParamValue::Text("8MB".into()));
-        let b = render(&config, 18, "postgres");
+        let b = render(&config, &ctx(18));
         assert_ne!(a.hash, b.hash);
         assert!(b.include_file.contains("work_mem = '8MB'"));
         assert!(b.include_file.contains("allow_alter_system = off"));
+    }
+
+    #[test]
+    fn archive_commands_are_quoted_for_shell_and_conf() {
+        let mut config = Config::default();
+        config.archive.destination = Some("file:///backups".into());
+        let ctx = RenderContext {
+            major: 15,
+            os_user: "postgres".into(),
+            executable: "/opt/pg steward/bin/pgsteward".into(),
+            pgdata: "/data/it's 100%".into(),
+        };
+        let text = render(&config, &ctx).include_file;
+        assert!(text.contains("archive_mode = on"), "{text}");
+        let expected = concat!(
+            "archive_command = '",
+            "''/opt/pg steward/bin/pgsteward'' wal-archive --pgdata ",
+            "''/data/it''\\\\''''s 100%%'' %p'"
+        );
+        assert!(text.contains(expected), "{text}");
+        assert!(
+            text.contains("restore_command = '''/opt/pg steward/bin/pgsteward'' wal-restore"),
+            "{text}"
+        );
     }
 
     #[test]

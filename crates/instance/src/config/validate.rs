@@ -100,6 +100,7 @@ pub fn validate(config: &Config, catalog: &GucCatalog) -> Result<(), ConfigProbl
             problems.push(format!("postgres.hba: invalid line {line:?}"));
         }
     }
+    check_archive(&mut problems, config);
     check_parameters(&mut problems, config, catalog);
     if problems.is_empty() {
         Ok(())
@@ -150,6 +151,55 @@ fn check_parameters(problems: &mut Vec<String>, config: &Config, catalog: &GucCa
             "postgres.parameters: unknown to these postgres binaries: {}",
             unknown.join(", ")
         ));
+    }
+}
+
+fn check_archive(problems: &mut Vec<String>, config: &Config) {
+    let archive = &config.archive;
+    if let Some(destination) = &archive.destination {
+        match url::Url::parse(destination) {
+            Ok(url) if url.scheme() == "s3" && url.host_str().is_some_and(|h| !h.is_empty()) => {}
+            Ok(url) if url.scheme() == "file" && url.host_str().is_none_or(str::is_empty) && url.path().len() > 1 => {}
+            _ => problems.push(format!(
+                "archive.destination: {destination:?} must be s3://bucket[/prefix] or file:///absolute/path"
+            )),
+        }
+    }
+    if let Some(server) = &archive.server_name {
+        if server.is_empty() || server.contains('/') || server.contains("..") {
+            problems.push(format!(
+                "archive.server_name: {server:?} must be a non-empty name without '/'"
+            ));
+        }
+    }
+    if !(1..=9).contains(&archive.wal.gzip_level) {
+        problems.push(format!(
+            "archive.wal.gzip_level: {} must be 1-9",
+            archive.wal.gzip_level
+        ));
+    }
+    if !(1..=64).contains(&archive.wal.max_parallel) {
+        problems.push(format!(
+            "archive.wal.max_parallel: {} must be 1-64",
+            archive.wal.max_parallel
+        ));
+    }
+    if archive.wal.prefetch > 64 {
+        problems.push(format!(
+            "archive.wal.prefetch: {} must be 0-64",
+            archive.wal.prefetch
+        ));
+    }
+    if archive.s3.access_key_id_file.is_some() != archive.s3.secret_access_key_file.is_some() {
+        problems.push(
+            "archive.s3: access_key_id_file and secret_access_key_file must be set together"
+                .to_owned(),
+        );
+    }
+    if archive.s3.sse == pgsteward_archive::store::ServerSideEncryption::AwsKms
+        && archive.s3.kms_key_id.is_none()
+    {
+        problems.push("archive.s3.kms_key_id: required with sse: aws_kms".to_owned());
     }
 }
 

@@ -185,8 +185,7 @@ impl Supervisor {
             .state
             .transition(InstanceState::Starting, "starting postgres");
         let config = self.shared.config();
-        let rendered =
-            crate::config::render::render(&config, self.shared.bins.major, &self.shared.os_user);
+        let rendered = crate::config::render::render(&config, &self.shared.render_context());
         crate::config::render::write(&self.shared.pgdata, &rendered)?;
         self.shared.with_runtime(|r| {
             r.config_hash.clone_from(&rendered.hash);

@@ -48,6 +48,10 @@ fn keep_manager_settings(old: &Config, new: &mut Config) -> Vec<&'static str> {
         new.http.body_limit_bytes = old.http.body_limit_bytes;
         kept.push("http.body_limit_bytes");
     }
+    if new.archive != old.archive {
+        new.archive = old.archive.clone();
+        kept.push("archive");
+    }
     if new.log != old.log {
         new.log = old.log.clone();
         kept.push("log");
@@ -87,7 +91,7 @@ async fn apply_inner(
     if !kept.is_empty() {
         tracing::warn!(settings = ?kept, "these settings change only when the manager restarts; keeping the running values");
     }
-    let rendered = config::render::render(&new_config, shared.bins.major, &shared.os_user);
+    let rendered = config::render::render(&new_config, &shared.render_context());
     let changed = config::render::write(&shared.pgdata, &rendered)
         .map_err(|e| CommandError::Failed(format!("writing configuration files: {e:#}")))?;
     shared.reload_token(&new_config);

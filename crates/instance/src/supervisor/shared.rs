@@ -79,6 +79,10 @@ pub struct Shared {
     /// Where the running postmaster listens (set when it starts; a reloaded port or socket
     /// directory only applies after a restart).
     pub active_target: RwLock<Option<LocalTarget>>,
+    /// The pgsteward executable (for archive_command and restore_command).
+    pub executable: PathBuf,
+    /// The WAL archiver, when archiving is configured.
+    pub archiver: std::sync::OnceLock<std::sync::Arc<crate::archiver::Archiver>>,
 }
 
 impl Shared {
@@ -119,6 +123,16 @@ impl Shared {
             .active_target
             .write()
             .unwrap_or_else(|p| p.into_inner()) = Some(target);
+    }
+
+    /// What rendering the managed files needs.
+    pub fn render_context(&self) -> crate::config::render::RenderContext {
+        crate::config::render::RenderContext {
+            major: self.bins.major,
+            os_user: self.os_user.clone(),
+            executable: self.executable.clone(),
+            pgdata: self.pgdata.clone(),
+        }
     }
 
     /// Update runtime facts.

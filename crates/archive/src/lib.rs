@@ -1,0 +1,15 @@
+//! pgsteward-archive: object storage (S3 through aws-sdk-s3, and `file://` as the embedded
+//! default), the barman-cloud object layout, WAL segment names, gzip compression, and WAL
+//! archive/restore with the no-overwrite rule. No knowledge of HTTP or of the supervisor.
+
+pub mod compress;
+pub mod layout;
+pub mod retry;
+pub mod store;
+pub mod wal;
+pub mod walname;
+
+pub use layout::Layout;
+pub use store::{open, ObjectMeta, ObjectStore, StoreError, StoreOptions};
+pub use wal::{ArchiveOutcome, RestoreOutcome, WalArchive, WalError};
+pub use walname::{WalFile, WalKind};

@@ -1,0 +1,428 @@
+//! WAL archive and restore on an object store in barman-cloud's layout. Archiving never
+//! overwrites: an object already at the key is compared with the local content, identical →
+//! success, different → `Conflict`. Restoring writes through a temporary file and a rename, so
+//! postgres never sees a truncated segment; a segment that is absent falls back to its
+//! `.partial`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use thiserror::Error;
+use tokio::time::Instant;
+
+use crate::compress;
+use crate::layout::{Compression, Layout};
+use crate::retry::with_retry;
+use crate::store::{ObjectMeta, ObjectStore, StoreError};
+use crate::walname::{InvalidWalName, WalFile, WalKind};
+
+/// Largest WAL file accepted when decompressing (postgres allows segments up to 1 GiB).
+const MAX_WAL_BYTES: u64 = 1 << 30;
+
+/// What archiving did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArchiveOutcome {
+    /// Uploaded and confirmed.
+    Stored {
+        key: String,
+        raw_bytes: u64,
+        stored_bytes: u64,
+    },
+    /// An identical object was already there.
+    AlreadyArchived { key: String },
+}
+
+/// What restoring found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestoreOutcome {
+    Restored {
+        key: String,
+        bytes: u64,
+        from_partial: bool,
+    },
+    NotFound,
+}
+
+/// Why a WAL operation failed.
+#[derive(Debug, Error)]
+pub enum WalError {
+    #[error(transparent)]
+    InvalidName(#[from] InvalidWalName),
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{key} already exists with different content: refusing to overwrite archived WAL")]
+    Conflict { key: String },
+    #[error("{key} uses a compression pgsteward cannot read (gzip and none are supported)")]
+    UnsupportedCompression { key: String },
+    #[error("{key} is corrupt: {message}")]
+    Corrupt { key: String, message: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// WAL archive of one server on one store.
+#[derive(Debug, Clone)]
+pub struct WalArchive {
+    store: Arc<dyn ObjectStore>,
+    layout: Layout,
+    compression: Compression,
+    gzip_level: u32,
+}
+
+impl WalArchive {
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        layout: Layout,
+        compression: Compression,
+        gzip_level: u32,
+    ) -> Self {
+        WalArchive {
+            store,
+            layout,
+            compression,
+            gzip_level,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Encode local content as it is stored.
+    pub fn encode(&self, content: &[u8]) -> std::io::Result<Vec<u8>> {
+        match self.compression {
+            Compression::Gzip => compress::gzip(content, self.gzip_level),
+            Compression::None => Ok(content.to_vec()),
+        }
+    }
+
+    /// Archive `content` as `file`, finishing before `deadline` (transient errors are retried).
+    pub async fn archive(
+        &self,
+        file: &WalFile,
+        content: Bytes,
+        deadline: Instant,
+    ) -> Result<ArchiveOutcome, WalError> {
+        let key = self.layout.wal_key(file, self.compression);
+        if let Some(existing) = with_retry("head", deadline, || self.store.head(&key)).await? {
+            return self
+                .compare_existing(&key, &existing, &content, deadline)
+                .await;
+        }
+        let this = self.clone();
+        let raw = content.clone();
+        let encoded = tokio::task::spawn_blocking(move || this.encode(&raw))
+            .await
+            .map_err(|e| StoreError::Permanent(format!("compression task failed: {e}")))?
+            .map_err(|e| StoreError::Permanent(format!("compressing {file}: {e}")))?;
+        let stored_bytes = encoded.len() as u64;
+        let body = Bytes::from(encoded);
+        with_retry("put", deadline, || self.store.put(&key, body.clone())).await?;
+        match with_retry("head", deadline, || self.store.head(&key)).await? {
+            Some(meta) if meta.size == stored_bytes => {}
+            other => {
+                return Err(StoreError::Integrity(format!(
+                    "{key}: stored size {:?} differs from the {stored_bytes} bytes uploaded",
+                    other.map(|m| m.size)
+                ))
+                .into())
+            }
+        }
+        Ok(ArchiveOutcome::Stored {
+            key,
+            raw_bytes: content.len() as u64,
+            stored_bytes,
+        })
+    }
+
+    async fn compare_existing(
+        &self,
+        key: &str,
+        meta: &ObjectMeta,
+        content: &[u8],
+        deadline: Instant,
+    ) -> Result<ArchiveOutcome, WalError> {
+        let Some(stored) = with_retry("get", deadline, || self.store.get(key)).await? else {
+            return Err(StoreError::Transient(format!(
+                "{key} vanished while being compared ({} bytes listed)",
+                meta.size
+            ))
+            .into());
+        };
+        let decoded = self.decode(key, self.compression, &stored)?;
+        if decoded == content {
+            Ok(ArchiveOutcome::AlreadyArchived {
+                key: key.to_owned(),
+            })
+        } else {
+            Err(WalError::Conflict {
+                key: key.to_owned(),
+            })
+        }
+    }
+
+    fn decode(
+        &self,
+        key: &str,
+        compression: Compression,
+        stored: &[u8],
+    ) -> Result<Vec<u8>, WalError> {
+        match compression {
+            Compression::None => Ok(stored.to_vec()),
+            Compression::Gzip => {
+                compress::gunzip(stored, MAX_WAL_BYTES).map_err(|e| WalError::Corrupt {
+                    key: key.to_owned(),
+                    message: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Find and download `file` (or, for a segment, its `.partial`), decompressed.
+    pub async fn fetch(
+        &self,
+        file: &WalFile,
+        deadline: Instant,
+    ) -> Result<Option<(String, Vec<u8>, bool)>, WalError> {
+        let dir = self.layout.wal_dir(file);
+        let prefix = format!("{dir}{}", file.name());
+        let objects = with_retry("list", deadline, || self.store.list(&prefix)).await?;
+        let mut candidates: Vec<(&ObjectMeta, Option<Compression>, bool)> = Vec::new();
+        for object in &objects {
+            let Some(rest) = object.key.strip_prefix(&prefix) else {
+                continue;
+            };
+            let (suffix, partial) = match rest.strip_prefix(".partial") {
+                Some(after) if file.kind() == WalKind::Segment => (after, true),
+                Some(_) => continue,
+                None => (rest, false),
+            };
+            if suffix.starts_with('.') || suffix.is_empty() {
+                candidates.push((object, Compression::from_suffix(suffix), partial));
+            }
+        }
+        // Full files first; within them our own compression first.
+        candidates.sort_by_key(|(_, compression, partial)| {
+            (*partial, *compression != Some(self.compression))
+        });
+        let Some((object, compression, partial)) = candidates.first() else {
+            return Ok(None);
+        };
+        let compression = compression.ok_or_else(|| WalError::UnsupportedCompression {
+            key: object.key.clone(),
+        })?;
+        let Some(stored) = with_retry("get", deadline, || self.store.get(&object.key)).await?
+        else {
+            return Ok(None);
+        };
+        let key = object.key.clone();
+        let data = self.decode(&key, compression, &stored)?;
+        Ok(Some((key, data, *partial)))
+    }
+
+    /// Download `file` into `dest` atomically (temporary file in the same directory, fsync,
+    /// rename).
+    pub async fn restore_to(
+        &self,
+        file: &WalFile,
+        dest: &Path,
+        deadline: Instant,
+    ) -> Result<RestoreOutcome, WalError> {
+        let Some((key, data, from_partial)) = self.fetch(file, deadline).await? else {
+            return Ok(RestoreOutcome::NotFound);
+        };
+        let bytes = data.len() as u64;
+        write_atomically(dest, data).await?;
+        Ok(RestoreOutcome::Restored {
+            key,
+            bytes,
+            from_partial,
+        })
+    }
+
+    /// Every archived WAL file with its object, sorted by name.
+    pub async fn list(&self, deadline: Instant) -> Result<Vec<(WalFile, ObjectMeta)>, WalError> {
+        let prefix = self.layout.wals_prefix();
+        let objects = with_retry("list", deadline, || self.store.list(&prefix)).await?;
+        let mut out: Vec<(WalFile, ObjectMeta)> = objects
+            .into_iter()
+            .filter_map(|object| {
+                let name = object.key.rsplit('/').next()?.to_owned();
+                let base = name.strip_suffix(".gz").unwrap_or(&name);
+                WalFile::parse(base).ok().map(|file| (file, object))
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+}
+
+/// Write `data` to `dest` through a temporary file in the same directory.
+pub async fn write_atomically(dest: &Path, data: Vec<u8>) -> Result<(), WalError> {
+    let dest = dest.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let dir = dest
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let name = dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = dir.join(format!(".{name}.pgsteward-tmp"));
+        let write = |path: &Path| -> std::io::Result<()> {
+            let mut file = std::fs::File::create(path)?;
+            file.write_all(&data)?;
+            file.sync_all()
+        };
+        if let Err(source) = write(&tmp) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(WalError::Write { path: tmp, source });
+        }
+        std::fs::rename(&tmp, &dest).map_err(|source| WalError::Write {
+            path: dest.clone(),
+            source,
+        })
+    })
+    .await
+    .map_err(|e| WalError::Store(StoreError::Permanent(format!("write task failed: {e}"))))?
+}
+
+/// A deadline `timeout` from now.
+pub fn deadline_in(timeout: Duration) -> Instant {
+    Instant::now() + timeout
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::file::FileStore;
+
+    fn archive(root: &Path) -> WalArchive {
+        let store = Arc::new(FileStore::new(root.to_path_buf()).unwrap());
+        WalArchive::new(store, Layout::new("srv"), Compression::Gzip, 6)
+    }
+
+    #[tokio::test]
+    async fn archive_is_idempotent_and_refuses_conflicts() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = archive(&dir.path().join("store"));
+        let file = WalFile::parse("000000010000000000000001").unwrap();
+        let content = Bytes::from(vec![7u8; 1 << 20]);
+        let deadline = deadline_in(Duration::from_secs(10));
+        let first = wal.archive(&file, content.clone(), deadline).await.unwrap();
+        assert!(
+            matches!(first, ArchiveOutcome::Stored { stored_bytes, .. } if stored_bytes < 100_000)
+        );
+        assert!(dir
+            .path()
+            .join("store/srv/wals/0000000100000000/000000010000000000000001.gz")
+            .is_file());
+        let again = wal.archive(&file, content.clone(), deadline).await.unwrap();
+        assert!(matches!(again, ArchiveOutcome::AlreadyArchived { .. }));
+        let other = Bytes::from(vec![8u8; 1 << 20]);
+        let conflict = wal.archive(&file, other, deadline).await.unwrap_err();
+        assert!(matches!(conflict, WalError::Conflict { .. }), "{conflict}");
+        // The stored object is untouched.
+        let restored = dir.path().join("restored");
+        let outcome = wal.restore_to(&file, &restored, deadline).await.unwrap();
+        assert!(matches!(
+            outcome,
+            RestoreOutcome::Restored {
+                from_partial: false,
+                ..
+            }
+        ));
+        assert_eq!(std::fs::read(&restored).unwrap(), content);
+    }
+
+    #[tokio::test]
+    async fn restore_falls_back_to_partial_and_reports_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = archive(&dir.path().join("store"));
+        let deadline = deadline_in(Duration::from_secs(10));
+        let partial = WalFile::parse("000000020000000000000003.partial").unwrap();
+        wal.archive(&partial, Bytes::from_static(b"partial content"), deadline)
+            .await
+            .unwrap();
+        let segment = WalFile::parse("000000020000000000000003").unwrap();
+        let dest = dir.path().join("seg");
+        let outcome = wal.restore_to(&segment, &dest, deadline).await.unwrap();
+        assert!(matches!(
+            outcome,
+            RestoreOutcome::Restored {
+                from_partial: true,
+                ..
+            }
+        ));
+        assert_eq!(std::fs::read(&dest).unwrap(), b"partial content");
+        let missing = WalFile::parse("000000020000000000000004").unwrap();
+        assert_eq!(
+            wal.restore_to(&missing, &dir.path().join("x"), deadline)
+                .await
+                .unwrap(),
+            RestoreOutcome::NotFound
+        );
+        assert!(!dir.path().join("x").exists());
+        let history = WalFile::parse("00000002.history").unwrap();
+        wal.archive(
+            &history,
+            Bytes::from_static(b"1\t0/3000000\tno recovery target specified\n"),
+            deadline,
+        )
+        .await
+        .unwrap();
+        assert!(dir
+            .path()
+            .join("store/srv/wals/00000002.history.gz")
+            .is_file());
+        let listed: Vec<String> = wal
+            .list(deadline)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(f, _)| f.name().to_owned())
+            .collect();
+        assert_eq!(
+            listed,
+            ["00000002.history", "000000020000000000000003.partial"]
+        );
+    }
+
+    #[tokio::test]
+    async fn corrupt_objects_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = archive(&dir.path().join("store"));
+        let path = dir
+            .path()
+            .join("store/srv/wals/0000000100000000/000000010000000000000009.gz");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"not gzip at all").unwrap();
+        let file = WalFile::parse("000000010000000000000009").unwrap();
+        let err = wal
+            .restore_to(
+                &file,
+                &dir.path().join("out"),
+                deadline_in(Duration::from_secs(5)),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, WalError::Corrupt { .. }), "{err}");
+        assert!(!dir.path().join("out").exists());
+    }
+}

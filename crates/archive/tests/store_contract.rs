@@ -1,0 +1,798 @@
+//! The object store contract: the same assertions run against `file://` (FileStore) and
+//! `s3://` (S3Store on a real `s3s-fs` server from the testkit), with every store opened
+//! through `pgsteward_archive::open(url, &options)` so the destination parsing is covered too.
+//! S3-only behaviour (server down → Transient, then recovery; wrong credentials → Permanent
+//! without secrets; `checksums: when_required`; SSE headers) follows the shared part. A missing
+//! `s3s-fs` panics with the install hint (`cargo xtask prereqs`); nothing is skipped.
+
+// The shared contract functions are test code too (clippy only exempts `#[test]` functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use pgsteward_archive::layout::Compression;
+use pgsteward_archive::store::{ChecksumMode, ServerSideEncryption};
+use pgsteward_archive::wal::deadline_in;
+use pgsteward_archive::{
+    open, ArchiveOutcome, Layout, ObjectStore, RestoreOutcome, StoreError, StoreOptions,
+    WalArchive, WalError, WalFile,
+};
+use pgsteward_testkit::s3::{write_credential_files, write_credentials, S3Server};
+
+/// One store backend: a directory or an s3s-fs server, with the files behind it.
+#[allow(clippy::large_enum_variant)] // one per test
+enum Backend {
+    File {
+        dir: tempfile::TempDir,
+    },
+    S3 {
+        server: S3Server,
+        options: StoreOptions,
+    },
+}
+
+impl Backend {
+    fn file() -> Backend {
+        Backend::File {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    async fn s3() -> Backend {
+        Backend::s3_with(|_| {}).await
+    }
+
+    async fn s3_with(adjust: impl FnOnce(&mut StoreOptions)) -> Backend {
+        let server = S3Server::new().await;
+        let (id_file, secret_file) = write_credential_files(server.scratch());
+        let mut options = StoreOptions {
+            endpoint_url: Some(server.endpoint()),
+            region: Some("us-east-1".into()),
+            force_path_style: true,
+            access_key_id_file: Some(id_file),
+            secret_access_key_file: Some(secret_file),
+            ..StoreOptions::default()
+        };
+        adjust(&mut options);
+        Backend::S3 { server, options }
+    }
+
+    /// The destination URL of `prefix` ("" for the root of the destination).
+    fn url(&self, prefix: &str) -> String {
+        let prefix = prefix.trim_matches('/');
+        match self {
+            Backend::File { dir } => {
+                let root = dir.path().join("store");
+                if prefix.is_empty() {
+                    format!("file://{}", root.display())
+                } else {
+                    format!("file://{}/{prefix}", root.display())
+                }
+            }
+            Backend::S3 { server, .. } if prefix.is_empty() => format!("s3://{}", server.bucket()),
+            Backend::S3 { server, .. } => format!("s3://{}/{prefix}", server.bucket()),
+        }
+    }
+
+    fn options(&self) -> StoreOptions {
+        match self {
+            Backend::File { .. } => StoreOptions::default(),
+            Backend::S3 { options, .. } => options.clone(),
+        }
+    }
+
+    async fn open(&self, prefix: &str) -> Arc<dyn ObjectStore> {
+        let url = self.url(prefix);
+        open(&url, &self.options())
+            .await
+            .unwrap_or_else(|e| panic!("opening {url}: {e}"))
+    }
+
+    /// The file holding the object with the full key `key` (relative to the destination root).
+    fn object_file(&self, key: &str) -> PathBuf {
+        match self {
+            Backend::File { dir } => dir.path().join("store").join(key),
+            Backend::S3 { server, .. } => server.object_path(key),
+        }
+    }
+
+    fn server(&mut self) -> &mut S3Server {
+        match self {
+            Backend::S3 { server, .. } => server,
+            Backend::File { .. } => panic!("not an S3 backend"),
+        }
+    }
+}
+
+/// Deterministic, incompressible-ish bytes.
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+fn keys(objects: &[pgsteward_archive::ObjectMeta]) -> Vec<&str> {
+    objects.iter().map(|o| o.key.as_str()).collect()
+}
+
+// --- the shared contract -------------------------------------------------------------------------
+
+async fn put_get_head_round_trip(backend: Backend) {
+    let store = backend.open("").await;
+    let data = Bytes::from(pseudo_random(300_000, 1));
+    store
+        .put("srv/wals/0000000100000000/seg.gz", data.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get("srv/wals/0000000100000000/seg.gz").await.unwrap(),
+        Some(data.clone())
+    );
+    let meta = store
+        .head("srv/wals/0000000100000000/seg.gz")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(meta.key, "srv/wals/0000000100000000/seg.gz");
+    assert_eq!(meta.size, 300_000);
+    assert_eq!(
+        std::fs::read(backend.object_file("srv/wals/0000000100000000/seg.gz")).unwrap(),
+        data
+    );
+    // Overwrite (callers that must not overwrite check with head first).
+    store
+        .put(
+            "srv/wals/0000000100000000/seg.gz",
+            Bytes::from_static(b"short"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get("srv/wals/0000000100000000/seg.gz")
+            .await
+            .unwrap()
+            .unwrap(),
+        &b"short"[..]
+    );
+    assert_eq!(
+        store
+            .head("srv/wals/0000000100000000/seg.gz")
+            .await
+            .unwrap()
+            .unwrap()
+            .size,
+        5
+    );
+    // Empty objects are objects.
+    store.put("empty", Bytes::new()).await.unwrap();
+    assert_eq!(store.get("empty").await.unwrap(), Some(Bytes::new()));
+    assert_eq!(store.head("empty").await.unwrap().unwrap().size, 0);
+}
+
+async fn missing_objects_are_none(backend: Backend) {
+    let store = backend.open("").await;
+    assert_eq!(store.get("srv/nothing/here").await.unwrap(), None);
+    assert_eq!(store.head("srv/nothing/here").await.unwrap(), None);
+    assert_eq!(store.list("srv/nothing/").await.unwrap(), vec![]);
+    store.delete("srv/nothing/here").await.unwrap();
+}
+
+async fn list_filters_by_prefix_and_sorts(backend: Backend) {
+    let store = backend.open("").await;
+    for (key, len) in [
+        ("srv/wals/0000000100000002/b", 2),
+        ("srv/wals/0000000100000001/a", 1),
+        ("srv/wals/0000000100000001/a.partial", 3),
+        ("srv/base/20240101T000000/backup.info", 4),
+        ("srva/other", 5),
+        ("top", 6),
+    ] {
+        store.put(key, Bytes::from(vec![b'x'; len])).await.unwrap();
+    }
+    let wals = store.list("srv/wals/").await.unwrap();
+    assert_eq!(
+        keys(&wals),
+        [
+            "srv/wals/0000000100000001/a",
+            "srv/wals/0000000100000001/a.partial",
+            "srv/wals/0000000100000002/b"
+        ]
+    );
+    assert_eq!(wals.iter().map(|o| o.size).collect::<Vec<_>>(), [1, 3, 2]);
+    assert_eq!(
+        keys(&store.list("srv/").await.unwrap()),
+        [
+            "srv/base/20240101T000000/backup.info",
+            "srv/wals/0000000100000001/a",
+            "srv/wals/0000000100000001/a.partial",
+            "srv/wals/0000000100000002/b"
+        ]
+    );
+    // A prefix is a string prefix, not a directory.
+    assert_eq!(keys(&store.list("srv").await.unwrap()).len(), 5);
+    assert_eq!(
+        keys(&store.list("srv/wals/0000000100000001/a").await.unwrap()),
+        [
+            "srv/wals/0000000100000001/a",
+            "srv/wals/0000000100000001/a.partial"
+        ]
+    );
+    assert_eq!(
+        keys(&store.list("srv/wals/00000001000000").await.unwrap()).len(),
+        3
+    );
+    assert_eq!(keys(&store.list("").await.unwrap()).len(), 6);
+    assert_eq!(
+        store.list("srv/wals/0000000100000003/").await.unwrap(),
+        vec![]
+    );
+}
+
+async fn delete_is_idempotent(backend: Backend) {
+    let store = backend.open("").await;
+    store
+        .put("srv/x/1", Bytes::from_static(b"1"))
+        .await
+        .unwrap();
+    store
+        .put("srv/x/2", Bytes::from_static(b"2"))
+        .await
+        .unwrap();
+    store.delete("srv/x/1").await.unwrap();
+    assert_eq!(store.head("srv/x/1").await.unwrap(), None);
+    assert_eq!(store.get("srv/x/1").await.unwrap(), None);
+    store.delete("srv/x/1").await.unwrap();
+    assert_eq!(keys(&store.list("srv/x/").await.unwrap()), ["srv/x/2"]);
+    assert!(!backend.object_file("srv/x/1").exists());
+}
+
+async fn invalid_keys_are_rejected(backend: Backend) {
+    let store = backend.open("").await;
+    for key in ["../x", "/abs", "a/../../x", "", "a/./b", "..", "a\0b"] {
+        let data = Bytes::from_static(b"nope");
+        assert!(
+            matches!(store.put(key, data).await, Err(StoreError::Config(_))),
+            "put {key:?}"
+        );
+        assert!(
+            matches!(store.get(key).await, Err(StoreError::Config(_))),
+            "get {key:?}"
+        );
+        assert!(
+            matches!(store.head(key).await, Err(StoreError::Config(_))),
+            "head {key:?}"
+        );
+        assert!(
+            matches!(store.delete(key).await, Err(StoreError::Config(_))),
+            "delete {key:?}"
+        );
+    }
+    assert!(matches!(
+        store.list("../").await,
+        Err(StoreError::Config(_))
+    ));
+    assert_eq!(store.list("").await.unwrap(), vec![]);
+}
+
+async fn objects_land_below_the_destination_prefix(backend: Backend) {
+    let store = backend.open("some/prefix").await;
+    let root = backend.open("").await;
+    store
+        .put("srv/wals/k", Bytes::from_static(b"inside"))
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(backend.object_file("some/prefix/srv/wals/k")).unwrap(),
+        b"inside"
+    );
+    assert!(!backend.object_file("srv/wals/k").exists());
+    assert_eq!(
+        root.get("some/prefix/srv/wals/k").await.unwrap().unwrap(),
+        &b"inside"[..]
+    );
+    // Neighbours outside the prefix, including one that shares its leading characters.
+    root.put("some/prefixless/srv/wals/k", Bytes::from_static(b"outside"))
+        .await
+        .unwrap();
+    root.put("other/k", Bytes::from_static(b"outside"))
+        .await
+        .unwrap();
+    assert_eq!(keys(&store.list("").await.unwrap()), ["srv/wals/k"]);
+    assert_eq!(keys(&store.list("srv/").await.unwrap()), ["srv/wals/k"]);
+    assert_eq!(
+        store.head("srv/wals/k").await.unwrap().unwrap().key,
+        "srv/wals/k"
+    );
+    assert_eq!(
+        keys(&root.list("some/").await.unwrap()),
+        ["some/prefix/srv/wals/k", "some/prefixless/srv/wals/k"]
+    );
+    let description = store.describe();
+    assert!(description.ends_with("/some/prefix"), "{description}");
+    assert!(
+        description.starts_with(if matches!(backend, Backend::S3 { .. }) {
+            "s3://"
+        } else {
+            "file:///"
+        }),
+        "{description}"
+    );
+    // A trailing slash in the URL names the same destination.
+    let slash = open(
+        &format!("{}/", backend.url("some/prefix")),
+        &backend.options(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(keys(&slash.list("").await.unwrap()), ["srv/wals/k"]);
+    store.delete("srv/wals/k").await.unwrap();
+    assert!(root.head("some/prefix/srv/wals/k").await.unwrap().is_none());
+    assert!(root
+        .head("some/prefixless/srv/wals/k")
+        .await
+        .unwrap()
+        .is_some());
+}
+
+/// More than one ListObjectsV2 page (1000 keys) on S3.
+async fn listing_more_than_a_thousand_objects(backend: Backend) {
+    const COUNT: usize = 1100;
+    let store = backend.open("pfx").await;
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(32));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..COUNT {
+        let store = store.clone();
+        let semaphore = semaphore.clone();
+        tasks.spawn(async move {
+            let _permit = semaphore.acquire().await.unwrap();
+            store
+                .put(&format!("many/{i:05}"), Bytes::from(i.to_string()))
+                .await
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result.unwrap().unwrap();
+    }
+    store
+        .put("manyother", Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    let listed = store.list("many/").await.unwrap();
+    assert_eq!(listed.len(), COUNT);
+    let expected: Vec<String> = (0..COUNT).map(|i| format!("many/{i:05}")).collect();
+    assert_eq!(
+        keys(&listed),
+        expected.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    assert!(listed
+        .iter()
+        .enumerate()
+        .all(|(i, o)| o.size == i.to_string().len() as u64));
+    assert_eq!(store.list("many").await.unwrap().len(), COUNT + 1);
+    assert_eq!(store.list("").await.unwrap().len(), COUNT + 1);
+}
+
+async fn wal_archive_and_restore(backend: Backend) {
+    let store = backend.open("backups").await;
+    let wal = WalArchive::new(store.clone(), Layout::new("pg-main"), Compression::Gzip, 6);
+    let deadline = deadline_in(Duration::from_secs(30));
+    let scratch = tempfile::tempdir().unwrap();
+
+    let segment = WalFile::parse("000000010000000A000000FF").unwrap();
+    let content = Bytes::from([pseudo_random(1 << 20, 7), vec![0u8; 15 << 20]].concat());
+    let stored = wal
+        .archive(&segment, content.clone(), deadline)
+        .await
+        .unwrap();
+    let ArchiveOutcome::Stored {
+        key,
+        raw_bytes,
+        stored_bytes,
+    } = stored
+    else {
+        panic!("{stored:?}")
+    };
+    assert_eq!(
+        key,
+        "pg-main/wals/000000010000000A/000000010000000A000000FF.gz"
+    );
+    assert_eq!(raw_bytes, 16 << 20);
+    assert!(stored_bytes < 2 << 20, "{stored_bytes}");
+    assert!(backend
+        .object_file("backups/pg-main/wals/000000010000000A/000000010000000A000000FF.gz")
+        .is_file());
+    assert_eq!(store.head(&key).await.unwrap().unwrap().size, stored_bytes);
+
+    let again = wal
+        .archive(&segment, content.clone(), deadline)
+        .await
+        .unwrap();
+    assert_eq!(again, ArchiveOutcome::AlreadyArchived { key: key.clone() });
+    let mut different = content.to_vec();
+    different[12345] ^= 1;
+    let conflict = wal
+        .archive(&segment, Bytes::from(different), deadline)
+        .await
+        .unwrap_err();
+    assert!(matches!(conflict, WalError::Conflict { .. }), "{conflict}");
+
+    let dest = scratch.path().join("RECOVERYXLOG");
+    let restored = wal.restore_to(&segment, &dest, deadline).await.unwrap();
+    assert_eq!(
+        restored,
+        RestoreOutcome::Restored {
+            key,
+            bytes: 16 << 20,
+            from_partial: false
+        }
+    );
+    assert!(
+        std::fs::read(&dest).unwrap() == content,
+        "restored segment differs"
+    );
+
+    // A segment that only exists as .partial restores from it.
+    let partial = WalFile::parse("000000020000000A00000003.partial").unwrap();
+    wal.archive(&partial, Bytes::from_static(b"partial content"), deadline)
+        .await
+        .unwrap();
+    let from_partial = WalFile::parse("000000020000000A00000003").unwrap();
+    let dest = scratch.path().join("partial");
+    let outcome = wal
+        .restore_to(&from_partial, &dest, deadline)
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            outcome,
+            RestoreOutcome::Restored {
+                from_partial: true,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(std::fs::read(&dest).unwrap(), b"partial content");
+
+    let missing = WalFile::parse("000000020000000A00000004").unwrap();
+    let dest = scratch.path().join("missing");
+    assert_eq!(
+        wal.restore_to(&missing, &dest, deadline).await.unwrap(),
+        RestoreOutcome::NotFound
+    );
+    assert!(!dest.exists());
+
+    let history = WalFile::parse("00000002.history").unwrap();
+    wal.archive(
+        &history,
+        Bytes::from_static(b"1\t0/A000000\tno recovery target specified\n"),
+        deadline,
+    )
+    .await
+    .unwrap();
+    let listed: Vec<String> = wal
+        .list(deadline)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(f, _)| f.name().to_owned())
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            "000000010000000A000000FF",
+            "00000002.history",
+            "000000020000000A00000003.partial"
+        ]
+    );
+}
+
+/// One test per backend for each shared contract function.
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod file {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Backend::file()).await;
+                }
+            )*
+        }
+        mod s3 {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Backend::s3().await).await;
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    put_get_head_round_trip,
+    missing_objects_are_none,
+    list_filters_by_prefix_and_sorts,
+    delete_is_idempotent,
+    invalid_keys_are_rejected,
+    objects_land_below_the_destination_prefix,
+    listing_more_than_a_thousand_objects,
+    wal_archive_and_restore,
+);
+
+// --- S3 only ---------------------------------------------------------------------------------
+
+/// Run `op` and return its error, failing when it succeeded or took longer than `limit`.
+async fn fails_within<T: std::fmt::Debug>(
+    what: &str,
+    limit: Duration,
+    op: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> StoreError {
+    let started = Instant::now();
+    let result = op.await;
+    let elapsed = started.elapsed();
+    eprintln!("{what}: {elapsed:?}: {result:?}");
+    assert!(elapsed < limit, "{what} took {elapsed:?}");
+    match result {
+        Ok(value) => panic!("{what} succeeded with the server down: {value:?}"),
+        Err(e) => e,
+    }
+}
+
+#[tokio::test]
+async fn s3_server_down_is_transient_and_recovers() {
+    let mut backend = Backend::s3().await;
+    let store = backend.open("p").await;
+    store
+        .put("srv/before", Bytes::from_static(b"kept"))
+        .await
+        .unwrap();
+    backend.server().stop();
+    backend.server().wait_stopped().await;
+
+    let limit = Duration::from_secs(10);
+    let errors = [
+        fails_within(
+            "put",
+            limit,
+            store.put("srv/during", Bytes::from_static(b"x")),
+        )
+        .await,
+        fails_within("get", limit, store.get("srv/before")).await,
+        fails_within("head", limit, store.head("srv/before")).await,
+        fails_within("list", limit, store.list("srv/")).await,
+        fails_within("delete", limit, store.delete("srv/before")).await,
+    ];
+    for error in &errors {
+        assert!(matches!(error, StoreError::Transient(_)), "{error}");
+        assert!(
+            !error
+                .to_string()
+                .contains(pgsteward_testkit::s3::SECRET_KEY),
+            "{error}"
+        );
+    }
+    // Through the WAL archive's retry loop the error stays transient and respects the deadline.
+    let wal = WalArchive::new(store.clone(), Layout::new("srv"), Compression::Gzip, 1);
+    let segment = WalFile::parse("000000010000000000000001").unwrap();
+    let started = Instant::now();
+    let err = wal
+        .archive(
+            &segment,
+            Bytes::from_static(b"wal"),
+            deadline_in(Duration::from_secs(2)),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, WalError::Store(StoreError::Transient(_))),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+
+    backend.server().start().await;
+    assert_eq!(
+        store.get("srv/before").await.unwrap().unwrap(),
+        &b"kept"[..]
+    );
+    store
+        .put("srv/after", Bytes::from_static(b"y"))
+        .await
+        .unwrap();
+    assert_eq!(
+        keys(&store.list("srv/").await.unwrap()),
+        ["srv/after", "srv/before"]
+    );
+    let outcome = wal
+        .archive(
+            &segment,
+            Bytes::from_static(b"wal"),
+            deadline_in(Duration::from_secs(30)),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, ArchiveOutcome::Stored { .. }),
+        "{outcome:?}"
+    );
+}
+
+#[tokio::test]
+async fn s3_wrong_credentials_are_permanent_and_not_echoed() {
+    let backend = Backend::s3().await;
+    let good = backend.open("").await;
+    good.put("srv/x", Bytes::from_static(b"x")).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let wrong_secret = "wrong-secret-do-not-leak-4711";
+    for (access_key, secret_key) in [
+        (pgsteward_testkit::s3::ACCESS_KEY, wrong_secret),
+        ("wrong-access-key-0815", wrong_secret),
+    ] {
+        let (id_file, secret_file) = write_credentials(dir.path(), access_key, secret_key);
+        let options = StoreOptions {
+            access_key_id_file: Some(id_file),
+            secret_access_key_file: Some(secret_file),
+            ..backend.options()
+        };
+        let store = open(&backend.url(""), &options).await.unwrap();
+        let limit = Duration::from_secs(10);
+        let errors = [
+            fails_within("put", limit, store.put("srv/y", Bytes::from_static(b"y"))).await,
+            fails_within("get", limit, store.get("srv/x")).await,
+            fails_within("list", limit, store.list("srv/")).await,
+            fails_within("delete", limit, store.delete("srv/x")).await,
+        ];
+        for error in &errors {
+            assert!(
+                matches!(error, StoreError::Permanent(_)),
+                "{access_key}: {error}"
+            );
+            let text = format!("{error} {error:?}");
+            assert!(!text.contains(wrong_secret), "{text}");
+            assert!(!text.contains(pgsteward_testkit::s3::SECRET_KEY), "{text}");
+            assert!(!text.contains(access_key), "{text}");
+        }
+        // HEAD has no error body, but a 403 is still not "absent".
+        let head = fails_within("head", limit, store.head("srv/x")).await;
+        assert!(matches!(head, StoreError::Permanent(_)), "{head}");
+        assert!(format!("{store:?}").find(wrong_secret).is_none());
+    }
+    assert!(good.head("srv/x").await.unwrap().is_some());
+    assert!(good.head("srv/y").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn s3_when_required_checksums_use_content_md5() {
+    let backend = Backend::s3_with(|o| o.checksums = ChecksumMode::WhenRequired).await;
+    put_get_head_round_trip_on(&backend).await;
+    let store = backend.open("").await;
+    let wal = WalArchive::new(store, Layout::new("srv"), Compression::Gzip, 6);
+    let segment = WalFile::parse("000000010000000000000002").unwrap();
+    let deadline = deadline_in(Duration::from_secs(30));
+    let content = Bytes::from(pseudo_random(1 << 20, 3));
+    assert!(matches!(
+        wal.archive(&segment, content.clone(), deadline)
+            .await
+            .unwrap(),
+        ArchiveOutcome::Stored { .. }
+    ));
+    let dest = tempfile::tempdir().unwrap();
+    wal.restore_to(&segment, &dest.path().join("seg"), deadline)
+        .await
+        .unwrap();
+    assert!(std::fs::read(dest.path().join("seg")).unwrap() == content);
+}
+
+async fn put_get_head_round_trip_on(backend: &Backend) {
+    let store = backend.open("md5").await;
+    let data = Bytes::from(pseudo_random(70_000, 9));
+    store.put("a/b", data.clone()).await.unwrap();
+    assert_eq!(store.get("a/b").await.unwrap(), Some(data));
+    assert_eq!(store.head("a/b").await.unwrap().unwrap().size, 70_000);
+    assert_eq!(keys(&store.list("a/").await.unwrap()), ["a/b"]);
+}
+
+#[tokio::test]
+async fn s3_sse_and_virtual_host_options_are_accepted() {
+    // s3s-fs ignores SSE, but the request must still be well-formed and succeed.
+    let backend = Backend::s3_with(|o| o.sse = ServerSideEncryption::Aes256).await;
+    put_get_head_round_trip_on(&backend).await;
+    let kms = StoreOptions {
+        sse: ServerSideEncryption::AwsKms,
+        kms_key_id: Some("alias/test".into()),
+        ..backend.options()
+    };
+    let store = open(&backend.url("kms"), &kms).await.unwrap();
+    store.put("k", Bytes::from_static(b"k")).await.unwrap();
+    assert_eq!(store.get("k").await.unwrap().unwrap(), &b"k"[..]);
+    // Without force_path_style the SDK still addresses an IP endpoint path-style.
+    let virtual_host = StoreOptions {
+        force_path_style: false,
+        ..backend.options()
+    };
+    let store = open(&backend.url("vh"), &virtual_host).await.unwrap();
+    store.put("k", Bytes::from_static(b"v")).await.unwrap();
+    assert_eq!(store.get("k").await.unwrap().unwrap(), &b"v"[..]);
+}
+
+#[tokio::test]
+async fn s3_destination_urls_are_checked() {
+    let backend = Backend::s3().await;
+    let options = backend.options();
+    assert!(matches!(
+        open("s3:///prefix", &options).await,
+        Err(StoreError::Config(_))
+    ));
+    let only_id = StoreOptions {
+        secret_access_key_file: None,
+        ..options.clone()
+    };
+    assert!(matches!(
+        open("s3://bucket", &only_id).await,
+        Err(StoreError::Config(_))
+    ));
+    let store = open("s3://bucket/x/", &options).await.unwrap();
+    assert_eq!(store.describe(), "s3://bucket/x");
+    // A bucket that does not exist is a permanent error. (s3s-fs creates a missing bucket's
+    // directory on PutObject instead of answering NoSuchBucket, so only listing is checked.)
+    let missing = open("s3://no-such-bucket/p", &options).await.unwrap();
+    let list = missing.list("").await.unwrap_err();
+    assert!(
+        matches!(list, StoreError::Permanent(ref m) if m.contains("NoSuchBucket")),
+        "{list}"
+    );
+}
+
+#[tokio::test]
+async fn s3_corrupted_object_fails_checksum_validation() {
+    let backend = Backend::s3().await;
+    let store = backend.open("c").await;
+    let data = Bytes::from(pseudo_random(100_000, 5));
+    store.put("obj", data.clone()).await.unwrap();
+    // Flip a byte behind the server's back: the SHA-256 recorded at upload no longer matches.
+    let path = backend.object_file("c/obj");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[50_000] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let err = store.get("obj").await.unwrap_err();
+    eprintln!("corrupted object: {err}");
+    assert!(matches!(err, StoreError::Integrity(_)), "{err}");
+    // Not retried as transient by the WAL layer either, and nothing is written.
+    let wal = WalArchive::new(store.clone(), Layout::new("srv"), Compression::None, 0);
+    let segment = WalFile::parse("000000010000000000000005").unwrap();
+    wal.archive(&segment, data.clone(), deadline_in(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    let path = backend.object_file("c/srv/wals/0000000100000000/000000010000000000000005");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    let err = wal
+        .restore_to(
+            &segment,
+            &dest.path().join("seg"),
+            deadline_in(Duration::from_secs(10)),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, WalError::Store(StoreError::Integrity(_))),
+        "{err}"
+    );
+    assert!(!dest.path().join("seg").exists());
+}

@@ -1,0 +1,324 @@
+//! The manager's WAL archiver: watches `pg_wal/archive_status/*.ready`, compresses and uploads
+//! segments ahead of postgres's archiver, `max_parallel` at a time with one store client, and
+//! answers `wal-archive` calls on the local socket as soon as their segment is stored. Also
+//! serves `wal-restore` calls (see `prefetch`).
+
+pub mod destination;
+pub mod prefetch;
+pub mod protocol;
+pub mod server;
+pub mod settings;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use pgsteward_api::ArchiveStatus;
+use pgsteward_archive::{ArchiveOutcome, WalArchive, WalError, WalFile, WalKind};
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio::time::Instant;
+
+use crate::metrics::Metrics;
+use settings::ArchiveSettings;
+
+type UploadResult = Option<Result<(), String>>;
+
+#[derive(Debug, Default)]
+struct Tracking {
+    inflight: HashMap<String, watch::Receiver<UploadResult>>,
+    /// Stored, waiting for postgres to call archive_command and mark them `.done`.
+    stored: HashSet<String>,
+    /// Failed uploads are retried from the scan only after this instant.
+    retry_after: HashMap<String, Instant>,
+    status: ArchiveStatus,
+    destination_ok: bool,
+}
+
+/// The archiver; share it with `Arc`.
+#[derive(Debug)]
+pub struct Archiver {
+    wal: WalArchive,
+    settings: ArchiveSettings,
+    pgdata: PathBuf,
+    metrics: Metrics,
+    uploads: Arc<Semaphore>,
+    tracking: Mutex<Tracking>,
+    wake: Notify,
+    pub(crate) prefetch: prefetch::Prefetcher,
+}
+
+impl Archiver {
+    /// Open the store and create the archiver (nothing runs until `spawn`).
+    pub async fn new(
+        settings: ArchiveSettings,
+        pgdata: &Path,
+        metrics: Metrics,
+        segment_bytes: u64,
+    ) -> anyhow::Result<Arc<Self>> {
+        let wal = settings.open().await?;
+        let status = ArchiveStatus {
+            destination: wal.store().describe(),
+            ..ArchiveStatus::default()
+        };
+        let prefetch = prefetch::Prefetcher::new(pgdata, settings.prefetch, segment_bytes);
+        Ok(Arc::new(Archiver {
+            uploads: Arc::new(Semaphore::new(settings.max_parallel)),
+            wal,
+            settings,
+            pgdata: pgdata.to_path_buf(),
+            metrics,
+            tracking: Mutex::new(Tracking {
+                status,
+                ..Tracking::default()
+            }),
+            wake: Notify::new(),
+            prefetch,
+        }))
+    }
+
+    fn track<T>(&self, f: impl FnOnce(&mut Tracking) -> T) -> T {
+        let mut guard = self.tracking.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+
+    pub fn wal(&self) -> &WalArchive {
+        &self.wal
+    }
+
+    pub fn settings(&self) -> &ArchiveSettings {
+        &self.settings
+    }
+
+    /// WAL segment size of the cluster.
+    pub fn segment_bytes(&self) -> u64 {
+        self.prefetch.segment_bytes()
+    }
+
+    /// Current archiving status.
+    pub fn status(&self) -> ArchiveStatus {
+        self.track(|t| t.status.clone())
+    }
+
+    /// Start the `.ready` scanner and the socket server.
+    pub fn spawn(self: &Arc<Self>) -> anyhow::Result<()> {
+        server::spawn(self.clone())?;
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                this.scan().await;
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(250), this.wake.notified()).await;
+            }
+        });
+        Ok(())
+    }
+
+    async fn ensure_destination(&self) -> Result<(), String> {
+        if self.track(|t| t.destination_ok) {
+            return Ok(());
+        }
+        match destination::ensure_ready(&self.pgdata, &self.settings, &self.wal).await {
+            Ok(()) => {
+                self.track(|t| t.destination_ok = true);
+                Ok(())
+            }
+            Err(e) => Err(format!("{e:#}")),
+        }
+    }
+
+    /// One pass over `archive_status`: start uploads for new `.ready` files, forget stored
+    /// segments postgres has marked `.done`, refresh backlog and lag.
+    async fn scan(self: &Arc<Self>) {
+        let status_dir = self.pgdata.join("pg_wal/archive_status");
+        let Ok(entries) = std::fs::read_dir(&status_dir) else {
+            return;
+        };
+        let mut ready: Vec<(String, SystemTime)> = entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let base = name.strip_suffix(".ready")?.to_owned();
+                let modified = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(SystemTime::now());
+                Some((base, modified))
+            })
+            .collect();
+        // History files first (a promotion needs them archived), then in WAL order.
+        ready.sort_by_key(|(name, _)| (!name.ends_with(".history"), name.clone()));
+        let names: HashSet<&str> = ready.iter().map(|(n, _)| n.as_str()).collect();
+        let oldest = ready.iter().map(|(_, t)| *t).min();
+        let now = Instant::now();
+        let to_start: Vec<String> = self.track(|t| {
+            t.stored.retain(|name| names.contains(name.as_str()));
+            t.retry_after
+                .retain(|name, _| names.contains(name.as_str()));
+            t.status.ready_backlog = ready.len() as u64;
+            t.status.lag_seconds = oldest
+                .and_then(|o| o.elapsed().ok())
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            let free = self.settings.max_parallel.saturating_sub(t.inflight.len());
+            ready
+                .iter()
+                .map(|(n, _)| n)
+                .filter(|n| {
+                    !t.stored.contains(*n)
+                        && !t.inflight.contains_key(*n)
+                        && t.retry_after.get(*n).is_none_or(|at| *at <= now)
+                })
+                .take(free)
+                .cloned()
+                .collect()
+        });
+        self.metrics
+            .wal_archive_ready_backlog
+            .set(ready.len() as i64);
+        self.metrics
+            .wal_archive_lag_seconds
+            .set(self.track(|t| t.status.lag_seconds));
+        for name in to_start {
+            let _ = self.start_upload(&name);
+        }
+    }
+
+    /// Start uploading `name` unless it is already under way; returns a receiver of its result.
+    fn start_upload(self: &Arc<Self>, name: &str) -> watch::Receiver<UploadResult> {
+        let (tx, rx) = watch::channel(None);
+        let existing = self.track(|t| {
+            if let Some(rx) = t.inflight.get(name) {
+                return Some(rx.clone());
+            }
+            t.inflight.insert(name.to_owned(), rx.clone());
+            None
+        });
+        if let Some(rx) = existing {
+            return rx;
+        }
+        let this = self.clone();
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            let result = this.upload(&name).await;
+            this.record(&name, &result);
+            let _ = tx.send(Some(result));
+        });
+        rx
+    }
+
+    async fn upload(&self, name: &str) -> Result<(), String> {
+        let file = WalFile::parse(name).map_err(|e| e.to_string())?;
+        self.ensure_destination().await?;
+        let _permit = self.uploads.acquire().await.map_err(|e| e.to_string())?;
+        let path = self.pgdata.join("pg_wal").join(name);
+        let content = tokio::fs::read(&path)
+            .await
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        let deadline = Instant::now() + self.settings.timeout();
+        let started = Instant::now();
+        match self
+            .wal
+            .archive(&file, Bytes::from(content), deadline)
+            .await
+        {
+            Ok(ArchiveOutcome::Stored {
+                key,
+                raw_bytes,
+                stored_bytes,
+            }) => {
+                tracing::info!(
+                    wal = name,
+                    key,
+                    raw_bytes,
+                    stored_bytes,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "WAL archived"
+                );
+                Ok(())
+            }
+            Ok(ArchiveOutcome::AlreadyArchived { key }) => {
+                tracing::info!(
+                    wal = name,
+                    key,
+                    "WAL already archived with identical content"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                if matches!(e, WalError::Conflict { .. }) {
+                    self.metrics.wal_archive_conflicts.inc();
+                }
+                Err(e.to_string())
+            }
+        }
+    }
+
+    fn record(&self, name: &str, result: &Result<(), String>) {
+        let now = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        let epoch = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        self.track(|t| {
+            t.inflight.remove(name);
+            match result {
+                Ok(()) => {
+                    t.stored.insert(name.to_owned());
+                    t.retry_after.remove(name);
+                    t.status.archived_count += 1;
+                    let is_segment = WalFile::parse(name)
+                        .map(|f| f.kind() == WalKind::Segment)
+                        .unwrap_or(false);
+                    if is_segment
+                        && t.status
+                            .last_archived_wal
+                            .as_deref()
+                            .is_none_or(|last| last < name)
+                    {
+                        t.status.last_archived_wal = Some(name.to_owned());
+                    }
+                    t.status.last_archived_time = Some(now);
+                }
+                Err(e) => {
+                    t.retry_after
+                        .insert(name.to_owned(), Instant::now() + Duration::from_secs(2));
+                    t.status.failed_count += 1;
+                    t.status.last_failed_wal = Some(name.to_owned());
+                    t.status.last_failure_time = Some(now);
+                    t.status.last_failure = Some(e.clone());
+                }
+            }
+        });
+        match result {
+            Ok(()) => {
+                self.metrics.wal_archived.inc();
+                self.metrics.wal_archive_last_success.set(epoch);
+            }
+            Err(e) => {
+                self.metrics.wal_archive_failures.inc();
+                self.metrics.wal_archive_last_failure.set(epoch);
+                tracing::error!(wal = name, error = %e, "archiving WAL failed; postgres keeps the segment");
+            }
+        }
+    }
+
+    /// Archive `name` now (the `wal-archive` call): Ok once stored.
+    pub async fn archive_now(self: &Arc<Self>, name: &str) -> Result<(), String> {
+        WalFile::parse(name).map_err(|e| e.to_string())?;
+        if self.track(|t| t.stored.contains(name)) {
+            return Ok(());
+        }
+        let mut rx = self.start_upload(name);
+        self.wake.notify_one();
+        loop {
+            if let Some(result) = rx.borrow().clone() {
+                return result;
+            }
+            if rx.changed().await.is_err() {
+                return Err("the upload task ended without a result".into());
+            }
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! `wal-restore` served by the manager: a request is answered from the prefetch spool
+//! (`pg_wal/pgsteward-prefetch/`, same file system as pg_wal so a rename is atomic) or fetched
+//! directly; after each served segment the next `prefetch` segments are downloaded in
+//! parallel. "Not found" is answered after one listing, without waiting for anything else.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use pgsteward_archive::wal::write_atomically;
+use pgsteward_archive::{RestoreOutcome, WalFile, WalKind};
+use tokio::time::Instant;
+
+use super::protocol::Response;
+use super::Archiver;
+
+/// Spool state.
+#[derive(Debug)]
+pub struct Prefetcher {
+    dir: PathBuf,
+    depth: usize,
+    segment_bytes: u64,
+    inflight: Mutex<HashSet<String>>,
+}
+
+impl Prefetcher {
+    /// A prefetcher; a spool left by an earlier run is discarded (its files may be stale).
+    pub fn new(pgdata: &Path, depth: usize, segment_bytes: u64) -> Self {
+        let dir = pgdata.join("pg_wal/pgsteward-prefetch");
+        let _ = std::fs::remove_dir_all(&dir);
+        Prefetcher {
+            dir,
+            depth,
+            segment_bytes,
+            inflight: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub fn segment_bytes(&self) -> u64 {
+        self.segment_bytes
+    }
+
+    fn spooled(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Remove spooled segments that sort before `name` on its timeline (already replayed).
+    fn trim_before(&self, name: &str) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let other = entry.file_name().to_string_lossy().into_owned();
+            if other.len() == name.len() && other[..8] == name[..8] && other.as_str() < name {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+impl Archiver {
+    /// Serve one `wal-restore` request.
+    pub async fn restore_now(self: &Arc<Self>, name: &str, dest: &Path) -> Response {
+        let file = match WalFile::parse(name) {
+            Ok(file) => file,
+            Err(e) => return Response::failure(e.to_string()),
+        };
+        if !dest.is_absolute() || !dest.starts_with(&self.pgdata) {
+            return Response::failure(format!(
+                "destination {} is outside the data directory",
+                dest.display()
+            ));
+        }
+        let spooled = self.prefetch.spooled(name);
+        if spooled.is_file() && std::fs::rename(&spooled, dest).is_ok() {
+            self.metrics.wal_restore_prefetch_hits.inc();
+            self.metrics.wal_restored.inc();
+            self.schedule_prefetch(&file);
+            return Response::success(format!("{name} restored from the prefetch spool"));
+        }
+        let deadline = Instant::now() + self.settings.timeout();
+        match self.wal.restore_to(&file, dest, deadline).await {
+            Ok(RestoreOutcome::Restored {
+                key, from_partial, ..
+            }) => {
+                self.metrics.wal_restored.inc();
+                self.schedule_prefetch(&file);
+                let partial = if from_partial {
+                    " (from its .partial)"
+                } else {
+                    ""
+                };
+                Response::success(format!("{name} restored from {key}{partial}"))
+            }
+            Ok(RestoreOutcome::NotFound) => {
+                Response::not_found(format!("{name} is not in the archive"))
+            }
+            Err(e) => {
+                tracing::error!(wal = name, error = %e, "restoring WAL failed");
+                Response::failure(e.to_string())
+            }
+        }
+    }
+
+    /// Download the segments after `file` into the spool, in parallel.
+    fn schedule_prefetch(self: &Arc<Self>, file: &WalFile) {
+        if file.kind() != WalKind::Segment || self.prefetch.depth == 0 {
+            return;
+        }
+        self.prefetch.trim_before(file.name());
+        if let Err(e) = std::fs::create_dir_all(&self.prefetch.dir) {
+            tracing::warn!(error = %e, "cannot create the prefetch spool; serving restores directly");
+            return;
+        }
+        let mut next = file.clone();
+        for _ in 0..self.prefetch.depth {
+            let Some(following) = next.next_segment(self.prefetch.segment_bytes) else {
+                break;
+            };
+            next = following.clone();
+            let name = following.name().to_owned();
+            if self.prefetch.spooled(&name).exists() {
+                continue;
+            }
+            {
+                let mut inflight = self
+                    .prefetch
+                    .inflight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if !inflight.insert(name.clone()) {
+                    continue;
+                }
+            }
+            let this = self.clone();
+            tokio::spawn(async move {
+                let permit = this.uploads.clone().acquire_owned().await;
+                let deadline = Instant::now() + this.settings.timeout();
+                match this.wal.fetch(&following, deadline).await {
+                    Ok(Some((_, data, false))) => {
+                        if let Err(e) = write_atomically(&this.prefetch.spooled(&name), data).await
+                        {
+                            tracing::warn!(wal = %name, error = %e, "prefetch spool write failed (disk full?); restores fall back to direct fetches");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(wal = %name, error = %e, "prefetch failed"),
+                }
+                drop(permit);
+                this.prefetch
+                    .inflight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&name);
+            });
+        }
+    }
+}

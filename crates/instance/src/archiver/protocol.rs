@@ -1,0 +1,125 @@
+//! The local protocol between `pgsteward wal-archive`/`wal-restore` (run by postgres) and the
+//! manager: one JSON request line and one JSON response line over a Unix socket that only the
+//! postgres user can open (mode 0600).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+/// A request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Archive `pg_wal/<name>`; answer once it is stored.
+    Archive { name: String },
+    /// Restore `name` into `dest` (an absolute path).
+    Restore { name: String, dest: PathBuf },
+}
+
+/// The answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    /// For restores: whether the file was found.
+    pub found: bool,
+    /// What happened, for postgres's log.
+    pub detail: String,
+}
+
+impl Response {
+    pub fn success(detail: impl Into<String>) -> Self {
+        Response {
+            ok: true,
+            found: true,
+            detail: detail.into(),
+        }
+    }
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Response {
+            ok: true,
+            found: false,
+            detail: detail.into(),
+        }
+    }
+    pub fn failure(detail: impl Into<String>) -> Self {
+        Response {
+            ok: false,
+            found: false,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Why the manager could not be asked (as opposed to a failed operation).
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No manager listens: the caller falls back to doing the work itself.
+    #[error("no manager answers on {0}")]
+    NoManager(PathBuf),
+    #[error("talking to the manager: {0:#}")]
+    Broken(anyhow::Error),
+}
+
+/// Send `request` and wait up to `timeout` for the answer.
+pub async fn call(
+    socket: &Path,
+    request: &Request,
+    timeout: Duration,
+) -> Result<Response, CallError> {
+    let mut stream = match UnixStream::connect(socket).await {
+        Ok(stream) => stream,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Err(CallError::NoManager(socket.to_path_buf()))
+        }
+        Err(e) => {
+            return Err(CallError::Broken(
+                anyhow::Error::new(e).context("connecting"),
+            ))
+        }
+    };
+    let exchange = async {
+        let mut line = serde_json::to_string(request).context("encoding the request")?;
+        line.push('\n');
+        stream
+            .write_all(line.as_bytes())
+            .await
+            .context("sending the request")?;
+        let mut reader = BufReader::new(stream);
+        let mut answer = String::new();
+        reader
+            .read_line(&mut answer)
+            .await
+            .context("reading the answer")?;
+        if answer.is_empty() {
+            anyhow::bail!("the manager closed the connection without answering");
+        }
+        serde_json::from_str::<Response>(&answer).context("decoding the answer")
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| {
+            CallError::Broken(anyhow::anyhow!("no answer within {} s", timeout.as_secs()))
+        })?
+        .map_err(CallError::Broken)
+}
+
+/// Read one request line from `stream` (at most 64 KiB).
+pub async fn read_request(stream: &mut BufReader<UnixStream>) -> Result<Request> {
+    let mut line = String::new();
+    let mut limited = (&mut *stream).take(64 * 1024);
+    tokio::io::AsyncBufReadExt::read_line(&mut limited, &mut line)
+        .await
+        .context("reading the request")?;
+    serde_json::from_str(&line).context("malformed request")
+}
+
+use tokio::io::AsyncReadExt as _;

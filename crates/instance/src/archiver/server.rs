@@ -1,0 +1,61 @@
+//! The manager's end of the local socket: one task per connection, one request each.
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+
+use super::protocol::{read_request, Request, Response};
+use super::Archiver;
+
+/// Bind the socket (replacing a stale one) and serve it.
+pub fn spawn(archiver: Arc<Archiver>) -> Result<()> {
+    let path = archiver.settings.socket.clone();
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("removing stale socket {}", path.display()))
+        }
+    }
+    let listener =
+        UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod {}", path.display()))?;
+    tracing::info!(socket = %path.display(), "WAL archive socket listening");
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting on the WAL socket failed");
+                    continue;
+                }
+            };
+            let archiver = archiver.clone();
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(stream);
+                let response = match read_request(&mut reader).await {
+                    Ok(request) => handle(&archiver, request).await,
+                    Err(e) => Response::failure(format!("{e:#}")),
+                };
+                let mut line = serde_json::to_string(&response).unwrap_or_else(|_| "{}".into());
+                line.push('\n');
+                let _ = reader.into_inner().write_all(line.as_bytes()).await;
+            });
+        }
+    });
+    Ok(())
+}
+
+async fn handle(archiver: &Arc<Archiver>, request: Request) -> Response {
+    match request {
+        Request::Archive { name } => match archiver.archive_now(&name).await {
+            Ok(()) => Response::success(format!("{name} archived")),
+            Err(e) => Response::failure(e),
+        },
+        Request::Restore { name, dest } => archiver.restore_now(&name, &dest).await,
+    }
+}

@@ -1,0 +1,322 @@
+//! The WAL commands: `wal-archive %p` (postgres's archive_command), `wal-restore %f %p`
+//! (restore_command), and `wal list|check` for operators. The first two ask the manager over
+//! its socket and do the work themselves when no manager answers; their inputs are checked
+//! before anything touches storage: a WAL file name, and paths inside the data directory.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use pgsteward_archive::{ArchiveOutcome, RestoreOutcome, WalArchive, WalFile, WalKind};
+use tokio::time::Instant;
+
+use crate::archiver::destination;
+use crate::archiver::protocol::{self, CallError, Request};
+use crate::archiver::settings::ArchiveSettings;
+
+fn block_on<F: std::future::Future<Output = i32>>(future: F) -> i32 {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(future),
+        Err(e) => {
+            eprintln!("pgsteward: cannot start the async runtime: {e}");
+            1
+        }
+    }
+}
+
+/// Resolve `path` (relative paths are relative to the data directory, as postgres's `%p`
+/// is) and require it to be inside `inside`.
+fn resolve_inside(pgdata: &Path, path: &Path, inside: &Path, what: &str) -> Result<PathBuf> {
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        pgdata.join(path)
+    };
+    let parent = absolute.parent().context("path has no parent directory")?;
+    let file_name = absolute.file_name().context("path has no file name")?;
+    let parent = std::fs::canonicalize(parent)
+        .with_context(|| format!("{what}: {} does not exist", parent.display()))?;
+    let inside = std::fs::canonicalize(inside)
+        .with_context(|| format!("{} does not exist", inside.display()))?;
+    if !parent.starts_with(&inside) {
+        bail!(
+            "{what}: {} is outside {}",
+            absolute.display(),
+            inside.display()
+        );
+    }
+    Ok(parent.join(file_name))
+}
+
+/// `pgsteward wal-archive --pgdata DIR PATH`.
+pub fn archive(pgdata: &Path, path: &Path) -> i32 {
+    block_on(async {
+        match archive_inner(pgdata, path).await {
+            Ok(detail) => {
+                eprintln!("pgsteward wal-archive: {detail}");
+                0
+            }
+            Err(e) => {
+                eprintln!("pgsteward wal-archive: ERROR: {e:#}");
+                1
+            }
+        }
+    })
+}
+
+async fn archive_inner(pgdata: &Path, path: &Path) -> Result<String> {
+    let settings = ArchiveSettings::read(pgdata)?;
+    let resolved = resolve_inside(pgdata, path, &pgdata.join("pg_wal"), "WAL path")?;
+    if resolved.parent() != std::fs::canonicalize(pgdata.join("pg_wal")).ok().as_deref() {
+        bail!("WAL path {} is not directly in pg_wal", resolved.display());
+    }
+    let name = resolved
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let file = WalFile::parse(&name)?;
+    let meta = std::fs::metadata(&resolved)
+        .with_context(|| format!("{} cannot be read", resolved.display()))?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file", resolved.display());
+    }
+    match protocol::call(
+        &settings.socket,
+        &Request::Archive { name: name.clone() },
+        settings.timeout(),
+    )
+    .await
+    {
+        Ok(response) if response.ok => return Ok(response.detail),
+        Ok(response) => bail!("{}", response.detail),
+        Err(CallError::NoManager(_)) => {}
+        Err(e) => eprintln!("pgsteward wal-archive: {e}; archiving directly"),
+    }
+    let wal = settings.open().await?;
+    destination::ensure_ready(pgdata, &settings, &wal).await?;
+    let content = tokio::fs::read(&resolved)
+        .await
+        .with_context(|| format!("reading {}", resolved.display()))?;
+    let deadline = Instant::now() + settings.timeout();
+    match wal.archive(&file, Bytes::from(content), deadline).await? {
+        ArchiveOutcome::Stored { key, .. } => {
+            Ok(format!("{name} archived to {key} (no manager answered)"))
+        }
+        ArchiveOutcome::AlreadyArchived { key } => {
+            Ok(format!("{name} was already archived at {key}"))
+        }
+    }
+}
+
+/// `pgsteward wal-restore --pgdata DIR NAME PATH`: exit 0 when restored, 1 when not found or
+/// on error (postgres then tries streaming or retries).
+pub fn restore(pgdata: &Path, name: &str, dest: &Path) -> i32 {
+    block_on(async {
+        match restore_inner(pgdata, name, dest).await {
+            Ok(true) => 0,
+            Ok(false) => 1,
+            Err(e) => {
+                eprintln!("pgsteward wal-restore: ERROR: {e:#}");
+                1
+            }
+        }
+    })
+}
+
+async fn restore_inner(pgdata: &Path, name: &str, dest: &Path) -> Result<bool> {
+    let settings = ArchiveSettings::read(pgdata)?;
+    let file = WalFile::parse(name)?;
+    let dest = resolve_inside(pgdata, dest, pgdata, "restore destination")?;
+    let request = Request::Restore {
+        name: name.to_owned(),
+        dest: dest.clone(),
+    };
+    match protocol::call(&settings.socket, &request, settings.timeout()).await {
+        Ok(response) if response.ok => return Ok(response.found),
+        Ok(response) => bail!("{}", response.detail),
+        Err(CallError::NoManager(_)) => {}
+        Err(e) => eprintln!("pgsteward wal-restore: {e}; fetching directly"),
+    }
+    let wal = settings.open().await?;
+    let deadline = Instant::now() + settings.timeout();
+    Ok(matches!(
+        wal.restore_to(&file, &dest, deadline).await?,
+        RestoreOutcome::Restored { .. }
+    ))
+}
+
+/// Settings from `--pgdata` or from `--config`.
+fn operator_settings(pgdata: Option<&Path>, config: Option<&Path>) -> Result<ArchiveSettings> {
+    match (pgdata, config) {
+        (Some(pgdata), _) => ArchiveSettings::read(pgdata),
+        (None, Some(file)) => {
+            let sources =
+                crate::config::ConfigSources::from_process(Some(file.to_path_buf()), Vec::new());
+            let config = crate::config::load(&sources)?;
+            ArchiveSettings::from_config(&config)
+                .context("archive.destination is not set in the configuration")
+        }
+        (None, None) => bail!("give --pgdata DIR or --config FILE"),
+    }
+}
+
+async fn open_for_operator(pgdata: Option<&Path>, config: Option<&Path>) -> Result<WalArchive> {
+    operator_settings(pgdata, config)?.open().await
+}
+
+/// `pgsteward wal list`.
+pub fn list(pgdata: Option<&Path>, config: Option<&Path>) -> i32 {
+    block_on(async {
+        let result = async {
+            let wal = open_for_operator(pgdata, config).await?;
+            let files = wal.list(Instant::now() + Duration::from_secs(300)).await?;
+            use std::io::Write;
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            // A closed pipe (`| head`) ends the listing quietly.
+            let _ = writeln!(out, "{} ({} files)", wal.store().describe(), files.len());
+            for (file, object) in &files {
+                if writeln!(out, "{}\t{}\t{}", file.name(), object.size, object.key).is_err() {
+                    break;
+                }
+            }
+            Ok::<(), anyhow::Error>(())
+        }
+        .await;
+        match result {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("pgsteward wal list: ERROR: {e:#}");
+                1
+            }
+        }
+    })
+}
+
+/// Missing segments between the first and last archived segment of each timeline.
+pub fn gaps(names: &[WalFile], segment_bytes: u64) -> Vec<(u32, Vec<String>)> {
+    let mut by_timeline: std::collections::BTreeMap<u32, Vec<&WalFile>> =
+        std::collections::BTreeMap::new();
+    for file in names.iter().filter(|f| f.kind() == WalKind::Segment) {
+        by_timeline.entry(file.timeline()).or_default().push(file);
+    }
+    let mut out = Vec::new();
+    for (timeline, mut files) in by_timeline {
+        files.sort();
+        let mut missing = Vec::new();
+        for pair in files.windows(2) {
+            let mut expected = pair[0].next_segment(segment_bytes);
+            let mut guard = 0;
+            while let Some(next) = expected {
+                if next.name() >= pair[1].name() || guard > 100_000 {
+                    break;
+                }
+                missing.push(next.name().to_owned());
+                expected = next.next_segment(segment_bytes);
+                guard += 1;
+            }
+        }
+        if !missing.is_empty() {
+            out.push((timeline, missing));
+        }
+    }
+    out
+}
+
+/// `pgsteward wal check`: exit 1 when a timeline has gaps.
+pub fn check(pgdata: Option<&Path>, config: Option<&Path>, segment_mb: u64) -> i32 {
+    block_on(async {
+        let result = async {
+            let wal = open_for_operator(pgdata, config).await?;
+            let files: Vec<WalFile> = wal
+                .list(Instant::now() + Duration::from_secs(300))
+                .await?
+                .into_iter()
+                .map(|(f, _)| f)
+                .collect();
+            let found = gaps(&files, segment_mb << 20);
+            let timelines: std::collections::BTreeSet<u32> =
+                files.iter().map(WalFile::timeline).collect();
+            println!(
+                "{}: {} files on timeline(s) {:?}",
+                wal.store().describe(),
+                files.len(),
+                timelines
+            );
+            for (timeline, missing) in &found {
+                println!(
+                    "timeline {timeline}: {} missing segment(s): {}",
+                    missing.len(),
+                    missing
+                        .iter()
+                        .take(20)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            Ok::<bool, anyhow::Error>(found.is_empty())
+        }
+        .await;
+        match result {
+            Ok(true) => {
+                println!("no gaps");
+                0
+            }
+            Ok(false) => 1,
+            Err(e) => {
+                eprintln!("pgsteward wal check: ERROR: {e:#}");
+                2
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_gaps_per_timeline() {
+        let names: Vec<WalFile> = [
+            "000000010000000000000001",
+            "000000010000000000000002",
+            "000000010000000000000005",
+            "00000002.history",
+            "000000020000000000000005",
+            "000000020000000000000006",
+        ]
+        .iter()
+        .map(|n| WalFile::parse(n).unwrap())
+        .collect();
+        let found = gaps(&names, 16 << 20);
+        assert_eq!(
+            found,
+            vec![(
+                1,
+                vec![
+                    "000000010000000000000003".to_owned(),
+                    "000000010000000000000004".to_owned()
+                ]
+            )]
+        );
+    }
+
+    #[test]
+    fn paths_outside_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("pg_wal")).unwrap();
+        let wal = dir.path().join("pg_wal");
+        let seg = Path::new("pg_wal/000000010000000000000001");
+        assert!(resolve_inside(dir.path(), seg, &wal, "x").is_ok());
+        assert!(
+            resolve_inside(dir.path(), &wal.join("000000010000000000000001"), &wal, "x").is_ok()
+        );
+        assert!(resolve_inside(dir.path(), Path::new("/etc/passwd"), &wal, "x").is_err());
+        assert!(resolve_inside(dir.path(), Path::new("pg_wal/../../x"), &wal, "x").is_err());
+    }
+}
