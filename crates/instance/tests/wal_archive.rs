@@ -65,6 +65,50 @@ async fn wait_archived(instance: &Instance) -> serde_json::Value {
     .await
 }
 
+/// Every segment before `last` in pg_wal is archived (no gaps) and restores byte-identical;
+/// returns how many were compared.
+fn verify_archive(instance: &Instance, last: &str) -> usize {
+    let pgdata = instance.pgdata.display().to_string();
+    let check = pgsteward(&["wal", "check", "--pgdata", &pgdata]);
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let mut compared = 0;
+    for entry in std::fs::read_dir(instance.pgdata.join("pg_wal"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.len() != 24 || name.as_str() >= last {
+            continue;
+        }
+        let dest = instance.pgdata.join("pg_wal/pgsteward-test-restore");
+        let out = pgsteward(&[
+            "wal-restore",
+            "--pgdata",
+            &pgdata,
+            &name,
+            &dest.display().to_string(),
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "restoring {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            std::fs::read(&dest).unwrap_or_default()
+                == std::fs::read(entry.path()).unwrap_or_default(),
+            "{name} differs after restore"
+        );
+        compared += 1;
+    }
+    compared
+}
+
 async fn archive_under_load_restores_byte_identical(version: PgVersion) {
     let scratch = pgsteward_testkit::fsutil::ScratchDir::new();
     let store = scratch.mkdir("store", 0o700);
@@ -108,42 +152,7 @@ async fn archive_under_load_restores_byte_identical(version: PgVersion) {
     );
 
     // Every segment before the current one is archived, with no gaps, and restores byte-identical.
-    let pgdata = instance.pgdata.display().to_string();
-    let check = pgsteward(&["wal", "check", "--pgdata", &pgdata]);
-    assert_eq!(
-        check.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
-    );
-    let mut compared = 0;
-    for entry in std::fs::read_dir(instance.pgdata.join("pg_wal"))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .flatten()
-    {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.len() != 24 || name >= last {
-            continue;
-        }
-        let dest = instance.pgdata.join("pg_wal/pgsteward-test-restore");
-        let out = pgsteward(&[
-            "wal-restore",
-            "--pgdata",
-            &pgdata,
-            &name,
-            &dest.display().to_string(),
-        ]);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "restoring {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let restored = std::fs::read(&dest).unwrap_or_default();
-        let local = std::fs::read(entry.path()).unwrap_or_default();
-        assert!(restored == local, "{name} differs after restore");
-        compared += 1;
-    }
+    let compared = verify_archive(&instance, &last);
     assert!(compared >= 5, "only {compared} segments compared");
     // Objects are in barman-cloud's layout, one gzip member each.
     let object = store.join(format!(
@@ -375,4 +384,251 @@ async fn wal_commands_reject_bad_input() {
     assert_eq!(out.status.code(), Some(1));
     assert!(!String::from_utf8_lossy(&out.stderr).contains("ERROR"));
     assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+/// Options archiving to the S3 server through its endpoint, credentials in files readable by
+/// the postgres user.
+fn s3_options(
+    version: PgVersion,
+    s3: &pgsteward_testkit::s3::S3Server,
+    creds_dir: &Path,
+) -> ManagerOptions {
+    let (key_file, secret_file) = pgsteward_testkit::s3::write_credential_files(creds_dir);
+    for file in [&key_file, &secret_file] {
+        let _ = Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(file)
+            .status();
+    }
+    let mut opts = archive_options(version, &format!("s3://{}/backups", s3.bucket()));
+    opts.args.extend([
+        format!("--set=archive.s3.endpoint_url={}", s3.endpoint()),
+        "--set=archive.s3.force_path_style=true".into(),
+        format!("--set=archive.s3.access_key_id_file={}", key_file.display()),
+        format!(
+            "--set=archive.s3.secret_access_key_file={}",
+            secret_file.display()
+        ),
+        "--set=archive.wal.timeout=20s".into(),
+    ]);
+    opts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_outage_during_load_loses_and_skips_nothing() {
+    let mut s3 = pgsteward_testkit::s3::S3Server::new().await;
+    let creds = pgsteward_testkit::fsutil::ScratchDir::new();
+    let instance = Instance::new(s3_options(PgVersion::V15, &s3, creds.path()));
+    let mut manager = instance.spawn();
+    manager.wait_ready(READY).await;
+    pgbench(PgVersion::V15, instance.pg_port, &["-i", "-s", "2", "-q"]);
+    sql_value(instance.pg_port, PASSWORD, "SELECT pg_switch_wal()::text")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_archived(&instance).await;
+
+    // The store goes away for 30 s while postgres keeps writing and switching segments.
+    s3.stop();
+    let outage = std::time::Instant::now();
+    let mut switched = 0;
+    while outage.elapsed() < Duration::from_secs(30) {
+        pgbench(
+            PgVersion::V15,
+            instance.pg_port,
+            &["-c", "2", "-t", "100", "-n"],
+        );
+        sql_value(instance.pg_port, PASSWORD, "SELECT pg_switch_wal()::text")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        switched += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let during = manager.status().await["archive"].clone();
+    assert!(
+        during["ready_backlog"].as_u64().unwrap_or(0) >= 1,
+        "nothing waited during the outage: {during}"
+    );
+    assert!(
+        during["failed_count"].as_u64().unwrap_or(0) >= 1,
+        "{during}"
+    );
+    let last: String = sql_value(
+        instance.pg_port,
+        PASSWORD,
+        "SELECT pg_walfile_name(pg_current_wal_lsn())",
+    )
+    .await
+    .unwrap_or_default();
+
+    s3.start().await;
+    let after = wait_archived(&instance).await;
+    assert!(
+        after["archived_count"].as_u64().unwrap_or(0) >= switched,
+        "{after}"
+    );
+    let compared = verify_archive(&instance, &last);
+    assert!(
+        compared >= switched as usize,
+        "compared {compared}, switched {switched}"
+    );
+    // Objects sit under the destination prefix in barman's layout.
+    let first =
+        s3.object_path("backups/cluster-a/wals/0000000100000000/000000010000000000000001.gz");
+    assert!(first.is_file(), "{}", first.display());
+    manager.signal(Signal::SIGTERM).await;
+    assert_eq!(manager.wait_exit(EXIT).await, 0, "{}", manager.log());
+    assert!(
+        !manager.log().contains(s3.secret_key()),
+        "the S3 secret reached the log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manager_killed_mid_upload_counts_no_partial_object() {
+    let s3 = pgsteward_testkit::s3::S3Server::new().await;
+    let creds = pgsteward_testkit::fsutil::ScratchDir::new();
+    let instance = Instance::new(s3_options(PgVersion::V15, &s3, creds.path()));
+    let mut first = instance.spawn();
+    first.wait_ready(READY).await;
+    pgbench(PgVersion::V15, instance.pg_port, &["-i", "-s", "2", "-q"]);
+    // Kill the manager while segments are being uploaded; postgres keeps running and its
+    // archive_command falls back to uploading by itself.
+    sql_value(instance.pg_port, PASSWORD, "SELECT pg_switch_wal()::text")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    first.signal(Signal::SIGKILL).await;
+    first.wait_exit(EXIT).await;
+    for _ in 0..3 {
+        pgbench(
+            PgVersion::V15,
+            instance.pg_port,
+            &["-c", "2", "-t", "100", "-n"],
+        );
+        sql_value(instance.pg_port, PASSWORD, "SELECT pg_switch_wal()::text")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    wait_for(
+        "postgres to archive without a manager",
+        Duration::from_secs(120),
+        || async {
+            let ready = std::fs::read_dir(instance.pgdata.join("pg_wal/archive_status"))
+                .ok()?
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".ready"))
+                .count();
+            (ready == 0).then_some(())
+        },
+    )
+    .await;
+    let mut second = instance.spawn();
+    second.wait_ready(READY).await;
+    let last: String = sql_value(
+        instance.pg_port,
+        PASSWORD,
+        "SELECT pg_walfile_name(pg_current_wal_lsn())",
+    )
+    .await
+    .unwrap_or_default();
+    wait_archived(&instance).await;
+    let compared = verify_archive(&instance, &last);
+    assert!(compared >= 4, "{compared}");
+    // No temporary or partial object is left in the bucket.
+    let stray: Vec<String> = walk(s3.root())
+        .into_iter()
+        .filter(|p| p.contains("/wals/") && !p.ends_with(".gz"))
+        .collect();
+    assert!(stray.is_empty(), "{stray:?}");
+    second.signal(Signal::SIGTERM).await;
+    assert_eq!(second.wait_exit(EXIT).await, 0, "{}", second.log());
+}
+
+fn walk(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.path().is_dir() {
+                stack.push(entry.path());
+            } else {
+                out.push(entry.path().display().to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Unmounts a test tmpfs on drop.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_prefetch_spool_falls_back_to_direct_restores() {
+    let scratch = pgsteward_testkit::fsutil::ScratchDir::new();
+    let store = scratch.mkdir("store", 0o700);
+    let instance = Instance::new(archive_options(
+        PgVersion::V15,
+        &format!("file://{}", store.display()),
+    ));
+    let manager = instance.spawn();
+    manager.wait_ready(READY).await;
+    for _ in 0..4 {
+        sql_value(instance.pg_port, PASSWORD, "CREATE TABLE IF NOT EXISTS t (i int); INSERT INTO t VALUES (1); SELECT pg_switch_wal()::text")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    wait_archived(&instance).await;
+    // A spool on a 64 KiB file system: no 16 MiB segment fits.
+    let spool = instance.pgdata.join("pg_wal/pgsteward-prefetch");
+    std::fs::create_dir_all(&spool).unwrap_or_else(|e| panic!("{e}"));
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k,mode=0777", "tmpfs"])
+        .arg(&spool)
+        .status();
+    assert!(
+        mounted.is_ok_and(|s| s.success()),
+        "mounting a tmpfs needs root"
+    );
+    let _mount = Mount(spool.clone());
+    let pgdata = instance.pgdata.display().to_string();
+    for name in [
+        "000000010000000000000001",
+        "000000010000000000000002",
+        "000000010000000000000003",
+    ] {
+        let dest = instance.pgdata.join("pg_wal/pgsteward-test-restore");
+        let out = pgsteward(&[
+            "wal-restore",
+            "--pgdata",
+            &pgdata,
+            name,
+            &dest.display().to_string(),
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            std::fs::metadata(&dest).map(|m| m.len()).unwrap_or(0),
+            16 << 20
+        );
+    }
+    wait_for(
+        "the spool failure in the log",
+        Duration::from_secs(30),
+        || async {
+            manager
+                .log()
+                .contains("prefetch spool write failed")
+                .then_some(())
+        },
+    )
+    .await;
 }
