@@ -84,6 +84,7 @@ pub fn summary(s: &InstanceStatus) -> String {
          timeline/lsn  {} / {}\n\
          config        {} (pending restart: {pending})\n\
          crash restarts {}\n\
+         archive       {}\n\
          manager       {}\n\
          last error    {}\n",
         s.instance_name,
@@ -99,7 +100,24 @@ pub fn summary(s: &InstanceStatus) -> String {
         s.current_lsn.clone().unwrap_or_else(dash),
         s.config_hash.get(..12).unwrap_or(&s.config_hash),
         s.crash_restarts,
+        archive_line(s),
         s.manager_version,
         s.last_error.clone().unwrap_or_else(dash),
     )
+}
+
+fn archive_line(s: &InstanceStatus) -> String {
+    match &s.archive {
+        None => "off".to_owned(),
+        Some(a) => format!(
+            "{} (last {} at {}, backlog {}, lag {:.0} s, failures {}{})",
+            a.destination,
+            a.last_archived_wal.as_deref().unwrap_or("-"),
+            a.last_archived_time.as_deref().unwrap_or("-"),
+            a.ready_backlog,
+            a.lag_seconds,
+            a.failed_count,
+            a.last_failure.as_deref().map(|f| format!(", last failure: {f}")).unwrap_or_default()
+        ),
+    }
 }
