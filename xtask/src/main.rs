@@ -3,6 +3,7 @@
 //! their own modules. Every path is resolved from the workspace root, never the current
 //! directory.
 
+mod bench;
 mod ci;
 mod codegen;
 
@@ -20,11 +21,14 @@ Commands:
                      compare instead and fail if the file is out of date.
   prereqs            Install or verify the CI prerequisites (runs `bash .ci/prereqs`).
   ci                 Run the whole CI pipeline: prereqs, fmt, clippy, codegen --check, tests.
-  bench <NAME>       Run a benchmark (none exist yet).
+  bench <NAME>       Run a benchmark (as root). Names:
+                       wal-archive  WAL archive/restore throughput of pgsteward, barman-cloud
+                                    and pgBackRest on one real backlog and one S3 server;
+                                    writes docs/benchmarks.md.
   help               Print this text.
 ";
 
-/// Exit code for a command line that could not be understood, and for `bench`.
+/// Exit code for a command line that could not be understood.
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
@@ -65,10 +69,13 @@ fn run(raw_args: Vec<OsString>) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         ["ci"] => ci::ci(&root),
-        ["bench", _name] => {
-            eprintln!("no benchmarks yet; they arrive with the WAL archiving issue");
-            Ok(ExitCode::from(EXIT_USAGE))
-        }
+        ["bench", name] => match bench::run(&root, name) {
+            Some(result) => result,
+            None => Ok(usage_error(&format!(
+                "unknown benchmark `{name}` (known: {})",
+                bench::NAMES.join(", ")
+            ))),
+        },
         ["bench"] => Ok(usage_error("`bench` needs a benchmark NAME")),
         ["codegen", ..] => Ok(usage_error("`codegen` takes no argument but `--check`")),
         [command, ..] => Ok(usage_error(&format!(

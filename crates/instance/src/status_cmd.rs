@@ -117,7 +117,10 @@ fn archive_line(s: &InstanceStatus) -> String {
             a.ready_backlog,
             a.lag_seconds,
             a.failed_count,
-            a.last_failure.as_deref().map(|f| format!(", last failure: {f}")).unwrap_or_default()
+            a.last_failure
+                .as_deref()
+                .map(|f| format!(", last failure: {f}"))
+                .unwrap_or_default()
         ),
     }
 }

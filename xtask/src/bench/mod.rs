@@ -1,0 +1,39 @@
+//! `cargo xtask bench <NAME>`: benchmarks against real servers and the real peer tools.
+//! `wal-archive` (in `wal_archive`) times WAL archiving and restore of pgsteward, barman-cloud
+//! and pgBackRest on one PostgreSQL 15 backlog and one S3 server (s3s-fs behind an nginx TLS
+//! proxy), and writes its tables into docs/benchmarks.md.
+//!
+//! Modules: `cluster` (postgres as the postgres user), `s3` (s3s-fs + TLS proxy), `procs`
+//! (spawning, deadlines, CPU/RSS accounting), `tools` (each tool's configuration, and the
+//! pgsteward hook), `report` (tables and the docs section).
+
+mod cluster;
+mod procs;
+mod report;
+mod s3;
+mod tools;
+mod wal_archive;
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+/// gzip level every tool compresses WAL with.
+pub const GZIP_LEVEL: u32 = 6;
+/// Parallel uploads/downloads where a tool has the setting (pgBackRest's process-max is 2, as
+/// the issue asks).
+pub const PARALLEL: u32 = 4;
+/// barman server name / pgBackRest stanza.
+pub const SERVER_NAME: &str = "bench";
+
+/// The benchmarks `bench` knows.
+pub const NAMES: &[&str] = &["wal-archive"];
+
+/// Runs the benchmark `name`; None when there is no such benchmark.
+pub fn run(root: &Path, name: &str) -> Option<Result<ExitCode>> {
+    match name {
+        "wal-archive" => Some(wal_archive::run(root)),
+        _ => None,
+    }
+}

@@ -1,0 +1,452 @@
+//! `cargo xtask bench wal-archive`: WAL archiving and restore throughput of pgsteward,
+//! barman-cloud and pgBackRest on the same real backlog, the same S3 server and the same run.
+//!
+//! 1. s3s-fs on loopback behind the testkit's nginx TLS proxy (every tool uses the proxy).
+//! 2. A PostgreSQL 15 cluster (postgres OS user, scratch directory) with `archive_mode = on` and
+//!    `archive_command = '/bin/false'` gets a backlog of real WAL: `pgbench -i`, a table of
+//!    random text, then checkpoints + pgbench runs (full-page images) until at least
+//!    `PGSTEWARD_BENCH_SEGMENTS` (default 48, minimum 30) segments are `.ready`, then `VACUUM
+//!    (FREEZE, ANALYZE)`; clean shutdown. Autovacuum is off, so no run adds WAL of its own.
+//! 3. Archive, per tool: `cp -a` of that data directory (identical backlog), start postgres with
+//!    `archive_command = ''` (archiving paused, no retry sleeps), then `ALTER SYSTEM SET
+//!    archive_command` + `pg_reload_conf()` and time until no `.ready` file remains. CPU is the
+//!    archiver's waited-for children (`cutime + cstime`: every archive_command and what it
+//!    waited for) plus detached processes (pgBackRest's async process and its workers), which
+//!    this process adopts as subreaper and reaps with `wait4`. Peak RSS is the largest `VmHWM`
+//!    of any tool process, sampled every 5 ms, or from `wait4` for detached ones.
+//! 4. Restore, per tool: call its restore_command as postgres would (`%f %p`, `%p` =
+//!    `pg_wal/RECOVERYXLOG`) for every segment in order, timing the whole sequence with each
+//!    call's `wait4` rusage; then check every restored segment is byte-identical to the original.
+//!
+//! Deadlines bound every wait; scratch files and processes go away on exit
+//! (`PGSTEWARD_BENCH_KEEP=1` keeps the scratch directory for inspection).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use super::cluster::{self, mkdir_postgres, Cluster};
+use super::procs::{self, Usage};
+use super::report::{self, Measured, Outcome, Report, Row};
+use super::s3::{self, S3};
+use super::tools::{self, Availability, Ctx, Tool};
+
+const DEFAULT_SEGMENTS: usize = 48;
+const MIN_SEGMENTS: usize = 30;
+/// Archiving or restoring the whole backlog must finish within this.
+const RUN_DEADLINE: Duration = Duration::from_secs(900);
+/// A run whose backlog does not shrink for this long has failed (postgres waits 60 s after
+/// three failed attempts).
+const STALL: Duration = Duration::from_secs(75);
+const GENERATE_DEADLINE: Duration = Duration::from_secs(1200);
+/// How long detached processes get to finish after a run.
+const ORPHAN_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The backlog every tool starts from.
+struct Backlog {
+    cluster: Cluster,
+    segments: Vec<String>,
+}
+
+pub fn run(root: &Path) -> Result<ExitCode> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("`cargo xtask bench wal-archive` must run as root: it runs postgres and the tools as the postgres OS user");
+    }
+    let target = segments_target()?;
+    procs::become_subreaper()?;
+    let scratch = tempfile::Builder::new()
+        .prefix("pgst-bench-")
+        .tempdir_in("/tmp")
+        .context("creating the scratch directory")?;
+    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755))
+        .context("chmod the scratch directory")?;
+    let result = bench(root, scratch.path(), target);
+    if std::env::var_os("PGSTEWARD_BENCH_KEEP").is_some_and(|v| !v.is_empty()) {
+        let kept = scratch.keep();
+        eprintln!("bench: kept the scratch directory {}", kept.display());
+    }
+    result
+}
+
+fn segments_target() -> Result<usize> {
+    match std::env::var("PGSTEWARD_BENCH_SEGMENTS") {
+        Err(_) => Ok(DEFAULT_SEGMENTS),
+        Ok(value) => {
+            let n: usize = value
+                .trim()
+                .parse()
+                .with_context(|| format!("PGSTEWARD_BENCH_SEGMENTS={value:?} is not a number"))?;
+            if n < MIN_SEGMENTS {
+                bail!("PGSTEWARD_BENCH_SEGMENTS={n}: the benchmark needs at least {MIN_SEGMENTS} segments");
+            }
+            Ok(n)
+        }
+    }
+}
+
+fn bench(root: &Path, scratch: &Path, target: usize) -> Result<ExitCode> {
+    let started = Instant::now();
+    let s3 = S3::start(&scratch.join("s3"))?;
+    eprintln!(
+        "bench: s3s-fs behind nginx TLS at {} (CA {})",
+        s3.proxy.endpoint(),
+        s3.proxy.ca_file().display()
+    );
+    let backlog = generate_backlog(scratch, target)?;
+    let wal_bytes = backlog.segments.len() as u64 * segment_size(&backlog)?;
+    eprintln!(
+        "bench: backlog of {} segments ({} MiB) in {:.0?}",
+        backlog.segments.len(),
+        wal_bytes >> 20,
+        started.elapsed()
+    );
+
+    let mut archive = Vec::new();
+    for tool in Tool::ALL {
+        eprintln!("bench: archive with {}", tool.name());
+        let row = archive_one(tool, &s3, &backlog, scratch, root);
+        eprintln!("bench:   {}", row.outcome.summary());
+        archive.push(row);
+    }
+    let mut restore = Vec::new();
+    for (tool, archived) in Tool::ALL.into_iter().zip(&archive) {
+        let row = if matches!(archived.outcome, Outcome::Measured(_)) {
+            eprintln!("bench: restore with {}", tool.name());
+            restore_one(tool, &s3, &backlog, scratch, root)
+        } else {
+            Row {
+                tool,
+                outcome: Outcome::NotAvailable("nothing archived to restore".into()),
+                described: None,
+            }
+        };
+        eprintln!("bench:   {}", row.outcome.summary());
+        restore.push(row);
+    }
+
+    let report = Report {
+        segments: backlog.segments.len(),
+        wal_bytes,
+        archive,
+        restore,
+        environment: report::Environment::collect(),
+    };
+    println!("{}", report.text());
+    let failed = report.failures();
+    if failed > 0 {
+        eprintln!("bench: {failed} run(s) failed; docs/benchmarks.md left unchanged");
+        return Ok(ExitCode::FAILURE);
+    }
+    let docs = root.join("docs/benchmarks.md");
+    report::write_docs(&docs, &report.markdown())?;
+    eprintln!(
+        "bench: wrote {} ({:.0?} in all)",
+        docs.display(),
+        started.elapsed()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn segment_size(backlog: &Backlog) -> Result<u64> {
+    let first = backlog.segments.first().context("empty backlog")?;
+    let path = backlog.cluster.data.join("pg_wal").join(first);
+    Ok(std::fs::metadata(&path)
+        .with_context(|| format!("stat {}", path.display()))?
+        .len())
+}
+
+/// Builds the source cluster and its `.ready` backlog (see the module doc).
+fn generate_backlog(scratch: &Path, target: usize) -> Result<Backlog> {
+    let dir = scratch.join("source");
+    mkdir_postgres(&dir)?;
+    let cluster = Cluster::init(
+        &dir.join("data"),
+        &scratch.join("sock"),
+        &scratch.join("home"),
+        "/bin/false",
+    )?;
+    let mut postmaster = cluster.start(&[], &dir.join("postgres.log"))?;
+    let deadline = Instant::now() + GENERATE_DEADLINE;
+    eprintln!(
+        "bench: generating WAL (pgbench -i -s 10, random text, pgbench with full-page images)"
+    );
+    cluster.pgbench(&["-i", "-s", "10", "-q"], GENERATE_DEADLINE)?;
+    cluster.psql(&["CREATE TABLE noise AS SELECT g, md5(random()::text) || md5(random()::text) AS t FROM generate_series(1, 1000000) g"])?;
+    // The segment pg_switch_wal closes at the end makes the last one. Vacuumed and frozen at
+    // the end, so the copies have nothing left to write when they start.
+    while cluster.ready_count() + 1 < target {
+        if Instant::now() >= deadline {
+            bail!(
+                "only {} segments ready after {GENERATE_DEADLINE:?} of WAL generation",
+                cluster.ready_count()
+            );
+        }
+        cluster.psql(&["CHECKPOINT"])?;
+        cluster.pgbench(
+            &["-n", "-c", "2", "-j", "2", "-t", "10000"],
+            GENERATE_DEADLINE,
+        )?;
+    }
+    cluster.psql(&["VACUUM (FREEZE, ANALYZE)", "CHECKPOINT"])?;
+    let before = cluster.ready_count();
+    cluster.psql(&["SELECT pg_switch_wal()"])?;
+    wait_until(
+        Duration::from_secs(30),
+        "the switched segment to be .ready",
+        || Ok(cluster.ready_count() > before),
+    )?;
+    postmaster.stop()?;
+    let segments = cluster.ready_segments()?;
+    if segments.len() < MIN_SEGMENTS {
+        bail!("only {} segments in the backlog", segments.len());
+    }
+    Ok(Backlog { cluster, segments })
+}
+
+fn wait_until(
+    timeout: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !check()? {
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn archive_one(tool: Tool, s3: &S3, backlog: &Backlog, scratch: &Path, root: &Path) -> Row {
+    let mut described = None;
+    let outcome = match archive_run(tool, s3, backlog, scratch, root, &mut described) {
+        Ok(outcome) => outcome,
+        Err(err) => Outcome::Failed(format!("{err:#}")),
+    };
+    Row {
+        tool,
+        outcome,
+        described,
+    }
+}
+
+fn archive_run(
+    tool: Tool,
+    s3: &S3,
+    backlog: &Backlog,
+    scratch: &Path,
+    root: &Path,
+    described: &mut Option<String>,
+) -> Result<Outcome> {
+    let run_dir = scratch.join(format!("archive-{}", tool.prefix()));
+    mkdir_postgres(&run_dir)?;
+    let cluster = backlog.cluster.copy_to(&run_dir.join("data"))?;
+    // Archiving paused: with an empty archive_command the archiver just waits for a reload.
+    cluster.append_conf("archive_command = ''\n")?;
+    let ctx = Ctx {
+        s3,
+        run_dir: run_dir.clone(),
+        data: cluster.data.clone(),
+        home: cluster.home.clone(),
+        workspace: root,
+    };
+    let setup = match tools::archive_setup(tool, &ctx)? {
+        Availability::Ready(setup) => setup,
+        Availability::NotAvailable(reason) => return Ok(Outcome::NotAvailable(reason)),
+    };
+    *described = Some(setup.described.clone());
+    let segments = cluster.ready_segments()?;
+    if segments != backlog.segments {
+        bail!("the copied data directory has a different backlog");
+    }
+    let mut postmaster = cluster.start(&setup.env, &run_dir.join("postgres.log"))?;
+    let archiver = postmaster.archiver_pid()?;
+    let cpu_before = procs::waited_children_cpu(archiver)?;
+    let sampler = procs::RssSampler::start(vec![archiver]);
+
+    let started = Instant::now();
+    cluster.psql(&[
+        &format!(
+            "ALTER SYSTEM SET archive_command = '{}'",
+            cluster::quote_conf(&setup.command)
+        ),
+        "SELECT pg_reload_conf()",
+    ])?;
+    let mut left = segments.len();
+    let mut progress_at = Instant::now();
+    while left > 0 {
+        std::thread::sleep(Duration::from_millis(5));
+        let now = cluster.ready_count();
+        if now != left {
+            left = now;
+            progress_at = Instant::now();
+        }
+        if progress_at.elapsed() >= STALL || started.elapsed() >= RUN_DEADLINE {
+            let _ = sampler.finish();
+            bail!(
+                "{left} of {} segments still .ready after {:.0?} (no progress for {:.0?}); server log: {}",
+                segments.len(),
+                started.elapsed(),
+                progress_at.elapsed(),
+                postmaster.log_tail()
+            );
+        }
+    }
+    let elapsed = started.elapsed();
+    let cpu_after = procs::waited_children_cpu(archiver)?;
+    postmaster.stop()?;
+    let (detached, detached_count) = procs::reap_orphans(ORPHAN_DEADLINE)?;
+    let sampled_rss = sampler.finish();
+    let mut usage = Usage {
+        cpu: cpu_after.saturating_sub(cpu_before),
+        max_rss_kb: sampled_rss,
+    };
+    usage.add(detached);
+
+    // Shutdown switches and archives one more (nearly empty) segment after the clock stopped;
+    // only the backlog counts.
+    let stored = s3::archived_segments(&s3.prefix_dir(&tool.segments_prefix()));
+    let missing: Vec<&String> = segments
+        .iter()
+        .filter(|s| !stored.contains_key(*s))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "{} left no .ready file, but {} of the {} backlog segments are not in the bucket (first: {})",
+            tool.name(),
+            missing.len(),
+            segments.len(),
+            missing[0]
+        );
+    }
+    let stored_bytes = segments.iter().filter_map(|s| stored.get(s)).sum();
+    remove_data(&cluster.data);
+    Ok(Outcome::Measured(Measured {
+        segments: segments.len(),
+        elapsed,
+        usage,
+        stored_bytes,
+        detached: detached_count,
+    }))
+}
+
+fn restore_one(tool: Tool, s3: &S3, backlog: &Backlog, scratch: &Path, root: &Path) -> Row {
+    let mut described = None;
+    let outcome = match restore_run(tool, s3, backlog, scratch, root, &mut described) {
+        Ok(outcome) => outcome,
+        Err(err) => Outcome::Failed(format!("{err:#}")),
+    };
+    Row {
+        tool,
+        outcome,
+        described,
+    }
+}
+
+fn restore_run(
+    tool: Tool,
+    s3: &S3,
+    backlog: &Backlog,
+    scratch: &Path,
+    root: &Path,
+    described: &mut Option<String>,
+) -> Result<Outcome> {
+    let run_dir = scratch.join(format!("restore-{}", tool.prefix()));
+    mkdir_postgres(&run_dir)?;
+    // A data directory like the one a restore starts from: pg_control (pgBackRest reads it),
+    // an empty pg_wal.
+    let cluster = backlog.cluster.copy_to(&run_dir.join("data"))?;
+    empty_pg_wal(&cluster.data)?;
+    let restored = run_dir.join("restored");
+    mkdir_postgres(&restored)?;
+    let ctx = Ctx {
+        s3,
+        run_dir: run_dir.clone(),
+        data: cluster.data.clone(),
+        home: cluster.home.clone(),
+        workspace: root,
+    };
+    let setup = match tools::restore_setup(tool, &ctx)? {
+        Availability::Ready(setup) => setup,
+        Availability::NotAvailable(reason) => return Ok(Outcome::NotAvailable(reason)),
+    };
+    *described = Some(setup.described.clone());
+    let target = cluster.data.join("pg_wal").join("RECOVERYXLOG");
+    let target_str = target.display().to_string();
+
+    let started = Instant::now();
+    let mut usage = Usage::default();
+    for segment in &backlog.segments {
+        let command = setup
+            .command
+            .replace("%f", segment)
+            .replace("%p", &target_str);
+        let mut sh = procs::as_postgres("/bin/sh", &setup.env, &cluster.home)?;
+        sh.arg("-c")
+            .arg(&command)
+            .stdout(std::process::Stdio::null());
+        let remaining = RUN_DEADLINE.saturating_sub(started.elapsed());
+        let (code, call) = procs::run_measured(&mut sh, remaining.max(Duration::from_secs(1)))?;
+        usage.add(call);
+        if code != 0 {
+            bail!("restore_command for {segment} exited with {code}: {command}");
+        }
+        let kept = restored.join(segment);
+        std::fs::rename(&target, &kept)
+            .with_context(|| format!("{segment}: restore_command left no {}", target.display()))?;
+    }
+    let elapsed = started.elapsed();
+    let (detached, detached_count) = procs::reap_orphans(ORPHAN_DEADLINE)?;
+    usage.add(detached);
+
+    for segment in &backlog.segments {
+        let original = backlog.cluster.data.join("pg_wal").join(segment);
+        let copy = restored.join(segment);
+        let same = std::fs::read(&original)
+            .with_context(|| format!("reading {}", original.display()))?
+            == std::fs::read(&copy).with_context(|| format!("reading {}", copy.display()))?;
+        if !same {
+            bail!(
+                "{segment} restored by {} differs from the original",
+                tool.name()
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&restored);
+    remove_data(&cluster.data);
+    Ok(Outcome::Measured(Measured {
+        segments: backlog.segments.len(),
+        elapsed,
+        usage,
+        stored_bytes: 0,
+        detached: detached_count,
+    }))
+}
+
+/// Removes the WAL segments (and their archive status) from a copied data directory.
+fn empty_pg_wal(data: &Path) -> Result<()> {
+    let pg_wal = data.join("pg_wal");
+    for dir in [pg_wal.clone(), pg_wal.join("archive_status")] {
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
+        {
+            let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
+            if entry.file_type().map(|t| t.is_file()).unwrap_or(false) {
+                std::fs::remove_file(entry.path())
+                    .with_context(|| format!("removing {}", entry.path().display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Frees the disk of a finished run's data directory (keeping its logs and configs).
+fn remove_data(data: &PathBuf) {
+    if std::env::var_os("PGSTEWARD_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(data);
+    }
+}
