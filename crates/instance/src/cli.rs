@@ -40,6 +40,13 @@ pub enum Command {
         /// Where postgres wants it (`%p`).
         dest: PathBuf,
     },
+    /// Run only the WAL archiver beside a postgres supervised by something else (exits with
+    /// that postmaster).
+    Archiver {
+        /// The data directory (holds the archive settings, pgsteward.archive.json).
+        #[arg(long)]
+        pgdata: PathBuf,
+    },
     /// Inspect the WAL archive.
     #[command(subcommand)]
     Wal(WalCommand),
@@ -178,6 +185,7 @@ pub fn dispatch(cli: Cli) -> i32 {
             target.config.as_deref(),
             segment_size_mb,
         ),
+        Command::Archiver { pgdata } => crate::archiver::sidecar::run(&pgdata),
         Command::Version => {
             println!("pgsteward {}", env!("CARGO_PKG_VERSION"));
             0

@@ -76,6 +76,9 @@ pub struct Setup {
     pub env: Vec<(String, String)>,
     /// For the report: the configuration in words (flags, config file settings).
     pub described: String,
+    /// A shell command started detached, as postgres, right after the clock starts (a tool's
+    /// own background archiver); it must exit when the postmaster does.
+    pub sidecar: Option<String>,
 }
 
 pub enum Availability {
@@ -120,6 +123,7 @@ pub fn archive_setup(tool: Tool, ctx: &Ctx<'_>) -> Result<Availability> {
                 s3_url(tool),
             );
             Ok(Availability::Ready(Setup {
+                sidecar: None,
                 described: format!(
                     "`archive_command = 'barman-cloud-wal-archive --gzip --compression-level {GZIP_LEVEL} \
                      --endpoint-url https://127.0.0.1:PORT --addressing-style path s3://bench/barman \
@@ -141,6 +145,7 @@ pub fn archive_setup(tool: Tool, ctx: &Ctx<'_>) -> Result<Availability> {
             procs::run_ok(&mut stanza, Duration::from_secs(120))
                 .context("pgbackrest stanza-create")?;
             Ok(Availability::Ready(Setup {
+                sidecar: None,
                 command: format!(
                     "pgbackrest --config={} --stanza={SERVER_NAME} archive-push %p",
                     config.display()
@@ -167,6 +172,7 @@ pub fn restore_setup(tool: Tool, ctx: &Ctx<'_>) -> Result<Availability> {
                 s3_url(tool),
             );
             Ok(Availability::Ready(Setup {
+                sidecar: None,
                 described: format!(
                     "`restore_command = 'barman-cloud-wal-restore --endpoint-url https://127.0.0.1:PORT \
                      --addressing-style path --parallel {PARALLEL} --spool-dir DIR s3://bench/barman \
@@ -179,6 +185,7 @@ pub fn restore_setup(tool: Tool, ctx: &Ctx<'_>) -> Result<Availability> {
         Tool::PgBackRest => {
             let config = pgbackrest_config(ctx)?;
             Ok(Availability::Ready(Setup {
+                sidecar: None,
                 command: format!(
                     "pgbackrest --config={} --stanza={SERVER_NAME} archive-get %f \"%p\"",
                     config.display()
@@ -430,6 +437,12 @@ fn pgsteward_archive_setup(ctx: &Ctx<'_>) -> Result<Availability> {
     }
     let env = pgsteward_config(ctx)?;
     Ok(Availability::Ready(Setup {
+        sidecar: Some(format!(
+            "{} archiver --pgdata {} >> {}/archiver.log 2>&1 &",
+            binary.display(),
+            ctx.data.display(),
+            ctx.run_dir.display()
+        )),
         command: format!(
             "{} wal-archive --pgdata {} %p",
             binary.display(),
@@ -437,8 +450,10 @@ fn pgsteward_archive_setup(ctx: &Ctx<'_>) -> Result<Availability> {
         ),
         env,
         described: format!(
-            "`archive_command = 'pgsteward wal-archive --pgdata PGDATA %p'`, no manager \
-             running (each call uploads by itself), settings rendered from the YAML `archive:` \
+            "`archive_command = 'pgsteward wal-archive --pgdata PGDATA %p'` with the manager's \
+             archiver running beside postgres (`pgsteward archiver --pgdata PGDATA`, started when \
+             the clock starts; it uploads `.ready` segments ahead, {PARALLEL} at a time, and \
+             answers each call once its segment is stored), settings rendered from the YAML `archive:` \
              section (gzip, gzip_level {GZIP_LEVEL}, max_parallel {PARALLEL}, endpoint \
              https://127.0.0.1:PORT, force_path_style) into PGDATA/pgsteward.archive.json, \
              SSL_CERT_FILE=<proxy CA>; {}",
@@ -457,6 +472,7 @@ fn pgsteward_restore_setup(ctx: &Ctx<'_>) -> Result<Availability> {
     }
     let env = pgsteward_config(ctx)?;
     Ok(Availability::Ready(Setup {
+        sidecar: None,
         command: format!(
             "{} wal-restore --pgdata {} %f %p",
             binary.display(),

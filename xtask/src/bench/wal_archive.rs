@@ -276,6 +276,13 @@ fn archive_run(
         ),
         "SELECT pg_reload_conf()",
     ])?;
+    if let Some(sidecar) = &setup.sidecar {
+        // Detached through a shell that exits at once: the sidecar is adopted by this process
+        // (a subreaper) and its CPU and RSS are collected with the other orphans.
+        let mut command = procs::as_postgres("/bin/sh", &setup.env, &ctx.home)?;
+        command.arg("-c").arg(sidecar);
+        procs::run_ok(&mut command, Duration::from_secs(10))?;
+    }
     let mut left = segments.len();
     let mut progress_at = Instant::now();
     while left > 0 {

@@ -8,6 +8,7 @@ pub mod prefetch;
 pub mod protocol;
 pub mod server;
 pub mod settings;
+pub mod sidecar;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
