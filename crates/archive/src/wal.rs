@@ -18,6 +18,10 @@ use crate::retry::with_retry;
 use crate::store::{ObjectMeta, ObjectStore, StoreError};
 use crate::walname::{InvalidWalName, WalFile, WalKind};
 
+/// Compression suffixes barman-cloud can write that pgsteward cannot read (reported, not
+/// silently skipped).
+const OTHER_COMPRESSIONS: &[&str] = &[".bz2", ".xz", ".zst", ".lz4", ".snappy"];
+
 /// Largest WAL file accepted when decompressing (postgres allows segments up to 1 GiB).
 const MAX_WAL_BYTES: u64 = 1 << 30;
 
@@ -211,8 +215,14 @@ impl WalArchive {
                 Some(_) => continue,
                 None => (rest, false),
             };
-            if suffix.starts_with('.') || suffix.is_empty() {
-                candidates.push((object, Compression::from_suffix(suffix), partial));
+            // Only `<name>[.partial]` plus a compression suffix; other files that share the
+            // prefix (`<segment>.<offset>.backup`) are not this file.
+            match Compression::from_suffix(suffix) {
+                Some(compression) => candidates.push((object, Some(compression), partial)),
+                None if OTHER_COMPRESSIONS.contains(&suffix) => {
+                    candidates.push((object, None, partial))
+                }
+                None => {}
             }
         }
         // Full files first; within them our own compression first.
@@ -284,7 +294,12 @@ pub async fn write_atomically(dest: &Path, data: Vec<u8>) -> Result<(), WalError
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let tmp = dir.join(format!(".{name}.pgsteward-tmp"));
+        static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let unique = SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!(
+            ".{name}.pgsteward-tmp-{}-{unique}",
+            std::process::id()
+        ));
         let write = |path: &Path| -> std::io::Result<()> {
             let mut file = std::fs::File::create(path)?;
             file.write_all(&data)?;
@@ -294,10 +309,19 @@ pub async fn write_atomically(dest: &Path, data: Vec<u8>) -> Result<(), WalError
             let _ = std::fs::remove_file(&tmp);
             return Err(WalError::Write { path: tmp, source });
         }
-        std::fs::rename(&tmp, &dest).map_err(|source| WalError::Write {
-            path: dest.clone(),
-            source,
-        })
+        if let Err(source) = std::fs::rename(&tmp, &dest) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(WalError::Write {
+                path: dest.clone(),
+                source,
+            });
+        }
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| WalError::Write {
+                path: dir.to_path_buf(),
+                source,
+            })
     })
     .await
     .map_err(|e| WalError::Store(StoreError::Permanent(format!("write task failed: {e}"))))?
@@ -402,6 +426,34 @@ mod tests {
             listed,
             ["00000002.history", "000000020000000000000003.partial"]
         );
+    }
+
+    #[tokio::test]
+    async fn backup_history_files_do_not_shadow_their_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = archive(&dir.path().join("store"));
+        let deadline = deadline_in(Duration::from_secs(10));
+        let backup = WalFile::parse("000000010000000000000004.00000028.backup").unwrap();
+        wal.archive(&backup, Bytes::from_static(b"START WAL LOCATION"), deadline)
+            .await
+            .unwrap();
+        let segment = WalFile::parse("000000010000000000000004").unwrap();
+        let dest = dir.path().join("seg");
+        assert_eq!(
+            wal.restore_to(&segment, &dest, deadline).await.unwrap(),
+            RestoreOutcome::NotFound
+        );
+        wal.archive(&segment, Bytes::from_static(b"segment"), deadline)
+            .await
+            .unwrap();
+        assert!(matches!(
+            wal.restore_to(&segment, &dest, deadline).await.unwrap(),
+            RestoreOutcome::Restored {
+                from_partial: false,
+                ..
+            }
+        ));
+        assert_eq!(std::fs::read(&dest).unwrap(), b"segment");
     }
 
     #[tokio::test]

@@ -130,7 +130,9 @@ pub fn restore(pgdata: &Path, name: &str, dest: &Path) -> i32 {
 async fn restore_inner(pgdata: &Path, name: &str, dest: &Path) -> Result<bool> {
     let settings = ArchiveSettings::read(pgdata)?;
     let file = WalFile::parse(name)?;
-    let dest = resolve_inside(pgdata, dest, pgdata, "restore destination")?;
+    // pg_wal may be a symlink to another file system (initdb --waldir).
+    let dest = resolve_inside(pgdata, dest, &pgdata.join("pg_wal"), "restore destination")
+        .or_else(|_| resolve_inside(pgdata, dest, pgdata, "restore destination"))?;
     let request = Request::Restore {
         name: name.to_owned(),
         dest: dest.clone(),

@@ -479,9 +479,9 @@ fn pgsteward_restore_setup(ctx: &Ctx<'_>) -> Result<Availability> {
             ctx.data.display()
         ),
         env,
-        described: format!(
-            "`restore_command = 'pgsteward wal-restore --pgdata PGDATA %f %p'`, no manager \
-             running, same settings (prefetch {PARALLEL})"
-        ),
+        described: "`restore_command = 'pgsteward wal-restore --pgdata PGDATA %f %p'`, no manager \
+             running, so no prefetch: every call fetches its segment directly (the prefetch spool \
+             needs the manager or `pgsteward archiver`), same settings"
+            .to_owned(),
     }))
 }

@@ -65,7 +65,13 @@ impl Archiver {
             Ok(file) => file,
             Err(e) => return Response::failure(e.to_string()),
         };
-        if !dest.is_absolute() || !dest.starts_with(&self.pgdata) {
+        let inside =
+            |root: &Path| std::fs::canonicalize(root).is_ok_and(|root| dest.starts_with(root));
+        if !dest.is_absolute()
+            || !(inside(&self.pgdata)
+                || inside(&self.pgdata.join("pg_wal"))
+                || dest.starts_with(&self.pgdata))
+        {
             return Response::failure(format!(
                 "destination {} is outside the data directory",
                 dest.display()

@@ -184,6 +184,14 @@ fn check_archive(problems: &mut Vec<String>, config: &Config) {
             archive.wal.max_parallel
         ));
     }
+    if archive.wal.timeout < std::time::Duration::from_secs(1) {
+        problems.push("archive.wal.timeout: must be at least 1s".to_owned());
+    }
+    if archive.s3.kms_key_id.is_some()
+        && archive.s3.sse != pgsteward_archive::store::ServerSideEncryption::AwsKms
+    {
+        problems.push("archive.s3.kms_key_id: only used with sse: aws_kms".to_owned());
+    }
     if archive.wal.prefetch > 64 {
         problems.push(format!(
             "archive.wal.prefetch: {} must be 0-64",
