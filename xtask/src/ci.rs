@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::bench::procs::describe;
 use crate::codegen;
 
 /// The variable through which the tests find the PostgreSQL 18 binaries.
@@ -160,21 +161,6 @@ fn run_status(command: &mut Command) -> Result<()> {
         bail!("`{shown}` exited with {status}");
     }
     Ok(())
-}
-
-fn describe(command: &Command) -> String {
-    let program = Path::new(command.get_program())
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    std::iter::once(program)
-        .chain(
-            command
-                .get_args()
-                .map(|arg| arg.to_string_lossy().into_owned()),
-        )
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 fn shown(program: &str, args: &[&str]) -> String {

@@ -196,8 +196,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable machine-readable code: `bad_request` (400), `unauthorized` (401), `forbidden`
     /// (403), `not_found` (404), `method_not_allowed` (405), `conflict` (409),
-    /// `invalid_configuration` (412), `payload_too_large` (413), `not_ready` (503),
-    /// `internal` (500).
+    /// `invalid_configuration` (412), `payload_too_large` (413), `internal` (500).
     pub code: String,
     /// What went wrong, for a person.
     pub message: String,

@@ -102,10 +102,6 @@ impl WalArchive {
         &self.store
     }
 
-    pub fn layout(&self) -> &Layout {
-        &self.layout
-    }
-
     /// Encode local content as it is stored.
     pub fn encode(&self, content: &[u8]) -> std::io::Result<Vec<u8>> {
         match self.compression {

@@ -62,11 +62,6 @@ impl StateMachine {
         *self.tx.borrow()
     }
 
-    /// A receiver to wait on changes.
-    pub fn subscribe(&self) -> watch::Receiver<InstanceState> {
-        self.tx.subscribe()
-    }
-
     /// Move to `to` if the edge is allowed; returns whether the state changed. A refused
     /// transition is logged (it reveals a bug, or a shutdown that already started).
     pub fn transition(&self, to: InstanceState, reason: &str) -> bool {

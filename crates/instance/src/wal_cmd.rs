@@ -3,7 +3,7 @@
 //! its socket and do the work themselves when no manager answers; their inputs are checked
 //! before anything touches storage: a WAL file name, and paths inside the data directory.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -11,9 +11,9 @@ use bytes::Bytes;
 use pgsteward_archive::{ArchiveOutcome, RestoreOutcome, WalArchive, WalFile, WalKind};
 use tokio::time::Instant;
 
-use crate::archiver::destination;
 use crate::archiver::protocol::{self, CallError, Request};
 use crate::archiver::settings::ArchiveSettings;
+use crate::archiver::{destination, paths};
 
 fn block_on<F: std::future::Future<Output = i32>>(future: F) -> i32 {
     match tokio::runtime::Builder::new_current_thread()
@@ -26,30 +26,6 @@ fn block_on<F: std::future::Future<Output = i32>>(future: F) -> i32 {
             1
         }
     }
-}
-
-/// Resolve `path` (relative paths are relative to the data directory, as postgres's `%p`
-/// is) and require it to be inside `inside`.
-fn resolve_inside(pgdata: &Path, path: &Path, inside: &Path, what: &str) -> Result<PathBuf> {
-    let absolute = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        pgdata.join(path)
-    };
-    let parent = absolute.parent().context("path has no parent directory")?;
-    let file_name = absolute.file_name().context("path has no file name")?;
-    let parent = std::fs::canonicalize(parent)
-        .with_context(|| format!("{what}: {} does not exist", parent.display()))?;
-    let inside = std::fs::canonicalize(inside)
-        .with_context(|| format!("{} does not exist", inside.display()))?;
-    if !parent.starts_with(&inside) {
-        bail!(
-            "{what}: {} is outside {}",
-            absolute.display(),
-            inside.display()
-        );
-    }
-    Ok(parent.join(file_name))
 }
 
 /// `pgsteward wal-archive --pgdata DIR PATH`.
@@ -70,15 +46,8 @@ pub fn archive(pgdata: &Path, path: &Path) -> i32 {
 
 async fn archive_inner(pgdata: &Path, path: &Path) -> Result<String> {
     let settings = ArchiveSettings::read(pgdata)?;
-    let resolved = resolve_inside(pgdata, path, &pgdata.join("pg_wal"), "WAL path")?;
-    if resolved.parent() != std::fs::canonicalize(pgdata.join("pg_wal")).ok().as_deref() {
-        bail!("WAL path {} is not directly in pg_wal", resolved.display());
-    }
-    let name = resolved
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let file = WalFile::parse(&name)?;
+    let (resolved, file) = paths::wal_file(pgdata, path)?;
+    let name = file.name().to_owned();
     let meta = std::fs::metadata(&resolved)
         .with_context(|| format!("{} cannot be read", resolved.display()))?;
     if !meta.is_file() {
@@ -130,9 +99,7 @@ pub fn restore(pgdata: &Path, name: &str, dest: &Path) -> i32 {
 async fn restore_inner(pgdata: &Path, name: &str, dest: &Path) -> Result<bool> {
     let settings = ArchiveSettings::read(pgdata)?;
     let file = WalFile::parse(name)?;
-    // pg_wal may be a symlink to another file system (initdb --waldir).
-    let dest = resolve_inside(pgdata, dest, &pgdata.join("pg_wal"), "restore destination")
-        .or_else(|_| resolve_inside(pgdata, dest, pgdata, "restore destination"))?;
+    let dest = paths::restore_destination(pgdata, dest)?;
     let request = Request::Restore {
         name: name.to_owned(),
         dest: dest.clone(),
@@ -306,19 +273,5 @@ mod tests {
                 ]
             )]
         );
-    }
-
-    #[test]
-    fn paths_outside_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("pg_wal")).unwrap();
-        let wal = dir.path().join("pg_wal");
-        let seg = Path::new("pg_wal/000000010000000000000001");
-        assert!(resolve_inside(dir.path(), seg, &wal, "x").is_ok());
-        assert!(
-            resolve_inside(dir.path(), &wal.join("000000010000000000000001"), &wal, "x").is_ok()
-        );
-        assert!(resolve_inside(dir.path(), Path::new("/etc/passwd"), &wal, "x").is_err());
-        assert!(resolve_inside(dir.path(), Path::new("pg_wal/../../x"), &wal, "x").is_err());
     }
 }

@@ -12,7 +12,6 @@ use std::time::Duration;
 use common::*;
 use nix::sys::signal::Signal;
 use pgsteward_testkit::s3::S3Server;
-use pgsteward_testkit::sql_value;
 
 fn barman(tool: &str) -> PathBuf {
     let dir = std::env::var_os("PGSTEWARD_TEST_BARMAN_BIN")
@@ -39,25 +38,8 @@ fn barman_command(tool: &str, s3: &S3Server) -> Command {
 }
 
 fn archive_options(s3: &S3Server, creds: &Path) -> ManagerOptions {
-    let (key_file, secret_file) = pgsteward_testkit::s3::write_credential_files(creds);
-    for file in [&key_file, &secret_file] {
-        let _ = Command::new("chown")
-            .arg("postgres:postgres")
-            .arg(file)
-            .status();
-    }
     let mut opts = options(PgVersion::V15);
-    opts.args = vec![
-        format!("--set=archive.destination=s3://{}/interop", s3.bucket()),
-        "--set=archive.server_name=from-pgsteward".into(),
-        format!("--set=archive.s3.endpoint_url={}", s3.endpoint()),
-        "--set=archive.s3.force_path_style=true".into(),
-        format!("--set=archive.s3.access_key_id_file={}", key_file.display()),
-        format!(
-            "--set=archive.s3.secret_access_key_file={}",
-            secret_file.display()
-        ),
-    ];
+    opts.args = s3_archive_args(s3, creds, "interop", "from-pgsteward");
     opts.parameters = vec![("wal_keep_size".into(), "1GB".into())];
     opts
 }
@@ -84,24 +66,10 @@ async fn barman_cloud_and_pgsteward_restore_each_others_wal() {
     let mut manager = instance.spawn();
     manager.wait_ready(READY).await;
     for i in 0..3 {
-        sql_value(instance.pg_port, PASSWORD, &format!("CREATE TABLE t{i} AS SELECT generate_series(1, 20000) AS n; SELECT pg_switch_wal()::text"))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        query(&instance, &format!("CREATE TABLE t{i} AS SELECT generate_series(1, 20000) AS n; SELECT pg_switch_wal()::text")).await;
     }
-    sql_value(
-        instance.pg_port,
-        PASSWORD,
-        "CREATE TABLE tail (i int); SELECT 1",
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    let current = sql_value(
-        instance.pg_port,
-        PASSWORD,
-        "SELECT pg_walfile_name(pg_current_wal_lsn())",
-    )
-    .await
-    .unwrap_or_default();
+    query(&instance, "CREATE TABLE tail (i int); SELECT 1").await;
+    let current = current_walfile(&instance).await;
     wait_for(
         "pgsteward to archive every closed segment",
         Duration::from_secs(120),

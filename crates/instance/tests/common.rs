@@ -91,3 +91,49 @@ pub async fn kill_postmaster_and_wait_for_new(
     .await;
     (first, second)
 }
+
+/// Run SQL as the superuser and return the first value (panics on error).
+pub async fn query(instance: &Instance, sql: &str) -> String {
+    pgsteward_testkit::sql_value(instance.pg_port, PASSWORD, sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// The WAL file the current insert position is in. Write WAL first when a switch just
+/// happened: at a segment boundary `pg_walfile_name` names the previous segment.
+pub async fn current_walfile(instance: &Instance) -> String {
+    query(instance, "SELECT pg_walfile_name(pg_current_wal_lsn())").await
+}
+
+/// `--set` flags archiving to `s3://<bucket>/<prefix>` as `server` on the test S3 server, with
+/// credentials in files the postgres user can read (written into `creds`).
+pub fn s3_archive_args(
+    s3: &pgsteward_testkit::s3::S3Server,
+    creds: &Path,
+    prefix: &str,
+    server: &str,
+) -> Vec<String> {
+    let (key_file, secret_file) = pgsteward_testkit::s3::write_credential_files(creds);
+    for file in [&key_file, &secret_file] {
+        let chowned = std::process::Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(file)
+            .status();
+        assert!(
+            chowned.is_ok_and(|s| s.success()),
+            "chown {}",
+            file.display()
+        );
+    }
+    vec![
+        format!("--set=archive.destination=s3://{}/{prefix}", s3.bucket()),
+        format!("--set=archive.server_name={server}"),
+        format!("--set=archive.s3.endpoint_url={}", s3.endpoint()),
+        "--set=archive.s3.force_path_style=true".into(),
+        format!("--set=archive.s3.access_key_id_file={}", key_file.display()),
+        format!(
+            "--set=archive.s3.secret_access_key_file={}",
+            secret_file.display()
+        ),
+    ]
+}

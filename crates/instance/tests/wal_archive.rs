@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use common::*;
 use nix::sys::signal::Signal;
-use pgsteward_testkit::sql_value;
 
 fn pgbench(version: PgVersion, port: u16, args: &[&str]) {
     let status = Command::new(version.bin_dir().join("pgbench"))
@@ -121,24 +120,14 @@ async fn archive_under_load_restores_byte_identical(version: PgVersion) {
     pgbench(version, instance.pg_port, &["-i", "-s", "3", "-q"]);
     pgbench(version, instance.pg_port, &["-c", "2", "-t", "300", "-n"]);
     for _ in 0..3 {
-        sql_value(instance.pg_port, PASSWORD, "SELECT pg_switch_wal()::text")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        sql_value(
-            instance.pg_port,
-            PASSWORD,
+        query(&instance, "SELECT pg_switch_wal()::text").await;
+        query(
+            &instance,
             "CREATE TABLE IF NOT EXISTS tick (i int); INSERT INTO tick VALUES (1); SELECT 1",
         )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .await;
     }
-    let last: String = sql_value(
-        instance.pg_port,
-        PASSWORD,
-        "SELECT pg_walfile_name(pg_current_wal_lsn())",
-    )
-    .await
-    .unwrap_or_default();
+    let last: String = current_walfile(&instance).await;
     let archive = wait_archived(&instance).await;
     assert_eq!(archive["failed_count"], 0, "{archive}");
     assert!(
@@ -183,25 +172,15 @@ async fn conflicting_object_is_refused_and_postgres_keeps_the_segment() {
     let mut manager = instance.spawn();
     manager.wait_ready(READY).await;
     // Archive once so the destination is accepted, then plant a conflict.
-    sql_value(instance.pg_port, PASSWORD, "SELECT pg_switch_wal()::text")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    query(&instance, "SELECT pg_switch_wal()::text").await;
     wait_archived(&instance).await;
     // New WAL inside the next segment (at a segment boundary pg_walfile_name names the previous one).
-    sql_value(
-        instance.pg_port,
-        PASSWORD,
+    query(
+        &instance,
         "CREATE TABLE t (i int); INSERT INTO t VALUES (1); SELECT 1",
     )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    let current: String = sql_value(
-        instance.pg_port,
-        PASSWORD,
-        "SELECT pg_walfile_name(pg_current_wal_lsn())",
-    )
-    .await
-    .unwrap_or_default();
+    .await;
+    let current: String = current_walfile(&instance).await;
     // Somebody else's object where the current segment will go.
     let key = store.join(format!("cluster-a/wals/{}/{current}.gz", &current[..16]));
     std::fs::create_dir_all(key.parent().unwrap_or(Path::new("/")))
@@ -210,9 +189,7 @@ async fn conflicting_object_is_refused_and_postgres_keeps_the_segment() {
         pgsteward_archive::compress::gzip(b"not this cluster's WAL", 6).unwrap_or_default();
     std::fs::write(&key, &foreign).unwrap_or_else(|e| panic!("{e}"));
     scratch.chown_postgres(&key);
-    sql_value(instance.pg_port, PASSWORD, "SELECT pg_switch_wal()::text")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    query(&instance, "SELECT pg_switch_wal()::text").await;
     let archive = wait_for(
         "the conflict to be reported",
         Duration::from_secs(60),
@@ -276,9 +253,7 @@ async fn destination_with_another_clusters_wal_is_refused_until_allowed() {
     ));
     let mut manager = instance.spawn();
     manager.wait_ready(READY).await;
-    sql_value(instance.pg_port, PASSWORD, "SELECT pg_switch_wal()::text")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    query(&instance, "SELECT pg_switch_wal()::text").await;
     wait_for("the refusal", Duration::from_secs(60), || async {
         let status = http::get(&format!("{}/pg/status", instance.api()))
             .await?
@@ -393,24 +368,13 @@ fn s3_options(
     s3: &pgsteward_testkit::s3::S3Server,
     creds_dir: &Path,
 ) -> ManagerOptions {
-    let (key_file, secret_file) = pgsteward_testkit::s3::write_credential_files(creds_dir);
-    for file in [&key_file, &secret_file] {
-        let _ = Command::new("chown")
-            .arg("postgres:postgres")
-            .arg(file)
-            .status();
-    }
-    let mut opts = archive_options(version, &format!("s3://{}/backups", s3.bucket()));
+    let mut opts = options(version);
+    opts.args = s3_archive_args(s3, creds_dir, "backups", "cluster-a");
     opts.args.extend([
-        format!("--set=archive.s3.endpoint_url={}", s3.endpoint()),
-        "--set=archive.s3.force_path_style=true".into(),
-        format!("--set=archive.s3.access_key_id_file={}", key_file.display()),
-        format!(
-            "--set=archive.s3.secret_access_key_file={}",
-            secret_file.display()
-        ),
+        "--set=archive.wal.gzip_level=1".into(),
         "--set=archive.wal.timeout=20s".into(),
     ]);
+    opts.parameters = vec![("wal_keep_size".into(), "1GB".into())];
     opts
 }
 
@@ -422,9 +386,7 @@ async fn s3_outage_during_load_loses_and_skips_nothing() {
     let mut manager = instance.spawn();
     manager.wait_ready(READY).await;
     pgbench(PgVersion::V15, instance.pg_port, &["-i", "-s", "2", "-q"]);
-    sql_value(instance.pg_port, PASSWORD, "SELECT pg_switch_wal()::text")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    query(&instance, "SELECT pg_switch_wal()::text").await;
     wait_archived(&instance).await;
 
     // The store goes away for 30 s while postgres keeps writing and switching segments.
@@ -437,9 +399,7 @@ async fn s3_outage_during_load_loses_and_skips_nothing() {
             instance.pg_port,
             &["-c", "2", "-t", "100", "-n"],
         );
-        sql_value(instance.pg_port, PASSWORD, "SELECT pg_switch_wal()::text")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        query(&instance, "SELECT pg_switch_wal()::text").await;
         switched += 1;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -452,13 +412,7 @@ async fn s3_outage_during_load_loses_and_skips_nothing() {
         during["failed_count"].as_u64().unwrap_or(0) >= 1,
         "{during}"
     );
-    let last: String = sql_value(
-        instance.pg_port,
-        PASSWORD,
-        "SELECT pg_walfile_name(pg_current_wal_lsn())",
-    )
-    .await
-    .unwrap_or_default();
+    let last: String = current_walfile(&instance).await;
 
     s3.start().await;
     let after = wait_archived(&instance).await;
@@ -493,9 +447,7 @@ async fn manager_killed_mid_upload_counts_no_partial_object() {
     pgbench(PgVersion::V15, instance.pg_port, &["-i", "-s", "2", "-q"]);
     // Kill the manager while segments are being uploaded; postgres keeps running and its
     // archive_command falls back to uploading by itself.
-    sql_value(instance.pg_port, PASSWORD, "SELECT pg_switch_wal()::text")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    query(&instance, "SELECT pg_switch_wal()::text").await;
     first.signal(Signal::SIGKILL).await;
     first.wait_exit(EXIT).await;
     for _ in 0..3 {
@@ -504,9 +456,7 @@ async fn manager_killed_mid_upload_counts_no_partial_object() {
             instance.pg_port,
             &["-c", "2", "-t", "100", "-n"],
         );
-        sql_value(instance.pg_port, PASSWORD, "SELECT pg_switch_wal()::text")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        query(&instance, "SELECT pg_switch_wal()::text").await;
     }
     wait_for(
         "postgres to archive without a manager",
@@ -523,13 +473,7 @@ async fn manager_killed_mid_upload_counts_no_partial_object() {
     .await;
     let mut second = instance.spawn();
     second.wait_ready(READY).await;
-    let last: String = sql_value(
-        instance.pg_port,
-        PASSWORD,
-        "SELECT pg_walfile_name(pg_current_wal_lsn())",
-    )
-    .await
-    .unwrap_or_default();
+    let last: String = current_walfile(&instance).await;
     wait_archived(&instance).await;
     let compared = verify_archive(&instance, &last);
     assert!(compared >= 4, "{compared}");
@@ -578,9 +522,7 @@ async fn full_prefetch_spool_falls_back_to_direct_restores() {
     let manager = instance.spawn();
     manager.wait_ready(READY).await;
     for _ in 0..4 {
-        sql_value(instance.pg_port, PASSWORD, "CREATE TABLE IF NOT EXISTS t (i int); INSERT INTO t VALUES (1); SELECT pg_switch_wal()::text")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        query(&instance, "CREATE TABLE IF NOT EXISTS t (i int); INSERT INTO t VALUES (1); SELECT pg_switch_wal()::text").await;
     }
     wait_archived(&instance).await;
     // A spool on a 64 KiB file system: no 16 MiB segment fits.

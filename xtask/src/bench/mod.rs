@@ -8,7 +8,7 @@
 //! pgsteward hook), `report` (tables and the docs section).
 
 mod cluster;
-mod procs;
+pub(crate) mod procs;
 mod report;
 mod s3;
 mod tools;

@@ -9,6 +9,7 @@
 //! to this process (subreaper) and their rusage comes from our own `wait4`. Peak RSS of
 //! short-lived commands is sampled (`VmHWM`, every 5 ms) since `/proc` has no per-child maximum.
 
+pub use pgsteward_testkit::proc::{children, cmdline};
 use std::collections::HashSet;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -250,22 +251,6 @@ pub fn run_measured(command: &mut Command, timeout: Duration) -> Result<(i32, Us
     }
 }
 
-/// Direct children of `pid` (all threads).
-pub fn children(pid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for task in tasks.flatten() {
-            if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
-                out.extend(
-                    text.split_whitespace()
-                        .filter_map(|p| p.parse::<i32>().ok()),
-                );
-            }
-        }
-    }
-    out
-}
-
 /// `pid` and all its descendants.
 fn tree(pid: i32, out: &mut Vec<i32>) {
     out.push(pid);
@@ -287,18 +272,6 @@ pub fn adopted_orphans() -> Vec<i32> {
         .into_iter()
         .filter(|pid| !is_registered(*pid))
         .collect()
-}
-
-/// The command line of `pid`, arguments joined by spaces.
-pub fn cmdline(pid: i32) -> String {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| {
-            String::from_utf8_lossy(&b)
-                .replace('\0', " ")
-                .trim()
-                .to_owned()
-        })
-        .unwrap_or_default()
 }
 
 /// `cutime + cstime` of a live process: CPU of every child it has waited for.

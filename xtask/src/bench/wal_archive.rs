@@ -221,17 +221,21 @@ fn wait_until(
     Ok(())
 }
 
-fn archive_one(tool: Tool, s3: &S3, backlog: &Backlog, scratch: &Path, root: &Path) -> Row {
+/// One tool's row: the run's outcome (a failure is reported, not fatal) and its description.
+fn one_row(tool: Tool, run: impl FnOnce(&mut Option<String>) -> Result<Outcome>) -> Row {
     let mut described = None;
-    let outcome = match archive_run(tool, s3, backlog, scratch, root, &mut described) {
-        Ok(outcome) => outcome,
-        Err(err) => Outcome::Failed(format!("{err:#}")),
-    };
+    let outcome = run(&mut described).unwrap_or_else(|err| Outcome::Failed(format!("{err:#}")));
     Row {
         tool,
         outcome,
         described,
     }
+}
+
+fn archive_one(tool: Tool, s3: &S3, backlog: &Backlog, scratch: &Path, root: &Path) -> Row {
+    one_row(tool, |described| {
+        archive_run(tool, s3, backlog, scratch, root, described)
+    })
 }
 
 fn archive_run(
@@ -342,16 +346,9 @@ fn archive_run(
 }
 
 fn restore_one(tool: Tool, s3: &S3, backlog: &Backlog, scratch: &Path, root: &Path) -> Row {
-    let mut described = None;
-    let outcome = match restore_run(tool, s3, backlog, scratch, root, &mut described) {
-        Ok(outcome) => outcome,
-        Err(err) => Outcome::Failed(format!("{err:#}")),
-    };
-    Row {
-        tool,
-        outcome,
-        described,
-    }
+    one_row(tool, |described| {
+        restore_run(tool, s3, backlog, scratch, root, described)
+    })
 }
 
 fn restore_run(

@@ -4,6 +4,7 @@
 //! serves `wal-restore` calls (see `prefetch`).
 
 pub mod destination;
+pub mod paths;
 pub mod prefetch;
 pub mod protocol;
 pub mod server;

@@ -65,18 +65,11 @@ impl Archiver {
             Ok(file) => file,
             Err(e) => return Response::failure(e.to_string()),
         };
-        let inside =
-            |root: &Path| std::fs::canonicalize(root).is_ok_and(|root| dest.starts_with(root));
-        if !dest.is_absolute()
-            || !(inside(&self.pgdata)
-                || inside(&self.pgdata.join("pg_wal"))
-                || dest.starts_with(&self.pgdata))
-        {
-            return Response::failure(format!(
-                "destination {} is outside the data directory",
-                dest.display()
-            ));
-        }
+        let dest = match super::paths::restore_destination(&self.pgdata, dest) {
+            Ok(dest) => dest,
+            Err(e) => return Response::failure(format!("{e:#}")),
+        };
+        let dest = dest.as_path();
         let spooled = self.prefetch.spooled(name);
         if spooled.is_file() && std::fs::rename(&spooled, dest).is_ok() {
             self.metrics.wal_restore_prefetch_hits.inc();

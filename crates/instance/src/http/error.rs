@@ -29,8 +29,6 @@ pub enum ApiError {
     #[error("{0}")]
     InvalidConfiguration(String),
     #[error("{0}")]
-    NotReady(String),
-    #[error("{0}")]
     Internal(String),
 }
 
@@ -48,7 +46,6 @@ impl ApiError {
             ApiError::InvalidConfiguration(_) => {
                 (StatusCode::PRECONDITION_FAILED, "invalid_configuration")
             }
-            ApiError::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

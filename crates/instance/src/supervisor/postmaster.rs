@@ -100,11 +100,6 @@ impl Postmaster {
         self.pid
     }
 
-    /// True when the manager started this postmaster itself.
-    pub fn is_child(&self) -> bool {
-        self.exit.is_some()
-    }
-
     /// Send `signal` to the postmaster.
     pub fn signal(&self, signal: Signal) {
         if let Err(e) = kill(Pid::from_raw(self.pid), signal) {

@@ -2,7 +2,7 @@
 //! the current configuration, runtime facts, and the command channel into the loop.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Mutex, RwLock};
 
 use pgsteward_api::{ReloadResponse, RestartMode, RestartResponse};
@@ -144,10 +144,6 @@ impl Shared {
     /// A copy of the runtime facts.
     pub fn runtime(&self) -> RuntimeInfo {
         self.with_runtime(|r| r.clone())
-    }
-
-    pub fn started_once(&self) -> bool {
-        self.started_once.load(Ordering::SeqCst)
     }
 
     /// Re-read the bearer token file (None when unset or unreadable; an error is logged).
