@@ -76,14 +76,20 @@ fn verify_archive(instance: &Instance, last: &str) -> usize {
         String::from_utf8_lossy(&check.stdout)
     );
     let mut compared = 0;
-    for entry in std::fs::read_dir(instance.pgdata.join("pg_wal"))
+    // In order, as postgres's startup process asks: the manager's prefetch spool serves them.
+    let mut segments: Vec<_> = std::fs::read_dir(instance.pgdata.join("pg_wal"))
         .unwrap_or_else(|e| panic!("{e}"))
         .flatten()
-    {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.len() != 24 || name.as_str() >= last {
-            continue;
-        }
+        .map(|entry| {
+            (
+                entry.file_name().to_string_lossy().into_owned(),
+                entry.path(),
+            )
+        })
+        .filter(|(name, _)| name.len() == 24 && name.as_str() < last)
+        .collect();
+    segments.sort();
+    for (name, path) in segments {
         let dest = instance.pgdata.join("pg_wal/pgsteward-test-restore");
         let out = pgsteward(&[
             "wal-restore",
@@ -99,8 +105,7 @@ fn verify_archive(instance: &Instance, last: &str) -> usize {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(
-            std::fs::read(&dest).unwrap_or_default()
-                == std::fs::read(entry.path()).unwrap_or_default(),
+            std::fs::read(&dest).unwrap_or_default() == std::fs::read(&path).unwrap_or_default(),
             "{name} differs after restore"
         );
         compared += 1;
@@ -143,6 +148,18 @@ async fn archive_under_load_restores_byte_identical(version: PgVersion) {
     // Every segment before the current one is archived, with no gaps, and restores byte-identical.
     let compared = verify_archive(&instance, &last);
     assert!(compared >= 5, "only {compared} segments compared");
+    // After the first, every in-order request finds its segment prefetched (or waits for the
+    // download under way instead of fetching it twice).
+    let hits = metric(
+        &instance.metrics(),
+        "pgsteward_wal_restore_prefetch_hits_total",
+    )
+    .await
+    .unwrap_or(0.0);
+    assert!(
+        hits >= (compared - 1) as f64,
+        "{hits} prefetch hits for {compared} in-order restores"
+    );
     // Objects are in barman-cloud's layout, one gzip member each.
     let object = store.join(format!(
         "cluster-a/wals/{}/{}.gz",

@@ -365,6 +365,14 @@ impl Drop for RssSampler {
     }
 }
 
+/// Sends SIGTERM to every adopted orphan (a sidecar that runs until told to stop); collect
+/// them afterwards with [`reap_orphans`].
+pub fn terminate_orphans() {
+    for pid in adopted_orphans() {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    }
+}
+
 /// Waits up to `timeout` for every adopted orphan to exit and reaps each with `wait4`; those
 /// still alive then get SIGTERM, and SIGKILL a second later. Returns their summed usage and
 /// how many there were.

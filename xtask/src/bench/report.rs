@@ -248,8 +248,8 @@ impl Report {
             "\n### Restore\n\nThe same segments restored from each tool's own archive: the \
              restore_command called for every segment in order, as postgres's startup process \
              does (prefetch where the tool uses it here: {PARALLEL} segments for barman-cloud, \
-             pgBackRest's async archive-get queue; pgsteward's standalone restore command \
-             fetches one segment per call); every restored segment checked \
+             pgBackRest's async archive-get queue, {PARALLEL} segments for pgsteward's \
+             archiver spool); every restored segment checked \
              byte-identical to the original.\n"
         );
         out.push_str(&markdown_table(&self.restore, false));

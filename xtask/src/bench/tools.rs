@@ -387,6 +387,7 @@ archive:
     access_key_id_file: {key}
     secret_access_key_file: {secret}
     checksums: when_supported
+    ca_file: {ca}
   wal:
     compression: gzip
     gzip_level: {GZIP_LEVEL}
@@ -401,6 +402,7 @@ archive:
         region = s3::REGION,
         key = key_file.display(),
         secret = secret_file.display(),
+        ca = ctx.s3.proxy.ca_file().display(),
     );
     let config_file = dir.join("pgsteward.yaml");
     write_postgres_file(&config_file, &yaml, 0o600)?;
@@ -417,14 +419,7 @@ archive:
     let user = procs::postgres_user()?;
     nix::unistd::chown(&written, Some(user.uid), Some(user.gid))
         .with_context(|| format!("chown {}", written.display()))?;
-    Ok(vec![
-        // The aws-sdk default HTTPS client loads its roots through rustls-native-certs, which
-        // reads only SSL_CERT_FILE / SSL_CERT_DIR when either is set.
-        (
-            "SSL_CERT_FILE".into(),
-            ctx.s3.proxy.ca_file().display().to_string(),
-        ),
-    ])
+    Ok(Vec::new())
 }
 
 fn pgsteward_archive_setup(ctx: &Ctx<'_>) -> Result<Availability> {
@@ -456,7 +451,7 @@ fn pgsteward_archive_setup(ctx: &Ctx<'_>) -> Result<Availability> {
              answers each call once its segment is stored), settings rendered from the YAML `archive:` \
              section (gzip, gzip_level {GZIP_LEVEL}, max_parallel {PARALLEL}, endpoint \
              https://127.0.0.1:PORT, force_path_style) into PGDATA/pgsteward.archive.json, \
-             SSL_CERT_FILE=<proxy CA>; {}",
+             ca_file <proxy CA>; {}",
             pgsteward_origin()
         ),
     }))
@@ -472,16 +467,24 @@ fn pgsteward_restore_setup(ctx: &Ctx<'_>) -> Result<Availability> {
     }
     let env = pgsteward_config(ctx)?;
     Ok(Availability::Ready(Setup {
-        sidecar: None,
+        sidecar: Some(format!(
+            "{} archiver --pgdata {} >> {}/archiver.log 2>&1 &",
+            binary.display(),
+            ctx.data.display(),
+            ctx.run_dir.display()
+        )),
         command: format!(
             "{} wal-restore --pgdata {} %f %p",
             binary.display(),
             ctx.data.display()
         ),
         env,
-        described: "`restore_command = 'pgsteward wal-restore --pgdata PGDATA %f %p'`, no manager \
-             running, so no prefetch: every call fetches its segment directly (the prefetch spool \
-             needs the manager or `pgsteward archiver`), same settings"
-            .to_owned(),
+        described: format!(
+            "`restore_command = 'pgsteward wal-restore --pgdata PGDATA %f %p'` with `pgsteward \
+             archiver --pgdata PGDATA` running (started when the clock starts, stopped and counted \
+             when it stops): each call is answered from its prefetch spool, which fetches the next \
+             {PARALLEL} segments in parallel after every request (the first call, before the spool \
+             warms, fetches directly), same settings"
+        ),
     }))
 }

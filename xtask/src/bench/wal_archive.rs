@@ -383,6 +383,11 @@ fn restore_run(
     let target_str = target.display().to_string();
 
     let started = Instant::now();
+    if let Some(sidecar) = &setup.sidecar {
+        let mut command = procs::as_postgres("/bin/sh", &setup.env, &ctx.home)?;
+        command.arg("-c").arg(sidecar);
+        procs::run_ok(&mut command, Duration::from_secs(10))?;
+    }
     let mut usage = Usage::default();
     for segment in &backlog.segments {
         let command = setup
@@ -404,6 +409,10 @@ fn restore_run(
             .with_context(|| format!("{segment}: restore_command left no {}", target.display()))?;
     }
     let elapsed = started.elapsed();
+    if setup.sidecar.is_some() {
+        // With no postmaster to follow, the sidecar runs until told to stop.
+        procs::terminate_orphans();
+    }
     let (detached, detached_count) = procs::reap_orphans(ORPHAN_DEADLINE)?;
     usage.add(detached);
 

@@ -99,6 +99,9 @@ pub struct StoreOptions {
     pub sse: ServerSideEncryption,
     pub kms_key_id: Option<String>,
     pub checksums: ChecksumMode,
+    /// A PEM file of CA certificates trusted for the endpoint, besides the system's roots
+    /// (a private MinIO's CA, say).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Open the store a destination URL names: `s3://bucket[/prefix]` or `file:///path`.

@@ -363,6 +363,9 @@ async fn sdk_config(
         }
         loader = loader.endpoint_url(endpoint);
     }
+    if let Some(ca_file) = &options.ca_file {
+        loader = loader.http_client(https_client_trusting(ca_file)?);
+    }
     match (&options.access_key_id_file, &options.secret_access_key_file) {
         (Some(id_file), Some(secret_file)) => {
             let provider = FileCredentials {
@@ -389,6 +392,42 @@ async fn sdk_config(
         }
     }
     Ok(loader.load().await)
+}
+
+/// An HTTPS client that trusts the system's roots and the CA certificates in `ca_file`.
+fn https_client_trusting(
+    ca_file: &std::path::Path,
+) -> Result<aws_smithy_runtime_api::client::http::SharedHttpClient, StoreError> {
+    use aws_smithy_http_client::tls;
+    let pem = std::fs::read(ca_file)
+        .map_err(|e| StoreError::Config(format!("ca_file {}: {e}", ca_file.display())))?;
+    let mut certificates = 0;
+    for item in rustls_pemfile::certs(&mut pem.as_slice()) {
+        item.map_err(|e| {
+            StoreError::Config(format!("ca_file {}: invalid PEM: {e}", ca_file.display()))
+        })?;
+        certificates += 1;
+    }
+    if certificates == 0 {
+        return Err(StoreError::Config(format!(
+            "ca_file {} holds no PEM certificate",
+            ca_file.display()
+        )));
+    }
+    let context = tls::TlsContext::builder()
+        .with_trust_store(
+            tls::TrustStore::empty()
+                .with_native_roots(true)
+                .with_pem_certificate(pem),
+        )
+        .build()
+        .map_err(|e| StoreError::Config(format!("ca_file {}: {e}", ca_file.display())))?;
+    Ok(aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::AwsLc,
+        ))
+        .tls_context(context)
+        .build_https())
 }
 
 /// An endpoint URL without anything that could be userinfo, for error messages.

@@ -1,14 +1,17 @@
 //! `wal-restore` served by the manager: a request is answered from the prefetch spool
 //! (`pg_wal/pgsteward-prefetch/`, same file system as pg_wal so a rename is atomic) or fetched
 //! directly; after each served segment the next `prefetch` segments are downloaded in
-//! parallel. "Not found" is answered after one listing, without waiting for anything else.
+//! parallel. A request for a segment whose prefetch is under way waits for that download
+//! instead of starting a second one. "Not found" is answered after one listing, without
+//! waiting for anything else.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use pgsteward_archive::wal::write_atomically;
 use pgsteward_archive::{RestoreOutcome, WalFile, WalKind};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::protocol::Response;
@@ -20,7 +23,8 @@ pub struct Prefetcher {
     dir: PathBuf,
     depth: usize,
     segment_bytes: u64,
-    inflight: Mutex<HashSet<String>>,
+    /// Segments being prefetched, each with the signal its download ended.
+    inflight: Mutex<HashMap<String, Arc<Notify>>>,
 }
 
 impl Prefetcher {
@@ -32,7 +36,7 @@ impl Prefetcher {
             dir,
             depth,
             segment_bytes,
-            inflight: Mutex::new(HashSet::new()),
+            inflight: Mutex::new(HashMap::new()),
         }
     }
 
@@ -42,6 +46,35 @@ impl Prefetcher {
 
     fn spooled(&self, name: &str) -> PathBuf {
         self.dir.join(name)
+    }
+
+    /// Wait (until `deadline`) for a prefetch of `name` that is under way to end.
+    async fn wait_inflight(&self, name: &str, deadline: Instant) {
+        let done = {
+            let inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(notify) = inflight.get(name) else {
+                return;
+            };
+            notify.clone()
+        };
+        // Registered first, then checked again: an end signalled in between is not missed.
+        let notified = done.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(name)
+        {
+            let _ = tokio::time::timeout_at(deadline, notified).await;
+        }
+    }
+
+    /// Move a spooled `name` to `dest`; false when it is not (or no longer) in the spool.
+    fn take(&self, name: &str, dest: &Path) -> bool {
+        let spooled = self.spooled(name);
+        spooled.is_file() && std::fs::rename(&spooled, dest).is_ok()
     }
 
     /// Remove spooled segments that sort before `name` on its timeline (already replayed).
@@ -70,14 +103,14 @@ impl Archiver {
             Err(e) => return Response::failure(format!("{e:#}")),
         };
         let dest = dest.as_path();
-        let spooled = self.prefetch.spooled(name);
-        if spooled.is_file() && std::fs::rename(&spooled, dest).is_ok() {
+        let deadline = Instant::now() + self.settings.timeout();
+        self.prefetch.wait_inflight(name, deadline).await;
+        if self.prefetch.take(name, dest) {
             self.metrics.wal_restore_prefetch_hits.inc();
             self.metrics.wal_restored.inc();
             self.schedule_prefetch(&file);
             return Response::success(format!("{name} restored from the prefetch spool"));
         }
-        let deadline = Instant::now() + self.settings.timeout();
         match self.wal.restore_to(&file, dest, deadline).await {
             Ok(RestoreOutcome::Restored {
                 key, from_partial, ..
@@ -127,9 +160,10 @@ impl Archiver {
                     .inflight
                     .lock()
                     .unwrap_or_else(|p| p.into_inner());
-                if !inflight.insert(name.clone()) {
+                if inflight.contains_key(&name) {
                     continue;
                 }
+                inflight.insert(name.clone(), Arc::new(Notify::new()));
             }
             let this = self.clone();
             tokio::spawn(async move {
@@ -146,11 +180,15 @@ impl Archiver {
                     Err(e) => tracing::debug!(wal = %name, error = %e, "prefetch failed"),
                 }
                 drop(permit);
-                this.prefetch
+                let done = this
+                    .prefetch
                     .inflight
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&name);
+                if let Some(done) = done {
+                    done.notify_waiters();
+                }
             });
         }
     }

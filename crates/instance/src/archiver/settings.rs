@@ -71,6 +71,7 @@ impl ArchiveSettings {
             sse: self.s3.sse,
             kms_key_id: self.s3.kms_key_id.clone(),
             checksums: self.s3.checksums,
+            ca_file: self.s3.ca_file.clone(),
         }
     }
 

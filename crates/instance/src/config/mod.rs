@@ -328,6 +328,8 @@ pub struct S3Config {
     pub kms_key_id: Option<String>,
     /// `when_supported` (default: a checksum with every upload) or `when_required`.
     pub checksums: pgsteward_archive::store::ChecksumMode,
+    /// A PEM file of CA certificates to trust for an HTTPS endpoint (besides the system's).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// How WAL is compressed and shipped.
