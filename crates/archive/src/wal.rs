@@ -131,17 +131,9 @@ impl WalArchive {
             .map_err(|e| StoreError::Permanent(format!("compressing {file}: {e}")))?;
         let stored_bytes = encoded.len() as u64;
         let body = Bytes::from(encoded);
+        // The store confirms the body it kept: S3 checks the SHA-256 (or Content-MD5) sent with
+        // it before storing, file:// fsyncs and renames; no second round trip is needed.
         with_retry("put", deadline, || self.store.put(&key, body.clone())).await?;
-        match with_retry("head", deadline, || self.store.head(&key)).await? {
-            Some(meta) if meta.size == stored_bytes => {}
-            other => {
-                return Err(StoreError::Integrity(format!(
-                    "{key}: stored size {:?} differs from the {stored_bytes} bytes uploaded",
-                    other.map(|m| m.size)
-                ))
-                .into())
-            }
-        }
         Ok(ArchiveOutcome::Stored {
             key,
             raw_bytes: content.len() as u64,

@@ -46,6 +46,9 @@ pub enum Command {
         /// The data directory (holds the archive settings, pgsteward.archive.json).
         #[arg(long)]
         pgdata: PathBuf,
+        /// Serve the archiver's Prometheus metrics (`GET /metrics`) on this address.
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Inspect the WAL archive.
     #[command(subcommand)]
@@ -185,7 +188,10 @@ pub fn dispatch(cli: Cli) -> i32 {
             target.config.as_deref(),
             segment_size_mb,
         ),
-        Command::Archiver { pgdata } => crate::archiver::sidecar::run(&pgdata),
+        Command::Archiver {
+            pgdata,
+            metrics_listen,
+        } => crate::archiver::sidecar::run(&pgdata, metrics_listen),
         Command::Version => {
             println!("pgsteward {}", env!("CARGO_PKG_VERSION"));
             0

@@ -55,7 +55,10 @@ async fn archive_inner(pgdata: &Path, path: &Path) -> Result<String> {
     }
     match protocol::call(
         &settings.socket,
-        &Request::Archive { name: name.clone() },
+        &Request::Archive {
+            name: name.clone(),
+            pgdata: Some(pgdata.to_path_buf()),
+        },
         settings.timeout(),
     )
     .await
@@ -103,6 +106,7 @@ async fn restore_inner(pgdata: &Path, name: &str, dest: &Path) -> Result<bool> {
     let request = Request::Restore {
         name: name.to_owned(),
         dest: dest.clone(),
+        pgdata: Some(pgdata.to_path_buf()),
     };
     match protocol::call(&settings.socket, &request, settings.timeout()).await {
         Ok(response) if response.ok => return Ok(response.found),

@@ -1,6 +1,8 @@
 //! The local protocol between `pgsteward wal-archive`/`wal-restore` (run by postgres) and the
 //! manager: one JSON request line and one JSON response line over a Unix socket that only the
-//! postgres user can open (mode 0600).
+//! postgres user can open (mode 0600). Each request names the caller's data directory, and
+//! the archiver refuses requests for another one: two clusters configured with the same
+//! socket can never archive one cluster's segment name from the other's pg_wal.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,9 +17,29 @@ use tokio::net::UnixStream;
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     /// Archive `pg_wal/<name>`; answer once it is stored.
-    Archive { name: String },
+    Archive {
+        name: String,
+        /// The caller's data directory (absent from callers older than the check).
+        #[serde(default)]
+        pgdata: Option<PathBuf>,
+    },
     /// Restore `name` into `dest` (an absolute path).
-    Restore { name: String, dest: PathBuf },
+    Restore {
+        name: String,
+        dest: PathBuf,
+        #[serde(default)]
+        pgdata: Option<PathBuf>,
+    },
+}
+
+/// Whether `a` and `b` are the same directory (same device and inode, so symlinks and
+/// different spellings of one path agree); false when either cannot be read.
+pub fn same_directory(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.is_dir() && a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 /// The answer.
@@ -123,3 +145,35 @@ pub async fn read_request(stream: &mut BufReader<UnixStream>) -> Result<Request>
 }
 
 use tokio::io::AsyncReadExt as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_without_a_data_directory_still_parse() {
+        let old: Request =
+            serde_json::from_str(r#"{"op":"archive","name":"000000010000000000000001"}"#).unwrap();
+        assert_eq!(
+            old,
+            Request::Archive {
+                name: "000000010000000000000001".into(),
+                pgdata: None
+            }
+        );
+    }
+
+    #[test]
+    fn same_directory_follows_symlinks_and_tells_directories_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        let b = dir.path().join("b");
+        std::fs::create_dir(&a).unwrap();
+        std::fs::create_dir(&b).unwrap();
+        std::os::unix::fs::symlink(&a, dir.path().join("link")).unwrap();
+        assert!(same_directory(&a, &dir.path().join("link")));
+        assert!(same_directory(&a, &dir.path().join("b/../a")));
+        assert!(!same_directory(&a, &b));
+        assert!(!same_directory(&a, &dir.path().join("missing")));
+    }
+}

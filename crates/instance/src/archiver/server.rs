@@ -3,16 +3,25 @@
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 
-use super::protocol::{read_request, Request, Response};
+use super::protocol::{read_request, same_directory, Request, Response};
 use super::Archiver;
 
-/// Bind the socket (replacing a stale one) and serve it.
+/// Bind the socket (replacing a stale one, refusing one another archiver answers on) and
+/// serve it.
 pub fn spawn(archiver: Arc<Archiver>) -> Result<()> {
     let path = archiver.settings.socket.clone();
+    if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+        bail!(
+            "another archiver is listening on {}: is a manager or `pgsteward archiver` already \
+             running for this data directory, or do two clusters share postgres.socket_dir and \
+             postgres.port in their settings?",
+            path.display()
+        );
+    }
     match std::fs::remove_file(&path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -51,11 +60,24 @@ pub fn spawn(archiver: Arc<Archiver>) -> Result<()> {
 }
 
 async fn handle(archiver: &Arc<Archiver>, request: Request) -> Response {
+    let (Request::Archive { pgdata, .. } | Request::Restore { pgdata, .. }) = &request;
+    if let Some(theirs) = pgdata {
+        if !same_directory(theirs, &archiver.pgdata) {
+            tracing::error!(caller = %theirs.display(), ours = %archiver.pgdata.display(), socket = %archiver.settings.socket.display(), "refused a WAL request for another data directory: two clusters share this socket");
+            return Response::failure(format!(
+                "the archiver on {} serves data directory {}, not {}: give each cluster its own \
+                 postgres.socket_dir or postgres.port",
+                archiver.settings.socket.display(),
+                archiver.pgdata.display(),
+                theirs.display()
+            ));
+        }
+    }
     match request {
-        Request::Archive { name } => match archiver.archive_now(&name).await {
+        Request::Archive { name, .. } => match archiver.archive_now(&name).await {
             Ok(()) => Response::success(format!("{name} archived")),
             Err(e) => Response::failure(e),
         },
-        Request::Restore { name, dest } => archiver.restore_now(&name, &dest).await,
+        Request::Restore { name, dest, .. } => archiver.restore_now(&name, &dest).await,
     }
 }

@@ -1,8 +1,10 @@
 //! `pgsteward archiver --pgdata DIR`: the WAL archiver alone, beside a postgres that something
 //! else supervises (a VM with its own service manager, or a benchmark). It serves the same
 //! socket `wal-archive` calls use and uploads `.ready` segments ahead of postgres, and it exits
-//! when the postmaster it saw running on DIR exits (or on SIGTERM/SIGINT).
+//! when the postmaster it saw running on DIR exits (or on SIGTERM/SIGINT). With
+//! `--metrics-listen ADDR` it serves its `wal_*` metrics on `GET /metrics`.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -14,8 +16,62 @@ use super::Archiver;
 use crate::metrics::Metrics;
 use crate::pgdata::{is_live_postgres, read_postmaster_pid};
 
+/// The WAL segment size, read off the segment files in pg_wal (postgres pre-allocates each to
+/// `wal_segment_size`, a power of two from 1 MiB to 1 GiB); 16 MiB when none is there yet.
+fn segment_size_from_pg_wal(pgdata: &Path) -> u64 {
+    const DEFAULT: u64 = 16 << 20;
+    let Ok(entries) = std::fs::read_dir(pgdata.join("pg_wal")) else {
+        return DEFAULT;
+    };
+    let mut sizes = entries.flatten().filter_map(|entry| {
+        let name = entry.file_name();
+        let name = name.to_str()?;
+        let is_segment = name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit());
+        let meta = entry.metadata().ok()?;
+        (is_segment && meta.is_file()).then_some(meta.len())
+    });
+    match sizes.next() {
+        Some(size) if size.is_power_of_two() && (1 << 20..=1 << 30).contains(&size) => size,
+        Some(size) => {
+            tracing::warn!(
+                size,
+                "a WAL segment in pg_wal has an unexpected size; assuming 16 MiB"
+            );
+            DEFAULT
+        }
+        None => DEFAULT,
+    }
+}
+
+/// Serve `GET /metrics` on `listen` (a bind failure stops the sidecar before it starts).
+async fn serve_metrics(listen: SocketAddr, metrics: Metrics) -> Result<()> {
+    use axum::http::header::CONTENT_TYPE;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let body = metrics.render();
+            async move {
+                (
+                    [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                    body,
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding the metrics listener on {listen}"))?;
+    tracing::info!(address = %listener.local_addr()?, "archiver metrics listening");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "archiver metrics server stopped");
+        }
+    });
+    Ok(())
+}
+
 /// Run the sidecar; returns the exit code.
-pub fn run(pgdata: &Path) -> i32 {
+pub fn run(pgdata: &Path, metrics_listen: Option<SocketAddr>) -> i32 {
     if let Err(e) = crate::logs::init("info") {
         eprintln!("pgsteward archiver: {e:#}");
         return 1;
@@ -31,7 +87,7 @@ pub fn run(pgdata: &Path) -> i32 {
             return 1;
         }
     };
-    match runtime.block_on(serve(pgdata)) {
+    match runtime.block_on(serve(pgdata, metrics_listen)) {
         Ok(()) => 0,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "the archiver stopped");
@@ -40,12 +96,16 @@ pub fn run(pgdata: &Path) -> i32 {
     }
 }
 
-async fn serve(pgdata: &Path) -> Result<()> {
+async fn serve(pgdata: &Path, metrics_listen: Option<SocketAddr>) -> Result<()> {
     let settings = ArchiveSettings::read(pgdata)?;
     let metrics = Metrics::new("pgsteward").context("creating metrics")?;
-    let archiver = Archiver::new(settings, pgdata, metrics, 16 << 20).await?;
+    if let Some(listen) = metrics_listen {
+        serve_metrics(listen, metrics.clone()).await?;
+    }
+    let segment_bytes = segment_size_from_pg_wal(pgdata);
+    let archiver = Archiver::new(settings, pgdata, metrics, segment_bytes).await?;
     archiver.spawn()?;
-    tracing::info!(pgdata = %pgdata.display(), destination = %archiver.wal().store().describe(), "archiver sidecar running");
+    tracing::info!(pgdata = %pgdata.display(), destination = %archiver.wal().store().describe(), segment_bytes, "archiver sidecar running");
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut seen: Option<i32> = None;
@@ -75,4 +135,28 @@ async fn serve(pgdata: &Path) -> Result<()> {
         "archiver sidecar stopped"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_size_comes_from_the_files_in_pg_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(segment_size_from_pg_wal(dir.path()), 16 << 20);
+        let pg_wal = dir.path().join("pg_wal");
+        std::fs::create_dir_all(pg_wal.join("archive_status")).unwrap();
+        std::fs::write(
+            pg_wal.join("00000002.history"),
+            "1\t0/3000000\tno recovery target\n",
+        )
+        .unwrap();
+        assert_eq!(segment_size_from_pg_wal(dir.path()), 16 << 20);
+        let segment = std::fs::File::create(pg_wal.join("000000010000000000000001")).unwrap();
+        segment.set_len(64 << 20).unwrap();
+        assert_eq!(segment_size_from_pg_wal(dir.path()), 64 << 20);
+        segment.set_len(12345).unwrap();
+        assert_eq!(segment_size_from_pg_wal(dir.path()), 16 << 20);
+    }
 }
