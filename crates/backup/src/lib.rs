@@ -4,7 +4,10 @@
 //!
 //! - [`info`]: the `backup.info` file, exactly the keys barman knows.
 //! - [`catalog`]: where a server's backups live in the store, listing and reading them.
+//! - [`tar`], [`gzip`]: the PAX tar writer and the parallel single-member gzip of backups.
 
 pub mod catalog;
+pub mod gzip;
 pub mod info;
 pub mod pyliteral;
+pub mod tar;
