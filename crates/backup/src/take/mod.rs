@@ -58,6 +58,8 @@ pub struct TakeOptions {
     pub multipart: MultipartOptions,
     /// How long to keep trying to record FAILED when the store is down.
     pub record_failure_for: Duration,
+    /// The backup id to use (default: the start time, `YYYYmmddTHHMMSS` UTC).
+    pub backup_id: Option<String>,
 }
 
 impl TakeOptions {
@@ -74,6 +76,7 @@ impl TakeOptions {
             fast_checkpoint: false,
             multipart: MultipartOptions::default(),
             record_failure_for: Duration::from_secs(60),
+            backup_id: None,
         }
     }
 }
@@ -315,7 +318,11 @@ pub async fn take_backup(
             facts.version_num
         )));
     }
-    let id = info::backup_id_for(&chrono::Utc::now());
+    let id = options
+        .backup_id
+        .clone()
+        .unwrap_or_else(|| info::backup_id_for(&chrono::Utc::now()));
+    crate::catalog::check_backup_id(&id).map_err(|e| TakeError::Catalog(e.to_string()))?;
     if catalog
         .read(&id)
         .await
