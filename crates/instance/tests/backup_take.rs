@@ -7,6 +7,9 @@
 //! the manager: `POST /pg/backup` (202, then 409 while it runs), status, metrics, and the
 //! `pgsteward backup --wait` / `backup verify` commands.
 
+// The per-version test bodies are test code too (clippy only exempts `#[test]` functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};
