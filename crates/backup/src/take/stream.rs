@@ -248,3 +248,124 @@ pub fn write_archive(
     let totals = gz.finish()?;
     Ok(StreamResult { totals, files })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::take::scan::scan_pgdata;
+    use std::io::Read;
+
+    /// Files that vanish, shrink or grow after the scan do not fail the archive: vanished ones
+    /// are left out, the others keep the scanned size (zero-padded or cut).
+    #[test]
+    fn files_changing_during_the_backup_are_tolerated() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("base/1")).unwrap();
+        std::fs::create_dir_all(root.join("global")).unwrap();
+        std::fs::write(root.join("global/pg_control"), vec![7u8; 8192]).unwrap();
+        let big: Vec<u8> = (0..3 * CHUNK as usize + 100)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        std::fs::write(root.join("base/1/big"), &big).unwrap();
+        std::fs::write(root.join("base/1/gone"), vec![1u8; 5000]).unwrap();
+        std::fs::write(root.join("base/1/shrinks"), vec![2u8; 10_000]).unwrap();
+        std::fs::write(root.join("base/1/grows"), vec![3u8; 1000]).unwrap();
+        let (items, _) = scan_pgdata(root).unwrap();
+        std::fs::remove_file(root.join("base/1/gone")).unwrap();
+        std::fs::write(root.join("base/1/shrinks"), vec![2u8; 100]).unwrap();
+        std::fs::write(root.join("base/1/grows"), vec![3u8; 3000]).unwrap();
+
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let sink_out = Arc::clone(&out);
+        let sink: Sink = Box::new(move |b| {
+            sink_out.lock().unwrap().extend_from_slice(&b);
+            Ok(())
+        });
+        let done = AtomicU64::new(0);
+        let (extra_tx, extra_rx) = mpsc::channel();
+        extra_tx
+            .send(Some(vec![("backup_label".into(), b"LABEL\n".to_vec())]))
+            .unwrap();
+        let settings = StreamSettings {
+            gzip_level: 1,
+            compressors: 2,
+            readers: 3,
+        };
+        let result = write_archive(&items, settings, sink, &done, None, Some(extra_rx)).unwrap();
+        let paths: Vec<&str> = result.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "base/1/big",
+                "base/1/grows",
+                "base/1/shrinks",
+                "global/pg_control",
+                "backup_label"
+            ]
+        );
+        assert_eq!(result.files[1].size, 1000);
+        assert_eq!(result.files[2].size, 10_000);
+        assert_eq!(result.files[0].sha256, hex::encode(Sha256::digest(&big)));
+
+        let gz = out.lock().unwrap().clone();
+        let mut tar_bytes = Vec::new();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_end(&mut tar_bytes)
+            .unwrap();
+        let x = dir.path().join("x");
+        std::fs::create_dir(&x).unwrap();
+        let tar_path = dir.path().join("data.tar");
+        std::fs::write(&tar_path, &tar_bytes).unwrap();
+        let status = std::process::Command::new("tar")
+            .arg("-xf")
+            .arg(&tar_path)
+            .arg("-C")
+            .arg(&x)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert_eq!(std::fs::read(x.join("base/1/big")).unwrap(), big);
+        let shrunk = std::fs::read(x.join("base/1/shrinks")).unwrap();
+        assert_eq!(shrunk.len(), 10_000);
+        assert!(shrunk[..100].iter().all(|b| *b == 2) && shrunk[100..].iter().all(|b| *b == 0));
+        assert_eq!(
+            std::fs::read(x.join("base/1/grows")).unwrap(),
+            vec![3u8; 1000]
+        );
+        assert!(!x.join("base/1/gone").exists());
+        assert_eq!(std::fs::read(x.join("backup_label")).unwrap(), b"LABEL\n");
+        assert_eq!(
+            done.load(Ordering::Relaxed),
+            items.iter().map(Item::size).sum::<u64>()
+        );
+    }
+
+    #[test]
+    fn abandoning_fails_without_a_trailer() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("global")).unwrap();
+        std::fs::write(dir.path().join("global/pg_control"), vec![7u8; 8192]).unwrap();
+        let (items, _) = scan_pgdata(dir.path()).unwrap();
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let sink_out = Arc::clone(&out);
+        let sink: Sink = Box::new(move |b| {
+            sink_out.lock().unwrap().extend_from_slice(&b);
+            Ok(())
+        });
+        let (extra_tx, extra_rx) = mpsc::channel();
+        extra_tx.send(None).unwrap();
+        let settings = StreamSettings {
+            gzip_level: 1,
+            compressors: 1,
+            readers: 1,
+        };
+        let done = AtomicU64::new(0);
+        assert!(write_archive(&items, settings, sink, &done, None, Some(extra_rx)).is_err());
+        let gz = out.lock().unwrap().clone();
+        let mut rest = Vec::new();
+        assert!(flate2::read::GzDecoder::new(&gz[..])
+            .read_to_end(&mut rest)
+            .is_err());
+    }
+}
