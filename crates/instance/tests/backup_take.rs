@@ -5,7 +5,7 @@
 //! passes, then reports a byte flipped on the S3 server's disk; `barman-cloud-backup-delete`
 //! tolerates the manifest. S3 stopped mid-backup leaves the backup FAILED, never DONE. Through
 //! the manager: `POST /pg/backup` (202, then 409 while it runs), status, metrics, and the
-//! `pgsteward backup --wait` / `backup verify` commands.
+//! `pgsteward backup --wait` / `backup verify` commands. A backup of a standby restores too.
 
 // The per-version test bodies are test code too (clippy only exempts `#[test]` functions).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -189,8 +189,15 @@ async fn wait_archived(store: &Arc<dyn ObjectStore>, name: &str) {
 }
 
 /// Start postgres as the postgres user on `pgdata` in archive recovery from the archive
-/// through barman-cloud-wal-restore; returns the port.
-fn start_restored(s3: &S3Server, version: PgVersion, scratch: &ScratchDir, pgdata: &Path) -> u16 {
+/// through barman-cloud-wal-restore (as a standby that stays in recovery with `standby`);
+/// returns the port.
+fn start_restored(
+    s3: &S3Server,
+    version: PgVersion,
+    scratch: &ScratchDir,
+    pgdata: &Path,
+    standby: bool,
+) -> u16 {
     let hba = scratch.write(
         "restored_hba.conf",
         "local all all trust\nhost all all 127.0.0.1/32 trust\n",
@@ -201,7 +208,16 @@ fn start_restored(s3: &S3Server, version: PgVersion, scratch: &ScratchDir, pgdat
         barman_args("barman-cloud-wal-restore", s3),
         s3.bucket()
     );
-    std::fs::write(pgdata.join("recovery.signal"), "").unwrap_or_else(|e| panic!("{e}"));
+    let signal = if standby {
+        "standby.signal"
+    } else {
+        "recovery.signal"
+    };
+    std::fs::write(pgdata.join(signal), "").unwrap_or_else(|e| panic!("{e}"));
+    let log = scratch.join(&format!(
+        "{}.log",
+        pgdata.display().to_string().replace('/', "_")
+    ));
     let chown = Command::new("chown")
         .args(["-R", "postgres:postgres"])
         .arg(pgdata)
@@ -226,7 +242,7 @@ fn start_restored(s3: &S3Server, version: PgVersion, scratch: &ScratchDir, pgdat
         .arg("-D")
         .arg(pgdata)
         .arg("-l")
-        .arg(scratch.join("restored.log"))
+        .arg(&log)
         .args(["-w", "-t", "300", "-o", &options, "start"])
         .output()
         .unwrap_or_else(|e| panic!("pg_ctl: {e}"));
@@ -234,7 +250,7 @@ fn start_restored(s3: &S3Server, version: PgVersion, scratch: &ScratchDir, pgdat
         out.status.success(),
         "pg_ctl start failed: {}\n{}",
         String::from_utf8_lossy(&out.stderr),
-        std::fs::read_to_string(scratch.join("restored.log")).unwrap_or_default()
+        std::fs::read_to_string(&log).unwrap_or_default()
     );
     port
 }
@@ -330,7 +346,7 @@ async fn backup_under_load_restores_with_barman(version: PgVersion) {
     assert!(restored.join("backup_label").is_file());
     assert!(!restored.join("postmaster.pid").exists());
     assert!(restored.join("pg_wal").is_dir());
-    let port = start_restored(&setup.s3, version, &setup.creds, &restored);
+    let port = start_restored(&setup.s3, version, &setup.creds, &restored, false);
     wait_for(
         "the restored server to promote",
         Duration::from_secs(180),
@@ -525,3 +541,128 @@ async fn api_cli_status_and_metrics(version: PgVersion) {
     assert_eq!(setup.manager.wait_exit(EXIT).await, 0);
 }
 for_each_version!(api_cli_status_and_metrics);
+
+/// A backup taken from a standby (here a server in archive recovery, restored from a primary
+/// backup) restores like one from the primary.
+async fn backup_of_a_standby_restores(version: PgVersion) {
+    let mut setup = setup(version).await;
+    let instance = &setup.instance;
+    pgbench_init(instance, 2);
+    let primary_backup = take_backup(
+        Arc::clone(&setup.store),
+        &pg_config(instance),
+        &take_options(instance),
+        Arc::new(Progress::default()),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("primary backup failed: {e}"));
+    let bucket = format!("s3://{}/{PREFIX}", setup.s3.bucket());
+    let standby = setup.creds.mkdir("standby", 0o700);
+    barman_run(
+        "barman-cloud-restore",
+        &setup.s3,
+        &[
+            &bucket,
+            SERVER,
+            &primary_backup.backup_id,
+            standby.to_str().unwrap(),
+        ],
+    );
+    query(
+        instance,
+        "CREATE TABLE after_backup AS SELECT md5(i::text) AS v FROM generate_series(1, 100) i; SELECT 1",
+    )
+    .await;
+    let last = query(instance, "SELECT pg_walfile_name(pg_switch_wal())").await;
+    wait_archived(&setup.store, &last).await;
+    let standby_port = start_restored(&setup.s3, version, &setup.creds, &standby, true);
+    wait_for(
+        "the standby to replay after_backup",
+        Duration::from_secs(180),
+        || async {
+            pgsteward_testkit::sql_value(
+                standby_port,
+                "",
+                "SELECT count(*)::text FROM after_backup",
+            )
+            .await
+            .ok()
+            .filter(|n| n == "100")
+        },
+    )
+    .await;
+    assert_eq!(
+        pgsteward_testkit::sql_value(standby_port, "", "SELECT pg_is_in_recovery()::text")
+            .await
+            .unwrap(),
+        "true"
+    );
+    wait_for("a new backup id", Duration::from_secs(5), || async {
+        (pgsteward_backup::info::backup_id_for(&chrono::Utc::now()) != primary_backup.backup_id)
+            .then_some(())
+    })
+    .await;
+    let mut standby_config = tokio_postgres::Config::new();
+    standby_config
+        .host("127.0.0.1")
+        .port(standby_port)
+        .user("postgres")
+        .dbname("postgres");
+    let mut options = take_options(instance);
+    options.pgdata = standby.clone();
+    let outcome = take_backup(
+        Arc::clone(&setup.store),
+        &standby_config,
+        &options,
+        Arc::new(Progress::default()),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("standby backup failed: {e}"));
+    stop_restored(version, &standby);
+    let label = outcome.info.backup_label().unwrap().unwrap();
+    assert!(label.contains("BACKUP FROM: standby"), "{label}");
+
+    query(
+        instance,
+        "INSERT INTO after_backup SELECT md5(i::text) FROM generate_series(101, 200) i; SELECT 1",
+    )
+    .await;
+    let expected = query(instance, CHECKSUM).await;
+    let last = query(instance, "SELECT pg_walfile_name(pg_switch_wal())").await;
+    wait_archived(&setup.store, &last).await;
+    let restored = setup.creds.mkdir("restored", 0o700);
+    barman_run(
+        "barman-cloud-restore",
+        &setup.s3,
+        &[
+            &bucket,
+            SERVER,
+            &outcome.backup_id,
+            restored.to_str().unwrap(),
+        ],
+    );
+    assert!(!restored.join("standby.signal").exists());
+    let port = start_restored(&setup.s3, version, &setup.creds, &restored, false);
+    wait_for(
+        "the restored server to promote",
+        Duration::from_secs(180),
+        || async {
+            let value = pgsteward_testkit::sql_value(port, "", "SELECT pg_is_in_recovery()::text")
+                .await
+                .ok()?;
+            (value == "false").then_some(())
+        },
+    )
+    .await;
+    let got = pgsteward_testkit::sql_value(port, "", CHECKSUM)
+        .await
+        .unwrap();
+    stop_restored(version, &restored);
+    assert_eq!(
+        got, expected,
+        "data restored from the standby backup differs"
+    );
+    setup.manager.signal(Signal::SIGTERM).await;
+    assert_eq!(setup.manager.wait_exit(EXIT).await, 0);
+}
+for_each_version!(backup_of_a_standby_restores);
