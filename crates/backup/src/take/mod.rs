@@ -6,13 +6,14 @@
 //! the uploads, ends the backup mode (by closing the session) and records status FAILED with
 //! `error=`; a catalog entry never says DONE unless every object was completed.
 
+pub mod progress;
 pub mod scan;
 pub mod session;
 pub mod stream;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -25,6 +26,7 @@ use crate::catalog::Catalog;
 use crate::info::{self, BackupInfo, BackupStatus};
 use crate::manifest::{Manifest, ManifestArchive, MANIFEST_FORMAT};
 use crate::pyliteral::TablespaceTuple;
+pub use progress::{Phase, Progress, ProgressSnapshot};
 use scan::Item;
 use stream::{Extra, StreamSettings};
 
@@ -77,97 +79,6 @@ impl TakeOptions {
             multipart: MultipartOptions::default(),
             record_failure_for: Duration::from_secs(60),
             backup_id: None,
-        }
-    }
-}
-
-/// Phases a backup goes through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    Starting,
-    Copying,
-    Stopping,
-    Finishing,
-    Done,
-    Failed,
-}
-
-const PHASES: [Phase; 6] = [
-    Phase::Starting,
-    Phase::Copying,
-    Phase::Stopping,
-    Phase::Finishing,
-    Phase::Done,
-    Phase::Failed,
-];
-
-/// Live progress of one backup, shared with status and metrics.
-#[derive(Debug)]
-pub struct Progress {
-    started: Instant,
-    phase: AtomicU8,
-    backup_id: Mutex<Option<String>>,
-    /// Bytes of files read so far and in total (from the scan).
-    pub bytes_done: AtomicU64,
-    pub bytes_total: AtomicU64,
-    /// Compressed bytes handed to the store.
-    pub bytes_uploaded: AtomicU64,
-}
-
-impl Default for Progress {
-    fn default() -> Self {
-        Progress {
-            started: Instant::now(),
-            phase: AtomicU8::new(0),
-            backup_id: Mutex::new(None),
-            bytes_done: AtomicU64::new(0),
-            bytes_total: AtomicU64::new(0),
-            bytes_uploaded: AtomicU64::new(0),
-        }
-    }
-}
-
-/// A point-in-time copy of [`Progress`].
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct ProgressSnapshot {
-    pub backup_id: Option<String>,
-    pub phase: Phase,
-    pub bytes_done: u64,
-    pub bytes_total: u64,
-    pub bytes_uploaded: u64,
-    pub elapsed_seconds: f64,
-    /// Bytes read per second so far.
-    pub rate_bytes_per_second: f64,
-}
-
-impl Progress {
-    fn set_phase(&self, phase: Phase) {
-        let index = PHASES.iter().position(|p| *p == phase).unwrap_or(0);
-        self.phase.store(index as u8, Ordering::Relaxed);
-    }
-
-    fn set_id(&self, id: &str) {
-        if let Ok(mut slot) = self.backup_id.lock() {
-            *slot = Some(id.to_owned());
-        }
-    }
-
-    pub fn snapshot(&self) -> ProgressSnapshot {
-        let elapsed = self.started.elapsed().as_secs_f64();
-        let done = self.bytes_done.load(Ordering::Relaxed);
-        ProgressSnapshot {
-            backup_id: self.backup_id.lock().ok().and_then(|id| id.clone()),
-            phase: PHASES[usize::from(self.phase.load(Ordering::Relaxed)).min(PHASES.len() - 1)],
-            bytes_done: done,
-            bytes_total: self.bytes_total.load(Ordering::Relaxed),
-            bytes_uploaded: self.bytes_uploaded.load(Ordering::Relaxed),
-            elapsed_seconds: elapsed,
-            rate_bytes_per_second: if elapsed > 0.0 {
-                done as f64 / elapsed
-            } else {
-                0.0
-            },
         }
     }
 }
@@ -265,6 +176,25 @@ async fn upload_archive(
         uncompressed_size: result.totals.uncompressed,
         files: result.files,
     })
+}
+
+/// Log the progress every 10 seconds (aborted when the backup ends).
+async fn log_progress(progress: Arc<Progress>) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(10));
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let p = progress.snapshot();
+        tracing::info!(
+            backup_id = p.backup_id.as_deref().unwrap_or(""),
+            phase = ?p.phase,
+            bytes_done = p.bytes_done,
+            bytes_total = p.bytes_total,
+            bytes_uploaded = p.bytes_uploaded,
+            rate_mib_per_second = p.rate_bytes_per_second / 1048576.0,
+            "base backup progress"
+        );
+    }
 }
 
 /// Record FAILED with the error, retrying while the store is unreachable.
@@ -383,11 +313,13 @@ pub async fn take_backup(
         return Err(TakeError::Catalog(e.to_string()));
     }
     tracing::info!(backup_id = %id, begin_lsn = %started.lsn, timeline = started.timeline, standby = facts.in_recovery, "base backup started");
-    match copy_and_stop(
+    let logger = tokio::spawn(log_progress(Arc::clone(&progress)));
+    let copied = copy_and_stop(
         &store, &catalog, &client, &facts, &started, &mut info, options, &progress,
     )
-    .await
-    {
+    .await;
+    logger.abort();
+    match copied {
         Ok(manifest) => {
             progress.set_phase(Phase::Done);
             let duration = begun.elapsed();
