@@ -61,7 +61,7 @@ fn children_rusage() -> (f64, f64) {
 /// `PGSTEWARD_BENCH_LEVEL` (default 6), then by pgBackRest (`--type=full`, gz, same level,
 /// process-max 2, posix repository on the same disk). Prints time, CPU and peak RSS of each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark: PGSTEWARD_BENCH_BINARY=target/release/pgsteward cargo test -p pgsteward --test backup_take bench_ -- --ignored --nocapture"]
+#[ignore = "benchmark: PGSTEWARD_BENCH_BINARY=target/release/pgsteward cargo test -p pgsteward --test backup_bench -- --ignored --nocapture"]
 async fn bench_backup_against_pgbackrest() {
     let binary = std::env::var("PGSTEWARD_BENCH_BINARY")
         .expect("set PGSTEWARD_BENCH_BINARY to a release build of pgsteward");
