@@ -4,7 +4,7 @@
 //! recovering it with `barman-cloud-wal-restore` has exactly the data of the source; `verify`
 //! passes, then reports a byte flipped on the S3 server's disk; `barman-cloud-backup-delete`
 //! tolerates the manifest. S3 stopped mid-backup leaves the backup FAILED, never DONE. A backup of
-//! a standby restores too. (The manager's API and CLI: backup_api.rs; the benchmark:
+//! a standby restores too, and tablespaces are relocated by barman-cloud-restore. (The manager's API and CLI: backup_api.rs; the benchmark:
 //! backup_bench.rs.)
 
 // The per-version test bodies are test code too (clippy only exempts `#[test]` functions).
@@ -343,3 +343,104 @@ async fn backup_of_a_standby_restores(version: PgVersion) {
     assert_eq!(setup.manager.wait_exit(EXIT).await, 0);
 }
 for_each_version!(backup_of_a_standby_restores);
+
+/// A tablespace becomes `<oid>.tar.gz`, recorded in backup.info, and barman-cloud-restore
+/// relocates it (`--tablespace name:location`) with its data intact.
+async fn tablespaces_restore_with_barman(version: PgVersion) {
+    let mut setup = setup(version).await;
+    let instance = &setup.instance;
+    let location = setup.creds.mkdir("tbs", 0o700);
+    // Not in a transaction block: a statement of its own.
+    pgsteward_testkit::sql(
+        instance.pg_port,
+        "postgres",
+        PASSWORD,
+        "postgres",
+        &format!("CREATE TABLESPACE space1 LOCATION '{}'", location.display()),
+    )
+    .await
+    .unwrap();
+    query(
+        instance,
+        "CREATE TABLE in_space TABLESPACE space1 AS SELECT i, md5(i::text) AS v FROM generate_series(1, 20000) i; SELECT 1",
+    )
+    .await;
+    let expected = query(
+        instance,
+        "SELECT md5(string_agg(v, ',' ORDER BY i)) FROM in_space",
+    )
+    .await;
+    let outcome = take_backup(
+        Arc::clone(&setup.store),
+        &pg_config(instance),
+        &take_options(instance),
+        Arc::new(Progress::default()),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("backup failed: {e}"));
+    let spaces = outcome.info.tablespaces().unwrap();
+    assert_eq!(spaces.len(), 1, "{spaces:?}");
+    assert_eq!(spaces[0].name, "space1");
+    let oid = spaces[0].oid;
+    let object = setup.s3.object_path(&format!(
+        "{PREFIX}/{SERVER}/base/{}/{oid}.tar.gz",
+        outcome.backup_id
+    ));
+    assert!(object.is_file(), "{}", object.display());
+    // Write WAL first: right after a switch, pg_walfile_name names the previous segment.
+    query(instance, "CREATE TABLE tail (i int); SELECT 1").await;
+    let last = query(instance, "SELECT pg_walfile_name(pg_switch_wal())").await;
+    wait_archived(&setup.store, &last).await;
+
+    let restored = setup.creds.mkdir("restored", 0o700);
+    let moved = setup.creds.mkdir("tbs-restored", 0o700);
+    barman_run(
+        "barman-cloud-restore",
+        &setup.s3,
+        &[
+            &format!("s3://{}/{PREFIX}", setup.s3.bucket()),
+            SERVER,
+            &outcome.backup_id,
+            restored.to_str().unwrap(),
+            "--tablespace",
+            &format!("space1:{}", moved.display()),
+        ],
+    );
+    let chown = Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(&moved)
+        .status();
+    assert!(chown.is_ok_and(|s| s.success()));
+    let port = start_restored(&setup.s3, version, &setup.creds, &restored, false);
+    wait_for(
+        "the restored server to promote",
+        Duration::from_secs(180),
+        || async {
+            let value = pgsteward_testkit::sql_value(port, "", "SELECT pg_is_in_recovery()::text")
+                .await
+                .ok()?;
+            (value == "false").then_some(())
+        },
+    )
+    .await;
+    let got = pgsteward_testkit::sql_value(
+        port,
+        "",
+        "SELECT md5(string_agg(v, ',' ORDER BY i)) FROM in_space",
+    )
+    .await
+    .unwrap();
+    let where_now = pgsteward_testkit::sql_value(
+        port,
+        "",
+        "SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'space1'",
+    )
+    .await
+    .unwrap();
+    stop_restored(version, &restored);
+    assert_eq!(got, expected);
+    assert_eq!(where_now, moved.display().to_string());
+    setup.manager.signal(Signal::SIGTERM).await;
+    assert_eq!(setup.manager.wait_exit(EXIT).await, 0);
+}
+for_each_version!(tablespaces_restore_with_barman);
