@@ -152,6 +152,11 @@ async fn backup_under_load_restores_with_barman(version: PgVersion) {
         ],
     );
     assert!(catalog.read(&id).await.unwrap().is_none());
+    assert!(!data_object.exists());
+    // barman deletes only the objects it knows: the manifest stays behind (tiny; pgsteward's
+    // own delete and retention must remove it, and may sweep orphaned ones).
+    let manifest = format!("{SERVER}/base/{id}/pgsteward-manifest.json");
+    assert!(setup.store.head(&manifest).await.unwrap().is_some());
     setup.manager.signal(Signal::SIGTERM).await;
     assert_eq!(setup.manager.wait_exit(EXIT).await, 0);
 }
