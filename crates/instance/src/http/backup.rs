@@ -14,6 +14,10 @@ use super::server::{AppState, Route, RouteDoc};
 use crate::backups::StartError;
 
 const ERRORS: &[(u16, &str)] = &[
+    (
+        202,
+        "Accepted: the backup runs in the background; follow it in GET /pg/status.",
+    ),
     (400, "Malformed body."),
     (401, "Missing bearer token."),
     (

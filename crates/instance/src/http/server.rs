@@ -30,7 +30,7 @@ pub struct RouteDoc {
     pub request: Option<fn(&mut SchemaGenerator) -> Schema>,
     /// Schema of the 200 response body.
     pub response: Option<fn(&mut SchemaGenerator) -> Schema>,
-    /// Other documented statuses, with what they mean.
+    /// Other documented statuses, with what they mean (a 2xx here replaces the 200).
     pub errors: &'static [(u16, &'static str)],
 }
 
