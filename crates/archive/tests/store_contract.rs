@@ -881,3 +881,9 @@ async fn s3_corrupted_object_fails_checksum_validation() {
     );
     assert!(!dest.path().join("seg").exists());
 }
+
+#[tokio::test]
+async fn s3_multipart_with_when_required_checksums() {
+    let backend = Backend::s3_with(|o| o.checksums = ChecksumMode::WhenRequired).await;
+    multipart_uploads_stream_and_abort(backend).await;
+}

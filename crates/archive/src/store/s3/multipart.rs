@@ -1,14 +1,13 @@
 //! Streaming uploads to S3: CreateMultipartUpload, UploadPart (parts of a fixed size, the last
-//! one shorter, a few in flight at once, each with a `Content-MD5` the server verifies) and
-//! CompleteMultipartUpload. Parts use Content-MD5 in both checksum modes: a SHA-256 checksum
-//! algorithm on the upload makes the object carry a composite checksum, which some
-//! S3-compatible servers (s3s-fs) then return as if it were a whole-object one, failing every
-//! later download's validation. The upload starts lazily: an object smaller than one part is a single
-//! PutObject. Any failure, `abort` or dropping the writer aborts the multipart upload so no
-//! object and no stored parts remain.
+//! one shorter, a few in flight at once, each with the digest `put` sends, which the server
+//! verifies: SHA-256 by default, giving the object a composite SHA-256 checksum, Content-MD5
+//! with `checksums: when_required`) and CompleteMultipartUpload with the parts' checksums.
+//! The upload starts lazily: an object smaller than one part is a single PutObject. Any
+//! failure, `abort` or dropping the writer aborts the multipart upload so no object and no
+//! stored parts remain.
 
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
 use base64::Engine as _;
 use bytes::Bytes;
 use tokio::task::JoinSet;
@@ -81,6 +80,9 @@ impl S3Upload {
             .create_multipart_upload()
             .bucket(&store.bucket)
             .key(&self.object_key);
+        if store.checksums == super::super::ChecksumMode::WhenSupported {
+            request = request.checksum_algorithm(ChecksumAlgorithm::Sha256);
+        }
         match store.sse {
             ServerSideEncryption::None => {}
             ServerSideEncryption::Aes256 => {
@@ -220,12 +222,22 @@ async fn upload_part(
         .key(object_key)
         .upload_id(upload_id)
         .part_number(number);
-    let digest = {
-        use md5::Digest as _;
-        md5::Md5::digest(&data)
+    let sent_sha256 = match store.checksums {
+        super::super::ChecksumMode::WhenSupported => {
+            use sha2::Digest as _;
+            let digest =
+                base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&data));
+            request = request.checksum_sha256(digest.clone());
+            Some(digest)
+        }
+        super::super::ChecksumMode::WhenRequired => {
+            use md5::Digest as _;
+            let digest = md5::Md5::digest(&data);
+            request = request
+                .content_md5(base64::engine::general_purpose::STANDARD.encode(digest.as_slice()));
+            None
+        }
     };
-    request =
-        request.content_md5(base64::engine::general_purpose::STANDARD.encode(digest.as_slice()));
     let output = request
         .content_length(data.len() as i64)
         .body(ByteStream::from(data))
@@ -236,6 +248,14 @@ async fn upload_part(
                 .error(&format!("upload part {number} of"), object_key, &e)
                 .1
         })?;
+    if let (Some(sent), Some(echoed)) = (&sent_sha256, output.checksum_sha256()) {
+        if sent != echoed {
+            return Err(StoreError::Integrity(format!(
+                "upload part {number} of {}: the server reports SHA-256 {echoed}, {sent} was sent",
+                store.location(object_key)
+            )));
+        }
+    }
     let etag = output.e_tag().ok_or_else(|| {
         StoreError::Permanent(format!(
             "upload part {number} of {}: the server returned no ETag",
@@ -245,6 +265,7 @@ async fn upload_part(
     Ok(CompletedPart::builder()
         .part_number(number)
         .e_tag(etag)
+        .set_checksum_sha256(sent_sha256)
         .build())
 }
 
