@@ -116,6 +116,71 @@ pub struct InstanceStatus {
     pub last_error: Option<String>,
     /// WAL archiving, when `archive.destination` is set.
     pub archive: Option<ArchiveStatus>,
+    /// Base backups taken by this manager, when `archive.destination` is set.
+    #[serde(default)]
+    pub backup: Option<BackupStatus>,
+}
+
+/// Base backups as this manager sees them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BackupStatus {
+    /// The backup running now, if any.
+    pub running: Option<BackupProgress>,
+    /// The last backup this manager finished (successfully or not).
+    pub last: Option<BackupResult>,
+    /// When a backup last succeeded / failed (RFC 3339), since the manager started.
+    pub last_success_time: Option<String>,
+    pub last_failure_time: Option<String>,
+    /// Begin time of the oldest DONE backup in the catalog (RFC 3339): the earliest point the
+    /// archive can recover to. Refreshed after each backup.
+    pub first_recoverability_point: Option<String>,
+}
+
+/// Progress of a running base backup.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BackupProgress {
+    pub backup_id: String,
+    /// `starting`, `copying`, `stopping`, `finishing`, `done` or `failed`.
+    pub phase: String,
+    /// Bytes of the data directory (and tablespaces) read so far, and in total.
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    /// Compressed bytes sent to the store.
+    pub bytes_uploaded: u64,
+    pub elapsed_seconds: f64,
+    /// Bytes read per second so far.
+    pub rate_bytes_per_second: f64,
+}
+
+/// Outcome of a finished base backup.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BackupResult {
+    pub backup_id: String,
+    /// True when the backup is DONE in the catalog.
+    pub succeeded: bool,
+    pub error: Option<String>,
+    /// When it ended (RFC 3339).
+    pub finished_time: String,
+    pub duration_seconds: f64,
+    /// Bytes read and bytes stored.
+    pub bytes_read: u64,
+    pub bytes_stored: u64,
+}
+
+/// `POST /pg/backup` body (optional).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackupRequest {
+    /// Start with an immediate checkpoint (default: `archive.data.immediate_checkpoint`).
+    #[serde(default)]
+    pub immediate_checkpoint: Option<bool>,
+}
+
+/// `POST /pg/backup` response (202 Accepted: the backup runs in the background; follow it
+/// in `GET /pg/status`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BackupAccepted {
+    pub backup_id: String,
 }
 
 /// Continuous WAL archiving as the manager sees it.

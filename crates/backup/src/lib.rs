@@ -4,7 +4,15 @@
 //!
 //! - [`info`]: the `backup.info` file, exactly the keys barman knows.
 //! - [`catalog`]: where a server's backups live in the store, listing and reading them.
+//! - [`take`]: taking a backup (scan, stream, upload, catalog); [`manifest`]: its checksums;
+//!   [`verify`]: checking a stored backup against its manifest.
+//! - [`tar`], [`gzip`]: the PAX tar writer and the parallel single-member gzip of backups.
 
 pub mod catalog;
+pub mod gzip;
 pub mod info;
+pub mod manifest;
 pub mod pyliteral;
+pub mod take;
+pub mod tar;
+pub mod verify;

@@ -1,4 +1,4 @@
-//! Command-line interface: `pgsteward run | status | config check | version`.
+//! Command-line interface: `pgsteward run | status | config check | version | backup`.
 
 use std::path::PathBuf;
 
@@ -51,11 +51,52 @@ pub enum Command {
         metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Inspect the WAL archive.
+    /// Take a base backup through the local manager (`POST /pg/backup`), or `verify` one.
+    Backup(BackupArgs),
     #[command(subcommand)]
     Wal(WalCommand),
 }
 
 /// `pgsteward wal ...`.
+/// `pgsteward backup [--wait]` or `pgsteward backup verify <id>`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BackupArgs {
+    #[command(subcommand)]
+    pub command: Option<BackupCommand>,
+    #[command(flatten)]
+    pub take: BackupTakeArgs,
+}
+
+/// Options of taking a backup through the manager's API.
+#[derive(Debug, Args)]
+pub struct BackupTakeArgs {
+    /// Base URL of the local API.
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    pub url: String,
+    /// File holding the API bearer token (the manager's http.token_file).
+    #[arg(long, env = "PGSTEWARD_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Follow the backup until it ends, printing progress; exit 1 when it failed.
+    #[arg(long)]
+    pub wait: bool,
+    /// Start with an immediate checkpoint instead of the configured mode.
+    #[arg(long)]
+    pub immediate_checkpoint: bool,
+}
+
+/// Backup subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Download a backup and check every file against its manifest.
+    Verify {
+        /// Backup id (`YYYYmmddTHHMMSS`).
+        backup_id: String,
+        #[command(flatten)]
+        target: WalTarget,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum WalCommand {
     /// List archived WAL files.
@@ -177,6 +218,18 @@ pub fn dispatch(cli: Cli) -> i32 {
         Command::WalRestore { pgdata, name, dest } => {
             crate::wal_cmd::restore(&pgdata, &name, &dest)
         }
+        Command::Backup(BackupArgs {
+            command: None,
+            take,
+        }) => crate::backup_cmd::take::run(&take),
+        Command::Backup(BackupArgs {
+            command: Some(BackupCommand::Verify { backup_id, target }),
+            ..
+        }) => crate::backup_cmd::verify::run(
+            &backup_id,
+            target.pgdata.as_deref(),
+            target.config.as_deref(),
+        ),
         Command::Wal(WalCommand::List(target)) => {
             crate::wal_cmd::list(target.pgdata.as_deref(), target.config.as_deref())
         }

@@ -4,6 +4,8 @@
 //! and serves the local HTTP API and Prometheus metrics. `main.rs` is only the CLI front.
 
 pub mod archiver;
+pub mod backup_cmd;
+pub mod backups;
 pub mod bootstrap;
 pub mod cli;
 pub mod config;

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub wal_archive_last_failure: Gauge,
     pub wal_restored: IntCounter,
     pub wal_restore_prefetch_hits: IntCounter,
+    /// Base backups.
+    pub backup: crate::backups::BackupMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -133,6 +135,7 @@ impl Metrics {
         registry.register(Box::new(pending_restart.clone()))?;
         registry.register(Box::new(config_reloads.clone()))?;
         registry.register(Box::new(config_reload_failures.clone()))?;
+        let backup = crate::backups::BackupMetrics::new(&registry, namespace)?;
         for state in InstanceState::ALL {
             manager_state.with_label_values(&[state.as_str()]).set(0.0);
         }
@@ -155,6 +158,7 @@ impl Metrics {
             wal_archive_last_failure,
             wal_restored,
             wal_restore_prefetch_hits,
+            backup,
         })
     }
 

@@ -163,6 +163,7 @@ async fn manage(config: Config, sources: ConfigSources, os_user: String) -> Resu
         active_target: RwLock::new(None),
         executable: executable.clone(),
         archiver: std::sync::OnceLock::new(),
+        backups: crate::backups::Backups::default(),
     });
     shared.reload_token(&config);
     spawn_signal_forwarder(shared.clone())?;

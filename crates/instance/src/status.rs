@@ -77,6 +77,7 @@ pub async fn collect(shared: &Shared) -> InstanceStatus {
             );
             status
         }),
+        backup: shared.archiver.get().map(|_| shared.backups.status()),
     }
 }
 

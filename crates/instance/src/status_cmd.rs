@@ -37,7 +37,7 @@ pub fn run(args: &StatusArgs) -> i32 {
     }
 }
 
-async fn fetch(base: &str) -> Result<(String, InstanceStatus)> {
+pub(crate) async fn fetch(base: &str) -> Result<(String, InstanceStatus)> {
     if base.starts_with("https://") {
         bail!("pgsteward status speaks plain HTTP to the local API; with http.tls use curl --cacert ... {base}/pg/status");
     }

@@ -123,7 +123,10 @@ async fn restore_inner(pgdata: &Path, name: &str, dest: &Path) -> Result<bool> {
 }
 
 /// Settings from `--pgdata` or from `--config`.
-fn operator_settings(pgdata: Option<&Path>, config: Option<&Path>) -> Result<ArchiveSettings> {
+pub(crate) fn operator_settings(
+    pgdata: Option<&Path>,
+    config: Option<&Path>,
+) -> Result<ArchiveSettings> {
     match (pgdata, config) {
         (Some(pgdata), _) => ArchiveSettings::read(pgdata),
         (None, Some(file)) => {

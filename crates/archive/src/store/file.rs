@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{check_key, ObjectMeta, ObjectStore, StoreError};
+use super::file_multipart::FileUpload;
+use super::{check_key, MultipartOptions, MultipartWriter, ObjectMeta, ObjectStore, StoreError};
 
 /// A directory used as an object store.
 #[derive(Debug, Clone)]
@@ -16,7 +17,7 @@ pub struct FileStore {
     root: PathBuf,
 }
 
-fn io_error(what: &str, path: &Path, e: std::io::Error) -> StoreError {
+pub(super) fn io_error(what: &str, path: &Path, e: std::io::Error) -> StoreError {
     let message = format!("{what} {}: {e}", path.display());
     match e.kind() {
         std::io::ErrorKind::Interrupted
@@ -149,6 +150,15 @@ impl ObjectStore for FileStore {
         tokio::task::spawn_blocking(move || list_below(&root, &prefix))
             .await
             .map_err(|e| StoreError::Permanent(format!("list task failed: {e}")))?
+    }
+
+    async fn put_multipart(
+        &self,
+        key: &str,
+        _options: MultipartOptions,
+    ) -> Result<Box<dyn MultipartWriter>, StoreError> {
+        let path = self.path(key)?;
+        Ok(Box::new(FileUpload::start(key, path).await?))
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {

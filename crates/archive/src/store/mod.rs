@@ -3,7 +3,11 @@
 //! Keys are relative to the destination; the store adds its own prefix.
 
 pub mod file;
+mod file_multipart;
+pub mod multipart;
 pub mod s3;
+
+pub use multipart::{MultipartOptions, MultipartWriter};
 
 use std::fmt;
 use std::path::PathBuf;
@@ -57,6 +61,13 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError>;
     /// Every object whose key starts with `prefix`, sorted by key.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError>;
+    /// Start a streaming upload of a large object to `key` (overwrites once completed).
+    /// Memory stays bounded by `options`; see [`MultipartWriter`].
+    async fn put_multipart(
+        &self,
+        key: &str,
+        options: MultipartOptions,
+    ) -> Result<Box<dyn MultipartWriter>, StoreError>;
     /// Delete the object (no error when it does not exist).
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
     /// The destination, for logs and status (never credentials).

@@ -32,9 +32,11 @@ use aws_sdk_s3::Client;
 use base64::Engine as _;
 use bytes::Bytes;
 
+mod multipart;
+
 use super::{
-    check_key, ChecksumMode, ObjectMeta, ObjectStore, ServerSideEncryption, StoreError,
-    StoreOptions,
+    check_key, ChecksumMode, MultipartOptions, MultipartWriter, ObjectMeta, ObjectStore,
+    ServerSideEncryption, StoreError, StoreOptions,
 };
 
 /// Region used when neither the options, the environment nor the AWS profile name one.
@@ -48,7 +50,8 @@ const SDK_MAX_ATTEMPTS: u32 = 3;
 /// How long credentials read from files are used before the files are read again.
 const FILE_CREDENTIALS_TTL: Duration = Duration::from_secs(5 * 60);
 
-/// An S3 bucket and prefix.
+/// An S3 bucket and prefix (cheap to clone: the client is shared).
+#[derive(Clone)]
 pub struct S3Store {
     client: Client,
     bucket: String,
@@ -728,6 +731,14 @@ impl ObjectStore for S3Store {
         out.sort_by(|a, b| a.key.cmp(&b.key));
         out.dedup_by(|a, b| a.key == b.key);
         Ok(out)
+    }
+
+    async fn put_multipart(
+        &self,
+        key: &str,
+        options: MultipartOptions,
+    ) -> Result<Box<dyn MultipartWriter>, StoreError> {
+        Ok(Box::new(multipart::S3Upload::new(self, key, options)?))
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {

@@ -1,6 +1,7 @@
 //! The manager's configuration: the typed model of the YAML file, its defaults, and the
 //! entry points that load (`load`), validate (`validate`) and render (`render`) it.
 
+pub mod backup;
 pub mod gucs;
 pub mod layers;
 pub mod render;
@@ -309,6 +310,8 @@ pub struct ArchiveConfig {
     pub allow_existing_wal: bool,
     pub s3: S3Config,
     pub wal: WalArchiveConfig,
+    /// Base backups (`POST /pg/backup`, `pgsteward backup`).
+    pub data: backup::DataBackupConfig,
 }
 
 /// S3 connection settings.

@@ -172,6 +172,7 @@ fn check_archive(problems: &mut Vec<String>, config: &Config) {
             ));
         }
     }
+    problems.extend(archive.data.problems());
     if !(1..=9).contains(&archive.wal.gzip_level) {
         problems.push(format!(
             "archive.wal.gzip_level: {} must be 1-9",

@@ -15,15 +15,24 @@ pub fn spec() -> Value {
         let mut item = Map::new();
         for method in doc.methods {
             let mut responses = Map::new();
-            let mut ok = json!({ "description": "Success." });
+            // A route whose success is not 200 lists it among its statuses (202 Accepted).
+            let success = doc
+                .errors
+                .iter()
+                .find(|(status, _)| (200..300).contains(status));
+            let mut ok = json!({ "description": success.map_or("Success.", |(_, d)| *d) });
             if let Some(schema_fn) = doc.response {
                 if *method != "head" {
                     ok["content"] =
                         json!({ "application/json": { "schema": schema_fn(&mut generator) } });
                 }
             }
-            responses.insert("200".into(), ok);
+            let success_status = success.map_or(200, |(status, _)| *status);
+            responses.insert(success_status.to_string(), ok);
             for (status, description) in doc.errors {
+                if *status == success_status {
+                    continue;
+                }
                 let mut response = json!({ "description": description });
                 if *method != "head" {
                     // Probe-style 503s return the probe body; every other error the error body.

@@ -10,7 +10,7 @@ use axum::routing::MethodRouter;
 use axum::Router;
 use schemars::{Schema, SchemaGenerator};
 
-use super::{admin, auth, error, lb, probes, status};
+use super::{admin, auth, backup, error, lb, probes, status};
 use crate::supervisor::shared::Shared;
 
 /// State every handler gets.
@@ -30,7 +30,7 @@ pub struct RouteDoc {
     pub request: Option<fn(&mut SchemaGenerator) -> Schema>,
     /// Schema of the 200 response body.
     pub response: Option<fn(&mut SchemaGenerator) -> Schema>,
-    /// Other documented statuses, with what they mean.
+    /// Other documented statuses, with what they mean (a 2xx here replaces the 200).
     pub errors: &'static [(u16, &'static str)],
 }
 
@@ -46,6 +46,7 @@ pub fn routes() -> Vec<Route> {
     all.extend(lb::routes());
     all.extend(status::routes());
     all.extend(admin::routes());
+    all.extend(backup::routes());
     all
 }
 

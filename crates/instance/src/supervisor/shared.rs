@@ -83,6 +83,8 @@ pub struct Shared {
     pub executable: PathBuf,
     /// The WAL archiver, when archiving is configured.
     pub archiver: std::sync::OnceLock<std::sync::Arc<crate::archiver::Archiver>>,
+    /// Base backups (one at a time).
+    pub backups: crate::backups::Backups,
 }
 
 impl Shared {

@@ -1,0 +1,129 @@
+//! `pgsteward backup [--wait]`: `POST /pg/backup` to the local manager with the bearer token,
+//! print the backup id, and with `--wait` follow `backup` in `/pg/status` (progress: bytes
+//! read of total, rate) until the backup ends; the exit code says whether it succeeded.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use pgsteward_api::BackupAccepted;
+
+use crate::cli::BackupTakeArgs;
+
+/// Run the command; returns the exit code.
+pub fn run(args: &BackupTakeArgs) -> i32 {
+    super::block_on(async {
+        match take(args).await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("pgsteward backup: ERROR: {e:#}");
+                1
+            }
+        }
+    })
+}
+
+async fn request_backup(args: &BackupTakeArgs) -> Result<BackupAccepted> {
+    let base = args.url.trim_end_matches('/');
+    if base.starts_with("https://") {
+        bail!("pgsteward backup speaks plain HTTP to the local API; with http.tls use curl -X POST --cacert ... {base}/pg/backup");
+    }
+    let token_file = args.token_file.as_ref().context(
+        "--token-file (or PGSTEWARD_TOKEN_FILE) must name the API token file (http.token_file)",
+    )?;
+    let token = std::fs::read_to_string(token_file)
+        .with_context(|| format!("reading {}", token_file.display()))?;
+    let body = if args.immediate_checkpoint {
+        r#"{"immediate_checkpoint":true}"#
+    } else {
+        ""
+    };
+    let url = format!("{base}/pg/backup");
+    let request = hyper::Request::post(&url)
+        .header("authorization", format!("Bearer {}", token.trim()))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .context("building the request")?;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let response = tokio::time::timeout(Duration::from_secs(30), client.request(request))
+        .await
+        .with_context(|| format!("no answer from {url} within 30 s"))?
+        .with_context(|| {
+            format!("cannot reach the pgsteward API at {url} (is pgsteward running?)")
+        })?;
+    let code = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .context("reading the response")?
+        .to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    if code != hyper::StatusCode::ACCEPTED {
+        bail!("{url} answered {code}: {text}");
+    }
+    serde_json::from_str(&text).context("unexpected response JSON")
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+async fn take(args: &BackupTakeArgs) -> Result<i32> {
+    let accepted = request_backup(args).await?;
+    println!("backup {} started", accepted.backup_id);
+    if !args.wait {
+        return Ok(0);
+    }
+    let mut last_line = String::new();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (_, status) = crate::status_cmd::fetch(&args.url).await?;
+        let Some(backup) = status.backup else {
+            bail!("the manager reports no backup status");
+        };
+        if let Some(running) = backup.running.filter(|r| r.backup_id == accepted.backup_id) {
+            let line = format!(
+                "{} {}: {:.0}/{:.0} MiB read ({:.1} MiB/s), {:.0} MiB stored",
+                running.backup_id,
+                running.phase,
+                mib(running.bytes_done),
+                mib(running.bytes_total),
+                mib(running.rate_bytes_per_second as u64),
+                mib(running.bytes_uploaded),
+            );
+            if line != last_line {
+                println!("{line}");
+                last_line = line;
+            }
+            continue;
+        }
+        match backup.last.filter(|l| l.backup_id == accepted.backup_id) {
+            Some(last) if last.succeeded => {
+                println!(
+                    "backup {} done in {:.1} s: {:.0} MiB read, {:.0} MiB stored",
+                    last.backup_id,
+                    last.duration_seconds,
+                    mib(last.bytes_read),
+                    mib(last.bytes_stored)
+                );
+                return Ok(0);
+            }
+            Some(last) => {
+                eprintln!(
+                    "backup {} FAILED: {}",
+                    last.backup_id,
+                    last.error.unwrap_or_default()
+                );
+                return Ok(1);
+            }
+            None => bail!(
+                "backup {} is neither running nor finished (did the manager restart?)",
+                accepted.backup_id
+            ),
+        }
+    }
+}
