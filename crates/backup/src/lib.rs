@@ -4,7 +4,9 @@
 //!
 //! - [`info`]: the `backup.info` file, exactly the keys barman knows.
 //! - [`catalog`]: where a server's backups live in the store, listing and reading them.
+//! - [`retention`]: retention policies and deleting backups and WAL as barman-cloud does.
 
 pub mod catalog;
 pub mod info;
 pub mod pyliteral;
+pub mod retention;
