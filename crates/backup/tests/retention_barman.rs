@@ -11,6 +11,8 @@
 //! those with `delimiter=""`). barman therefore runs through a small shim
 //! ([`S3S_FS_SHIM`]) whose only change is to list without a delimiter in that case.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Command;
