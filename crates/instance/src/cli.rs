@@ -1,4 +1,5 @@
-//! Command-line interface: `pgsteward run | status | config check | version`.
+//! Command-line interface: `pgsteward run | status | config check | version | wal ... |
+//! backup list|show|delete|retention`.
 
 use std::path::PathBuf;
 
@@ -50,6 +51,69 @@ pub enum Command {
     /// Inspect the WAL archive.
     #[command(subcommand)]
     Wal(WalCommand),
+    /// The base backup catalog: list, show, delete, retention.
+    #[command(subcommand)]
+    Backup(BackupCommand),
+}
+
+/// `pgsteward backup ...`.
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// List the server's backups, oldest first, with their retention status.
+    List {
+        #[command(flatten)]
+        target: CatalogTarget,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one backup: its backup.info, keep annotation and retention status.
+    Show {
+        #[command(flatten)]
+        target: CatalogTarget,
+        /// Backup id (YYYYmmddTHHMMSS).
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete one backup and the WAL only it needed (barman-cloud-backup-delete --backup-id).
+    Delete {
+        #[command(flatten)]
+        target: CatalogTarget,
+        id: String,
+        /// Only list what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+        /// Refuse when fewer backups would remain (default: archive.minimum_redundancy).
+        #[arg(long)]
+        minimum_redundancy: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply the retention policy now (barman-cloud-backup-delete --retention-policy).
+    Retention {
+        #[command(flatten)]
+        target: CatalogTarget,
+        /// Only list what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+        /// The policy (default: archive.retention_policy), e.g. `30d` or `REDUNDANCY 3`.
+        #[arg(long)]
+        policy: Option<String>,
+        /// Backups always kept (default: archive.minimum_redundancy).
+        #[arg(long)]
+        minimum_redundancy: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The catalog a configuration names (archive.destination and server name).
+#[derive(Debug, Args)]
+pub struct CatalogTarget {
+    /// The manager's configuration file.
+    #[arg(long, env = "PGSTEWARD_CONFIG")]
+    pub config: PathBuf,
 }
 
 /// `pgsteward wal ...`.
@@ -186,6 +250,7 @@ pub fn dispatch(cli: Cli) -> i32 {
             segment_size_mb,
         ),
         Command::Archiver { pgdata } => crate::archiver::sidecar::run(&pgdata),
+        Command::Backup(command) => crate::backup_cmd::run(command),
         Command::Version => {
             println!("pgsteward {}", env!("CARGO_PKG_VERSION"));
             0

@@ -4,6 +4,7 @@
 //! and serves the local HTTP API and Prometheus metrics. `main.rs` is only the CLI front.
 
 pub mod archiver;
+pub mod backup_cmd;
 pub mod bootstrap;
 pub mod cli;
 pub mod config;

@@ -113,12 +113,7 @@ pub async fn load_snapshot(catalog: &Catalog) -> Result<CatalogSnapshot, Retenti
         let keep_key = format!("{base}{id}/annotations/keep");
         if keys.contains(&keep_key) {
             if let Some(bytes) = store.get(&keep_key).await? {
-                let text = String::from_utf8_lossy(&bytes);
-                let line = match text.find('\n') {
-                    Some(end) => &text[..=end],
-                    None => &text[..],
-                };
-                snapshot.keep.insert(id.clone(), line.to_owned());
+                snapshot.keep.insert(id.clone(), first_line(&bytes));
             }
         }
     }
@@ -132,6 +127,39 @@ pub async fn load_snapshot(catalog: &Catalog) -> Result<CatalogSnapshot, Retenti
     }
     snapshot.wal_keys.sort();
     Ok(snapshot)
+}
+
+/// Every backup's keep annotation (`base/<id>/annotations/keep`): its first line, newline
+/// included, as barman reads it.
+pub async fn keep_annotations(
+    catalog: &Catalog,
+) -> Result<BTreeMap<String, String>, RetentionError> {
+    let store = catalog.store();
+    let base = catalog.base_prefix();
+    let mut out = BTreeMap::new();
+    for meta in store.list(&base).await? {
+        let Some(rest) = meta.key.strip_prefix(&base) else {
+            continue;
+        };
+        let Some(id) = rest.strip_suffix("/annotations/keep") else {
+            continue;
+        };
+        if id.contains('/') {
+            continue;
+        }
+        if let Some(bytes) = store.get(&meta.key).await? {
+            out.insert(id.to_owned(), first_line(&bytes));
+        }
+    }
+    Ok(out)
+}
+
+fn first_line(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    match text.find('\n') {
+        Some(end) => text[..=end].to_owned(),
+        None => text.into_owned(),
+    }
 }
 
 /// Delete keys, `parallel` at a time; the first error stops the rest.

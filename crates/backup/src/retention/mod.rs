@@ -13,11 +13,12 @@ pub mod report;
 pub mod xlog;
 
 pub use apply::{
-    delete_backup, load_snapshot, run_retention, ApplyOptions, RetentionError, Summary,
+    delete_backup, execute, keep_annotations, load_snapshot, run_retention, ApplyOptions,
+    RetentionError, Summary,
 };
 pub use plan::{plan_delete, plan_retention, BackupDeletion, CatalogSnapshot, Plan, PlanError};
 pub use policy::{PolicyError, RetentionPolicy, WindowUnit};
-pub use report::{BackupSummary, KeepTarget, RetentionStatus};
+pub use report::{keep_target, report, BackupSummary, KeepTarget, ReportError, RetentionStatus};
 
 #[cfg(test)]
 mod tests;
