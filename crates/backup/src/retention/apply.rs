@@ -2,7 +2,8 @@
 //! act when any `backup.info` is unreadable, as barman-cloud does), then for each backup, in
 //! order: mark its `backup.info` FAILED (so an interrupted run never leaves a DONE backup
 //! listed with data missing), delete its tars, its `backup.info`, the other objects of its
-//! directory, then the WAL the plan frees. A dry run only reports.
+//! directory, then the WAL the plan frees. A dry run only reports. A backup left FAILED with
+//! the deletion marker by an interrupted run is finished by the next run.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use crate::catalog::{check_backup_id, Catalog, CatalogError};
 use crate::info::BackupStatus;
 use crate::retention::plan::{plan_delete, plan_retention, CatalogSnapshot, Plan, PlanError};
 use crate::retention::policy::RetentionPolicy;
-use crate::retention::report::BackupSummary;
+use crate::retention::report::{BackupSummary, DELETION_MARKER};
 
 /// Why retention did not (fully) run.
 #[derive(Debug, thiserror::Error)]
@@ -215,7 +216,7 @@ pub async fn execute(
             // Mark it FAILED first: from here on nobody restores from it or counts it.
             if let Some(mut info) = catalog.read(id).await? {
                 info.set_status(BackupStatus::Failed);
-                info.set("error", "deletion by pgsteward in progress")
+                info.set("error", DELETION_MARKER)
                     .map_err(|e| RetentionError::Delete {
                         id: id.clone(),
                         message: e.to_string(),

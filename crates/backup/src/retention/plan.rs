@@ -14,6 +14,9 @@
 //!    files compare by their full name.
 //! 3. After each deletion the backup leaves the catalog, so the next one sees the rest.
 //!
+//! Before all that, a retention run finishes the deletions an interrupted run left (FAILED
+//! backups carrying the deletion marker; barman-cloud never creates those).
+//!
 //! barman-cloud leaves any other object in a deleted backup's directory (annotations,
 //! pgsteward's own sidecar objects); pgsteward lists them as `leftovers` and removes them
 //! after `backup.info`, which is the only difference from barman's result.
@@ -388,6 +391,12 @@ pub fn plan_retention(
     )?;
     let mut state = State::new(snapshot);
     let mut deletions = Vec::new();
+    // First finish deletions an earlier run started (their backups are FAILED already).
+    for (id, backup) in &snapshot.backups {
+        if backup.deleting {
+            deletions.push(state.delete(id, false)?);
+        }
+    }
     for (id, status) in &report {
         if *status == RetentionStatus::Obsolete {
             deletions.push(state.delete(id, false)?);

@@ -60,6 +60,11 @@ pub fn keep_target(annotation: Option<&str>) -> Option<KeepTarget> {
     }
 }
 
+/// The `error` of a backup whose deletion pgsteward started (it is marked FAILED first, so
+/// that nothing restores from a backup whose files are going); the next retention run
+/// finishes such deletions.
+pub const DELETION_MARKER: &str = "deletion by pgsteward in progress";
+
 /// What retention needs to know about one backup.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackupSummary {
@@ -75,6 +80,8 @@ pub struct BackupSummary {
     pub incremental: bool,
     /// Uses cloud snapshots (`snapshots_info`), which pgsteward cannot delete.
     pub snapshot: bool,
+    /// FAILED with [`DELETION_MARKER`]: an interrupted deletion.
+    pub deleting: bool,
 }
 
 impl BackupSummary {
@@ -89,6 +96,8 @@ impl BackupSummary {
             tablespace_oids: info.tablespaces()?.iter().map(|t| t.oid).collect(),
             incremental: info.get("parent_backup_id").is_some(),
             snapshot: info.get("snapshots_info").is_some(),
+            deleting: info.status()? == BackupStatus::Failed
+                && info.error() == Some(DELETION_MARKER),
         })
     }
 }

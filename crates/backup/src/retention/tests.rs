@@ -45,6 +45,7 @@ impl Builder {
             tablespace_oids: vec![],
             incremental: false,
             snapshot: false,
+            deleting: false,
         };
         let dir = format!("srv/base/{id}/");
         self.snapshot.backup_objects.insert(
@@ -374,4 +375,31 @@ fn delete_by_id_refusals() {
     // An empty keep annotation does not count for retention.
     let plan = plan_retention(&b.snapshot, &RetentionPolicy::Redundancy(1), now(), 0).unwrap();
     assert_eq!(statuses(&plan.report), ["VALID", "-", "-"]);
+}
+
+#[test]
+fn interrupted_deletions_are_finished_first() {
+    use BackupStatus::*;
+    let mut b = Builder::new()
+        .backup(40, Done, 1, (0, 2))
+        .backup(30, Failed, 1, (0, 5))
+        .backup(20, Done, 1, (0, 8))
+        .backup(1, Done, 1, (0, 10))
+        .wals(1, 0, 1, 11);
+    let id = b.id(1);
+    b.snapshot.backups.get_mut(&id).unwrap().deleting = true;
+    let plan = plan_retention(&b.snapshot, &RetentionPolicy::Redundancy(2), now(), 0).unwrap();
+    assert_eq!(statuses(&plan.report), ["OBSOLETE", "-", "VALID", "VALID"]);
+    let ids: Vec<&str> = plan
+        .deletions
+        .iter()
+        .map(|d| d.backup_id.as_str())
+        .collect();
+    assert_eq!(ids, [b.id(1), b.id(0)]);
+    // An older DONE backup still exists then: no WAL goes with the interrupted one.
+    assert!(plan.deletions[0].wal.objects.is_empty());
+    assert_eq!(
+        wal_names(&plan.deletions[1].wal.objects),
+        (1..8).map(|s| seg(1, 0, s)).collect::<Vec<_>>()
+    );
 }
