@@ -4,7 +4,8 @@
 //! keep annotations, dates relative to now) is written twice to a real S3 server (s3s-fs);
 //! barman deletes on one copy, pgsteward on the other, and the remaining object sets must be
 //! equal, except the objects barman leaves behind in the directories of backups it deleted
-//! (pgsteward removes those too).
+//! (pgsteward removes those too). Before deleting, barman's own retention report (VALID,
+//! OBSOLETE, OBSOLETE*, KEEP:FULL, KEEP:STANDALONE, -) must equal pgsteward's.
 //!
 //! s3s-fs treats an empty `delimiter=` query parameter as a delimiter (real S3 treats it as
 //! none), which hides every WAL and keep annotation from barman-cloud-backup-delete (it lists
@@ -13,7 +14,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
@@ -42,8 +43,8 @@ fn barman_bin(tool: &str) -> PathBuf {
     path
 }
 
-/// Runs barman-cloud-backup-delete's entry point with `S3CloudInterface.list_bucket` sending
-/// no delimiter when barman asks for an empty one (see the module doc).
+/// Makes barman's `S3CloudInterface.list_bucket` send no delimiter when barman asks for an
+/// empty one (see the module doc); followed by [`DELETE_MAIN`] or [`REPORT_MAIN`].
 const S3S_FS_SHIM: &str = r#"
 import sys
 from barman.cloud_providers import aws_s3
@@ -61,9 +62,26 @@ def list_bucket(self, prefix="", delimiter="/"):
     return keys()
 
 aws_s3.S3CloudInterface.list_bucket = list_bucket
+"#;
+
+/// barman-cloud-backup-delete's entry point.
+const DELETE_MAIN: &str = r#"
 from barman.clients.cloud_backup_delete import main
 sys.argv[0] = "barman-cloud-backup-delete"
 main()
+"#;
+
+/// barman's retention report for barman-cloud-backup-delete's arguments, as JSON.
+const REPORT_MAIN: &str = r#"
+import json
+from barman.clients.cloud_backup_delete import parse_arguments
+from barman.cloud import CloudBackupCatalog
+from barman.cloud_providers import get_cloud_interface
+from barman.retention_policies import RetentionPolicyFactory
+config = parse_arguments(sys.argv[1:])
+catalog = CloudBackupCatalog(cloud_interface=get_cloud_interface(config), server_name=config.server_name)
+policy = RetentionPolicyFactory.create("retention_policy", config.retention_policy, server_name=config.server_name, catalog=catalog, minimum_redundancy=config.minimum_redundancy)
+print(json.dumps(policy.report()))
 "#;
 
 /// One backup of a catalog shape.
@@ -312,17 +330,15 @@ impl Env {
         open(&self.url(prefix), &self.options).await.unwrap()
     }
 
+    /// The placeholders go straight into s3s-fs's directory (an object is a file there),
+    /// which is much faster than PUTs; the backup.info files go through the S3 API.
     async fn write(&self, prefix: &str, objects: &Objects, infos: &[BackupInfo]) {
-        let store = self.store(prefix).await;
-        let mut tasks = tokio::task::JoinSet::new();
-        for (key, body) in objects.iter().cloned() {
-            let store = store.clone();
-            tasks.spawn(async move { store.put(&key, body.into()).await.unwrap() });
+        for (key, body) in objects {
+            let path = self.s3.object_path(&format!("{prefix}/{key}"));
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, body).unwrap();
         }
-        while let Some(r) = tasks.join_next().await {
-            r.unwrap();
-        }
-        let catalog = Catalog::new(store, SERVER);
+        let catalog = Catalog::new(self.store(prefix).await, SERVER);
         for info in infos {
             catalog.write(info).await.unwrap();
         }
@@ -341,10 +357,29 @@ impl Env {
 
     /// Run barman-cloud-backup-delete; returns whether it succeeded and its stderr.
     fn barman_delete(&self, prefix: &str, args: &[&str]) -> (bool, String) {
+        let out = self.barman_python(DELETE_MAIN, prefix, args);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// barman's retention report (backup id → status) for a policy.
+    fn barman_report(&self, prefix: &str, args: &[&str]) -> BTreeMap<String, String> {
+        let out = self.barman_python(REPORT_MAIN, prefix, args);
+        assert!(
+            out.status.success(),
+            "barman report: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn barman_python(&self, main: &str, prefix: &str, args: &[&str]) -> std::process::Output {
         // The tool must be installed; its interpreter runs it through the shim.
         barman_bin("barman-cloud-backup-delete");
-        let out = Command::new(barman_bin("python"))
-            .args(["-c", S3S_FS_SHIM])
+        Command::new(barman_bin("python"))
+            .args(["-c", &format!("{S3S_FS_SHIM}{main}")])
             .env("AWS_ACCESS_KEY_ID", self.s3.access_key())
             .env("AWS_SECRET_ACCESS_KEY", self.s3.secret_key())
             .env("AWS_DEFAULT_REGION", "us-east-1")
@@ -358,11 +393,7 @@ impl Env {
             .arg(self.url(prefix))
             .arg(SERVER)
             .output()
-            .unwrap_or_else(|e| panic!("running barman-cloud-backup-delete: {e}"));
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+            .unwrap_or_else(|e| panic!("running barman-cloud-backup-delete: {e}"))
     }
 }
 
@@ -427,8 +458,9 @@ async fn retention_policies_delete_what_barman_deletes() {
                 assert_eq!(before, env.keys(&ours).await);
 
                 let minimum_arg = minimum.to_string();
-                let (ok, stderr) =
-                    env.barman_delete(&theirs, &["-r", policy_text, "-m", &minimum_arg]);
+                let args = ["-r", policy_text, "-m", &minimum_arg];
+                let barman_report = env.barman_report(&theirs, &args);
+                let (ok, stderr) = env.barman_delete(&theirs, &args);
                 assert!(ok, "{slug}: barman-cloud-backup-delete failed: {stderr}");
                 let policy = RetentionPolicy::parse(policy_text).unwrap();
                 let catalog = Catalog::new(env.store(&ours).await, SERVER);
@@ -458,6 +490,16 @@ async fn retention_policies_delete_what_barman_deletes() {
                     .values()
                     .filter(|s| s.as_str().starts_with("KEEP"))
                     .count();
+                let our_report: BTreeMap<String, String> = plan
+                    .report
+                    .iter()
+                    .map(|(id, status)| (id.clone(), status.as_str().to_owned()))
+                    .collect();
+                if our_report != barman_report {
+                    failures.push(format!(
+                        "{slug}: retention report differs\nbarman:    {barman_report:?}\npgsteward: {our_report:?}"
+                    ));
+                }
                 let barman_left = env.keys(&theirs).await;
                 let ours_left = env.keys(&ours).await;
                 compared += 1;
