@@ -6,83 +6,23 @@
 //! equal, except the objects barman leaves behind in the directories of backups it deleted
 //! (pgsteward removes those too). Before deleting, barman's own retention report (VALID,
 //! OBSOLETE, OBSOLETE*, KEEP:FULL, KEEP:STANDALONE, -) must equal pgsteward's.
-//!
-//! s3s-fs treats an empty `delimiter=` query parameter as a delimiter (real S3 treats it as
-//! none), which hides every WAL and keep annotation from barman-cloud-backup-delete (it lists
-//! those with `delimiter=""`). barman therefore runs through a small shim
-//! ([`S3S_FS_SHIM`]) whose only change is to list without a delimiter in that case.
+//! barman runs through a shim for an s3s-fs listing quirk (see `support`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use pgsteward_archive::store::{open, ObjectStore, StoreOptions};
 use pgsteward_backup::catalog::Catalog;
 use pgsteward_backup::info::{backup_id_for, BackupInfo, BackupStatus};
 use pgsteward_backup::retention::{
     delete_backup, run_retention, ApplyOptions, RetentionError, RetentionPolicy,
 };
-use pgsteward_testkit::s3::{write_credential_files, S3Server};
+use support::{Env, Objects};
 
 const SERVER: &str = "pg";
-
-fn barman_bin(tool: &str) -> PathBuf {
-    let dir = std::env::var_os("PGSTEWARD_TEST_BARMAN_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/opt/pgsteward-ci/barman/bin"));
-    let path = dir.join(tool);
-    assert!(
-        path.is_file(),
-        "{} not found: run `cargo xtask prereqs` (installs barman[cloud] into /opt/pgsteward-ci/barman)",
-        path.display()
-    );
-    path
-}
-
-/// Makes barman's `S3CloudInterface.list_bucket` send no delimiter when barman asks for an
-/// empty one (see the module doc); followed by [`DELETE_MAIN`] or [`REPORT_MAIN`].
-const S3S_FS_SHIM: &str = r#"
-import sys
-from barman.cloud_providers import aws_s3
-
-_list_bucket = aws_s3.S3CloudInterface.list_bucket
-
-def list_bucket(self, prefix="", delimiter="/"):
-    if delimiter != "":
-        return _list_bucket(self, prefix, delimiter)
-    def keys():
-        paginator = self.s3.meta.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket_name, Prefix=prefix):
-            for item in page.get("Contents") or []:
-                yield item["Key"]
-    return keys()
-
-aws_s3.S3CloudInterface.list_bucket = list_bucket
-"#;
-
-/// barman-cloud-backup-delete's entry point.
-const DELETE_MAIN: &str = r#"
-from barman.clients.cloud_backup_delete import main
-sys.argv[0] = "barman-cloud-backup-delete"
-main()
-"#;
-
-/// barman's retention report for barman-cloud-backup-delete's arguments, as JSON.
-const REPORT_MAIN: &str = r#"
-import json
-from barman.clients.cloud_backup_delete import parse_arguments
-from barman.cloud import CloudBackupCatalog
-from barman.cloud_providers import get_cloud_interface
-from barman.retention_policies import RetentionPolicyFactory
-config = parse_arguments(sys.argv[1:])
-catalog = CloudBackupCatalog(cloud_interface=get_cloud_interface(config), server_name=config.server_name)
-policy = RetentionPolicyFactory.create("retention_policy", config.retention_policy, server_name=config.server_name, catalog=catalog, minimum_redundancy=config.minimum_redundancy)
-print(json.dumps(policy.report()))
-"#;
 
 /// One backup of a catalog shape.
 #[derive(Clone)]
@@ -125,8 +65,6 @@ struct Shape {
 fn seg_name(tli: u32, segno: u64) -> String {
     format!("{tli:08X}{:08X}{:08X}", segno / 256, segno % 256)
 }
-
-type Objects = Vec<(String, Vec<u8>)>;
 
 fn wal(objects: &mut Objects, name: &str, gz: bool) {
     let file = if gz {
@@ -302,101 +240,6 @@ fn shapes() -> Vec<Shape> {
     ]
 }
 
-struct Env {
-    s3: S3Server,
-    options: StoreOptions,
-}
-
-impl Env {
-    async fn new() -> Env {
-        let s3 = S3Server::new().await;
-        let (id_file, secret_file) = write_credential_files(s3.scratch());
-        let options = StoreOptions {
-            endpoint_url: Some(s3.endpoint()),
-            region: Some("us-east-1".into()),
-            force_path_style: true,
-            access_key_id_file: Some(id_file),
-            secret_access_key_file: Some(secret_file),
-            ..StoreOptions::default()
-        };
-        Env { s3, options }
-    }
-
-    fn url(&self, prefix: &str) -> String {
-        format!("s3://{}/{prefix}", self.s3.bucket())
-    }
-
-    async fn store(&self, prefix: &str) -> Arc<dyn ObjectStore> {
-        open(&self.url(prefix), &self.options).await.unwrap()
-    }
-
-    /// The placeholders go straight into s3s-fs's directory (an object is a file there),
-    /// which is much faster than PUTs; the backup.info files go through the S3 API.
-    async fn write(&self, prefix: &str, objects: &Objects, infos: &[BackupInfo]) {
-        for (key, body) in objects {
-            let path = self.s3.object_path(&format!("{prefix}/{key}"));
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(&path, body).unwrap();
-        }
-        let catalog = Catalog::new(self.store(prefix).await, SERVER);
-        for info in infos {
-            catalog.write(info).await.unwrap();
-        }
-    }
-
-    async fn keys(&self, prefix: &str) -> BTreeSet<String> {
-        let store = self.store(prefix).await;
-        store
-            .list("")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|m| m.key)
-            .collect()
-    }
-
-    /// Run barman-cloud-backup-delete; returns whether it succeeded and its stderr.
-    fn barman_delete(&self, prefix: &str, args: &[&str]) -> (bool, String) {
-        let out = self.barman_python(DELETE_MAIN, prefix, args);
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    /// barman's retention report (backup id → status) for a policy.
-    fn barman_report(&self, prefix: &str, args: &[&str]) -> BTreeMap<String, String> {
-        let out = self.barman_python(REPORT_MAIN, prefix, args);
-        assert!(
-            out.status.success(),
-            "barman report: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    fn barman_python(&self, main: &str, prefix: &str, args: &[&str]) -> std::process::Output {
-        // The tool must be installed; its interpreter runs it through the shim.
-        barman_bin("barman-cloud-backup-delete");
-        Command::new(barman_bin("python"))
-            .args(["-c", &format!("{S3S_FS_SHIM}{main}")])
-            .env("AWS_ACCESS_KEY_ID", self.s3.access_key())
-            .env("AWS_SECRET_ACCESS_KEY", self.s3.secret_key())
-            .env("AWS_DEFAULT_REGION", "us-east-1")
-            .args([
-                "--cloud-provider",
-                "aws-s3",
-                "--endpoint-url",
-                &self.s3.endpoint(),
-            ])
-            .args(args)
-            .arg(self.url(prefix))
-            .arg(SERVER)
-            .output()
-            .unwrap_or_else(|e| panic!("running barman-cloud-backup-delete: {e}"))
-    }
-}
-
 /// Compare what remains; returns a description of the difference, if any.
 fn compare(
     label: &str,
@@ -427,7 +270,7 @@ fn compare(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_policies_delete_what_barman_deletes() {
-    let env = Env::new().await;
+    let env = Env::new(SERVER).await;
     let policies = [
         "REDUNDANCY 1",
         "REDUNDANCY 2",
@@ -528,7 +371,7 @@ async fn retention_policies_delete_what_barman_deletes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_by_id_deletes_what_barman_deletes() {
-    let env = Env::new().await;
+    let env = Env::new(SERVER).await;
     let mut failures = Vec::new();
     let mut compared = 0;
     let mut refused = 0;

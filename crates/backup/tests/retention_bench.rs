@@ -7,38 +7,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::BTreeSet;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Instant;
 
 use chrono::{TimeDelta, Utc};
-use pgsteward_archive::store::{open, StoreOptions};
 use pgsteward_backup::catalog::Catalog;
 use pgsteward_backup::info::{backup_id_for, BackupInfo, BackupStatus};
 use pgsteward_backup::retention::{run_retention, ApplyOptions, RetentionPolicy};
-use pgsteward_testkit::s3::{write_credential_files, S3Server};
-
-/// barman-cloud-backup-delete with s3s-fs's empty-delimiter listing worked around (see
-/// retention_barman.rs).
-const SHIM: &str = r#"
-import sys
-from barman.cloud_providers import aws_s3
-_list_bucket = aws_s3.S3CloudInterface.list_bucket
-def list_bucket(self, prefix="", delimiter="/"):
-    if delimiter != "":
-        return _list_bucket(self, prefix, delimiter)
-    def keys():
-        paginator = self.s3.meta.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket_name, Prefix=prefix):
-            for item in page.get("Contents") or []:
-                yield item["Key"]
-    return keys()
-aws_s3.S3CloudInterface.list_bucket = list_bucket
-from barman.clients.cloud_backup_delete import main
-sys.argv[0] = "barman-cloud-backup-delete"
-main()
-"#;
+use pgsteward_testkit::s3::S3Server;
 
 fn write_file(s3: &S3Server, key: &str, body: &[u8]) {
     let path = s3.object_path(key);
@@ -69,7 +47,8 @@ async fn retention_speed_against_barman() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(500);
-    let s3 = S3Server::new().await;
+    let env = support::Env::new("pg").await;
+    let s3 = &env.s3;
     let now = Utc::now();
     for prefix in ["bench/barman", "bench/pgsteward"] {
         let mut segno = 1u64;
@@ -84,18 +63,14 @@ async fn retention_speed_against_barman() {
             info.set("end_wal", name(segno + 1)).unwrap();
             info.set_time("end_time", &end.fixed_offset()).unwrap();
             write_file(
-                &s3,
+                s3,
                 &format!("{prefix}/pg/base/{id}/backup.info"),
                 info.render().as_bytes(),
             );
-            write_file(&s3, &format!("{prefix}/pg/base/{id}/data.tar.gz"), b"tar");
+            write_file(s3, &format!("{prefix}/pg/base/{id}/data.tar.gz"), b"tar");
             for s in segno..segno + per_day {
                 let n = name(s);
-                write_file(
-                    &s3,
-                    &format!("{prefix}/pg/wals/{}/{n}.gz", &n[..16]),
-                    b"wal",
-                );
+                write_file(s3, &format!("{prefix}/pg/wals/{}/{n}.gz", &n[..16]), b"wal");
             }
             segno += per_day;
         }
@@ -103,44 +78,10 @@ async fn retention_speed_against_barman() {
     let objects = keys_below(&s3.object_path("bench/barman")).len();
 
     let started = Instant::now();
-    let out = Command::new(PathBuf::from("/opt/pgsteward-ci/barman/bin/python"))
-        .args(["-c", SHIM])
-        .env("AWS_ACCESS_KEY_ID", s3.access_key())
-        .env("AWS_SECRET_ACCESS_KEY", s3.secret_key())
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .args([
-            "--cloud-provider",
-            "aws-s3",
-            "--endpoint-url",
-            &s3.endpoint(),
-            "-r",
-            "REDUNDANCY 3",
-        ])
-        .arg(format!("s3://{}/bench/barman", s3.bucket()))
-        .arg("pg")
-        .output()
-        .unwrap();
+    let (ok, stderr) = env.barman_delete("bench/barman", &["-r", "REDUNDANCY 3"]);
     let barman_time = started.elapsed();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-
-    let (id_file, secret_file) = write_credential_files(s3.scratch());
-    let store = open(
-        &format!("s3://{}/bench/pgsteward", s3.bucket()),
-        &StoreOptions {
-            endpoint_url: Some(s3.endpoint()),
-            region: Some("us-east-1".into()),
-            force_path_style: true,
-            access_key_id_file: Some(id_file),
-            secret_access_key_file: Some(secret_file),
-            ..StoreOptions::default()
-        },
-    )
-    .await
-    .unwrap();
+    assert!(ok, "{stderr}");
+    let store = env.store("bench/pgsteward").await;
     let started = Instant::now();
     let (_, summary) = run_retention(
         &Catalog::new(store, "pg"),
