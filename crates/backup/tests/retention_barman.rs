@@ -60,6 +60,8 @@ struct Shape {
     switch_after: Vec<usize>,
     /// Segments skipped between backups (large values cross `wals/<tli><log>/` directories).
     stride: u64,
+    /// Odd WAL objects (keys below `<server>/wals/`).
+    extra_wal: &'static [&'static str],
 }
 
 fn seg_name(tli: u32, segno: u64) -> String {
@@ -107,7 +109,10 @@ fn build(shape: &Shape, now: DateTime<Utc>) -> (Objects, Vec<BackupInfo>) {
         info.set("begin_xlog", lsn(segno, 0x28)).unwrap();
         info.set("begin_offset", "40").unwrap();
         info.set_time("begin_time", &begin.fixed_offset()).unwrap();
-        if backup.status == BackupStatus::Done {
+        if matches!(
+            backup.status,
+            BackupStatus::Done | BackupStatus::WaitingForWals
+        ) {
             info.set("end_wal", seg_name(tli, segno + 1)).unwrap();
             info.set_time("end_time", &end.fixed_offset()).unwrap();
             info.set("end_xlog", lsn(segno + 1, 0x100)).unwrap();
@@ -167,6 +172,9 @@ fn build(shape: &Shape, now: DateTime<Utc>) -> (Objects, Vec<BackupInfo>) {
     for n in 0..3 {
         wal(&mut objects, &seg_name(tli, segno + n), true);
     }
+    for key in shape.extra_wal {
+        objects.push((format!("{SERVER}/wals/{key}"), b"odd".to_vec()));
+    }
     (objects, infos)
 }
 
@@ -192,6 +200,7 @@ fn shapes() -> Vec<Shape> {
             ],
             switch_after: vec![],
             stride: 3,
+            extra_wal: &[],
         },
         Shape {
             name: "timelines",
@@ -206,6 +215,7 @@ fn shapes() -> Vec<Shape> {
             ],
             switch_after: vec![1, 3, 4],
             stride: 170,
+            extra_wal: &[],
         },
         Shape {
             name: "keep",
@@ -223,6 +233,7 @@ fn shapes() -> Vec<Shape> {
             ],
             switch_after: vec![6],
             stride: 90,
+            extra_wal: &[],
         },
         Shape {
             name: "standalone-oldest",
@@ -236,6 +247,34 @@ fn shapes() -> Vec<Shape> {
             ],
             switch_after: vec![],
             stride: 200,
+            extra_wal: &[],
+        },
+        Shape {
+            name: "odd",
+            backups: vec![
+                with(done(45), |b| b.keep = Some("standalone\n")),
+                done(38),
+                with(done(31), |b| b.status = WaitingForWals),
+                with(done(24), |b| b.keep = Some("")),
+                done(17),
+                with(done(10), |b| b.status = WaitingForWals),
+                done(3),
+            ],
+            switch_after: vec![3],
+            stride: 40,
+            extra_wal: &[
+                // The same segment plain and gzipped (barman keeps the last key per name).
+                "0000000100000000/000000010000000000000004",
+                // Other compressions, lower-case hex, a plain .partial, a stray directory.
+                "0000000100000000/000000010000000000000005.bz2",
+                "0000000100000000/00000001000000000000001a.zst",
+                "0000000100000000/000000010000000000000006.partial",
+                "junk/000000010000000000000002.gz",
+                "junk/notes.txt",
+                "0000000100000000/000000010000000000000007.gz.tmp",
+                // A history file inside a hash directory.
+                "0000000200000000/00000002.history",
+            ],
         },
     ]
 }
