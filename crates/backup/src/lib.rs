@@ -7,12 +7,14 @@
 //! - [`take`]: taking a backup (scan, stream, upload, catalog); [`manifest`]: its checksums;
 //!   [`verify`]: checking a stored backup against its manifest.
 //! - [`tar`], [`gzip`]: the PAX tar writer and the parallel single-member gzip of backups.
+//! - [`retention`]: retention policies and deleting backups and WAL as barman-cloud does.
 
 pub mod catalog;
 pub mod gzip;
 pub mod info;
 pub mod manifest;
 pub mod pyliteral;
+pub mod retention;
 pub mod take;
 pub mod tar;
 pub mod verify;

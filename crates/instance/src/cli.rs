@@ -1,4 +1,5 @@
-//! Command-line interface: `pgsteward run | status | config check | version | backup`.
+//! Command-line interface: `pgsteward run | status | config check | version | wal ... |
+//! backup [verify|list|show|delete|retention]`.
 
 use std::path::PathBuf;
 
@@ -50,15 +51,82 @@ pub enum Command {
         #[arg(long, value_name = "ADDR")]
         metrics_listen: Option<std::net::SocketAddr>,
     },
-    /// Inspect the WAL archive.
-    /// Take a base backup through the local manager (`POST /pg/backup`), or `verify` one.
+    /// Take a base backup through the local manager (`POST /pg/backup`), or work on the
+    /// backup catalog: verify, list, show, delete, retention.
     Backup(BackupArgs),
+    /// Inspect the WAL archive.
     #[command(subcommand)]
     Wal(WalCommand),
 }
 
-/// `pgsteward wal ...`.
-/// `pgsteward backup [--wait]` or `pgsteward backup verify <id>`.
+/// `pgsteward backup ...` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Download a backup and check every file against its manifest.
+    Verify {
+        /// Backup id (`YYYYmmddTHHMMSS`).
+        backup_id: String,
+        #[command(flatten)]
+        target: WalTarget,
+    },
+    /// List the server's backups, oldest first, with their retention status.
+    List {
+        #[command(flatten)]
+        target: CatalogTarget,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one backup: its backup.info, keep annotation and retention status.
+    Show {
+        #[command(flatten)]
+        target: CatalogTarget,
+        /// Backup id (YYYYmmddTHHMMSS).
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete one backup and the WAL only it needed (barman-cloud-backup-delete --backup-id).
+    Delete {
+        #[command(flatten)]
+        target: CatalogTarget,
+        id: String,
+        /// Only list what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+        /// Refuse when fewer backups would remain (default: archive.minimum_redundancy).
+        #[arg(long)]
+        minimum_redundancy: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply the retention policy now (barman-cloud-backup-delete --retention-policy).
+    Retention {
+        #[command(flatten)]
+        target: CatalogTarget,
+        /// Only list what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+        /// The policy (default: archive.retention_policy), e.g. `30d` or `REDUNDANCY 3`.
+        #[arg(long)]
+        policy: Option<String>,
+        /// Backups always kept (default: archive.minimum_redundancy).
+        #[arg(long)]
+        minimum_redundancy: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The catalog a configuration names (archive.destination and server name).
+#[derive(Debug, Args)]
+pub struct CatalogTarget {
+    /// The manager's configuration file.
+    #[arg(long, env = "PGSTEWARD_CONFIG")]
+    pub config: PathBuf,
+}
+
+/// `pgsteward backup [--wait]` or `pgsteward backup <subcommand>`.
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct BackupArgs {
@@ -85,18 +153,7 @@ pub struct BackupTakeArgs {
     pub immediate_checkpoint: bool,
 }
 
-/// Backup subcommands.
-#[derive(Debug, Subcommand)]
-pub enum BackupCommand {
-    /// Download a backup and check every file against its manifest.
-    Verify {
-        /// Backup id (`YYYYmmddTHHMMSS`).
-        backup_id: String,
-        #[command(flatten)]
-        target: WalTarget,
-    },
-}
-
+/// `pgsteward wal ...`.
 #[derive(Debug, Subcommand)]
 pub enum WalCommand {
     /// List archived WAL files.
@@ -223,13 +280,9 @@ pub fn dispatch(cli: Cli) -> i32 {
             take,
         }) => crate::backup_cmd::take::run(&take),
         Command::Backup(BackupArgs {
-            command: Some(BackupCommand::Verify { backup_id, target }),
+            command: Some(command),
             ..
-        }) => crate::backup_cmd::verify::run(
-            &backup_id,
-            target.pgdata.as_deref(),
-            target.config.as_deref(),
-        ),
+        }) => crate::backup_cmd::run(command),
         Command::Wal(WalCommand::List(target)) => {
             crate::wal_cmd::list(target.pgdata.as_deref(), target.config.as_deref())
         }

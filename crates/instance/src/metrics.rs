@@ -36,6 +36,20 @@ pub struct Metrics {
     pub wal_restore_prefetch_hits: IntCounter,
     /// Base backups.
     pub backup: crate::backups::BackupMetrics,
+    /// Scheduled retention runs.
+    pub retention: RetentionMetrics,
+}
+
+/// Metrics of the scheduled retention runs.
+#[derive(Clone)]
+pub struct RetentionMetrics {
+    /// When retention last ran to completion (seconds since the epoch).
+    pub last_run: Gauge,
+    pub deleted_backups: IntCounter,
+    /// WAL objects deleted (history files are never deleted).
+    pub deleted_wal: IntCounter,
+    /// Runs that failed (store errors, unreadable catalog, invalid policy).
+    pub errors: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -114,6 +128,29 @@ impl Metrics {
             "wal_restore_prefetch_hits_total",
             "WAL restores served from the prefetch spool",
         )?;
+        let retention = RetentionMetrics {
+            last_run: Gauge::with_opts(opts(
+                "retention_last_run_timestamp",
+                "When the retention policy was last applied successfully (seconds since the epoch)",
+            ))?,
+            deleted_backups: counter(
+                "retention_deleted_backups_total",
+                "Base backups deleted by the retention policy",
+            )?,
+            deleted_wal: counter(
+                "retention_deleted_wal_total",
+                "WAL objects deleted by the retention policy",
+            )?,
+            errors: counter("retention_errors_total", "Retention runs that failed")?,
+        };
+        registry.register(Box::new(retention.last_run.clone()))?;
+        for metric in [
+            &retention.deleted_backups,
+            &retention.deleted_wal,
+            &retention.errors,
+        ] {
+            registry.register(Box::new(metric.clone()))?;
+        }
         for metric in [
             &wal_archived,
             &wal_archive_failures,
@@ -159,6 +196,7 @@ impl Metrics {
             wal_restored,
             wal_restore_prefetch_hits,
             backup,
+            retention,
         })
     }
 

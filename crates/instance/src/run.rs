@@ -179,6 +179,7 @@ async fn manage(config: Config, sources: ConfigSources, os_user: String) -> Resu
         }
     }
     start_archiver(&shared, &reaper, &config).await?;
+    crate::retention_task::spawn(shared.clone());
     crate::logs::pg_tail::spawn(pgdata.clone());
     crate::supervisor::reload::spawn_file_watcher(shared.clone());
     let code = Supervisor::new(shared, reaper, catalog, commands_rx)

@@ -75,6 +75,13 @@ impl ArchiveSettings {
         }
     }
 
+    /// Open the store alone (for the backup catalog and retention).
+    pub async fn open_store(&self) -> Result<Arc<dyn pgsteward_archive::store::ObjectStore>> {
+        pgsteward_archive::open(&self.destination, &self.store_options())
+            .await
+            .with_context(|| format!("opening the archive destination {}", self.destination))
+    }
+
     /// Open the store and the WAL archive.
     pub async fn open(&self) -> Result<WalArchive> {
         let store = pgsteward_archive::open(&self.destination, &self.store_options())

@@ -298,7 +298,7 @@ impl Default for LogConfig {
 }
 
 /// Continuous WAL archiving (and the restore command) to an object store.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ArchiveConfig {
     /// `s3://bucket/prefix` or `file:///path`; archiving is off when unset.
@@ -312,6 +312,32 @@ pub struct ArchiveConfig {
     pub wal: WalArchiveConfig,
     /// Base backups (`POST /pg/backup`, `pgsteward backup`).
     pub data: backup::DataBackupConfig,
+    /// Retention of base backups and WAL: `30d`, `4w`, `6m`, `RECOVERY WINDOW OF n
+    /// DAYS|WEEKS|MONTHS` or `REDUNDANCY n` (barman-cloud-backup-delete's semantics); the
+    /// primary's manager applies it every `retention_interval`. None: nothing is deleted.
+    pub retention_policy: Option<String>,
+    /// How often the primary's manager applies the retention policy.
+    #[serde(with = "humantime_serde")]
+    pub retention_interval: Duration,
+    /// Backups never deleted by retention whatever the policy says (barman's
+    /// `minimum_redundancy`).
+    pub minimum_redundancy: u32,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig {
+            destination: None,
+            server_name: None,
+            allow_existing_wal: false,
+            s3: S3Config::default(),
+            wal: WalArchiveConfig::default(),
+            data: backup::DataBackupConfig::default(),
+            retention_policy: None,
+            retention_interval: Duration::from_secs(3600),
+            minimum_redundancy: 0,
+        }
+    }
 }
 
 /// S3 connection settings.

@@ -193,6 +193,20 @@ fn check_archive(problems: &mut Vec<String>, config: &Config) {
     {
         problems.push("archive.s3.kms_key_id: only used with sse: aws_kms".to_owned());
     }
+    if let Some(policy) = &archive.retention_policy {
+        if let Err(e) = pgsteward_backup::retention::RetentionPolicy::parse(policy) {
+            problems.push(format!("archive.retention_policy: {e}"));
+        }
+        if archive.destination.is_none() {
+            problems.push(
+                "archive.retention_policy: needs archive.destination (nothing to apply it to)"
+                    .to_owned(),
+            );
+        }
+    }
+    if archive.retention_interval < std::time::Duration::from_secs(1) {
+        problems.push("archive.retention_interval: must be at least 1s".to_owned());
+    }
     if archive.wal.prefetch > 64 {
         problems.push(format!(
             "archive.wal.prefetch: {} must be 0-64",
@@ -359,5 +373,42 @@ mod tests {
         assert!(problems.contains("pgdata: required"));
         assert!(problems.contains("instance_name"));
         assert!(problems.contains("database and owner must be set together"));
+    }
+}
+
+#[cfg(test)]
+mod retention_tests {
+    use super::*;
+
+    #[test]
+    fn retention_policy_is_checked_at_load() {
+        let mut config = Config {
+            pgdata: Some("/data".into()),
+            ..Config::default()
+        };
+        config.archive.retention_policy = Some("30 days".into());
+        config.archive.retention_interval = std::time::Duration::from_millis(10);
+        let mut problems = Vec::new();
+        check_archive(&mut problems, &config);
+        let text = problems.join("\n");
+        assert!(
+            text.contains("archive.retention_policy: invalid retention policy \"30 days\""),
+            "{text}"
+        );
+        assert!(text.contains("needs archive.destination"), "{text}");
+        assert!(
+            text.contains("archive.retention_interval: must be at least 1s"),
+            "{text}"
+        );
+        config.archive.destination = Some("file:///backups".into());
+        config.archive.retention_policy = Some("RECOVERY WINDOW OF 4 WEEKS".into());
+        config.archive.retention_interval = std::time::Duration::from_secs(3600);
+        let mut problems = Vec::new();
+        check_archive(&mut problems, &config);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            Config::default().archive.retention_interval,
+            std::time::Duration::from_secs(3600)
+        );
     }
 }
