@@ -2,8 +2,15 @@
 //! CLI: the instance status JSON, request bodies, and the one error body every HTTP error uses.
 //! This crate does no I/O; it only describes what crosses the wire.
 
+mod replication;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+pub use replication::{
+    PromoteRequest, PromoteResponse, ReceiverStatus, ReplicationRole, ReplicationStatus,
+    SlotStatus, StandbyStatus,
+};
 
 /// The instance manager's lifecycle state (see the state machine in `crates/instance/README.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
@@ -116,6 +123,9 @@ pub struct InstanceStatus {
     pub last_error: Option<String>,
     /// WAL archiving, when `archive.destination` is set.
     pub archive: Option<ArchiveStatus>,
+    /// Replication: persisted role and term, WAL receiver or standbys, slots.
+    #[serde(default)]
+    pub replication: Option<ReplicationStatus>,
 }
 
 /// Continuous WAL archiving as the manager sees it.

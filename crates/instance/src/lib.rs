@@ -14,6 +14,7 @@ pub mod pgbin;
 pub mod pgconn;
 pub mod pgdata;
 pub mod privileges;
+pub mod replication;
 pub mod run;
 pub mod state;
 pub mod status;

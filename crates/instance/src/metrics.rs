@@ -34,6 +34,8 @@ pub struct Metrics {
     pub wal_archive_last_failure: Gauge,
     pub wal_restored: IntCounter,
     pub wal_restore_prefetch_hits: IntCounter,
+    /// Role, term and replay lag (replication/metrics.rs).
+    pub replication: crate::replication::metrics::ReplicationMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -133,6 +135,8 @@ impl Metrics {
         registry.register(Box::new(pending_restart.clone()))?;
         registry.register(Box::new(config_reloads.clone()))?;
         registry.register(Box::new(config_reload_failures.clone()))?;
+        let replication =
+            crate::replication::metrics::ReplicationMetrics::register(&registry, namespace)?;
         for state in InstanceState::ALL {
             manager_state.with_label_values(&[state.as_str()]).set(0.0);
         }
@@ -155,6 +159,7 @@ impl Metrics {
             wal_archive_last_failure,
             wal_restored,
             wal_restore_prefetch_hits,
+            replication,
         })
     }
 

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::cli::{ConfigArgs, RunArgs};
 use crate::config::gucs::{GucCatalog, GucContext};
+use crate::config::replication::BootstrapMethod;
 use crate::config::{self, Config, ConfigSources};
 use crate::metrics::Metrics;
 use crate::pgbin::PgBinaries;
@@ -128,6 +129,8 @@ async fn manage(config: Config, sources: ConfigSources, os_user: String) -> Resu
                 crate::bootstrap::MARKER
             );
         }
+    } else if config.bootstrap.method == BootstrapMethod::Basebackup {
+        crate::replication::basebackup::preflight(&config)?;
     } else {
         crate::bootstrap::preflight(&config.bootstrap.initdb)?;
     }
@@ -170,9 +173,12 @@ async fn manage(config: Config, sources: ConfigSources, os_user: String) -> Resu
     crate::http::metrics_server::serve(shared.clone()).await?;
     if matches!(kind, DataDirKind::Missing | DataDirKind::Empty) {
         state.transition(InstanceState::Bootstrapping, "empty data directory");
-        if let Err(e) =
+        let result = if config.bootstrap.method == BootstrapMethod::Basebackup {
+            crate::replication::basebackup::run(&reaper, &bins, &config, &pgdata).await
+        } else {
             crate::bootstrap::run(&reaper, &bins, &config, &pgdata, &shared.render_context()).await
-        {
+        };
+        if let Err(e) = result {
             state.transition(InstanceState::Failed, "bootstrap failed");
             return Err(e.context("bootstrap failed"));
         }

@@ -77,6 +77,7 @@ pub async fn collect(shared: &Shared) -> InstanceStatus {
             );
             status
         }),
+        replication: crate::replication::status::collect(shared).await,
     }
 }
 

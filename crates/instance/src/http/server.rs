@@ -10,7 +10,7 @@ use axum::routing::MethodRouter;
 use axum::Router;
 use schemars::{Schema, SchemaGenerator};
 
-use super::{admin, auth, error, lb, probes, status};
+use super::{admin, auth, error, lb, probes, role, status};
 use crate::supervisor::shared::Shared;
 
 /// State every handler gets.
@@ -46,6 +46,7 @@ pub fn routes() -> Vec<Route> {
     all.extend(lb::routes());
     all.extend(status::routes());
     all.extend(admin::routes());
+    all.extend(role::routes());
     all
 }
 

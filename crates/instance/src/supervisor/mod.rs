@@ -187,6 +187,7 @@ impl Supervisor {
         let config = self.shared.config();
         let rendered = crate::config::render::render(&config, &self.shared.render_context());
         crate::config::render::write(&self.shared.pgdata, &rendered)?;
+        crate::replication::prepare_start(&self.shared)?;
         self.shared.with_runtime(|r| {
             r.config_hash.clone_from(&rendered.hash);
             r.pending_restart.clear();

@@ -1,0 +1,24 @@
+//! Replication in the instance manager: the persisted role and term (`role`), the standby
+//! configuration rendered before every start (`standby`), replica bootstrap with
+//! pg_basebackup (`basebackup`), promotion (`promote`), and the replication status block and
+//! metrics (`status`, `metrics`).
+
+pub mod basebackup;
+pub mod metrics;
+pub mod promote;
+pub mod role;
+pub mod standby;
+pub mod status;
+
+use anyhow::Result;
+
+use crate::supervisor::shared::Shared;
+
+/// Before postgres starts: read (or initialise) the role file and write the replication
+/// files that match it (standby.signal, primary_conninfo, slot name), so a restart keeps
+/// the role.
+pub fn prepare_start(shared: &Shared) -> Result<()> {
+    let state = role::load_or_init(&shared.pgdata)?;
+    standby::write(&shared.config(), &state, &shared.pgdata)?;
+    Ok(())
+}
