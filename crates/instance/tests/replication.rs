@@ -81,6 +81,28 @@ async fn wait_streaming(instance: &Instance) -> Value {
     .await
 }
 
+/// `pgsteward status --url` of `instance` (plain text).
+fn status_text(instance: &Instance) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_pgsteward"))
+        .args(["status", "--url", &instance.api()])
+        .output()
+        .unwrap_or_else(|e| panic!("pgsteward status: {e}"));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `field=value` of the first JSON log record of `path` whose message contains `message`.
+fn log_field(path: &std::path::Path, message: &str, field: &str) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter(|l| l.contains(message))
+        .find_map(|l| {
+            let record: Value = serde_json::from_str(l).ok()?;
+            let value = record.get(field).or_else(|| record["fields"].get(field))?;
+            Some(format!("{field}={value}"))
+        })
+        .unwrap_or_else(|| format!("{field}=?"))
+}
+
 async fn replica_streams_and_promotes(version: PgVersion) {
     let primary = Instance::new(options(version));
     let primary_manager = primary.spawn();
@@ -162,6 +184,21 @@ async fn replica_streams_and_promotes(version: PgVersion) {
         .unwrap_or_default();
     assert_eq!(standby["sync_state"], "async", "{standby}");
     assert!(standby["replay_lsn"].is_string(), "{standby}");
+
+    // `pgsteward status` shows the replication block on both sides.
+    let text = status_text(&replica);
+    assert!(text.contains("replication   replica, term 1"), "{text}");
+    assert!(text.contains("wal receiver  streaming"), "{text}");
+    let text = status_text(&primary);
+    assert!(text.contains("replication   primary, term 1"), "{text}");
+    assert!(
+        text.contains(&format!("standby       {replica_name} streaming async")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("slot          {slot} active")),
+        "{text}"
+    );
 
     // Metrics.
     let metrics = replica.metrics();
@@ -249,6 +286,16 @@ async fn replica_streams_and_promotes(version: PgVersion) {
     assert_eq!(
         metric(&metrics, "pgsteward_pg_replication_in_recovery").await,
         Some(0.0)
+    );
+
+    eprintln!(
+        "{version:?}: clone {}; promotion {}",
+        log_field(
+            &replica.dir.join("manager-0.log"),
+            "clone complete",
+            "elapsed_ms"
+        ),
+        log_field(&replica_manager.log_path, "promoted:", "total_ms"),
     );
 
     // The role survives a restart of the manager.

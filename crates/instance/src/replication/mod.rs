@@ -1,7 +1,7 @@
 //! Replication in the instance manager: the persisted role and term (`role`), the standby
 //! configuration rendered before every start (`standby`), replica bootstrap with
 //! pg_basebackup (`basebackup`), promotion (`promote`), and the replication status block and
-//! metrics (`status`, `metrics`).
+//! metrics (`status`, `metrics`, `summary` for `pgsteward status`).
 
 pub mod basebackup;
 pub mod metrics;
@@ -9,6 +9,7 @@ pub mod promote;
 pub mod role;
 pub mod standby;
 pub mod status;
+pub mod summary;
 
 use anyhow::Result;
 
