@@ -3,6 +3,9 @@
 //! manager restart; status and metrics show both sides; promotion checks role and term,
 //! is idempotent for a retry, and the promoted instance writes on timeline 2; a clone from
 //! an unreachable primary fails with a clear error, exit 1 and an empty data directory.
+//! With an archive configured, a standby whose slot is gone replays from the archive
+//! (restore_command through `wal-restore`) and streams again once the slot is back; a
+//! re-clone reuses the slot of its name; the promoted standby archives its timeline history.
 
 mod common;
 
@@ -335,3 +338,120 @@ async fn clone_from_unreachable_primary_fails_cleanly(version: PgVersion) {
     assert_eq!(manager.wait_exit(READY).await, 1);
 }
 for_each_version!(clone_from_unreachable_primary_fails_cleanly);
+
+async fn archive_recovery_and_slot_reuse(version: PgVersion) {
+    let scratch = pgsteward_testkit::fsutil::ScratchDir::new();
+    let store = scratch.mkdir("store", 0o700);
+    let archive_args = vec![
+        format!("--set=archive.destination=file://{}", store.display()),
+        "--set=archive.server_name=cluster".to_owned(),
+        "--set=archive.wal.gzip_level=1".to_owned(),
+    ];
+    let mut primary_options = options(version);
+    primary_options.args.clone_from(&archive_args);
+    let primary = Instance::new(primary_options);
+    let primary_manager = primary.spawn();
+    primary_manager.wait_ready(READY).await;
+    exec(&primary, "CREATE TABLE t (id int PRIMARY KEY, tli int)").await;
+
+    let mut replica = replica_of(version, primary.pg_port);
+    replica.options.args.extend(archive_args.iter().cloned());
+    let slot = format!("test_{}", replica.pg_port);
+    let mut replica_manager = replica.spawn();
+    replica_manager.wait_ready(READY).await;
+    wait_streaming(&replica).await;
+    let conf = std::fs::read_to_string(replica.pgdata.join("pgsteward.conf")).unwrap_or_default();
+    assert!(conf.contains("wal-restore --pgdata"), "{conf}");
+    let standby_conf = std::fs::read_to_string(replica.pgdata.join("pgsteward.replication.conf"))
+        .unwrap_or_default();
+    assert!(
+        standby_conf.contains("recovery_target_timeline = 'latest'"),
+        "{standby_conf}"
+    );
+    assert!(
+        standby_conf.contains(&format!("primary_slot_name = '{slot}'")),
+        "{standby_conf}"
+    );
+    assert!(
+        !standby_conf.contains(PASSWORD),
+        "the password leaked: {standby_conf}"
+    );
+
+    // Without its slot the standby cannot stream; it replays what the archive has.
+    replica_manager.signal(Signal::SIGTERM).await;
+    assert_eq!(replica_manager.wait_exit(EXIT).await, 0);
+    exec(
+        &primary,
+        &format!("SELECT pg_drop_replication_slot('{slot}')"),
+    )
+    .await;
+    exec(
+        &primary,
+        "INSERT INTO t SELECT g, 1 FROM generate_series(1, 1000) g",
+    )
+    .await;
+    query(&primary, "SELECT pg_switch_wal()::text").await;
+    let replica_manager = replica.spawn();
+    replica_manager.wait_ready(READY).await;
+    wait_for("1000 rows replayed from the archive", CATCH_UP, || async {
+        (count_rows(&replica).await? == 1000).then_some(())
+    })
+    .await;
+    assert!(
+        replica_manager.log().contains("restored log file"),
+        "no WAL restored from the archive:\n{}",
+        replica_manager.log()
+    );
+    // The slot is back: streaming resumes.
+    exec(
+        &primary,
+        &format!("SELECT pg_create_physical_replication_slot('{slot}')"),
+    )
+    .await;
+    wait_streaming(&replica).await;
+
+    // A re-clone (empty data directory) reuses the slot of its name.
+    drop(replica_manager);
+    for entry in std::fs::read_dir(&replica.pgdata)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .flatten()
+    {
+        let path = entry.path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path).unwrap_or_else(|e| panic!("{e}"));
+        } else {
+            std::fs::remove_file(&path).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+    wait_for("the slot to be released", CATCH_UP, || async {
+        let active = query(
+            &primary,
+            &format!("SELECT active::text FROM pg_replication_slots WHERE slot_name = '{slot}'"),
+        )
+        .await;
+        (active == "false").then_some(())
+    })
+    .await;
+    let replica_manager = replica.spawn();
+    replica_manager.wait_ready(READY).await;
+    assert!(
+        replica_manager.log().contains("reusing it"),
+        "{}",
+        replica_manager.log()
+    );
+    wait_streaming(&replica).await;
+
+    // The promoted standby archives its timeline history.
+    let (code, body) = post(&replica, "/pg/promote", Some(TOKEN), r#"{"term":2}"#).await;
+    assert_eq!(code, 200, "{body}");
+    let history = store.join("cluster/wals/00000002.history.gz");
+    wait_for(
+        "the timeline 2 history in the archive",
+        CATCH_UP,
+        || async { history.exists().then_some(()) },
+    )
+    .await;
+    drop(replica_manager);
+    drop(primary_manager);
+}
+for_each_version!(archive_recovery_and_slot_reuse);
