@@ -111,6 +111,7 @@ async fn manage(config: Config, sources: ConfigSources, os_user: String) -> Resu
         }
     }
     let pgdata = config.pgdata.clone().context("pgdata is required")?;
+    crate::replication::basebackup::discard_interrupted_clone(&config, &pgdata)?;
     let kind = pgdata::inspect(&pgdata)?;
     if let DataDirKind::Postgres { major } = kind {
         pgdata::check_major(&pgdata, major, bins.major)?;

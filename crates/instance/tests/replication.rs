@@ -5,7 +5,7 @@
 //! an unreachable primary fails with a clear error, exit 1 and an empty data directory.
 //! With an archive configured, a standby whose slot is gone replays from the archive
 //! (restore_command through `wal-restore`) and streams again once the slot is back; a
-//! re-clone reuses the slot of its name; the promoted standby archives its timeline history.
+//! re-clone after an interrupted clone starts over and reuses the slot of its name; the promoted standby archives its timeline history.
 
 mod common;
 
@@ -432,13 +432,25 @@ async fn archive_recovery_and_slot_reuse(version: PgVersion) {
         (active == "false").then_some(())
     })
     .await;
+    // ... after an interrupted clone: the marker and a partial copy, half moved into place.
+    std::fs::write(
+        replica.pgdata.join("pgsteward.bootstrap-incomplete"),
+        "basebackup clone in progress\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir_all(replica.pgdata.join(".pgsteward-clone/base/1"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir_all(replica.pgdata.join("global")).unwrap_or_else(|e| panic!("{e}"));
+    let chowned = std::process::Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(&replica.pgdata)
+        .status();
+    assert!(chowned.is_ok_and(|s| s.success()));
     let replica_manager = replica.spawn();
     replica_manager.wait_ready(READY).await;
-    assert!(
-        replica_manager.log().contains("reusing it"),
-        "{}",
-        replica_manager.log()
-    );
+    let log = replica_manager.log();
+    assert!(log.contains("an earlier clone was interrupted"), "{log}");
+    assert!(log.contains("reusing it"), "{log}");
     wait_streaming(&replica).await;
 
     // The promoted standby archives its timeline history.

@@ -2,7 +2,8 @@
 //! basebackup`). The copy goes into a hidden directory inside the empty PGDATA, under the
 //! bootstrap marker, and its entries are moved up only once it is complete; on any failure
 //! the directory is emptied again. A crash half-way leaves the marker (and no PG_VERSION at
-//! the top), which the next start refuses, so a partial copy never starts as a primary.
+//! the top until the very last move), so a partial copy never starts: the next start with
+//! `method: basebackup` empties the directory and clones again, any other start refuses it.
 //!
 //! Slots: the replica creates its own HA slot (named after the instance) on the primary
 //! with `--create-slot --slot`, reusing a slot of that name when it already exists.
@@ -41,6 +42,37 @@ pub fn preflight(config: &Config) -> Result<()> {
     Ok(())
 }
 
+/// Content of the bootstrap marker while a clone runs.
+const MARKER_CONTENT: &str = "basebackup clone in progress\n";
+
+/// Before the data directory is inspected: when an earlier clone was interrupted (the
+/// marker says so; the directory holds only a partial copy of the primary, nothing of this
+/// instance) and this configuration clones, empty the directory so the clone starts over.
+/// Returns true when it did. Refuses while another manager holds the directory.
+pub fn discard_interrupted_clone(config: &Config, pgdata: &Path) -> Result<bool> {
+    use crate::config::replication::BootstrapMethod;
+    let marker = pgdata.join(crate::bootstrap::MARKER);
+    if config.bootstrap.method != BootstrapMethod::Basebackup
+        || std::fs::read_to_string(&marker).ok().as_deref() != Some(MARKER_CONTENT)
+    {
+        return Ok(false);
+    }
+    let lock = crate::pgdata::lock(pgdata)?;
+    tracing::warn!(pgdata = %pgdata.display(), "an earlier clone was interrupted: emptying the data directory to clone again");
+    empty_dir(pgdata);
+    drop(lock);
+    if std::fs::read_dir(pgdata)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(true)
+    {
+        bail!(
+            "could not empty {} after an interrupted clone; empty it by hand",
+            pgdata.display()
+        );
+    }
+    Ok(true)
+}
+
 /// Clone the primary into the empty `pgdata` and configure it as its standby.
 pub async fn run(reaper: &Reaper, bins: &PgBinaries, config: &Config, pgdata: &Path) -> Result<()> {
     preflight(config)?;
@@ -48,8 +80,7 @@ pub async fn run(reaper: &Reaper, bins: &PgBinaries, config: &Config, pgdata: &P
     let host = bb.host.clone().unwrap_or_default();
     let marker = pgdata.join(crate::bootstrap::MARKER);
     let clone = pgdata.join(CLONE_DIR);
-    std::fs::write(&marker, "basebackup clone in progress\n")
-        .context("writing the bootstrap marker")?;
+    std::fs::write(&marker, MARKER_CONTENT).context("writing the bootstrap marker")?;
     let started = Instant::now();
     tracing::info!(primary_host = %host, primary_port = bb.port, user = %bb.user, slot = %standby::slot_name(&config.instance_name), "cloning the primary with pg_basebackup");
     let mut result = copy(reaper, bins, config, &clone, bb.create_slot).await;
