@@ -8,8 +8,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use replication::{
-    PromoteRequest, PromoteResponse, ReceiverStatus, ReplicationRole, ReplicationStatus,
-    SlotStatus, StandbyStatus,
+    FenceResponse, PromoteRequest, PromoteResponse, ReceiverStatus, ReplicationRole,
+    ReplicationStatus, SlotStatus, StandbyStatus,
 };
 
 /// The instance manager's lifecycle state (see the state machine in `crates/instance/README.md`).
@@ -34,11 +34,14 @@ pub enum InstanceState {
     Stopped,
     /// The manager gave up (crash loop, unrecoverable error) and is about to exit non-zero.
     Failed,
+    /// Postgres is stopped on request (`POST /pg/fence`) and stays stopped, across manager
+    /// restarts, until `POST /pg/unfence`; the manager keeps serving.
+    Fenced,
 }
 
 impl InstanceState {
     /// Every state, in declaration order (for metrics and docs).
-    pub const ALL: [InstanceState; 9] = [
+    pub const ALL: [InstanceState; 10] = [
         InstanceState::Initializing,
         InstanceState::Bootstrapping,
         InstanceState::Starting,
@@ -48,6 +51,7 @@ impl InstanceState {
         InstanceState::ShuttingDown,
         InstanceState::Stopped,
         InstanceState::Failed,
+        InstanceState::Fenced,
     ];
 
     /// The snake_case name used in JSON and metric labels.
@@ -62,6 +66,7 @@ impl InstanceState {
             InstanceState::ShuttingDown => "shutting_down",
             InstanceState::Stopped => "stopped",
             InstanceState::Failed => "failed",
+            InstanceState::Fenced => "fenced",
         }
     }
 }

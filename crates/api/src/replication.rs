@@ -108,3 +108,12 @@ pub struct PromoteResponse {
     /// False when the instance was already primary of this term (a retry).
     pub promoted: bool,
 }
+
+/// `POST /pg/fence` and `POST /pg/unfence` response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct FenceResponse {
+    /// True when the instance is fenced after the request.
+    pub fenced: bool,
+    /// False when the instance already was in the requested state.
+    pub changed: bool,
+}

@@ -1,15 +1,20 @@
 //! Authenticated role-change routes: `POST /pg/promote` (term-checked, idempotent for a retry
-//! of the same term). Demote, follow and fence are planned (issue 5).
+//! of the same term), `POST /pg/fence` and `POST /pg/unfence` (postgres stopped and kept
+//! stopped, persisted, while the manager serves). Demote and follow are planned (issue 5).
 
 use axum::extract::State;
 use axum::routing::post;
 use axum::Json;
-use pgsteward_api::{PromoteRequest, PromoteResponse};
+use std::time::Duration;
+
+use pgsteward_api::{FenceResponse, PromoteRequest, PromoteResponse};
+use tokio::sync::oneshot;
 
 use super::error::ApiError;
 use super::extract::ApiJson;
 use super::server::{AppState, Route, RouteDoc};
 use crate::replication::promote::{self, PromoteError};
+use crate::supervisor::shared::{CommandError, SupervisorCommand};
 
 const PROMOTE_ERRORS: &[(u16, &str)] = &[
     (400, "Malformed body (the term is required)."),
@@ -26,8 +31,20 @@ const PROMOTE_ERRORS: &[(u16, &str)] = &[
     (500, "The promotion or the checkpoint after it failed."),
 ];
 
+const FENCE_ERRORS: &[(u16, &str)] = &[
+    (400, "Malformed body (it must be empty or {})."),
+    (401, "Missing bearer token."),
+    (
+        403,
+        "Wrong token, or mutating routes disabled (no token configured).",
+    ),
+    (409, "The manager is shutting down."),
+    (413, "Body too large."),
+    (500, "The fence marker could not be written or removed."),
+];
+
 pub fn routes() -> Vec<Route> {
-    vec![Route {
+    let mut routes = vec![Route {
         doc: RouteDoc {
             path: "/pg/promote",
             methods: &["post"],
@@ -40,7 +57,86 @@ pub fn routes() -> Vec<Route> {
             errors: PROMOTE_ERRORS,
         },
         handler: post(promote_handler),
-    }]
+    }];
+    routes.push(Route {
+        doc: RouteDoc {
+            path: "/pg/fence",
+            methods: &["post"],
+            summary: "Fence the instance",
+            description: "Stops postgres (fast shutdown) and keeps it stopped, across manager restarts, until POST /pg/unfence. The manager keeps serving; state becomes fenced, /readyz and /primary answer 503. Idempotent (changed=false when already fenced).",
+            authenticated: true,
+            query: &[],
+            request: None,
+            response: Some(|g| g.subschema_for::<FenceResponse>()),
+            errors: FENCE_ERRORS,
+        },
+        handler: post(fence),
+    });
+    routes.push(Route {
+        doc: RouteDoc {
+            path: "/pg/unfence",
+            methods: &["post"],
+            summary: "Unfence the instance",
+            description: "Removes the fence and starts postgres (answers at once; wait for /readyz). Idempotent (changed=false when not fenced).",
+            authenticated: true,
+            query: &[],
+            request: None,
+            response: Some(|g| g.subschema_for::<FenceResponse>()),
+            errors: FENCE_ERRORS,
+        },
+        handler: post(unfence),
+    });
+    routes
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmptyBody {}
+
+async fn fence(
+    State(shared): State<AppState>,
+    ApiJson(_body): ApiJson<EmptyBody>,
+) -> Result<Json<FenceResponse>, ApiError> {
+    tracing::info!("fence requested through the API");
+    let (tx, rx) = oneshot::channel();
+    let limit = shared.config().shutdown.stop_delay + Duration::from_secs(60);
+    send(&shared, SupervisorCommand::Fence { reply: tx }, rx, limit).await
+}
+
+async fn unfence(
+    State(shared): State<AppState>,
+    ApiJson(_body): ApiJson<EmptyBody>,
+) -> Result<Json<FenceResponse>, ApiError> {
+    tracing::info!("unfence requested through the API");
+    let (tx, rx) = oneshot::channel();
+    send(
+        &shared,
+        SupervisorCommand::Unfence { reply: tx },
+        rx,
+        Duration::from_secs(60),
+    )
+    .await
+}
+
+async fn send(
+    shared: &AppState,
+    command: SupervisorCommand,
+    reply: oneshot::Receiver<Result<FenceResponse, CommandError>>,
+    limit: Duration,
+) -> Result<Json<FenceResponse>, ApiError> {
+    shared
+        .commands
+        .send(command)
+        .await
+        .map_err(|_| ApiError::Conflict("the manager is shutting down".into()))?;
+    match tokio::time::timeout(limit, reply).await {
+        Ok(Ok(result)) => result.map(Json).map_err(ApiError::from),
+        Ok(Err(_)) => Err(ApiError::Conflict("the manager is shutting down".into())),
+        Err(_) => Err(ApiError::Internal(format!(
+            "no answer within {} s",
+            limit.as_secs()
+        ))),
+    }
 }
 
 /// The body as received: `PromoteRequest` with the term optional, so that a missing term is

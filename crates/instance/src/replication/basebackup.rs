@@ -291,6 +291,7 @@ fn install(config: &Config, pgdata: &Path, clone: &Path, upstream: Upstream) -> 
         standby::PASSFILE,
         standby::REPLICATION_FILE,
         standby::STANDBY_SIGNAL,
+        super::fence::FENCE_FILE,
         "recovery.signal",
     ] {
         let _ = std::fs::remove_file(clone.join(name));

@@ -1,9 +1,10 @@
 //! Replication in the instance manager: the persisted role and term (`role`), the standby
 //! configuration rendered before every start (`standby`), replica bootstrap with
-//! pg_basebackup (`basebackup`), promotion (`promote`), and the replication status block and
+//! pg_basebackup (`basebackup`), promotion (`promote`), the persisted fence (`fence`), and the replication status block and
 //! metrics (`status`, `metrics`, `summary` for `pgsteward status`).
 
 pub mod basebackup;
+pub mod fence;
 pub mod metrics;
 pub mod promote;
 pub mod role;
