@@ -86,6 +86,13 @@ async fn wait_streaming(instance: &Instance) -> Value {
     .await
 }
 
+/// HTTP status of a load-balancer check.
+async fn lb_status(instance: &Instance, path: &str) -> u16 {
+    http::get(&format!("{}{path}", instance.api()))
+        .await
+        .map_or(0, |r| r.status)
+}
+
 /// `pgsteward status --url` of `instance` (plain text).
 fn status_text(instance: &Instance) -> String {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_pgsteward"))
@@ -190,6 +197,12 @@ async fn replica_streams_and_promotes(version: PgVersion) {
     assert_eq!(standby["sync_state"], "async", "{standby}");
     assert!(standby["replay_lsn"].is_string(), "{standby}");
 
+    // Load-balancer checks see a streaming replica and a primary.
+    assert_eq!(lb_status(&replica, "/replica").await, 200);
+    assert_eq!(lb_status(&replica, "/primary").await, 503);
+    assert_eq!(lb_status(&primary, "/primary").await, 200);
+    assert_eq!(lb_status(&primary, "/replica").await, 503);
+
     // `pgsteward status` shows the replication block on both sides.
     let text = status_text(&replica);
     assert!(text.contains("replication   replica, term 1"), "{text}");
@@ -288,6 +301,8 @@ async fn replica_streams_and_promotes(version: PgVersion) {
     assert_eq!(promoted["replication"]["role"], "primary");
     assert_eq!(promoted["replication"]["term"], 2);
     assert!(!replica.pgdata.join("standby.signal").exists());
+    assert_eq!(lb_status(&replica, "/primary").await, 200);
+    assert_eq!(lb_status(&replica, "/replica").await, 503);
     assert_eq!(
         metric(&metrics, "pgsteward_pg_replication_in_recovery").await,
         Some(0.0)
