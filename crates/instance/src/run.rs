@@ -269,7 +269,11 @@ pub fn config_check(file: &Path, args: &ConfigArgs) -> i32 {
         let sources = ConfigSources::from_process(Some(file.to_path_buf()), args.overrides()?);
         let config = config::load(&sources)?;
         let (bins, catalog) = validated(&config)?;
-        crate::bootstrap::preflight(&config.bootstrap.initdb)?;
+        if config.bootstrap.method == BootstrapMethod::Basebackup {
+            crate::replication::basebackup::preflight(&config)?;
+        } else {
+            crate::bootstrap::preflight(&config.bootstrap.initdb)?;
+        }
         let restart_only = config
             .postgres
             .parameters

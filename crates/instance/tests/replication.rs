@@ -136,6 +136,10 @@ async fn replica_streams_and_promotes(version: PgVersion) {
         "no progress in the log:\n{log}"
     );
     assert!(log.contains("clone complete"), "{log}");
+    assert!(
+        log.contains(r#""output":"pg_basebackup: base backup completed""#),
+        "{log}"
+    );
     assert!(!replica.pgdata.join(".pgsteward-clone").exists());
     assert!(replica.pgdata.join("standby.signal").exists());
 
@@ -195,6 +199,7 @@ async fn replica_streams_and_promotes(version: PgVersion) {
         })
         .unwrap_or_default();
     assert_eq!(standby["sync_state"], "async", "{standby}");
+    assert_eq!(standby["client_addr"], "127.0.0.1", "{standby}");
     assert!(standby["replay_lsn"].is_string(), "{standby}");
 
     // Load-balancer checks see a streaming replica and a primary.

@@ -263,7 +263,7 @@ fn on_line(line: &str, messages: &mut Vec<String>, last_logged: &mut Option<Inst
     if line.is_empty() {
         return;
     }
-    tracing::info!(message = %line, "pg_basebackup");
+    tracing::info!(output = %line, "pg_basebackup");
     messages.push(line.to_owned());
 }
 

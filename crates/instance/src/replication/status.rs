@@ -106,7 +106,7 @@ async fn query(client: &Client, status: &mut ReplicationStatus) -> Result<()> {
     let rows = client
         .query(
             &format!(
-                "SELECT application_name, client_addr::text, state, sync_state, \
+                "SELECT application_name, host(client_addr), state, sync_state, \
                    sent_lsn::text, write_lsn::text, flush_lsn::text, replay_lsn::text, \
                    extract(epoch FROM write_lag)::float8, extract(epoch FROM flush_lag)::float8, \
                    extract(epoch FROM replay_lag)::float8, \
