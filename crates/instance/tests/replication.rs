@@ -264,6 +264,32 @@ async fn replica_streams_and_promotes(version: PgVersion) {
     })
     .await;
 
+    // A reloaded configuration reaches primary_conninfo (reloadable): streaming goes on.
+    let config = std::fs::read_to_string(&replica.config_path).unwrap_or_default();
+    let config = config.replacen(
+        "bootstrap:\n",
+        "bootstrap:\n  basebackup:\n    sslmode: disable\n",
+        1,
+    );
+    replica.dir.write("pgsteward.yaml", &config);
+    wait_for("sslmode=disable in primary_conninfo", CATCH_UP, || async {
+        let conninfo = pgsteward_testkit::sql_value(
+            replica.pg_port,
+            PASSWORD,
+            "SELECT current_setting('primary_conninfo')",
+        )
+        .await
+        .ok()?;
+        conninfo.contains("sslmode=disable").then_some(())
+    })
+    .await;
+    exec(&primary, "INSERT INTO t VALUES (502, 1)").await;
+    wait_for("row 502 on the replica", CATCH_UP, || async {
+        (count_rows(&replica).await? == 502).then_some(())
+    })
+    .await;
+    wait_streaming(&replica).await;
+
     // Promotion: authentication, body, role and term checks.
     let (code, _) = post(&replica, "/pg/promote", None, r#"{"term":2}"#).await;
     assert_eq!(code, 401);
@@ -294,8 +320,8 @@ async fn replica_streams_and_promotes(version: PgVersion) {
     assert_eq!(code, 409, "a primary of term 2 asked for term 3: {body}");
 
     // The promoted instance takes writes on timeline 2.
-    exec(&replica, "INSERT INTO t VALUES (502, 2)").await;
-    assert_eq!(count_rows(&replica).await, Some(502));
+    exec(&replica, "INSERT INTO t VALUES (503, 2)").await;
+    assert_eq!(count_rows(&replica).await, Some(503));
     assert_eq!(
         query(&replica, "SELECT timeline_id FROM pg_control_checkpoint()").await,
         "2"
@@ -333,7 +359,7 @@ async fn replica_streams_and_promotes(version: PgVersion) {
     assert_eq!(restarted["role"], "primary", "{restarted}");
     assert_eq!(restarted["replication"]["term"], 2, "{restarted}");
     assert!(!replica.pgdata.join("standby.signal").exists());
-    exec(&replica, "INSERT INTO t VALUES (503, 2)").await;
+    exec(&replica, "INSERT INTO t VALUES (504, 2)").await;
     drop(replica_manager);
     drop(primary_manager);
 }

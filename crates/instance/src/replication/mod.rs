@@ -24,3 +24,14 @@ pub fn prepare_start(shared: &Shared) -> Result<()> {
     standby::write(&shared.config(), &state, &shared.pgdata)?;
     Ok(())
 }
+
+/// After a configuration reload: rewrite the standby settings for the new configuration
+/// (upstream user, password file, sslmode) when a role file exists. Returns true when
+/// `pgsteward.replication.conf` changed (postgres must reload; `primary_conninfo` and
+/// `primary_slot_name` are reloadable).
+pub fn refresh(pgdata: &std::path::Path, config: &crate::config::Config) -> Result<bool> {
+    match role::read(pgdata)? {
+        Some(state) => standby::write(config, &state, pgdata),
+        None => Ok(false),
+    }
+}

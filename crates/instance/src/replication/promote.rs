@@ -44,8 +44,8 @@ pub async fn promote(shared: &Shared, term: u64) -> Result<PromoteResponse, Prom
             current_term,
         }
     };
-    match state.role {
-        PersistedRole::Primary if term == state.term => {
+    match decide(&state, term) {
+        Decision::AlreadyPrimary => {
             let client = connect(shared).await.map_err(failed)?;
             let timeline = checkpoint_timeline(&client).await.map_err(failed)?;
             tracing::info!(
@@ -59,25 +59,8 @@ pub async fn promote(shared: &Shared, term: u64) -> Result<PromoteResponse, Prom
                 promoted: false,
             });
         }
-        PersistedRole::Primary => {
-            return Err(conflict(
-                format!(
-                    "this instance is already a primary (term {}); current term {}",
-                    state.term, state.term
-                ),
-                state.term,
-            ))
-        }
-        PersistedRole::Replica if term < state.term || (term == state.term && !state.promoting) => {
-            return Err(conflict(
-                format!(
-                    "stale term {term}: current term {}; a promotion needs a greater term",
-                    state.term
-                ),
-                state.term,
-            ))
-        }
-        PersistedRole::Replica => {}
+        Decision::Refuse(message) => return Err(conflict(message, state.term)),
+        Decision::Promote => {}
     }
     let current = shared.state.current();
     if current != InstanceState::Running {
@@ -146,6 +129,34 @@ pub async fn promote(shared: &Shared, term: u64) -> Result<PromoteResponse, Prom
     })
 }
 
+/// What a promotion request for `term` does to an instance in `state`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Decision {
+    /// Primary of exactly this term: answer as a retry, change nothing.
+    AlreadyPrimary,
+    /// Refuse with this message (it names the current term).
+    Refuse(String),
+    /// Promote (a replica and a greater term, or the term of an unfinished promotion).
+    Promote,
+}
+
+fn decide(state: &RoleState, term: u64) -> Decision {
+    match state.role {
+        PersistedRole::Primary if term == state.term => Decision::AlreadyPrimary,
+        PersistedRole::Primary => Decision::Refuse(format!(
+            "this instance is already a primary (term {}); current term {}",
+            state.term, state.term
+        )),
+        PersistedRole::Replica if term < state.term || (term == state.term && !state.promoting) => {
+            Decision::Refuse(format!(
+                "stale term {term}: current term {}; a promotion needs a greater term",
+                state.term
+            ))
+        }
+        PersistedRole::Replica => Decision::Promote,
+    }
+}
+
 async fn connect(shared: &Shared) -> anyhow::Result<Client> {
     pgconn::connect(&shared.target(), "postgres", Duration::from_secs(5)).await
 }
@@ -158,4 +169,42 @@ async fn checkpoint_timeline(client: &Client) -> anyhow::Result<u32> {
         .context("reading the timeline")?
         .get(0);
     u32::try_from(timeline).context("negative timeline")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replication::role::Upstream;
+
+    #[test]
+    fn terms_decide_promotions() {
+        let upstream = Upstream {
+            host: "h".into(),
+            port: 5432,
+        };
+        let replica = RoleState::replica(3, upstream);
+        assert_eq!(decide(&replica, 4), Decision::Promote);
+        assert_eq!(decide(&replica, 9), Decision::Promote);
+        for stale in [0, 2, 3] {
+            match decide(&replica, stale) {
+                Decision::Refuse(m) => assert!(m.contains("current term 3"), "{m}"),
+                other => panic!("term {stale}: {other:?}"),
+            }
+        }
+        // A promotion to 3 that was recorded but not finished may be retried with 3.
+        let unfinished = RoleState {
+            promoting: true,
+            ..replica
+        };
+        assert_eq!(decide(&unfinished, 3), Decision::Promote);
+        assert!(matches!(decide(&unfinished, 2), Decision::Refuse(_)));
+        let primary = RoleState::primary(3);
+        assert_eq!(decide(&primary, 3), Decision::AlreadyPrimary);
+        for other in [2, 4] {
+            match decide(&primary, other) {
+                Decision::Refuse(m) => assert!(m.contains("already a primary (term 3)"), "{m}"),
+                d => panic!("term {other}: {d:?}"),
+            }
+        }
+    }
 }
