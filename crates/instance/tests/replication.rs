@@ -2,7 +2,8 @@
 //! from a primary with pg_basebackup, streams and catches up, keeps its role across a
 //! manager restart; status and metrics show both sides; promotion checks role and term,
 //! is idempotent for a retry, and the promoted instance writes on timeline 2; a clone from
-//! an unreachable primary fails with a clear error, exit 1 and an empty data directory.
+//! an unreachable primary (or with a wrong password) fails with a clear error, exit 1 and an
+//! empty data directory.
 //! With an archive configured, a standby whose slot is gone replays from the archive
 //! (restore_command through `wal-restore`) and streams again once the slot is back; a
 //! re-clone after an interrupted clone starts over and reuses the slot of its name; the
@@ -384,6 +385,26 @@ async fn clone_from_unreachable_primary_fails_cleanly(version: PgVersion) {
     // The next start tries again (the directory is empty), and fails the same way.
     let mut manager = replica.spawn();
     assert_eq!(manager.wait_exit(READY).await, 1);
+
+    // A reachable primary that refuses the password: named in the error, directory empty.
+    let primary = Instance::new(options(version));
+    let primary_manager = primary.spawn();
+    primary_manager.wait_ready(READY).await;
+    let mut replica = replica_of(version, primary.pg_port);
+    replica.dir.write("superuser.pw", "not-the-password\n");
+    let mut manager = replica.spawn();
+    assert_eq!(manager.wait_exit(READY).await, 1);
+    let log = manager.log();
+    assert!(log.contains("password authentication failed"), "{log}");
+    assert!(
+        !log.contains("not-the-password"),
+        "the password leaked into the log"
+    );
+    let left = std::fs::read_dir(&replica.pgdata)
+        .map(|d| d.count())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(left, 0);
+    drop(primary_manager);
 }
 for_each_version!(clone_from_unreachable_primary_fails_cleanly);
 
