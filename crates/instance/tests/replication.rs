@@ -389,7 +389,7 @@ async fn clone_from_unreachable_primary_fails_cleanly(version: PgVersion) {
     let primary = Instance::new(options(version));
     let primary_manager = primary.spawn();
     primary_manager.wait_ready(READY).await;
-    let mut replica = replica_of(version, primary.pg_port);
+    let replica = replica_of(version, primary.pg_port);
     replica.dir.write("superuser.pw", "not-the-password\n");
     let mut manager = replica.spawn();
     assert_eq!(manager.wait_exit(READY).await, 1);
