@@ -2,8 +2,15 @@
 //! CLI: the instance status JSON, request bodies, and the one error body every HTTP error uses.
 //! This crate does no I/O; it only describes what crosses the wire.
 
+mod replication;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+pub use replication::{
+    FenceResponse, PromoteRequest, PromoteResponse, ReceiverStatus, ReplicationRole,
+    ReplicationStatus, SlotStatus, StandbyStatus,
+};
 
 /// The instance manager's lifecycle state (see the state machine in `crates/instance/README.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
@@ -27,11 +34,14 @@ pub enum InstanceState {
     Stopped,
     /// The manager gave up (crash loop, unrecoverable error) and is about to exit non-zero.
     Failed,
+    /// Postgres is stopped on request (`POST /pg/fence`) and stays stopped, across manager
+    /// restarts, until `POST /pg/unfence`; the manager keeps serving.
+    Fenced,
 }
 
 impl InstanceState {
     /// Every state, in declaration order (for metrics and docs).
-    pub const ALL: [InstanceState; 9] = [
+    pub const ALL: [InstanceState; 10] = [
         InstanceState::Initializing,
         InstanceState::Bootstrapping,
         InstanceState::Starting,
@@ -41,6 +51,7 @@ impl InstanceState {
         InstanceState::ShuttingDown,
         InstanceState::Stopped,
         InstanceState::Failed,
+        InstanceState::Fenced,
     ];
 
     /// The snake_case name used in JSON and metric labels.
@@ -55,6 +66,7 @@ impl InstanceState {
             InstanceState::ShuttingDown => "shutting_down",
             InstanceState::Stopped => "stopped",
             InstanceState::Failed => "failed",
+            InstanceState::Fenced => "fenced",
         }
     }
 }
@@ -119,6 +131,9 @@ pub struct InstanceStatus {
     /// Base backups taken by this manager, when `archive.destination` is set.
     #[serde(default)]
     pub backup: Option<BackupStatus>,
+    /// Replication: persisted role and term, WAL receiver or standbys, slots.
+    #[serde(default)]
+    pub replication: Option<ReplicationStatus>,
 }
 
 /// Base backups as this manager sees them.

@@ -16,6 +16,7 @@ pub mod pgbin;
 pub mod pgconn;
 pub mod pgdata;
 pub mod privileges;
+pub mod replication;
 pub mod retention_task;
 pub mod run;
 pub mod state;

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub backup: crate::backups::BackupMetrics,
     /// Scheduled retention runs.
     pub retention: RetentionMetrics,
+    /// Role, term and replay lag (replication/metrics.rs).
+    pub replication: crate::replication::metrics::ReplicationMetrics,
 }
 
 /// Metrics of the scheduled retention runs.
@@ -173,6 +175,8 @@ impl Metrics {
         registry.register(Box::new(config_reloads.clone()))?;
         registry.register(Box::new(config_reload_failures.clone()))?;
         let backup = crate::backups::BackupMetrics::new(&registry, namespace)?;
+        let replication =
+            crate::replication::metrics::ReplicationMetrics::register(&registry, namespace)?;
         for state in InstanceState::ALL {
             manager_state.with_label_values(&[state.as_str()]).set(0.0);
         }
@@ -197,6 +201,7 @@ impl Metrics {
             wal_restore_prefetch_hits,
             backup,
             retention,
+            replication,
         })
     }
 

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::cli::{ConfigArgs, RunArgs};
 use crate::config::gucs::{GucCatalog, GucContext};
+use crate::config::replication::BootstrapMethod;
 use crate::config::{self, Config, ConfigSources};
 use crate::metrics::Metrics;
 use crate::pgbin::PgBinaries;
@@ -110,6 +111,7 @@ async fn manage(config: Config, sources: ConfigSources, os_user: String) -> Resu
         }
     }
     let pgdata = config.pgdata.clone().context("pgdata is required")?;
+    crate::replication::basebackup::discard_interrupted_clone(&config, &pgdata)?;
     let kind = pgdata::inspect(&pgdata)?;
     if let DataDirKind::Postgres { major } = kind {
         pgdata::check_major(&pgdata, major, bins.major)?;
@@ -128,6 +130,8 @@ async fn manage(config: Config, sources: ConfigSources, os_user: String) -> Resu
                 crate::bootstrap::MARKER
             );
         }
+    } else if config.bootstrap.method == BootstrapMethod::Basebackup {
+        crate::replication::basebackup::preflight(&config)?;
     } else {
         crate::bootstrap::preflight(&config.bootstrap.initdb)?;
     }
@@ -171,9 +175,12 @@ async fn manage(config: Config, sources: ConfigSources, os_user: String) -> Resu
     crate::http::metrics_server::serve(shared.clone()).await?;
     if matches!(kind, DataDirKind::Missing | DataDirKind::Empty) {
         state.transition(InstanceState::Bootstrapping, "empty data directory");
-        if let Err(e) =
+        let result = if config.bootstrap.method == BootstrapMethod::Basebackup {
+            crate::replication::basebackup::run(&reaper, &bins, &config, &pgdata).await
+        } else {
             crate::bootstrap::run(&reaper, &bins, &config, &pgdata, &shared.render_context()).await
-        {
+        };
+        if let Err(e) = result {
             state.transition(InstanceState::Failed, "bootstrap failed");
             return Err(e.context("bootstrap failed"));
         }
@@ -264,7 +271,11 @@ pub fn config_check(file: &Path, args: &ConfigArgs) -> i32 {
         let sources = ConfigSources::from_process(Some(file.to_path_buf()), args.overrides()?);
         let config = config::load(&sources)?;
         let (bins, catalog) = validated(&config)?;
-        crate::bootstrap::preflight(&config.bootstrap.initdb)?;
+        if config.bootstrap.method == BootstrapMethod::Basebackup {
+            crate::replication::basebackup::preflight(&config)?;
+        } else {
+            crate::bootstrap::preflight(&config.bootstrap.initdb)?;
+        }
         let restart_only = config
             .postgres
             .parameters

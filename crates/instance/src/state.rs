@@ -26,6 +26,8 @@ pub fn is_allowed(from: InstanceState, to: InstanceState) -> bool {
         (Running, Restarting | CrashBackoff) => true,
         (Restarting, Starting | CrashBackoff) => true,
         (CrashBackoff, Starting) => true,
+        (Initializing | Starting | Running | Restarting | CrashBackoff, Fenced) => true,
+        (Fenced, Starting) => true,
         (ShuttingDown, Stopped) => true,
         _ => false,
     }

@@ -78,6 +78,7 @@ pub async fn collect(shared: &Shared) -> InstanceStatus {
             status
         }),
         backup: shared.archiver.get().map(|_| shared.backups.status()),
+        replication: crate::replication::status::collect(shared).await,
     }
 }
 

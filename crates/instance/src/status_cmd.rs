@@ -77,7 +77,7 @@ pub fn summary(s: &InstanceStatus) -> String {
     } else {
         s.pending_restart_parameters.join(", ")
     };
-    format!(
+    let text = format!(
         "instance      {} ({role}, {})\n\
          postgres      {} {}, pid {}, started {}\n\
          system id     {}\n\
@@ -103,7 +103,8 @@ pub fn summary(s: &InstanceStatus) -> String {
         archive_line(s),
         s.manager_version,
         s.last_error.clone().unwrap_or_else(dash),
-    )
+    );
+    text + &crate::replication::summary::lines(s)
 }
 
 fn archive_line(s: &InstanceStatus) -> String {

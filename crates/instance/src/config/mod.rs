@@ -5,6 +5,7 @@ pub mod backup;
 pub mod gucs;
 pub mod layers;
 pub mod render;
+pub mod replication;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -147,7 +148,10 @@ impl Default for PostgresConfig {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BootstrapConfig {
+    /// `initdb` (default) or `basebackup` (clone a running primary as its standby).
+    pub method: replication::BootstrapMethod,
     pub initdb: InitdbConfig,
+    pub basebackup: replication::BasebackupConfig,
 }
 
 /// initdb and post-init steps.

@@ -120,6 +120,8 @@ fn include_body(config: &Config, ctx: &RenderContext) -> String {
     for (name, value) in owned {
         out.push_str(&format!("{name} = {value}\n"));
     }
+    // Standby settings (primary_conninfo, primary_slot_name, ...) follow the persisted role.
+    out.push_str("include_if_exists 'pgsteward.replication.conf'\n");
     out
 }
 
@@ -147,6 +149,8 @@ fn hba_body(config: &Config) -> String {
         out.push_str("# Defaults (postgres.hba_default_rules)\n");
         out.push_str("host all all 0.0.0.0/0 scram-sha-256\n");
         out.push_str("host all all ::/0 scram-sha-256\n");
+        out.push_str("host replication all 0.0.0.0/0 scram-sha-256\n");
+        out.push_str("host replication all ::/0 scram-sha-256\n");
     }
     out
 }

@@ -25,6 +25,7 @@ pub fn router(state: Arc<Shared>) -> Router {
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let _ = crate::status::live_facts(&shared).await;
     shared.backups.refresh_metrics(&shared.metrics.backup);
+    let _ = crate::replication::status::collect(&shared).await;
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         shared.metrics.render(),

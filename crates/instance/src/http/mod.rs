@@ -11,6 +11,7 @@ pub mod lb;
 pub mod metrics_server;
 pub mod openapi;
 pub mod probes;
+pub mod role;
 pub mod server;
 pub mod status;
 pub mod tls;

@@ -86,6 +86,18 @@ impl Supervisor {
             let _ = reload::apply(&self.shared, &self.catalog, true).await;
         }
         let mut next_start: Option<Instant> = postmaster.is_none().then(Instant::now);
+        if crate::replication::fence::is_fenced(&self.shared.pgdata) {
+            tracing::warn!(
+                "the data directory is fenced: postgres stays stopped until POST /pg/unfence"
+            );
+            if let Some(mut pm) = postmaster.take() {
+                self.stop_for_fence(&mut pm).await;
+            }
+            next_start = None;
+            self.shared
+                .state
+                .transition(InstanceState::Fenced, "fenced (pgsteward.fenced)");
+        }
         let mut ready_tick = tokio::time::interval(Duration::from_millis(100));
         loop {
             if postmaster.is_none() && next_start.is_some_and(|at| at <= Instant::now()) {
@@ -162,6 +174,45 @@ impl Supervisor {
                         }
                     }
                 }
+                Event::Command(Some(SupervisorCommand::Fence { reply })) => {
+                    if let Err(e) = crate::replication::fence::set(&self.shared.pgdata, true) {
+                        let _ = reply.send(Err(CommandError::Failed(format!("{e:#}"))));
+                        continue;
+                    }
+                    let changed = state != InstanceState::Fenced;
+                    next_start = None;
+                    if let Some(mut pm) = postmaster.take() {
+                        self.stop_for_fence(&mut pm).await;
+                    }
+                    self.fail_restart_reply("the instance was fenced".into());
+                    self.shared
+                        .state
+                        .transition(InstanceState::Fenced, "fenced through the API");
+                    tracing::warn!("fenced: postgres is stopped until POST /pg/unfence");
+                    let _ = reply.send(Ok(pgsteward_api::FenceResponse {
+                        fenced: true,
+                        changed,
+                    }));
+                }
+                Event::Command(Some(SupervisorCommand::Unfence { reply })) => {
+                    if state != InstanceState::Fenced {
+                        let _ = reply.send(Ok(pgsteward_api::FenceResponse {
+                            fenced: false,
+                            changed: false,
+                        }));
+                        continue;
+                    }
+                    if let Err(e) = crate::replication::fence::set(&self.shared.pgdata, false) {
+                        let _ = reply.send(Err(CommandError::Failed(format!("{e:#}"))));
+                        continue;
+                    }
+                    tracing::info!("unfenced: starting postgres");
+                    next_start = Some(Instant::now());
+                    let _ = reply.send(Ok(pgsteward_api::FenceResponse {
+                        fenced: false,
+                        changed: true,
+                    }));
+                }
                 Event::Command(Some(SupervisorCommand::Restart { mode, reply })) => {
                     if state != InstanceState::Running || !has_postmaster {
                         let _ = reply.send(Err(CommandError::WrongState(format!(
@@ -187,6 +238,7 @@ impl Supervisor {
         let config = self.shared.config();
         let rendered = crate::config::render::render(&config, &self.shared.render_context());
         crate::config::render::write(&self.shared.pgdata, &rendered)?;
+        crate::replication::prepare_start(&self.shared)?;
         self.shared.with_runtime(|r| {
             r.config_hash.clone_from(&rendered.hash);
             r.pending_restart.clear();
@@ -301,6 +353,15 @@ impl Supervisor {
         let outcome = shutdown::stop(pm, mode, &limits, None).await;
         self.shared.with_runtime(|r| r.postmaster_pid = None);
         tracing::info!(status = %outcome.ended, "postgres stopped for a restart");
+    }
+
+    /// Fast shutdown of postgres for a fence (escalating per the shutdown limits).
+    async fn stop_for_fence(&mut self, pm: &mut Postmaster) {
+        self.shared.metrics.postgres_up.set(0);
+        let limits = self.shared.config().shutdown;
+        let outcome = shutdown::stop(pm, ShutdownMode::Fast, &limits, None).await;
+        self.shared.with_runtime(|r| r.postmaster_pid = None);
+        tracing::info!(status = %outcome.ended, "postgres stopped for a fence");
     }
 
     async fn shutdown(mut self, postmaster: Option<Postmaster>, mode: ShutdownMode) -> i32 {

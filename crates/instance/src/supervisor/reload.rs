@@ -92,8 +92,10 @@ async fn apply_inner(
         tracing::warn!(settings = ?kept, "these settings change only when the manager restarts; keeping the running values");
     }
     let rendered = config::render::render(&new_config, &shared.render_context());
-    let changed = config::render::write(&shared.pgdata, &rendered)
+    let mut changed = config::render::write(&shared.pgdata, &rendered)
         .map_err(|e| CommandError::Failed(format!("writing configuration files: {e:#}")))?;
+    changed |= crate::replication::refresh(&shared.pgdata, &new_config)
+        .map_err(|e| CommandError::Failed(format!("writing the standby settings: {e:#}")))?;
     shared.reload_token(&new_config);
     *shared.config.write().unwrap_or_else(|p| p.into_inner()) = new_config;
     shared.with_runtime(|r| {

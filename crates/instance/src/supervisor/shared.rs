@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Mutex, RwLock};
 
-use pgsteward_api::{ReloadResponse, RestartMode, RestartResponse};
+use pgsteward_api::{FenceResponse, ReloadResponse, RestartMode, RestartResponse};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
@@ -48,6 +48,14 @@ pub enum SupervisorCommand {
         reply: Option<oneshot::Sender<Result<ReloadResponse, CommandError>>>,
     },
     Shutdown(ShutdownMode),
+    /// Stop postgres and keep it stopped (persisted) until `Unfence`.
+    Fence {
+        reply: oneshot::Sender<Result<FenceResponse, CommandError>>,
+    },
+    /// Remove the fence and start postgres.
+    Unfence {
+        reply: oneshot::Sender<Result<FenceResponse, CommandError>>,
+    },
 }
 
 /// Facts the loop records for status.

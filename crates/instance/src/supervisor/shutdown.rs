@@ -105,6 +105,9 @@ pub async fn stop(
                     let _ = reply.send(Err(CommandError::WrongState("postgres is stopping".into())));
                 }
                 Some(SupervisorCommand::Reload { reply: None }) => {}
+                Some(SupervisorCommand::Fence { reply } | SupervisorCommand::Unfence { reply }) => {
+                    let _ = reply.send(Err(CommandError::WrongState("postgres is stopping".into())));
+                }
                 None => commands = None,
             },
         }

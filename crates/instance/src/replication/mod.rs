@@ -1,0 +1,37 @@
+//! Replication in the instance manager: the persisted role and term (`role`), the standby
+//! configuration rendered before every start (`standby`), replica bootstrap with
+//! pg_basebackup (`basebackup`), promotion (`promote`), the persisted fence (`fence`), and the replication status block and
+//! metrics (`status`, `metrics`, `summary` for `pgsteward status`).
+
+pub mod basebackup;
+pub mod fence;
+pub mod metrics;
+pub mod promote;
+pub mod role;
+pub mod standby;
+pub mod status;
+pub mod summary;
+
+use anyhow::Result;
+
+use crate::supervisor::shared::Shared;
+
+/// Before postgres starts: read (or initialise) the role file and write the replication
+/// files that match it (standby.signal, primary_conninfo, slot name), so a restart keeps
+/// the role.
+pub fn prepare_start(shared: &Shared) -> Result<()> {
+    let state = role::load_or_init(&shared.pgdata)?;
+    standby::write(&shared.config(), &state, &shared.pgdata)?;
+    Ok(())
+}
+
+/// After a configuration reload: rewrite the standby settings for the new configuration
+/// (upstream user, password file, sslmode) when a role file exists. Returns true when
+/// `pgsteward.replication.conf` changed (postgres must reload; `primary_conninfo` and
+/// `primary_slot_name` are reloadable).
+pub fn refresh(pgdata: &std::path::Path, config: &crate::config::Config) -> Result<bool> {
+    match role::read(pgdata)? {
+        Some(state) => standby::write(config, &state, pgdata),
+        None => Ok(false),
+    }
+}
