@@ -1,4 +1,5 @@
-//! Command-line interface: `pgsteward run | status | config check | version`.
+//! Command-line interface: `pgsteward run | status | config check | version`, the WAL
+//! commands, `restore` and `drill`.
 
 use std::path::PathBuf;
 
@@ -50,6 +51,8 @@ pub enum Command {
     /// Inspect the WAL archive.
     #[command(subcommand)]
     Wal(WalCommand),
+    /// Restore a base backup into an empty directory and replay archived WAL to a target.
+    Restore(Box<crate::restore_cmd::RestoreArgs>),
 }
 
 /// `pgsteward wal ...`.
@@ -186,6 +189,7 @@ pub fn dispatch(cli: Cli) -> i32 {
             segment_size_mb,
         ),
         Command::Archiver { pgdata } => crate::archiver::sidecar::run(&pgdata),
+        Command::Restore(args) => crate::restore_cmd::run(*args),
         Command::Version => {
             println!("pgsteward {}", env!("CARGO_PKG_VERSION"));
             0

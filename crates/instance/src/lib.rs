@@ -14,6 +14,8 @@ pub mod pgbin;
 pub mod pgconn;
 pub mod pgdata;
 pub mod privileges;
+pub mod recovery;
+pub mod restore_cmd;
 pub mod run;
 pub mod state;
 pub mod status;

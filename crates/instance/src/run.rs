@@ -170,9 +170,16 @@ async fn manage(config: Config, sources: ConfigSources, os_user: String) -> Resu
     crate::http::metrics_server::serve(shared.clone()).await?;
     if matches!(kind, DataDirKind::Missing | DataDirKind::Empty) {
         state.transition(InstanceState::Bootstrapping, "empty data directory");
-        if let Err(e) =
-            crate::bootstrap::run(&reaper, &bins, &config, &pgdata, &shared.render_context()).await
-        {
+        let bootstrapped = match config.bootstrap.method {
+            config::recovery::BootstrapMethod::Initdb => {
+                crate::bootstrap::run(&reaper, &bins, &config, &pgdata, &shared.render_context())
+                    .await
+            }
+            config::recovery::BootstrapMethod::Recovery => {
+                crate::recovery::bootstrap::run(&reaper, &bins, &config, &pgdata, &executable).await
+            }
+        };
+        if let Err(e) = bootstrapped {
             state.transition(InstanceState::Failed, "bootstrap failed");
             return Err(e.context("bootstrap failed"));
         }

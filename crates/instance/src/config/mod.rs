@@ -3,6 +3,7 @@
 
 pub mod gucs;
 pub mod layers;
+pub mod recovery;
 pub mod render;
 pub mod validate;
 
@@ -146,7 +147,10 @@ impl Default for PostgresConfig {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BootstrapConfig {
+    /// `initdb` (default) or `recovery` (from a base backup and the WAL archive).
+    pub method: recovery::BootstrapMethod,
     pub initdb: InitdbConfig,
+    pub recovery: recovery::RecoveryConfig,
 }
 
 /// initdb and post-init steps.
@@ -309,6 +313,8 @@ pub struct ArchiveConfig {
     pub allow_existing_wal: bool,
     pub s3: S3Config,
     pub wal: WalArchiveConfig,
+    /// Periodic restore drills of the latest backup.
+    pub drill: recovery::DrillConfig,
 }
 
 /// S3 connection settings.
