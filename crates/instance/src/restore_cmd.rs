@@ -24,9 +24,9 @@ pub struct RestoreArgs {
     /// The instance's YAML configuration (source archive, S3 settings, binaries, superuser).
     #[arg(long, env = "PGSTEWARD_CONFIG")]
     pub config: PathBuf,
-    /// Where to restore (absent or empty); default: the configuration's pgdata.
-    #[arg(long)]
-    pub pgdata: Option<PathBuf>,
+    /// `--pgdata` (where to restore: absent or empty), `--set`, ... as for `run`.
+    #[command(flatten)]
+    pub sources: crate::cli::ConfigArgs,
     /// When started as root: the user to become first (postgres refuses root).
     #[arg(long, env = "PGSTEWARD_USER")]
     pub user: Option<String>,
@@ -106,11 +106,8 @@ pub fn run(args: RestoreArgs) -> i32 {
             };
             crate::privileges::drop_to(&crate::privileges::lookup(name)?)?;
         }
-        let mut overrides = Vec::new();
-        if let Some(pgdata) = &args.pgdata {
-            overrides.push(("pgdata".to_owned(), pgdata.display().to_string()));
-        }
-        let sources = ConfigSources::from_process(Some(args.config.clone()), overrides);
+        let sources =
+            ConfigSources::from_process(Some(args.config.clone()), args.sources.overrides()?);
         let mut config = config::load(&sources)?;
         if let Some(source) = &args.source {
             config.bootstrap.recovery.source.destination = Some(source.clone());

@@ -55,6 +55,19 @@ pub enum Target {
     Immediate,
 }
 
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::EndOfArchive => f.write_str("the end of the archive"),
+            Target::Time(time) => write!(f, "time {}", format_time(time)),
+            Target::Lsn(lsn) => write!(f, "LSN {lsn}"),
+            Target::Xid(xid) => write!(f, "xid {xid}"),
+            Target::Name(name) => write!(f, "restore point {name:?}"),
+            Target::Immediate => f.write_str("immediate (the end of the backup)"),
+        }
+    }
+}
+
 impl Target {
     /// Parse the time spellings barman and postgres accept (offset optional, UTC when absent).
     pub fn time(text: &str) -> Result<Target, String> {

@@ -93,7 +93,7 @@ pub async fn restore_files(
     target
         .check_against(&backup)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    tracing::info!(backup = %backup.backup_id(), source = %catalog.store().describe(), server = %source.server_name, target = ?target.target, "backup chosen for restore");
+    tracing::info!(backup = %backup.backup_id(), source = %catalog.store().describe(), server = %source.server_name, target = %target.target, "backup chosen for restore");
     let report = restore::restore(&catalog, &backup, pgdata, options).await?;
     for name in SOURCE_ONLY {
         let path = pgdata.join(name);
@@ -146,7 +146,7 @@ pub async fn wait_recovered(
                 l.contains("recovery ended before configured recovery target was reached")
             }) {
                 return Err(RecoverError::TargetNotReached {
-                    target: format!("{:?}", target.target),
+                    target: target.target.to_string(),
                     detail: line.trim().to_owned(),
                 });
             }
