@@ -53,6 +53,9 @@ pub enum Command {
     Wal(WalCommand),
     /// Restore a base backup into an empty directory and replay archived WAL to a target.
     Restore(Box<crate::restore_cmd::RestoreArgs>),
+    /// Restore drill: restore the latest backup into a scratch directory, replay the archive,
+    /// check the result, clean up; prints a JSON report (exit 1 when the drill failed).
+    Drill(crate::drill::cmd::DrillArgs),
 }
 
 /// `pgsteward wal ...`.
@@ -190,6 +193,7 @@ pub fn dispatch(cli: Cli) -> i32 {
         ),
         Command::Archiver { pgdata } => crate::archiver::sidecar::run(&pgdata),
         Command::Restore(args) => crate::restore_cmd::run(*args),
+        Command::Drill(args) => crate::drill::cmd::run(args),
         Command::Version => {
             println!("pgsteward {}", env!("CARGO_PKG_VERSION"));
             0

@@ -7,6 +7,7 @@ pub mod archiver;
 pub mod bootstrap;
 pub mod cli;
 pub mod config;
+pub mod drill;
 pub mod http;
 pub mod logs;
 pub mod metrics;

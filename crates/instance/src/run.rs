@@ -163,6 +163,7 @@ async fn manage(config: Config, sources: ConfigSources, os_user: String) -> Resu
         active_target: RwLock::new(None),
         executable: executable.clone(),
         archiver: std::sync::OnceLock::new(),
+        drill: Mutex::new(None),
     });
     shared.reload_token(&config);
     spawn_signal_forwarder(shared.clone())?;
@@ -187,6 +188,7 @@ async fn manage(config: Config, sources: ConfigSources, os_user: String) -> Resu
     start_archiver(&shared, &reaper, &config).await?;
     crate::logs::pg_tail::spawn(pgdata.clone());
     crate::supervisor::reload::spawn_file_watcher(shared.clone());
+    crate::drill::schedule::spawn(shared.clone(), reaper.clone());
     let code = Supervisor::new(shared, reaper, catalog, commands_rx)
         .run()
         .await;

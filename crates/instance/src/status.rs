@@ -77,6 +77,11 @@ pub async fn collect(shared: &Shared) -> InstanceStatus {
             );
             status
         }),
+        drill: shared
+            .drill
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone(),
     }
 }
 

@@ -46,6 +46,7 @@ fn offline_state() -> Arc<Shared> {
         active_target: RwLock::new(None),
         executable: "/usr/bin/pgsteward".into(),
         archiver: std::sync::OnceLock::new(),
+        drill: Mutex::new(None),
     })
 }
 

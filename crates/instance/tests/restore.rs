@@ -33,8 +33,7 @@ fn barman(tool: &str) -> PathBuf {
 struct Source {
     s3: S3Server,
     creds: ScratchDir,
-    /// Kept alive for its files (the manager runs on them).
-    _instance: Instance,
+    instance: Instance,
     manager: pgsteward_testkit::Manager,
     /// A time after 'first' committed and before 'second' did (UTC, no offset).
     between: String,
@@ -60,10 +59,15 @@ async fn switch_and_wait_archived(source: &Instance, s3: &S3Server) {
 }
 
 async fn source(version: PgVersion) -> Source {
+    source_with(version, &[]).await
+}
+
+async fn source_with(version: PgVersion, extra_args: &[&str]) -> Source {
     let s3 = S3Server::new().await;
     let creds = ScratchDir::new();
     let mut opts = options(version);
     opts.args = s3_archive_args(&s3, creds.path(), PREFIX, SOURCE);
+    opts.args.extend(extra_args.iter().map(|a| a.to_string()));
     let instance = Instance::new(opts);
     let manager = instance.spawn();
     manager.wait_ready(READY).await;
@@ -132,7 +136,7 @@ async fn source(version: PgVersion) -> Source {
     Source {
         s3,
         creds,
-        _instance: instance,
+        instance,
         manager,
         between,
         lsn_after_first,
@@ -323,5 +327,97 @@ fn backup_id(source: &Source) -> String {
         .unwrap_or_else(|| panic!("no backup in {}", base.display()))
 }
 
+/// `pgsteward drill` on the source's own configuration; returns the report and the output.
+fn drill(source: &Source, scratch: &Path) -> (serde_json::Value, Output) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pgsteward"))
+        .args(["drill", "--user", "postgres", "--config"])
+        .arg(&source.instance.config_path)
+        .args(&source.instance.options.args)
+        .arg("--scratch-dir")
+        .arg(scratch)
+        .env_remove("PGSTEWARD_CONFIG")
+        .env_remove("PGSTEWARD_USER")
+        .output()
+        .unwrap_or_else(|e| panic!("pgsteward drill: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("pgsteward drill: {stdout}\n{}", stderr(&out));
+    // The report is the pretty-printed JSON object at the end of stdout (logs come first).
+    let start = stdout.rfind("\n{\n").map(|i| i + 1).unwrap_or(0);
+    let report = serde_json::from_str(&stdout[start..])
+        .unwrap_or_else(|e| panic!("no drill report in {stdout}: {e}"));
+    (report, out)
+}
+
+async fn drills_check_backups_and_report_corruption(version: PgVersion) {
+    // The manager drills every 5 s (the first ones fail: no backup yet).
+    let source = source_with(version, &["--set=archive.drill.interval=5s"]).await;
+    let status = wait_for(
+        "a scheduled drill to succeed",
+        Duration::from_secs(180),
+        || async {
+            let status = source.manager.status().await;
+            (status["drill"]["last_result"] == "success").then_some(status)
+        },
+    )
+    .await;
+    eprintln!("drill status: {}", status["drill"]);
+    assert!(status["drill"]["recovered_lsn"].is_string());
+    assert!(status["drill"]["databases_checked"].as_u64().unwrap_or(0) >= 2);
+    let metrics = source.instance.metrics();
+    for name in [
+        "pgsteward_drill_last_success_timestamp",
+        "pgsteward_drill_duration_seconds",
+        "pgsteward_drill_recovered_lsn",
+    ] {
+        let value = metric(&metrics, name).await.unwrap_or(0.0);
+        assert!(value > 0.0, "{name} = {value}");
+    }
+
+    // From the command line, into a scratch directory that is left empty.
+    let scratch = source.creds.mkdir("drill-scratch", 0o700);
+    source.creds.chown_postgres(&scratch);
+    let (report, out) = drill(&source, &scratch);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(report["success"], true);
+    assert!(report["recovered_lsn"].is_string());
+    assert!(report["databases_checked"].as_u64().unwrap_or(0) >= 2);
+    assert_eq!(
+        std::fs::read_dir(&scratch).map(|d| d.count()).unwrap_or(99),
+        0
+    );
+
+    // A corrupted backup object: the drill fails, says why, and still cleans up.
+    let id = backup_id(&source);
+    let object = source
+        .s3
+        .object_path(&format!("{PREFIX}/{SOURCE}/base/{id}/data.tar.gz"));
+    let mut bytes = std::fs::read(&object).unwrap_or_else(|e| panic!("{}: {e}", object.display()));
+    let middle = bytes.len() / 2;
+    for b in &mut bytes[middle..middle + 64] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&object, &bytes).unwrap_or_else(|e| panic!("{e}"));
+    let (report, out) = drill(&source, &scratch);
+    assert!(!out.status.success());
+    assert_eq!(report["success"], false);
+    let error = report["error"].as_str().unwrap_or_default().to_owned();
+    assert!(error.contains("data.tar.gz"), "{error}");
+    assert!(stderr(&out).contains("FAILED"), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_dir(&scratch).map(|d| d.count()).unwrap_or(99),
+        0
+    );
+    // No private postgres is left behind.
+    assert!(
+        pgsteward_testkit::proc::pids_matching(&scratch.display().to_string()).is_empty(),
+        "a drill postgres survived"
+    );
+
+    let mut manager = source.manager;
+    manager.signal(Signal::SIGTERM).await;
+    assert_eq!(manager.wait_exit(EXIT).await, 0);
+}
+
+for_each_version!(drills_check_backups_and_report_corruption);
 for_each_version!(restores_barman_cloud_backups_to_targets);
 for_each_version!(restore_refusals);

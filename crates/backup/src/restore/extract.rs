@@ -35,17 +35,13 @@ pub enum ExtractError {
     Escapes { path: String },
     #[error("tar entry {path:?} is a {kind}, which a base backup never holds")]
     Unsupported { path: String, kind: String },
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error("{what}: {error}")]
+    Io { what: String, error: io::Error },
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> ExtractError {
     let what = what.into();
-    move |source| ExtractError::Io { what, source }
+    move |error| ExtractError::Io { what, error }
 }
 
 /// The entry's path made safe: relative, normal components only (`./` dropped). None for the

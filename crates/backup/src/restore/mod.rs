@@ -65,20 +65,15 @@ pub struct RestoreReport {
 pub enum RestoreError {
     #[error("restore destination {0} exists and is not empty (restores only go into an empty or missing directory)")]
     DestinationNotEmpty(PathBuf),
-    #[error("restore destination {path}: {source}")]
+    #[error("restore destination {path}: {error}")]
     Destination {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("backup {id}: {source}")]
-    Info {
-        id: String,
-        #[source]
-        source: InfoError,
-    },
+    #[error("backup {id}: {error}")]
+    Info { id: String, error: InfoError },
     #[error("backup {id} has no {what} in the store")]
     MissingFile { id: String, what: String },
     #[error("backup file {key} uses an unsupported compression (only gzip and none are)")]
@@ -98,9 +93,9 @@ pub struct TarJob {
 }
 
 fn destination_error(path: &Path) -> impl FnOnce(std::io::Error) -> RestoreError + '_ {
-    move |source| RestoreError::Destination {
+    move |error| RestoreError::Destination {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 
@@ -136,9 +131,9 @@ pub async fn plan(
     let id = backup.backup_id();
     let prefix = catalog.backup_prefix(id);
     let objects = catalog.store().list(&prefix).await?;
-    let tablespaces = backup.tablespaces().map_err(|source| RestoreError::Info {
+    let tablespaces = backup.tablespaces().map_err(|error| RestoreError::Info {
         id: id.to_owned(),
-        source,
+        error,
     })?;
     let mut bases: Vec<(String, PathBuf)> = vec![("data".to_owned(), dest.to_path_buf())];
     let mut links = Vec::new();
@@ -326,9 +321,9 @@ fn finish_layout(dest: &Path, backup: &BackupInfo) -> Result<(), RestoreError> {
     if !label.exists() {
         let text = backup
             .backup_label()
-            .map_err(|source| RestoreError::Info {
+            .map_err(|error| RestoreError::Info {
                 id: backup.backup_id().to_owned(),
-                source,
+                error,
             })?
             .ok_or_else(|| RestoreError::MissingFile {
                 id: backup.backup_id().to_owned(),

@@ -29,26 +29,14 @@ pub struct Progress {
 /// Why a tar could not be restored.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
-    #[error("downloading {key}: {source}")]
-    Store {
-        key: String,
-        #[source]
-        source: StoreError,
-    },
+    #[error("downloading {key}: {error}")]
+    Store { key: String, error: StoreError },
     #[error("{key} does not exist in the store")]
     Missing { key: String },
-    #[error("{key} is not a valid gzip stream: {source}")]
-    Gzip {
-        key: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("extracting {key}: {source}")]
-    Extract {
-        key: String,
-        #[source]
-        source: ExtractError,
-    },
+    #[error("{key} is not a valid gzip stream: {error}")]
+    Gzip { key: String, error: io::Error },
+    #[error("extracting {key}: {error}")]
+    Extract { key: String, error: ExtractError },
     #[error("{key}: a pipeline stage failed: {detail}")]
     Stage { key: String, detail: String },
 }
@@ -96,9 +84,9 @@ pub async fn restore_tar(
     let mut reader = store
         .get_stream(&key)
         .await
-        .map_err(|source| PipelineError::Store {
+        .map_err(|error| PipelineError::Store {
             key: key.clone(),
-            source,
+            error,
         })?
         .ok_or_else(|| PipelineError::Missing { key: key.clone() })?;
 
@@ -186,7 +174,7 @@ pub async fn restore_tar(
             if let Err(e) = drained {
                 return Err(ExtractError::Io {
                     what: "reading past the end of the tar".to_owned(),
-                    source: e,
+                    error: e,
                 });
             }
         }
@@ -207,28 +195,34 @@ pub async fn restore_tar(
             // The tar ended; the stream must have ended cleanly too.
             if let Err(e) = decompressed {
                 return Err(match store_error_in(&e) {
-                    Some(source) => PipelineError::Store { key, source },
-                    None => PipelineError::Gzip { key, source: e },
+                    Some(error) => PipelineError::Store { key, error },
+                    None => PipelineError::Gzip { key, error: e },
                 });
             }
             Ok(out)
         }
-        Err(ExtractError::Io { what, source }) => {
+        Err(ExtractError::Io {
+            what,
+            error: source,
+        }) => {
             // The root cause is usually upstream: the download or the gzip stream.
-            if let Some(source) = store_error_in(&source) {
-                return Err(PipelineError::Store { key, source });
+            if let Some(error) = store_error_in(&source) {
+                return Err(PipelineError::Store { key, error });
             }
             if let Err(e) = decompressed {
-                if let Some(source) = store_error_in(&e) {
-                    return Err(PipelineError::Store { key, source });
+                if let Some(error) = store_error_in(&e) {
+                    return Err(PipelineError::Store { key, error });
                 }
-                return Err(PipelineError::Gzip { key, source: e });
+                return Err(PipelineError::Gzip { key, error: e });
             }
             Err(PipelineError::Extract {
                 key,
-                source: ExtractError::Io { what, source },
+                error: ExtractError::Io {
+                    what,
+                    error: source,
+                },
             })
         }
-        Err(source) => Err(PipelineError::Extract { key, source }),
+        Err(error) => Err(PipelineError::Extract { key, error }),
     }
 }

@@ -83,6 +83,8 @@ pub struct Shared {
     pub executable: PathBuf,
     /// The WAL archiver, when archiving is configured.
     pub archiver: std::sync::OnceLock<std::sync::Arc<crate::archiver::Archiver>>,
+    /// Restore drills run by this manager (None until one is scheduled or run).
+    pub drill: Mutex<Option<pgsteward_api::DrillStatus>>,
 }
 
 impl Shared {
