@@ -165,7 +165,7 @@ async fn restore(args: &RestoreArgs, config: &config::Config) -> Result<String> 
         ..RestoreOptions::default()
     };
     let restored = recovery::restore_files(&source, &choice, &target, &pgdata, &options).await?;
-    let settings = recovery::replay_settings(&executable, &pgdata, &target);
+    let settings = recovery::replay_settings(&executable, &pgdata, &target, true);
     let mut pg = PrivatePostgres::spawn(
         &reaper,
         &bins,

@@ -192,6 +192,18 @@ async fn restore_and_read(
     let rows = query(&instance, "SELECT string_agg(v, ',' ORDER BY v) FROM t").await;
     let in_recovery = query(&instance, "SELECT pg_is_in_recovery()::text").await;
     assert_eq!(in_recovery, "false");
+    // The history file of the new timeline reaches the instance's own archive.
+    let timeline = manager.status().await["timeline"].as_u64().unwrap_or(0);
+    assert!(timeline >= 2, "timeline {timeline}");
+    let history = source
+        .s3
+        .object_path(&format!("{PREFIX}/{name}/wals/{timeline:08X}.history.gz"));
+    wait_for(
+        "the new timeline's history archived",
+        Duration::from_secs(60),
+        || async { history.is_file().then_some(()) },
+    )
+    .await;
     manager.signal(Signal::SIGTERM).await;
     assert_eq!(manager.wait_exit(EXIT).await, 0);
     rows
@@ -418,6 +430,68 @@ async fn drills_check_backups_and_report_corruption(version: PgVersion) {
     assert_eq!(manager.wait_exit(EXIT).await, 0);
 }
 
+async fn manager_bootstraps_by_point_in_time_recovery(version: PgVersion) {
+    let source = source(version).await;
+    let mut opts = options(version);
+    opts.args = s3_archive_args(&source.s3, source.creds.path(), PREFIX, "boot");
+    opts.args.extend([
+        "--set=bootstrap.method=recovery".to_owned(),
+        format!("--set=bootstrap.recovery.source.server_name={SOURCE}"),
+        format!("--set=bootstrap.recovery.target.time={}", source.between),
+    ]);
+    let instance = Instance::new(opts);
+    let mut manager = instance.spawn();
+    manager.wait_ready(READY).await;
+    assert_eq!(
+        query(&instance, "SELECT string_agg(v, ',' ORDER BY v) FROM t").await,
+        "base,first"
+    );
+    let status = manager.status().await;
+    assert_eq!(status["role"], "primary", "{status}");
+    assert!(status["timeline"].as_u64().unwrap_or(0) >= 2, "{status}");
+    let log = manager.log();
+    assert!(log.contains("recovery bootstrap complete"), "{log}");
+    assert!(!instance.pgdata.join(pgsteward::bootstrap::MARKER).exists());
+    // The recovery parameters never reached the data directory's configuration.
+    let conf = std::fs::read_to_string(instance.pgdata.join("pgsteward.conf")).unwrap_or_default();
+    assert!(!conf.contains("recovery_target"), "{conf}");
+    // The new timeline is archived under the instance's own name.
+    query(&instance, "INSERT INTO t VALUES ('after'); SELECT 1").await;
+    let history = source.s3.object_path(&format!(
+        "{PREFIX}/boot/wals/{:08X}.history.gz",
+        status["timeline"].as_u64().unwrap_or(0)
+    ));
+    wait_for(
+        "the new timeline's history archived",
+        Duration::from_secs(60),
+        || async { history.is_file().then_some(()) },
+    )
+    .await;
+    manager.signal(Signal::SIGTERM).await;
+    assert_eq!(manager.wait_exit(EXIT).await, 0);
+
+    // A target beyond the archive fails the bootstrap plainly (and exits).
+    let mut opts = options(version);
+    opts.args = s3_archive_args(&source.s3, source.creds.path(), PREFIX, "boot-beyond");
+    opts.args.extend([
+        "--set=bootstrap.method=recovery".to_owned(),
+        format!("--set=bootstrap.recovery.source.server_name={SOURCE}"),
+        "--set=bootstrap.recovery.target.lsn=FF/0".to_owned(),
+    ]);
+    let instance = Instance::new(opts);
+    let mut manager = instance.spawn();
+    assert_ne!(manager.wait_exit(READY).await, 0);
+    let log = manager.log();
+    assert!(
+        log.contains("recovery ended before the configured recovery target was reached"),
+        "{log}"
+    );
+    let mut source_manager = source.manager;
+    source_manager.signal(Signal::SIGTERM).await;
+    assert_eq!(source_manager.wait_exit(EXIT).await, 0);
+}
+
+for_each_version!(manager_bootstraps_by_point_in_time_recovery);
 for_each_version!(drills_check_backups_and_report_corruption);
 for_each_version!(restores_barman_cloud_backups_to_targets);
 for_each_version!(restore_refusals);

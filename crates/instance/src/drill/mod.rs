@@ -187,7 +187,7 @@ async fn run_inner(
     .await?;
     report.backup_id = Some(restored.backup.backup_id().to_owned());
     report.restored_bytes = restored.report.bytes_written;
-    let settings = recovery::replay_settings(executable, scratch, &target);
+    let settings = recovery::replay_settings(executable, scratch, &target, false);
     let mut pg = PrivatePostgres::spawn(
         reaper,
         bins,

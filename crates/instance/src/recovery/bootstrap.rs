@@ -55,7 +55,7 @@ pub async fn run(
         "recovery bootstrap started\n",
     )
     .context("writing the bootstrap marker")?;
-    let settings = replay_settings(executable, pgdata, &target);
+    let settings = replay_settings(executable, pgdata, &target, true);
     let mut pg = PrivatePostgres::spawn(
         reaper,
         bins,

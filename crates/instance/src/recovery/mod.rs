@@ -112,20 +112,29 @@ pub async fn restore_files(
 }
 
 /// The settings of the private replay: restore_command through `wal-restore` and the
-/// target's parameters.
+/// target's parameters. With `mark_ready` (a restore that lives on, not a drill), archiving is
+/// on without a command, so the files promotion creates (the new timeline's history file,
+/// the old timeline's `.partial` segment) get `.ready` status and the manager's archiver
+/// uploads them once it runs; nothing is archived by the private postgres itself.
 pub fn replay_settings(
     executable: &Path,
     pgdata: &Path,
     target: &RecoveryTarget,
+    mark_ready: bool,
 ) -> Vec<(&'static str, String)> {
-    let mut settings = vec![(
+    let mut settings = Vec::new();
+    if mark_ready {
+        settings.push(("archive_mode", "on".to_owned()));
+        settings.push(("archive_command", String::new()));
+    }
+    settings.push((
         "restore_command",
         format!(
             "{} wal-restore --pgdata {} %f %p",
             shell_quote(&executable.to_string_lossy()),
             shell_quote(&pgdata.to_string_lossy())
         ),
-    )];
+    ));
     settings.extend(target.parameters());
     settings
 }

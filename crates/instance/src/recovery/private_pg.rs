@@ -1,8 +1,9 @@
 //! A postgres started privately on a restored data directory, for WAL replay (restore
 //! bootstrap, `pgsteward restore`) and restore drills: no TCP (`listen_addresses = ''`), its
 //! socket in a fresh 0700 directory only this user can enter (so `trust` in the private
-//! pg_hba.conf admits only this user), archiving off (a restored copy must never write into
-//! an archive), and its output in a log file that is searched when it exits.
+//! pg_hba.conf admits only this user), archiving off unless the caller turns it on without a
+//! command (a restored copy must never write into an archive on its own), and its output in a
+//! log file that is searched when it exits. Settings given later override earlier ones.
 
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
