@@ -64,6 +64,9 @@ pub struct RestoreArgs {
     /// `promote` (default) or `standby`.
     #[arg(long, default_value = "promote")]
     pub target_action: String,
+    /// Restore tablespace NAME at PATH instead of its original location (repeatable).
+    #[arg(long = "tablespace", value_name = "NAME:PATH")]
+    pub tablespaces: Vec<String>,
     /// Backup files downloaded and extracted at once.
     #[arg(long, default_value_t = 4)]
     pub parallel: usize,
@@ -160,10 +163,20 @@ async fn restore(args: &RestoreArgs, config: &config::Config) -> Result<String> 
     let reaper = Reaper::start()?;
     let executable = std::env::current_exe().context("locating the pgsteward executable")?;
     let source = recovery::bootstrap::source_settings(config)?;
-    let options = RestoreOptions {
+    let mut options = RestoreOptions {
         parallel: args.parallel.max(1),
+        tablespace_locations: config.bootstrap.recovery.tablespaces.clone(),
         ..RestoreOptions::default()
     };
+    for rule in &args.tablespaces {
+        let (name, path) = rule
+            .split_once(':')
+            .filter(|(n, p)| !n.is_empty() && p.starts_with('/'))
+            .with_context(|| format!("--tablespace {rule:?}: expected NAME:/absolute/path"))?;
+        options
+            .tablespace_locations
+            .insert(name.to_owned(), PathBuf::from(path));
+    }
     let restored = recovery::restore_files(&source, &choice, &target, &pgdata, &options).await?;
     let settings = recovery::replay_settings(&executable, &pgdata, &target, true);
     let mut pg = PrivatePostgres::spawn(

@@ -285,6 +285,18 @@ pub async fn restore(
     links.retain(|l| !tablespace_links.iter().any(|t| t.path == l.path));
     extract::create_links(dest, &links)?;
     extract::create_links(dest, &tablespace_links)?;
+    if !tablespace_links.is_empty() {
+        // The links just made are the truth: a tablespace_map would make postgres recreate
+        // them at the backup's original locations.
+        let map = dest.join("tablespace_map");
+        match std::fs::remove_file(&map) {
+            Ok(()) => tracing::info!(
+                "tablespace_map removed: pg_tblspc links point at the restored tablespaces"
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(destination_error(&map)(e)),
+        }
+    }
     finish_layout(dest, backup)?;
 
     let report = RestoreReport {

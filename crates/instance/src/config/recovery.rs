@@ -35,6 +35,9 @@ pub struct RecoveryConfig {
     pub target_timeline: String,
     /// `promote` (default) or `standby`.
     pub action: String,
+    /// Tablespace name → where to restore it (default: its location in the backup, which
+    /// must then be empty or absent).
+    pub tablespaces: std::collections::BTreeMap<String, std::path::PathBuf>,
     /// Backup files downloaded and extracted at once.
     pub parallel: usize,
     /// How long WAL replay may take before the bootstrap fails.
@@ -49,6 +52,7 @@ impl Default for RecoveryConfig {
             target: RecoveryTargetConfig::default(),
             target_timeline: "latest".to_owned(),
             action: "promote".to_owned(),
+            tablespaces: std::collections::BTreeMap::new(),
             parallel: 4,
             timeout: Duration::from_secs(24 * 3600),
         }
@@ -160,6 +164,14 @@ impl RecoveryConfig {
                 "bootstrap.recovery.source.destination: required when archive.destination is not set"
                     .to_owned(),
             );
+        }
+        for (name, path) in &self.tablespaces {
+            if !path.is_absolute() {
+                out.push(format!(
+                    "bootstrap.recovery.tablespaces.{name}: {} must be absolute",
+                    path.display()
+                ));
+            }
         }
         if self.parallel == 0 {
             out.push("bootstrap.recovery.parallel: must be at least 1".to_owned());

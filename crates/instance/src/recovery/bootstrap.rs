@@ -47,6 +47,7 @@ pub async fn run(
     let source = source_settings(config)?;
     let options = RestoreOptions {
         parallel: recovery.parallel.max(1),
+        tablespace_locations: recovery.tablespaces.clone(),
         ..RestoreOptions::default()
     };
     let restored = restore_files(&source, &choice, &target, pgdata, &options).await?;
