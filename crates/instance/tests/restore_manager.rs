@@ -78,7 +78,7 @@ async fn manager_bootstraps_by_point_in_time_recovery(version: PgVersion) {
 async fn drills_check_backups_and_report_corruption(version: PgVersion) {
     // The manager drills every 5 s (the first ones fail: no backup yet).
     let source = source_with(version, &["--set=archive.drill.interval=5s"], |_| {
-        String::new()
+        Vec::new()
     })
     .await;
     let status = wait_for(
