@@ -45,6 +45,22 @@ async fn restores_barman_cloud_backups_to_targets(version: PgVersion) {
         .await,
         "base,first"
     );
+    // The transaction that inserted 'first'.
+    assert_eq!(
+        restore_and_read(
+            &source,
+            version,
+            "r-xid",
+            &["--target-xid", &source.xid_first]
+        )
+        .await,
+        "base,first"
+    );
+    // Immediate: the end of the backup, before 'first'.
+    assert_eq!(
+        restore_and_read(&source, version, "r-immediate", &["--target-immediate"]).await,
+        "base"
+    );
     // A restore point.
     assert_eq!(
         restore_and_read(

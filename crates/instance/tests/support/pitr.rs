@@ -36,6 +36,8 @@ pub struct Source {
     pub between: String,
     /// The insert position right after 'first' committed.
     pub lsn_after_first: String,
+    /// The transaction that inserted 'first'.
+    pub xid_first: String,
 }
 
 pub async fn sql(instance: &Instance, statement: &str) -> String {
@@ -122,7 +124,11 @@ pub async fn source_with(
         String::from_utf8_lossy(&out.stderr)
     );
 
-    sql(&instance, "INSERT INTO t VALUES ('first'); SELECT 1").await;
+    let xid_first = sql(
+        &instance,
+        "INSERT INTO t VALUES ('first'); SELECT pg_current_xact_id()::text",
+    )
+    .await;
     let lsn_after_first = sql(&instance, "SELECT pg_current_wal_lsn()::text").await;
     let between = sql(
         &instance,
@@ -154,6 +160,7 @@ pub async fn source_with(
         manager,
         between,
         lsn_after_first,
+        xid_first,
     }
 }
 
