@@ -211,3 +211,42 @@ async fn restore(args: &RestoreArgs, config: &config::Config) -> Result<String> 
         if recovered.promoted { "promoted" } else { "left as a standby" }
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn args(flags: &[&str]) -> Result<RestoreArgs, clap::Error> {
+        let mut argv = vec!["pgsteward", "restore", "--config", "/c.yaml"];
+        argv.extend_from_slice(flags);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Restore(args) => Ok(*args),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn flags_become_targets() {
+        let target = args(&["--target-lsn", "0/5000028", "--exclusive"])
+            .unwrap_or_else(|e| panic!("{e}"))
+            .target()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(target.target, Target::Lsn(Lsn(0x500_0028)));
+        assert!(!target.inclusive);
+        let target = args(&["--target-action", "standby", "--target-timeline", "3"])
+            .unwrap_or_else(|e| panic!("{e}"))
+            .target()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(target.target, Target::EndOfArchive);
+        assert_eq!(target.signal_file(), "standby.signal");
+        // Two targets at once are refused by the parser.
+        assert!(args(&["--target-xid", "5", "--target-immediate"]).is_err());
+        assert!(args(&["--target-time", "yesterday"])
+            .unwrap_or_else(|e| panic!("{e}"))
+            .target()
+            .is_err());
+    }
+}
