@@ -75,6 +75,19 @@ async fn restores_parts_and_writes_the_layout() {
         .starts_with("START WAL LOCATION"));
     assert!(dest.join("pg_wal/archive_status").is_dir());
 
+    // A destination holding only a tolerated marker is accepted.
+    let marked = dir.path().join("marked");
+    std::fs::create_dir(&marked).unwrap();
+    std::fs::write(marked.join("MARK"), "x").unwrap();
+    let options = RestoreOptions {
+        tolerated_in_destination: vec!["MARK".into()],
+        ..RestoreOptions::default()
+    };
+    restore::restore(&catalog, &info, &marked, &options)
+        .await
+        .unwrap();
+    assert!(marked.join("MARK").exists() && marked.join("PG_VERSION").exists());
+
     // The same destination again: refused, nothing touched.
     let err = restore::restore(&catalog, &info, &dest, &RestoreOptions::default())
         .await

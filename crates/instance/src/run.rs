@@ -123,7 +123,7 @@ async fn manage(config: Config, sources: ConfigSources, os_user: String) -> Resu
         }
         if pgdata.join(crate::bootstrap::MARKER).exists() {
             bail!(
-                "data directory {} holds an unfinished bootstrap ({} exists): the earlier bootstrap failed after initdb; inspect it, then empty the directory to bootstrap again",
+                "data directory {} holds an unfinished bootstrap ({} exists): the earlier bootstrap (initdb or restore) did not finish; inspect it, then empty the directory to bootstrap again",
                 pgdata.display(),
                 crate::bootstrap::MARKER
             );

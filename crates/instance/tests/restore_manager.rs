@@ -70,6 +70,14 @@ async fn manager_bootstraps_by_point_in_time_recovery(version: PgVersion) {
         log.contains("recovery ended before the configured recovery target was reached"),
         "{log}"
     );
+    // The half-recovered directory is refused from then on.
+    let mut again = instance.spawn();
+    assert_ne!(again.wait_exit(READY).await, 0);
+    assert!(
+        again.log().contains("unfinished bootstrap"),
+        "{}",
+        again.log()
+    );
     let mut source_manager = source.manager;
     source_manager.signal(Signal::SIGTERM).await;
     assert_eq!(source_manager.wait_exit(EXIT).await, 0);

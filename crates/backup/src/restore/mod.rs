@@ -37,6 +37,9 @@ pub struct RestoreOptions {
     pub tablespace_locations: BTreeMap<String, PathBuf>,
     /// How often progress is logged.
     pub progress_interval: Duration,
+    /// File names tolerated in an otherwise empty data directory (a marker the caller wrote
+    /// before restoring, so an interrupted restore is recognised).
+    pub tolerated_in_destination: Vec<String>,
 }
 
 impl Default for RestoreOptions {
@@ -45,6 +48,7 @@ impl Default for RestoreOptions {
             parallel: 4,
             tablespace_locations: BTreeMap::new(),
             progress_interval: Duration::from_secs(5),
+            tolerated_in_destination: Vec::new(),
         }
     }
 }
@@ -99,13 +103,18 @@ fn destination_error(path: &Path) -> impl FnOnce(std::io::Error) -> RestoreError
     }
 }
 
-/// Make sure `dir` is absent or an empty directory, then create it (mode 0700).
-pub fn prepare_destination(dir: &Path) -> Result<(), RestoreError> {
+/// Make sure `dir` is absent or an empty directory (but for `tolerated` names), then create
+/// it (mode 0700).
+pub fn prepare_destination(dir: &Path, tolerated: &[String]) -> Result<(), RestoreError> {
     match std::fs::symlink_metadata(dir) {
         Ok(meta) if meta.is_dir() => {
-            let mut entries = std::fs::read_dir(dir).map_err(destination_error(dir))?;
-            if entries.next().is_some() {
-                return Err(RestoreError::DestinationNotEmpty(dir.to_path_buf()));
+            let entries = std::fs::read_dir(dir).map_err(destination_error(dir))?;
+            for entry in entries {
+                let entry = entry.map_err(destination_error(dir))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !tolerated.contains(&name) {
+                    return Err(RestoreError::DestinationNotEmpty(dir.to_path_buf()));
+                }
             }
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
                 .map_err(destination_error(dir))
@@ -208,9 +217,9 @@ pub async fn restore(
     let started = Instant::now();
     let id = backup.backup_id().to_owned();
     let (jobs, tablespace_links) = plan(catalog, backup, dest, options).await?;
-    prepare_destination(dest)?;
+    prepare_destination(dest, &options.tolerated_in_destination)?;
     for link in &tablespace_links {
-        prepare_destination(&link.target)?;
+        prepare_destination(&link.target, &[])?;
     }
     let size = backup.size().ok().flatten();
     tracing::info!(backup = %id, destination = %dest.display(), tars = jobs.len(), size_bytes = ?size, "restoring base backup");

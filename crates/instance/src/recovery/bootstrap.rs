@@ -1,7 +1,8 @@
 //! `bootstrap.method: recovery`: the manager restores a base backup into its empty data
 //! directory and replays archived WAL to the target on a private postgres before its normal
-//! start, so the recovery parameters never outlive the bootstrap. A marker records the
-//! unfinished bootstrap (a failed recovery leaves the directory refused until emptied).
+//! start, so the recovery parameters never outlive the bootstrap. A marker written before the
+//! first byte is restored records the unfinished bootstrap (a failed or interrupted restore
+//! or recovery leaves the directory refused until emptied).
 
 use std::path::Path;
 use std::time::Duration;
@@ -45,17 +46,20 @@ pub async fn run(
         .backup_choice()
         .map_err(|e| anyhow::anyhow!("bootstrap.recovery.source.backup: {e}"))?;
     let source = source_settings(config)?;
-    let options = RestoreOptions {
-        parallel: recovery.parallel.max(1),
-        tablespace_locations: recovery.tablespaces.clone(),
-        ..RestoreOptions::default()
-    };
-    let restored = restore_files(&source, &choice, &target, pgdata, &options).await?;
+    // The marker goes in first: a restore interrupted at any point (even by SIGKILL) leaves
+    // a directory the next start refuses instead of running postgres on half a backup.
     std::fs::write(
         pgdata.join(crate::bootstrap::MARKER),
         "recovery bootstrap started\n",
     )
     .context("writing the bootstrap marker")?;
+    let options = RestoreOptions {
+        parallel: recovery.parallel.max(1),
+        tablespace_locations: recovery.tablespaces.clone(),
+        tolerated_in_destination: vec![crate::bootstrap::MARKER.to_owned()],
+        ..RestoreOptions::default()
+    };
+    let restored = restore_files(&source, &choice, &target, pgdata, &options).await?;
     let settings = replay_settings(executable, pgdata, &target, true);
     let mut pg = PrivatePostgres::spawn(
         reaper,

@@ -34,7 +34,6 @@ pub use private_pg::PrivatePostgres;
 const SOURCE_ONLY: &[&str] = &[
     crate::archiver::settings::FILE,
     "pgsteward.archive-initialized",
-    crate::bootstrap::MARKER,
     "recovery.signal",
     "standby.signal",
     "postmaster.pid",
