@@ -195,6 +195,33 @@ pub struct DrillConfig {
     pub timeout: Option<Duration>,
 }
 
+impl DrillConfig {
+    /// Problems with `archive.drill`, for `validate`.
+    pub fn problems(&self, config: &Config) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(interval) = self.interval {
+            if interval < Duration::from_secs(1) {
+                out.push("archive.drill.interval: must be at least 1s".to_owned());
+            }
+            if config.archive.destination.is_none() {
+                out.push(
+                    "archive.drill.interval: drills need archive.destination (the archive they restore)"
+                        .to_owned(),
+                );
+            }
+        }
+        if let Some(dir) = &self.scratch_dir {
+            if !dir.is_absolute() {
+                out.push(format!(
+                    "archive.drill.scratch_dir: {} must be absolute",
+                    dir.display()
+                ));
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

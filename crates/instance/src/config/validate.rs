@@ -80,6 +80,7 @@ pub fn validate(config: &Config, catalog: &GucCatalog) -> Result<(), ConfigProbl
     if config.bootstrap.method == super::recovery::BootstrapMethod::Recovery {
         problems.extend(config.bootstrap.recovery.problems(config));
     }
+    problems.extend(config.archive.drill.problems(config));
     if config.metrics.namespace.is_empty()
         || !config
             .metrics
