@@ -134,6 +134,36 @@ pub struct InstanceStatus {
     /// Replication: persisted role and term, WAL receiver or standbys, slots.
     #[serde(default)]
     pub replication: Option<ReplicationStatus>,
+    /// Restore drills (`pgsteward drill`, `archive.drill`), once one ran or is scheduled.
+    #[serde(default)]
+    pub drill: Option<DrillStatus>,
+}
+
+/// Restore drills: the latest backup restored into a scratch directory, the archived WAL
+/// replayed to its end, postgres started privately and checked.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DrillStatus {
+    /// True while a drill runs.
+    pub running: bool,
+    /// When the last drill started (RFC 3339).
+    pub last_run_time: Option<String>,
+    /// `success` or `failure`.
+    pub last_result: Option<String>,
+    /// Why the last drill failed.
+    pub last_error: Option<String>,
+    /// When a drill last succeeded (RFC 3339).
+    pub last_success_time: Option<String>,
+    /// The backup the last drill restored.
+    pub last_backup_id: Option<String>,
+    /// Duration of the last drill (restore, replay, checks).
+    pub last_duration_seconds: Option<f64>,
+    /// The LSN the last successful drill recovered to.
+    pub recovered_lsn: Option<String>,
+    /// Databases the last drill queried, and whether pg_amcheck ran.
+    pub databases_checked: u32,
+    pub amcheck: bool,
+    /// When the next scheduled drill starts (RFC 3339).
+    pub next_run_time: Option<String>,
 }
 
 /// Base backups as this manager sees them.

@@ -581,6 +581,44 @@ async fn multipart_uploads_stream_and_abort(backend: Backend) {
     }
 }
 
+/// Read a whole object through `get_stream`, returning it and the number of chunks.
+async fn read_stream(store: &Arc<dyn ObjectStore>, key: &str) -> Option<(Vec<u8>, usize)> {
+    let mut reader = store.get_stream(key).await.unwrap()?;
+    let mut out = Vec::new();
+    let mut chunks = 0;
+    while let Some(chunk) = reader.next_chunk().await.unwrap() {
+        assert!(!chunk.is_empty());
+        out.extend_from_slice(&chunk);
+        chunks += 1;
+    }
+    assert_eq!(reader.size(), Some(out.len() as u64));
+    // Reading past the end stays at the end.
+    assert!(reader.next_chunk().await.unwrap().is_none());
+    Some((out, chunks))
+}
+
+async fn streaming_download(backend: Backend) {
+    let store = backend.open("p").await;
+    // Several chunks' worth (the file reader returns 1 MiB chunks).
+    let big = pseudo_random(5 * 1024 * 1024 + 12_345, 9);
+    store
+        .put(
+            "srv/base/20261120T100001/data.tar.gz",
+            Bytes::from(big.clone()),
+        )
+        .await
+        .unwrap();
+    let (read, chunks) = read_stream(&store, "srv/base/20261120T100001/data.tar.gz")
+        .await
+        .unwrap();
+    assert!(read == big, "streamed content differs");
+    assert!(chunks >= 2, "one chunk for 5 MiB: {chunks}");
+    store.put("empty", Bytes::new()).await.unwrap();
+    assert_eq!(read_stream(&store, "empty").await.unwrap(), (vec![], 0));
+    assert!(store.get_stream("srv/none").await.unwrap().is_none());
+    assert!(store.get_stream("../escape").await.is_err());
+}
+
 /// One test per backend for each shared contract function.
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
@@ -613,6 +651,7 @@ contract!(
     listing_more_than_a_thousand_objects,
     wal_archive_and_restore,
     multipart_uploads_stream_and_abort,
+    streaming_download,
 );
 
 // --- S3 only ---------------------------------------------------------------------------------
@@ -886,4 +925,26 @@ async fn s3_corrupted_object_fails_checksum_validation() {
 async fn s3_multipart_with_when_required_checksums() {
     let backend = Backend::s3_with(|o| o.checksums = ChecksumMode::WhenRequired).await;
     multipart_uploads_stream_and_abort(backend).await;
+}
+
+#[tokio::test]
+async fn s3_corrupted_object_fails_streaming_download() {
+    let backend = Backend::s3().await;
+    let store = backend.open("c").await;
+    let data = Bytes::from(pseudo_random(3 * 1024 * 1024, 6));
+    store.put("obj", data.clone()).await.unwrap();
+    let path = backend.object_file("c/obj");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[2_000_000] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let mut reader = store.get_stream("obj").await.unwrap().unwrap();
+    let err = loop {
+        match reader.next_chunk().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("a corrupted object streamed to its end without an error"),
+            Err(e) => break e,
+        }
+    };
+    eprintln!("corrupted stream: {err}");
+    assert!(matches!(err, StoreError::Integrity(_)), "{err}");
 }

@@ -8,12 +8,15 @@
 //!   [`verify`]: checking a stored backup against its manifest.
 //! - [`tar`], [`gzip`]: the PAX tar writer and the parallel single-member gzip of backups.
 //! - [`retention`]: retention policies and deleting backups and WAL as barman-cloud does.
+//! - [`restore`]: choosing a backup for a target, restoring it into an empty directory, and
+//!   the recovery parameters of a target.
 
 pub mod catalog;
 pub mod gzip;
 pub mod info;
 pub mod manifest;
 pub mod pyliteral;
+pub mod restore;
 pub mod retention;
 pub mod take;
 pub mod tar;

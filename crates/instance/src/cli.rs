@@ -1,5 +1,5 @@
-//! Command-line interface: `pgsteward run | status | config check | version | wal ... |
-//! backup [verify|list|show|delete|retention]`.
+//! Command-line interface: `pgsteward run | status | config check | version`, the WAL
+//! commands, `backup [verify|list|show|delete|retention]`, `restore` and `drill`.
 
 use std::path::PathBuf;
 
@@ -57,6 +57,11 @@ pub enum Command {
     /// Inspect the WAL archive.
     #[command(subcommand)]
     Wal(WalCommand),
+    /// Restore a base backup into an empty directory and replay archived WAL to a target.
+    Restore(Box<crate::restore_cmd::RestoreArgs>),
+    /// Restore drill: restore the latest backup into a scratch directory, replay the archive,
+    /// check the result, clean up; prints a JSON report (exit 1 when the drill failed).
+    Drill(crate::drill::cmd::DrillArgs),
 }
 
 /// `pgsteward backup ...` subcommands.
@@ -298,6 +303,8 @@ pub fn dispatch(cli: Cli) -> i32 {
             pgdata,
             metrics_listen,
         } => crate::archiver::sidecar::run(&pgdata, metrics_listen),
+        Command::Restore(args) => crate::restore_cmd::run(*args),
+        Command::Drill(args) => crate::drill::cmd::run(args),
         Command::Version => {
             println!("pgsteward {}", env!("CARGO_PKG_VERSION"));
             0

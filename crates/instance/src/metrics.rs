@@ -40,6 +40,8 @@ pub struct Metrics {
     pub retention: RetentionMetrics,
     /// Role, term and replay lag (replication/metrics.rs).
     pub replication: crate::replication::metrics::ReplicationMetrics,
+    /// Restore drills.
+    pub drill: DrillMetrics,
 }
 
 /// Metrics of the scheduled retention runs.
@@ -52,6 +54,57 @@ pub struct RetentionMetrics {
     pub deleted_wal: IntCounter,
     /// Runs that failed (store errors, unreadable catalog, invalid policy).
     pub errors: IntCounter,
+}
+
+/// Metrics of restore drills.
+#[derive(Clone)]
+pub struct DrillMetrics {
+    pub last_success: Gauge,
+    pub last_failure: Gauge,
+    pub duration_seconds: Gauge,
+    pub recovered_lsn: Gauge,
+    pub runs: IntCounter,
+    pub failures: IntCounter,
+}
+
+impl DrillMetrics {
+    fn new(namespace: &str, registry: &Registry) -> prometheus::Result<Self> {
+        let opts = |name: &str, help: &str| Opts::new(name, help).namespace(namespace.to_owned());
+        let drill = DrillMetrics {
+            last_success: Gauge::with_opts(opts(
+                "drill_last_success_timestamp",
+                "When a restore drill last succeeded (seconds since the epoch)",
+            ))?,
+            last_failure: Gauge::with_opts(opts(
+                "drill_last_failure_timestamp",
+                "When a restore drill last failed (seconds since the epoch)",
+            ))?,
+            duration_seconds: Gauge::with_opts(opts(
+                "drill_duration_seconds",
+                "Duration of the last restore drill: restore, WAL replay and checks",
+            ))?,
+            recovered_lsn: Gauge::with_opts(opts(
+                "drill_recovered_lsn",
+                "The LSN (as a number) the last successful drill recovered to",
+            ))?,
+            runs: IntCounter::with_opts(opts("drill_runs_total", "Restore drills run"))?,
+            failures: IntCounter::with_opts(opts(
+                "drill_failures_total",
+                "Restore drills that failed",
+            ))?,
+        };
+        for gauge in [
+            &drill.last_success,
+            &drill.last_failure,
+            &drill.duration_seconds,
+            &drill.recovered_lsn,
+        ] {
+            registry.register(Box::new(gauge.clone()))?;
+        }
+        registry.register(Box::new(drill.runs.clone()))?;
+        registry.register(Box::new(drill.failures.clone()))?;
+        Ok(drill)
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -180,6 +233,7 @@ impl Metrics {
         for state in InstanceState::ALL {
             manager_state.with_label_values(&[state.as_str()]).set(0.0);
         }
+        let drill = DrillMetrics::new(namespace, &registry)?;
         Ok(Metrics {
             registry,
             collector_up,
@@ -202,6 +256,7 @@ impl Metrics {
             backup,
             retention,
             replication,
+            drill,
         })
     }
 

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::cli::{ConfigArgs, RunArgs};
 use crate::config::gucs::{GucCatalog, GucContext};
-use crate::config::replication::BootstrapMethod;
+use crate::config::BootstrapMethod;
 use crate::config::{self, Config, ConfigSources};
 use crate::metrics::Metrics;
 use crate::pgbin::PgBinaries;
@@ -125,7 +125,7 @@ async fn manage(config: Config, sources: ConfigSources, os_user: String) -> Resu
         }
         if pgdata.join(crate::bootstrap::MARKER).exists() {
             bail!(
-                "data directory {} holds an unfinished bootstrap ({} exists): the earlier bootstrap failed after initdb; inspect it, then empty the directory to bootstrap again",
+                "data directory {} holds an unfinished bootstrap ({} exists): the earlier bootstrap (initdb or restore) did not finish; inspect it, then empty the directory to bootstrap again",
                 pgdata.display(),
                 crate::bootstrap::MARKER
             );
@@ -168,6 +168,7 @@ async fn manage(config: Config, sources: ConfigSources, os_user: String) -> Resu
         executable: executable.clone(),
         archiver: std::sync::OnceLock::new(),
         backups: crate::backups::Backups::default(),
+        drill: Mutex::new(None),
     });
     shared.reload_token(&config);
     spawn_signal_forwarder(shared.clone())?;
@@ -175,10 +176,17 @@ async fn manage(config: Config, sources: ConfigSources, os_user: String) -> Resu
     crate::http::metrics_server::serve(shared.clone()).await?;
     if matches!(kind, DataDirKind::Missing | DataDirKind::Empty) {
         state.transition(InstanceState::Bootstrapping, "empty data directory");
-        let result = if config.bootstrap.method == BootstrapMethod::Basebackup {
-            crate::replication::basebackup::run(&reaper, &bins, &config, &pgdata).await
-        } else {
-            crate::bootstrap::run(&reaper, &bins, &config, &pgdata, &shared.render_context()).await
+        let result = match config.bootstrap.method {
+            BootstrapMethod::Initdb => {
+                crate::bootstrap::run(&reaper, &bins, &config, &pgdata, &shared.render_context())
+                    .await
+            }
+            BootstrapMethod::Basebackup => {
+                crate::replication::basebackup::run(&reaper, &bins, &config, &pgdata).await
+            }
+            BootstrapMethod::Recovery => {
+                crate::recovery::bootstrap::run(&reaper, &bins, &config, &pgdata, &executable).await
+            }
         };
         if let Err(e) = result {
             state.transition(InstanceState::Failed, "bootstrap failed");
@@ -189,6 +197,7 @@ async fn manage(config: Config, sources: ConfigSources, os_user: String) -> Resu
     crate::retention_task::spawn(shared.clone());
     crate::logs::pg_tail::spawn(pgdata.clone());
     crate::supervisor::reload::spawn_file_watcher(shared.clone());
+    crate::drill::schedule::spawn(shared.clone(), reaper.clone());
     let code = Supervisor::new(shared, reaper, catalog, commands_rx)
         .run()
         .await;

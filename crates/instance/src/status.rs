@@ -79,6 +79,11 @@ pub async fn collect(shared: &Shared) -> InstanceStatus {
         }),
         backup: shared.archiver.get().map(|_| shared.backups.status()),
         replication: crate::replication::status::collect(shared).await,
+        drill: shared
+            .drill
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone(),
     }
 }
 

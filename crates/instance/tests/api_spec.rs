@@ -47,6 +47,7 @@ fn offline_state() -> Arc<Shared> {
         executable: "/usr/bin/pgsteward".into(),
         archiver: std::sync::OnceLock::new(),
         backups: pgsteward::backups::Backups::default(),
+        drill: Mutex::new(None),
     })
 }
 

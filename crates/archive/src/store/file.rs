@@ -128,6 +128,17 @@ impl ObjectStore for FileStore {
         }
     }
 
+    async fn get_stream(
+        &self,
+        key: &str,
+    ) -> Result<Option<Box<dyn super::stream::ObjectReader>>, StoreError> {
+        let path = self.path(key)?;
+        match super::stream::FileReader::open(path.clone()).await {
+            Ok(reader) => Ok(reader.map(|r| Box::new(r) as Box<dyn super::stream::ObjectReader>)),
+            Err(e) => Err(io_error("reading", &path, e)),
+        }
+    }
+
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
         let path = self.path(key)?;
         match tokio::fs::metadata(&path).await {

@@ -6,6 +6,7 @@ pub mod file;
 mod file_multipart;
 pub mod multipart;
 pub mod s3;
+pub mod stream;
 
 pub use multipart::{MultipartOptions, MultipartWriter};
 
@@ -57,6 +58,17 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError>;
     /// The object's content, or None when it does not exist.
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError>;
+    /// The object's content as a stream of chunks, or None when it does not exist. Stores
+    /// without a streaming download fall back to `get`.
+    async fn get_stream(
+        &self,
+        key: &str,
+    ) -> Result<Option<Box<dyn stream::ObjectReader>>, StoreError> {
+        Ok(self
+            .get(key)
+            .await?
+            .map(|data| Box::new(stream::MemoryReader::new(data)) as Box<dyn stream::ObjectReader>))
+    }
     /// The object's metadata, or None when it does not exist.
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError>;
     /// Every object whose key starts with `prefix`, sorted by key.

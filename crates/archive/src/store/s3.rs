@@ -634,6 +634,47 @@ impl ObjectStore for S3Store {
         Ok(Some(data))
     }
 
+    async fn get_stream(
+        &self,
+        key: &str,
+    ) -> Result<Option<Box<dyn super::stream::ObjectReader>>, StoreError> {
+        let object_key = self.object_key(key)?;
+        let output = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&object_key)
+            .send()
+            .await
+        {
+            Ok(output) => output,
+            Err(e) => {
+                return match self.error("get", &object_key, &e) {
+                    (Kind::NotFound, _) => Ok(None),
+                    (_, error) => Err(error),
+                }
+            }
+        };
+        let expected = output.content_length().and_then(|n| u64::try_from(n).ok());
+        let location = self.location(&object_key);
+        let secrets = self.secrets.clone();
+        let where_ = location.clone();
+        let map_error = Box::new(move |e: &aws_smithy_types::byte_stream::error::Error| {
+            let message = secrets.redact(format!("get {where_}: reading the body: {}", chain(e)));
+            if is_checksum_mismatch(e) {
+                StoreError::Integrity(message)
+            } else {
+                StoreError::Transient(message)
+            }
+        });
+        Ok(Some(Box::new(super::stream::S3Reader::new(
+            output.body,
+            location,
+            expected,
+            map_error,
+        ))))
+    }
+
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
         let object_key = self.object_key(key)?;
         match self

@@ -61,7 +61,7 @@ impl ArchiveSettings {
         Duration::from_millis(self.timeout_ms)
     }
 
-    fn store_options(&self) -> StoreOptions {
+    pub fn store_options(&self) -> StoreOptions {
         StoreOptions {
             endpoint_url: self.s3.endpoint_url.clone(),
             region: self.s3.region.clone(),

@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod gucs;
 pub mod layers;
+pub mod recovery;
 pub mod render;
 pub mod replication;
 pub mod validate;
@@ -148,10 +149,12 @@ impl Default for PostgresConfig {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BootstrapConfig {
-    /// `initdb` (default) or `basebackup` (clone a running primary as its standby).
-    pub method: replication::BootstrapMethod,
+    /// `initdb` (default), `basebackup` (clone a running primary as its standby) or
+    /// `recovery` (from a base backup and the WAL archive).
+    pub method: BootstrapMethod,
     pub initdb: InitdbConfig,
     pub basebackup: replication::BasebackupConfig,
+    pub recovery: recovery::RecoveryConfig,
 }
 
 /// initdb and post-init steps.
@@ -326,6 +329,8 @@ pub struct ArchiveConfig {
     /// Backups never deleted by retention whatever the policy says (barman's
     /// `minimum_redundancy`).
     pub minimum_redundancy: u32,
+    /// Periodic restore drills of the latest backup.
+    pub drill: recovery::DrillConfig,
 }
 
 impl Default for ArchiveConfig {
@@ -340,8 +345,22 @@ impl Default for ArchiveConfig {
             retention_policy: None,
             retention_interval: Duration::from_secs(3600),
             minimum_redundancy: 0,
+            drill: recovery::DrillConfig::default(),
         }
     }
+}
+
+/// How an empty data directory is filled (`bootstrap.method`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BootstrapMethod {
+    /// A new cluster with initdb (the instance becomes a primary of term 1).
+    #[default]
+    Initdb,
+    /// A copy of a running primary with pg_basebackup (the instance becomes its standby).
+    Basebackup,
+    /// Restore a base backup and replay archived WAL (`bootstrap.recovery`).
+    Recovery,
 }
 
 /// S3 connection settings.

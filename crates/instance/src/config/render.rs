@@ -126,7 +126,7 @@ fn include_body(config: &Config, ctx: &RenderContext) -> String {
 }
 
 /// Quote for /bin/sh (single quotes) and escape `%` for postgres's command placeholders.
-fn shell_quote(value: &str) -> String {
+pub fn shell_quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', "'\\''")).replace('%', "%%")
 }
 

@@ -9,16 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Config;
 
-/// How an empty data directory is filled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BootstrapMethod {
-    /// A new cluster with initdb (the instance becomes a primary of term 1).
-    #[default]
-    Initdb,
-    /// A copy of a running primary with pg_basebackup (the instance becomes its standby).
-    Basebackup,
-}
+pub use super::BootstrapMethod;
 
 /// `bootstrap.basebackup`: the primary to clone and stream from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

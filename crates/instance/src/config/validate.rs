@@ -77,6 +77,10 @@ pub fn validate(config: &Config, catalog: &GucCatalog) -> Result<(), ConfigProbl
             init.locale
         ));
     }
+    if config.bootstrap.method == super::recovery::BootstrapMethod::Recovery {
+        problems.extend(config.bootstrap.recovery.problems(config));
+    }
+    problems.extend(config.archive.drill.problems(config));
     if config.metrics.namespace.is_empty()
         || !config
             .metrics

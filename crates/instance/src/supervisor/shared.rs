@@ -93,6 +93,8 @@ pub struct Shared {
     pub archiver: std::sync::OnceLock<std::sync::Arc<crate::archiver::Archiver>>,
     /// Base backups (one at a time).
     pub backups: crate::backups::Backups,
+    /// Restore drills run by this manager (None until one is scheduled or run).
+    pub drill: Mutex<Option<pgsteward_api::DrillStatus>>,
 }
 
 impl Shared {

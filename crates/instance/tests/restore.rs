@@ -1,0 +1,196 @@
+//! Restore and point-in-time recovery end to end, on PostgreSQL 15 and 18, a real S3 server
+//! (s3s-fs) and real barman-cloud: a source instance archives its WAL with pgsteward,
+//! `barman-cloud-backup` takes the base backup, known transactions follow, and
+//! `pgsteward restore` (run as root with `--user postgres`) recovers into the data directory of
+//! a second instance, which `pgsteward run` then starts: the whole archive, a time between
+//! two transactions (exactly the first), an LSN, a restore-point name, a relocated
+//! tablespace; refusals for a non-empty directory, a target before the backup and a target
+//! beyond the archive.
+
+mod common;
+#[path = "support/pitr.rs"]
+mod pitr;
+
+use common::*;
+use nix::sys::signal::Signal;
+use pitr::*;
+
+async fn restores_barman_cloud_backups_to_targets(version: PgVersion) {
+    let source = source(version).await;
+
+    // The whole archive.
+    assert_eq!(
+        restore_and_read(&source, version, "r-all", &[]).await,
+        "base,first,second,third"
+    );
+    // A time between 'first' and 'second': exactly the first.
+    assert_eq!(
+        restore_and_read(
+            &source,
+            version,
+            "r-time",
+            &["--target-time", &source.between]
+        )
+        .await,
+        "base,first"
+    );
+    // An LSN right after 'first'.
+    assert_eq!(
+        restore_and_read(
+            &source,
+            version,
+            "r-lsn",
+            &["--target-lsn", &source.lsn_after_first]
+        )
+        .await,
+        "base,first"
+    );
+    // The transaction that inserted 'first'.
+    assert_eq!(
+        restore_and_read(
+            &source,
+            version,
+            "r-xid",
+            &["--target-xid", &source.xid_first]
+        )
+        .await,
+        "base,first"
+    );
+    // Immediate: the end of the backup, before 'first'.
+    assert_eq!(
+        restore_and_read(&source, version, "r-immediate", &["--target-immediate"]).await,
+        "base"
+    );
+    // A restore point.
+    assert_eq!(
+        restore_and_read(
+            &source,
+            version,
+            "r-name",
+            &["--target-name", "after-second"]
+        )
+        .await,
+        "base,first,second"
+    );
+    let mut manager = source.manager;
+    manager.signal(Signal::SIGTERM).await;
+    assert_eq!(manager.wait_exit(EXIT).await, 0);
+}
+
+async fn restore_refusals(version: PgVersion) {
+    let source = source(version).await;
+
+    // A non-empty destination: refused, the file left alone.
+    let instance = target_instance(&source, version, "r-nonempty");
+    instance.dir.mkdir("data", 0o700);
+    instance.dir.write("data/keep-me", "precious\n");
+    instance.dir.chown_postgres(&instance.pgdata);
+    let out = restore(&source, &instance, &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("is not empty"), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(instance.pgdata.join("keep-me")).unwrap_or_default(),
+        "precious\n"
+    );
+    let entries = std::fs::read_dir(&instance.pgdata)
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(entries, 1);
+
+    // A target before the only backup's end: no backup can reach it.
+    let before = "2001-01-01 00:00:00";
+    let instance = target_instance(&source, version, "r-before");
+    let out = restore(&source, &instance, &["--target-time", before]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("end after the target"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!instance.pgdata.exists() || is_empty(&instance.pgdata));
+    // The same backup named explicitly: the target is before its end.
+    let id = backup_id(&source);
+    let instance = target_instance(&source, version, "r-before-id2");
+    let out = restore(
+        &source,
+        &instance,
+        &["--backup", &id, "--target-time", before],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("before the end of backup"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A target beyond the archive: postgres ends recovery early; reported plainly.
+    let instance = target_instance(&source, version, "r-beyond");
+    let out = restore(&source, &instance, &["--target-lsn", "FF/0"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("recovery ended before the configured recovery target was reached"),
+        "{}",
+        stderr(&out)
+    );
+    let mut manager = source.manager;
+    manager.signal(Signal::SIGTERM).await;
+    assert_eq!(manager.wait_exit(EXIT).await, 0);
+}
+
+async fn restores_tablespaces_where_asked(version: PgVersion) {
+    let source = pitr::source_with(version, &[], |creds| {
+        let dir = creds.mkdir("ts-source", 0o700);
+        creds.chown_postgres(&dir);
+        vec![
+            format!("CREATE TABLESPACE ts1 LOCATION '{}'", dir.display()),
+            "CREATE TABLE tt (v text) TABLESPACE ts1".to_owned(),
+            "INSERT INTO tt VALUES ('in-ts')".to_owned(),
+        ]
+    })
+    .await;
+    // Its recorded location still holds the source's tablespace: refused.
+    let instance = target_instance(&source, version, "r-ts-refused");
+    let out = restore(&source, &instance, &[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("ts-source exists and is not empty"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Relocated into an empty directory.
+    let instance = target_instance(&source, version, "r-ts");
+    let relocated = instance.dir.mkdir("ts-restored", 0o700);
+    instance.dir.chown_postgres(&relocated);
+    let rule = format!("ts1:{}", relocated.display());
+    let out = restore(&source, &instance, &["--tablespace", &rule]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let links: Vec<_> = std::fs::read_dir(instance.pgdata.join("pg_tblspc"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert_eq!(links.len(), 1, "{links:?}");
+    assert_eq!(std::fs::read_link(&links[0]).ok(), Some(relocated.clone()));
+    let mut manager = instance.spawn();
+    manager.wait_ready(READY).await;
+    assert_eq!(
+        query(&instance, "SELECT string_agg(v, ',') FROM tt").await,
+        "in-ts"
+    );
+    assert_eq!(
+        query(
+            &instance,
+            "SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'ts1'"
+        )
+        .await,
+        relocated.display().to_string()
+    );
+    manager.signal(Signal::SIGTERM).await;
+    assert_eq!(manager.wait_exit(EXIT).await, 0);
+    let mut manager = source.manager;
+    manager.signal(Signal::SIGTERM).await;
+    assert_eq!(manager.wait_exit(EXIT).await, 0);
+}
+
+for_each_version!(restores_tablespaces_where_asked);
+for_each_version!(restores_barman_cloud_backups_to_targets);
+for_each_version!(restore_refusals);

@@ -1,0 +1,160 @@
+//! The manager's side of restore on PostgreSQL 15 and 18 with a real S3 server and
+//! barman-cloud backups: `bootstrap.method: recovery` (point-in-time recovery into an empty
+//! data directory before the first start; a target beyond the archive fails the start), and
+//! restore drills (`archive.drill.interval` in the manager, `pgsteward drill` on the command
+//! line; a corrupted backup object fails the drill and everything is cleaned up).
+
+mod common;
+#[path = "support/pitr.rs"]
+mod pitr;
+
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::Signal;
+use pitr::*;
+
+async fn manager_bootstraps_by_point_in_time_recovery(version: PgVersion) {
+    let source = source(version).await;
+    let mut opts = options(version);
+    opts.args = s3_archive_args(&source.s3, source.creds.path(), PREFIX, "boot");
+    opts.args.extend([
+        "--set=bootstrap.method=recovery".to_owned(),
+        format!("--set=bootstrap.recovery.source.server_name={SOURCE}"),
+        format!("--set=bootstrap.recovery.target.time={}", source.between),
+    ]);
+    let instance = Instance::new(opts);
+    let mut manager = instance.spawn();
+    manager.wait_ready(READY).await;
+    assert_eq!(
+        query(&instance, "SELECT string_agg(v, ',' ORDER BY v) FROM t").await,
+        "base,first"
+    );
+    let status = manager.status().await;
+    assert_eq!(status["role"], "primary", "{status}");
+    assert!(status["timeline"].as_u64().unwrap_or(0) >= 2, "{status}");
+    let log = manager.log();
+    assert!(log.contains("recovery bootstrap complete"), "{log}");
+    assert!(!instance.pgdata.join(pgsteward::bootstrap::MARKER).exists());
+    // The recovery parameters never reached the data directory's configuration.
+    let conf = std::fs::read_to_string(instance.pgdata.join("pgsteward.conf")).unwrap_or_default();
+    assert!(!conf.contains("recovery_target"), "{conf}");
+    // The new timeline is archived under the instance's own name.
+    query(&instance, "INSERT INTO t VALUES ('after'); SELECT 1").await;
+    let history = source.s3.object_path(&format!(
+        "{PREFIX}/boot/wals/{:08X}.history.gz",
+        status["timeline"].as_u64().unwrap_or(0)
+    ));
+    wait_for(
+        "the new timeline's history archived",
+        Duration::from_secs(60),
+        || async { history.is_file().then_some(()) },
+    )
+    .await;
+    manager.signal(Signal::SIGTERM).await;
+    assert_eq!(manager.wait_exit(EXIT).await, 0);
+
+    // A target beyond the archive fails the bootstrap plainly (and exits).
+    let mut opts = options(version);
+    opts.args = s3_archive_args(&source.s3, source.creds.path(), PREFIX, "boot-beyond");
+    opts.args.extend([
+        "--set=bootstrap.method=recovery".to_owned(),
+        format!("--set=bootstrap.recovery.source.server_name={SOURCE}"),
+        "--set=bootstrap.recovery.target.lsn=FF/0".to_owned(),
+    ]);
+    let instance = Instance::new(opts);
+    let mut manager = instance.spawn();
+    assert_ne!(manager.wait_exit(READY).await, 0);
+    let log = manager.log();
+    assert!(
+        log.contains("recovery ended before the configured recovery target was reached"),
+        "{log}"
+    );
+    // The half-recovered directory is refused from then on.
+    let mut again = instance.spawn();
+    assert_ne!(again.wait_exit(READY).await, 0);
+    assert!(
+        again.log().contains("unfinished bootstrap"),
+        "{}",
+        again.log()
+    );
+    let mut source_manager = source.manager;
+    source_manager.signal(Signal::SIGTERM).await;
+    assert_eq!(source_manager.wait_exit(EXIT).await, 0);
+}
+
+async fn drills_check_backups_and_report_corruption(version: PgVersion) {
+    // The manager drills every 5 s (the first ones fail: no backup yet).
+    let source = source_with(version, &["--set=archive.drill.interval=5s"], |_| {
+        Vec::new()
+    })
+    .await;
+    let status = wait_for(
+        "a scheduled drill to succeed",
+        Duration::from_secs(180),
+        || async {
+            let status = source.manager.status().await;
+            (status["drill"]["last_result"] == "success").then_some(status)
+        },
+    )
+    .await;
+    eprintln!("drill status: {}", status["drill"]);
+    assert!(status["drill"]["recovered_lsn"].is_string());
+    assert!(status["drill"]["databases_checked"].as_u64().unwrap_or(0) >= 2);
+    let metrics = source.instance.metrics();
+    for name in [
+        "pgsteward_drill_last_success_timestamp",
+        "pgsteward_drill_duration_seconds",
+        "pgsteward_drill_recovered_lsn",
+    ] {
+        let value = metric(&metrics, name).await.unwrap_or(0.0);
+        assert!(value > 0.0, "{name} = {value}");
+    }
+
+    // From the command line, into a scratch directory that is left empty.
+    let scratch = source.creds.mkdir("drill-scratch", 0o700);
+    source.creds.chown_postgres(&scratch);
+    let (report, out) = drill(&source, &scratch);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(report["success"], true);
+    assert!(report["recovered_lsn"].is_string());
+    assert!(report["databases_checked"].as_u64().unwrap_or(0) >= 2);
+    assert_eq!(
+        std::fs::read_dir(&scratch).map(|d| d.count()).unwrap_or(99),
+        0
+    );
+
+    // A corrupted backup object: the drill fails, says why, and still cleans up.
+    let id = backup_id(&source);
+    let object = source
+        .s3
+        .object_path(&format!("{PREFIX}/{SOURCE}/base/{id}/data.tar.gz"));
+    let mut bytes = std::fs::read(&object).unwrap_or_else(|e| panic!("{}: {e}", object.display()));
+    let middle = bytes.len() / 2;
+    for b in &mut bytes[middle..middle + 64] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&object, &bytes).unwrap_or_else(|e| panic!("{e}"));
+    let (report, out) = drill(&source, &scratch);
+    assert!(!out.status.success());
+    assert_eq!(report["success"], false);
+    let error = report["error"].as_str().unwrap_or_default().to_owned();
+    assert!(error.contains("data.tar.gz"), "{error}");
+    assert!(stderr(&out).contains("FAILED"), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_dir(&scratch).map(|d| d.count()).unwrap_or(99),
+        0
+    );
+    // No private postgres is left behind.
+    assert!(
+        pgsteward_testkit::proc::pids_matching(&scratch.display().to_string()).is_empty(),
+        "a drill postgres survived"
+    );
+
+    let mut manager = source.manager;
+    manager.signal(Signal::SIGTERM).await;
+    assert_eq!(manager.wait_exit(EXIT).await, 0);
+}
+
+for_each_version!(manager_bootstraps_by_point_in_time_recovery);
+for_each_version!(drills_check_backups_and_report_corruption);
