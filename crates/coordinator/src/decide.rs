@@ -250,12 +250,18 @@ pub fn decide(input: &Input, policy: &Policy) -> Decision {
     {
         // Every acknowledged commit reached `k` of the `n` standbys; seeing `n - k + 1` of
         // them guarantees one of those seen has it.
+        // Without an observed primary, one of the members (perhaps one never seen) is
+        // presumed to be it.
         let standbys: Vec<&MemberView> = input
             .members
             .iter()
             .filter(|m| Some(&m.name) != old_primary.as_ref())
             .collect();
-        let n = standbys.len();
+        let n = if old_primary.is_some() {
+            standbys.len()
+        } else {
+            standbys.len().saturating_sub(1)
+        };
         let k = sync.number.min(n.max(1));
         let needed = (n + 1).saturating_sub(k);
         let visible: Vec<&str> = standbys

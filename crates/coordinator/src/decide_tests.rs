@@ -377,3 +377,29 @@ fn failover_names_exclude_the_candidate() {
     assert_eq!(failover_to(&d).0, "b");
     assert_eq!(d.synchronous_standby_names, r#"ANY 1 ("c")"#);
 }
+
+#[test]
+fn required_without_an_observed_primary_presumes_one_member_is_it() {
+    let never_seen = MemberView {
+        name: "a".into(),
+        reachable: false,
+        last: None,
+        unhealthy_for: Some(T),
+    };
+    let p = policy(sync(SyncMethod::Any, 1, Durability::Required));
+    let d = decide(
+        &input(vec![never_seen.clone(), replica("b", "0/5", "0/5")]),
+        &p,
+    );
+    assert_eq!(failover_to(&d), ("b".into(), 2, vec![]));
+    // n = 2 presumed standbys (b, c), k = 1: both must be visible.
+    let d = decide(
+        &input(vec![
+            never_seen,
+            replica("b", "0/5", "0/5"),
+            down(replica("c", "0/5", "0/5"), T),
+        ]),
+        &p,
+    );
+    assert!(refused(&d).contains("ANY 1 of 2 standbys"), "{d:?}");
+}
