@@ -124,6 +124,12 @@ pub enum Action {
         fence: Vec<String>,
         reason: String,
     },
+    /// The primary is healthy, but `members` still run as primaries of an older term
+    /// (back after a failover): fence them.
+    Fence {
+        members: Vec<String>,
+        reason: String,
+    },
     /// The primary failed but no replica may be promoted.
     Refuse { reason: String },
 }
@@ -132,7 +138,7 @@ impl Action {
     pub fn reason(&self) -> &str {
         match self {
             Action::None { reason } | Action::Refuse { reason } => reason,
-            Action::Failover { reason, .. } => reason,
+            Action::Failover { reason, .. } | Action::Fence { reason, .. } => reason,
         }
     }
 }
@@ -167,6 +173,22 @@ pub fn decide(input: &Input, policy: &Policy) -> Decision {
     let failed_primary = match primary {
         Some(p) => {
             if p.healthy() {
+                let stale = stale_primaries(input, p);
+                if !stale.is_empty() {
+                    return Decision {
+                        term,
+                        primary: Some(p.name.clone()),
+                        action: Action::Fence {
+                            reason: format!(
+                                "{} still report(s) being primary with a term below {}'s; fencing",
+                                stale.join(", "),
+                                p.name
+                            ),
+                            members: stale,
+                        },
+                        synchronous_standby_names: sync_names(Some(&p.name)),
+                    };
+                }
                 return Decision {
                     term,
                     primary: Some(p.name.clone()),
@@ -347,6 +369,24 @@ fn current_primary(input: &Input) -> Option<&MemberView> {
                 .then_with(|| b.healthy().cmp(&a.healthy()).reverse())
                 .then_with(|| b.name.cmp(&a.name))
         })
+}
+
+/// Reachable members other than `primary` that report role primary with an older term and
+/// are not fenced yet.
+fn stale_primaries(input: &Input, primary: &MemberView) -> Vec<String> {
+    let term = primary.last.as_ref().map_or(0, |o| o.term);
+    input
+        .members
+        .iter()
+        .filter(|m| {
+            m.name != primary.name
+                && m.reachable
+                && m.last
+                    .as_ref()
+                    .is_some_and(|o| o.role == MemberRole::Primary && o.term < term && !o.fenced)
+        })
+        .map(|m| m.name.clone())
+        .collect()
 }
 
 fn describe_failure(m: &MemberView) -> &'static str {

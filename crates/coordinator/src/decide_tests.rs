@@ -403,3 +403,29 @@ fn required_without_an_observed_primary_presumes_one_member_is_it() {
     );
     assert!(refused(&d).contains("ANY 1 of 2 standbys"), "{d:?}");
 }
+
+#[test]
+fn stale_primary_back_after_failover_is_fenced() {
+    let mut fenced_already = primary("c", 1);
+    fenced_already.last.as_mut().unwrap().fenced = true;
+    let d = decide(
+        &input(vec![
+            primary("a", 1),
+            primary("b", 2),
+            fenced_already,
+            down(primary("d", 1), T),
+        ]),
+        &policy(None),
+    );
+    assert_eq!(d.primary.as_deref(), Some("b"));
+    match &d.action {
+        Action::Fence { members, reason } => {
+            assert_eq!(members, &vec!["a".to_owned()]);
+            assert!(
+                reason.contains("a still report(s) being primary"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected a fence, got {other:?}"),
+    }
+}

@@ -176,6 +176,13 @@ impl Coordinator {
                 fence,
                 ..
             } => Some(self.failover(candidate, *term, fence).await),
+            Action::Fence { members, .. } => {
+                let mut outcome = String::new();
+                for name in members {
+                    outcome.push_str(&self.fence(name).await);
+                }
+                Some(outcome.trim_start_matches("; ").to_owned())
+            }
             Action::Refuse { .. } => {
                 self.shared.metrics.refusals.inc();
                 None
@@ -192,6 +199,7 @@ impl Coordinator {
             Action::None { .. } => "none",
             Action::Failover { .. } => "failover",
             Action::Refuse { .. } => "refuse",
+            Action::Fence { .. } => "fence",
         };
         let key = (kind.to_owned(), decision.action.reason().to_owned());
         let inputs = serde_json::to_string(input).unwrap_or_default();

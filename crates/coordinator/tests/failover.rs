@@ -5,6 +5,10 @@
 //! it promotes the replica with term 2 within the failure threshold plus a few seconds,
 //! persists the term, writes succeed on the new primary, and its status and metrics show
 //! it. Switchover answers 501.
+//! A hung primary (manager and postmaster stopped with SIGSTOP) is failed over while the
+//! coordinator watches; when it resumes as a primary of the old term it is fenced.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -318,6 +322,105 @@ async fn refuse_then_fail_over(version: PgVersion) {
     assert_eq!(later["term"], 2, "{later}");
 }
 
+async fn hang_fails_over_then_fences_the_stale_primary(version: PgVersion) {
+    let primary = Instance::new(ManagerOptions::new(&pgsteward_bin(), version));
+    let primary_manager = primary.spawn();
+    primary_manager.wait_ready(READY).await;
+    exec(primary.pg_port, "CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let replica = replica_of(version, primary.pg_port);
+    let replica_manager = replica.spawn();
+    replica_manager.wait_ready(READY).await;
+
+    let dir = ScratchDir::new();
+    let state_file = dir.join("state.json");
+    // A term handed out by an earlier coordinator run: never reused.
+    std::fs::write(&state_file, r#"{"term": 4, "primary": null}"#).unwrap();
+    let coordinator = Coordinator::start(
+        &dir,
+        "async",
+        &format!(
+            "state_file: {}\npoll_interval: 250ms\nrequest_timeout: 500ms\n\
+             failure_threshold: {}ms\nmembers:\n{}{}",
+            state_file.display(),
+            THRESHOLD.as_millis(),
+            member("a", &primary),
+            member("b", &replica)
+        ),
+    );
+    wait_for("the coordinator to see the primary", READY, || async {
+        let s = coordinator.status().await?;
+        let members = s["members"].as_array()?;
+        (s["primary"] == "a" && members.iter().all(|m| m["healthy"] == true)).then_some(())
+    })
+    .await;
+    exec(
+        primary.pg_port,
+        "INSERT INTO t SELECT generate_series(1, 50)",
+    )
+    .await
+    .unwrap();
+    wait_for("rows on the replica", READY, || async {
+        let n = pgsteward_testkit::sql_value(replica.pg_port, PASSWORD, "SELECT count(*) FROM t")
+            .await
+            .ok()?;
+        (n == "50").then_some(())
+    })
+    .await;
+
+    let manager_pid = Pid::from_raw(primary_manager.pid().await);
+    let postmaster = Pid::from_raw(primary_manager.postmaster_host_pid().await.unwrap());
+    kill(manager_pid, Signal::SIGSTOP).unwrap();
+    kill(postmaster, Signal::SIGSTOP).unwrap();
+    let hung = Instant::now();
+    let status = wait_for("the failover", Duration::from_secs(60), || async {
+        let s = coordinator.status().await?;
+        (s["primary"] == "b").then_some(s)
+    })
+    .await;
+    let took = hung.elapsed();
+    eprintln!(
+        "hang: promoted {}ms after SIGSTOP (threshold {}ms)",
+        took.as_millis(),
+        THRESHOLD.as_millis()
+    );
+    assert!(took < THRESHOLD + Duration::from_secs(3), "took {took:?}");
+    assert_eq!(status["term"], 5, "{status}");
+    let replica_status = replica_manager.status().await;
+    assert_eq!(replica_status["replication"]["term"], 5, "{replica_status}");
+    exec(replica.pg_port, "INSERT INTO t VALUES (51)")
+        .await
+        .unwrap();
+
+    // The old primary resumes, still a primary of term 1: fenced.
+    kill(postmaster, Signal::SIGCONT).unwrap();
+    kill(manager_pid, Signal::SIGCONT).unwrap();
+    let fenced = wait_for(
+        "the stale primary to be fenced",
+        Duration::from_secs(60),
+        || async {
+            let s = http::get(&format!("{}/pg/status", primary.api()))
+                .await?
+                .json();
+            (s["state"] == "fenced").then_some(s)
+        },
+    )
+    .await;
+    assert_eq!(fenced["postgres_up"], false, "{fenced}");
+    let s = coordinator.status().await.unwrap();
+    assert_eq!(
+        s["last_action"]["decision"]["action"]["kind"], "fence",
+        "{s}"
+    );
+    assert_eq!(
+        s["last_action"]["decision"]["action"]["members"][0], "a",
+        "{s}"
+    );
+    assert_eq!(s["primary"], "b", "{s}");
+    assert_eq!(s["failovers"], 1, "{s}");
+}
+
 macro_rules! for_each_version {
     ($name:ident) => {
         mod $name {
@@ -335,3 +438,4 @@ macro_rules! for_each_version {
 }
 
 for_each_version!(refuse_then_fail_over);
+for_each_version!(hang_fails_over_then_fences_the_stale_primary);
