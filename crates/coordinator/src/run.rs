@@ -205,7 +205,7 @@ impl Coordinator {
         let inputs = serde_json::to_string(input).unwrap_or_default();
         let output = serde_json::to_string(decision).unwrap_or_default();
         let changed = self.previous.as_ref() != Some(&key);
-        if changed || kind != "none" {
+        if changed || kind == "failover" {
             tracing::info!(decision = kind, reason = %key.1, inputs = %inputs, output = %output, "decision");
         } else {
             tracing::debug!(decision = kind, inputs = %inputs, output = %output, "decision");
