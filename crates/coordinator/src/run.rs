@@ -1,6 +1,6 @@
 //! The coordinator loop: poll every member's `/pg/status` concurrently, run the decision,
-//! log it with its inputs, and act (persist the next term, promote the candidate, fence the
-//! old primary, repoint the others when their managers can follow).
+//! log it with its inputs, and act (persist the next term, fence the old primary when it
+//! answers, promote the candidate, repoint the others when their managers can follow).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -247,6 +247,13 @@ impl Coordinator {
             .metrics
             .term
             .set(i64::try_from(term).unwrap_or(i64::MAX));
+        // Fence the old primary first when its manager answers, so a postgres it restarts
+        // cannot take writes next to the new primary; a failed fence does not stop the
+        // failover (the old primary is unhealthy either way).
+        let mut fenced = String::new();
+        for name in fence {
+            fenced.push_str(&self.fence(name).await);
+        }
         let token = self.token(&member);
         let started = Instant::now();
         let answer = self
@@ -267,17 +274,14 @@ impl Coordinator {
                 if let Err(e) = state::store(&self.config.state_file, &self.state) {
                     tracing::error!(error = %format!("{e:#}"), "cannot persist the new primary");
                 }
-                format!("promoted {candidate} with term {term}: {answer}")
+                format!("promoted {candidate} with term {term}: {answer}{fenced}")
             }
             Err(e) => {
-                let message = format!("promoting {candidate} with term {term} failed: {e}");
+                let message = format!("promoting {candidate} with term {term} failed: {e}{fenced}");
                 tracing::error!(%message);
                 return message;
             }
         };
-        for name in fence {
-            outcome.push_str(&self.fence(name).await);
-        }
         outcome.push_str(&self.repoint(candidate, term).await);
         outcome
     }

@@ -7,6 +7,8 @@
 //! it. Switchover answers 501.
 //! A hung primary (manager and postmaster stopped with SIGSTOP) is failed over while the
 //! coordinator watches; when it resumes as a primary of the old term it is fenced.
+//! A primary whose postgres is down while its manager answers (crash-restart backoff) is
+//! fenced, then the replica is promoted.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -421,6 +423,76 @@ async fn hang_fails_over_then_fences_the_stale_primary(version: PgVersion) {
     assert_eq!(s["failovers"], 1, "{s}");
 }
 
+async fn postgres_down_fences_then_promotes(version: PgVersion) {
+    let mut options = ManagerOptions::new(&pgsteward_bin(), version);
+    // The manager waits a minute before restarting a crashed postmaster.
+    options.args = vec!["--set=restart.initial_backoff=60s".into()];
+    let primary = Instance::new(options);
+    let primary_manager = primary.spawn();
+    primary_manager.wait_ready(READY).await;
+    exec(primary.pg_port, "CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let replica = replica_of(version, primary.pg_port);
+    let replica_manager = replica.spawn();
+    replica_manager.wait_ready(READY).await;
+    let dir = ScratchDir::new();
+    let coordinator = Coordinator::start(
+        &dir,
+        "pgdown",
+        &format!(
+            "state_file: {}\npoll_interval: 250ms\nrequest_timeout: 500ms\n\
+             failure_threshold: {}ms\nmembers:\n{}{}",
+            dir.join("state.json").display(),
+            THRESHOLD.as_millis(),
+            member("a", &primary),
+            member("b", &replica)
+        ),
+    );
+    wait_for("the coordinator to see the primary", READY, || async {
+        let s = coordinator.status().await?;
+        let members = s["members"].as_array()?;
+        (s["primary"] == "a" && members.iter().all(|m| m["healthy"] == true)).then_some(())
+    })
+    .await;
+    let postmaster = primary_manager.postmaster_host_pid().await.unwrap();
+    kill(Pid::from_raw(postmaster), Signal::SIGKILL).unwrap();
+    let killed = Instant::now();
+    let status = wait_for("the failover", Duration::from_secs(60), || async {
+        let s = coordinator.status().await?;
+        (s["primary"] == "b").then_some(s)
+    })
+    .await;
+    let took = killed.elapsed();
+    eprintln!(
+        "postgres down: promoted {}ms after the kill",
+        took.as_millis()
+    );
+    assert!(took < THRESHOLD + Duration::from_secs(3), "took {took:?}");
+    let action = &status["last_action"];
+    assert_eq!(action["decision"]["action"]["fence"][0], "a", "{status}");
+    let outcome = action["outcome"].as_str().unwrap();
+    assert!(
+        outcome.starts_with("promoted b with term 2") && outcome.contains("; fenced a"),
+        "{outcome}"
+    );
+    assert!(
+        action["decision"]["action"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("postgres down"),
+        "{status}"
+    );
+    let old = primary_manager.status().await;
+    assert_eq!(old["state"], "fenced", "{old}");
+    assert_eq!(old["postgres_up"], false, "{old}");
+    let new = replica_manager.status().await;
+    assert_eq!(new["replication"]["role"], "primary", "{new}");
+    exec(replica.pg_port, "INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+}
+
 macro_rules! for_each_version {
     ($name:ident) => {
         mod $name {
@@ -439,3 +511,4 @@ macro_rules! for_each_version {
 
 for_each_version!(refuse_then_fail_over);
 for_each_version!(hang_fails_over_then_fences_the_stale_primary);
+for_each_version!(postgres_down_fences_then_promotes);
