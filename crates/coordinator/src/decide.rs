@@ -409,8 +409,8 @@ fn eligible(m: &MemberView, term: u64) -> bool {
         })
 }
 
-/// `synchronous_standby_names` for `primary`: the healthy replicas (by instance name, in
-/// member order), with placeholders for missing ones under `required`.
+/// `synchronous_standby_names` for `primary`: the healthy, streaming replicas (by instance
+/// name, in member order), with placeholders for missing ones under `required`.
 pub fn synchronous_standby_names(input: &Input, policy: &Policy, primary: Option<&str>) -> String {
     let Some(sync) = policy.synchronous.filter(|s| s.number > 0) else {
         return String::new();
@@ -422,7 +422,7 @@ pub fn synchronous_standby_names(input: &Input, policy: &Policy, primary: Option
         .filter_map(|m| {
             m.last
                 .as_ref()
-                .filter(|o| o.role == MemberRole::Replica)
+                .filter(|o| o.role == MemberRole::Replica && o.streaming)
                 .map(|o| quote(&o.instance_name))
         })
         .collect();

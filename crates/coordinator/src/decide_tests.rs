@@ -314,11 +314,14 @@ fn preferred_promotes_whatever_is_visible() {
 
 #[test]
 fn synchronous_names() {
+    let mut archive_only = replica("e", "0/5", "0/5");
+    archive_only.last.as_mut().unwrap().streaming = false;
     let members = vec![
         primary("a", 1),
         replica("b", "0/5", "0/5"),
         down(replica("c", "0/5", "0/5"), T),
         replica("d", "0/5", "0/5"),
+        archive_only,
     ];
     let cases = [
         (None, "".to_owned()),
