@@ -1,0 +1,173 @@
+//! HTTP client of the instance managers' API: `GET /pg/status`, and the role changes
+//! `POST /pg/promote {term}`, `/pg/fence`, `/pg/demote` and `/pg/follow`
+//! (`{"term", "primary": {"host", "port"}}`), with a bearer token and a timeout each.
+
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::rt::TokioExecutor;
+use pgsteward_api::InstanceStatus;
+use serde_json::{json, Value};
+
+/// Why a request did not give the expected answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no answer within {0} ms")]
+    Timeout(u128),
+    #[error("cannot reach the manager: {0}")]
+    Unreachable(String),
+    #[error("HTTP {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("unexpected answer: {0}")]
+    Decode(String),
+}
+
+/// A client shared by all members (connections are pooled).
+#[derive(Clone)]
+pub struct Client {
+    http: HyperClient<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for Client {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Client {
+    pub fn new() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_millis(500)));
+        let http = HyperClient::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(10))
+            .build(connector);
+        Client { http }
+    }
+
+    async fn request(
+        &self,
+        method: &str,
+        url: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+        timeout: Duration,
+    ) -> Result<(u16, Bytes), ClientError> {
+        let mut builder = hyper::Request::builder().method(method).uri(url);
+        if let Some(token) = token {
+            builder = builder.header("authorization", format!("Bearer {token}"));
+        }
+        let body = match body {
+            Some(v) => {
+                builder = builder.header("content-type", "application/json");
+                Bytes::from(v.to_string())
+            }
+            None => Bytes::new(),
+        };
+        let request = builder
+            .body(Full::new(body))
+            .map_err(|e| ClientError::Unreachable(format!("bad request for {url}: {e}")))?;
+        let exchange = async {
+            let response = self
+                .http
+                .request(request)
+                .await
+                .map_err(|e| ClientError::Unreachable(format!("{e:?}")))?;
+            let status = response.status().as_u16();
+            let bytes = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| ClientError::Unreachable(format!("reading the body: {e}")))?
+                .to_bytes();
+            Ok((status, bytes))
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| ClientError::Timeout(timeout.as_millis()))?
+    }
+
+    /// `GET <base>/pg/status`.
+    pub async fn status(
+        &self,
+        base: &str,
+        timeout: Duration,
+    ) -> Result<InstanceStatus, ClientError> {
+        let (status, body) = self
+            .request("GET", &format!("{base}/pg/status"), None, None, timeout)
+            .await?;
+        if status != 200 {
+            return Err(ClientError::Status {
+                status,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            });
+        }
+        serde_json::from_slice(&body).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// POST a role change; Ok(answer) on 2xx.
+    pub async fn post(
+        &self,
+        base: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+        timeout: Duration,
+    ) -> Result<Value, ClientError> {
+        let (status, bytes) = self
+            .request("POST", &format!("{base}{path}"), token, body, timeout)
+            .await?;
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        if !(200..300).contains(&status) {
+            return Err(ClientError::Status { status, body: text });
+        }
+        Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// `POST /pg/promote {"term": term}`.
+    pub async fn promote(
+        &self,
+        base: &str,
+        token: Option<&str>,
+        term: u64,
+        timeout: Duration,
+    ) -> Result<Value, ClientError> {
+        self.post(
+            base,
+            "/pg/promote",
+            token,
+            Some(json!({ "term": term })),
+            timeout,
+        )
+        .await
+    }
+
+    /// `POST /pg/fence`.
+    pub async fn fence(
+        &self,
+        base: &str,
+        token: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Value, ClientError> {
+        self.post(base, "/pg/fence", token, None, timeout).await
+    }
+
+    /// `POST /pg/follow {"term", "primary": {"host", "port"}}` (manager side not merged yet:
+    /// a 404 means the manager cannot be repointed by API).
+    pub async fn follow(
+        &self,
+        base: &str,
+        token: Option<&str>,
+        term: u64,
+        host: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<Value, ClientError> {
+        let body = json!({ "term": term, "primary": { "host": host, "port": port } });
+        self.post(base, "/pg/follow", token, Some(body), timeout)
+            .await
+    }
+}

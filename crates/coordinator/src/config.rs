@@ -1,0 +1,149 @@
+//! The coordinator's YAML configuration: its listen address and state file, the members
+//! (name, manager API URL, token file), poll interval, timeouts, failure threshold and
+//! synchronous replication settings.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+use crate::decide::{Policy, SyncConfig};
+
+/// One instance manager.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    /// Name used in the coordinator's status, logs and decisions.
+    pub name: String,
+    /// Base URL of the manager's API (`http://host:port`).
+    pub url: String,
+    /// File whose first line is the manager's bearer token (needed to promote and fence).
+    pub token_file: Option<PathBuf>,
+    /// Postgres address of this member as the others reach it (`host:port`), used to
+    /// repoint replicas with `/pg/follow` after a failover; optional.
+    #[serde(default)]
+    pub postgres: Option<String>,
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address of the coordinator's own API (default 127.0.0.1:8100).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Where the current term is persisted (a restarted coordinator never reuses a term).
+    pub state_file: PathBuf,
+    #[serde(default = "default_poll", with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Bound of one status request; a member not answering in time is unhealthy (hung).
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Bound of a promote or fence request.
+    #[serde(default = "default_action_timeout", with = "humantime_serde")]
+    pub action_timeout: Duration,
+    /// The primary is failed over after being unhealthy this long.
+    #[serde(default = "default_threshold", with = "humantime_serde")]
+    pub failure_threshold: Duration,
+    /// Synchronous replication (absent: asynchronous).
+    #[serde(default)]
+    pub synchronous: Option<SyncConfig>,
+    pub members: Vec<MemberConfig>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8100))
+}
+fn default_poll() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_millis(1000)
+}
+fn default_action_timeout() -> Duration {
+    Duration::from_secs(90)
+}
+fn default_threshold() -> Duration {
+    Duration::from_secs(3)
+}
+
+impl Config {
+    /// Read and check a configuration file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let config: Config =
+            serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.members.is_empty() {
+            bail!("no members configured");
+        }
+        for (i, m) in self.members.iter().enumerate() {
+            if self.members[..i].iter().any(|o| o.name == m.name) {
+                bail!("member name {:?} appears twice", m.name);
+            }
+            if !m.url.starts_with("http://") {
+                bail!(
+                    "member {}: url must start with http:// (got {:?})",
+                    m.name,
+                    m.url
+                );
+            }
+        }
+        if self.poll_interval.is_zero() || self.request_timeout.is_zero() {
+            bail!("poll_interval and request_timeout must be positive");
+        }
+        Ok(())
+    }
+
+    /// What the decision reads.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            failure_threshold: self.failure_threshold,
+            synchronous: self.synchronous,
+        }
+    }
+}
+
+/// The token of a member (first line of its token file), if configured.
+pub fn read_token(member: &MemberConfig) -> Result<Option<String>> {
+    let Some(path) = &member.token_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the token file {}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim().to_owned();
+    if token.is_empty() {
+        bail!("the token file {} is empty", path.display());
+    }
+    Ok(Some(token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_checks() {
+        let config: Config = serde_yaml::from_str(
+            "state_file: /tmp/s.json\nmembers:\n- name: a\n  url: http://127.0.0.1:1\n\
+             synchronous:\n  method: any\n  number: 1\n  data_durability: required\n",
+        )
+        .unwrap();
+        assert_eq!(config.poll_interval, Duration::from_millis(500));
+        assert_eq!(config.failure_threshold, Duration::from_secs(3));
+        assert!(config.check().is_ok());
+        let twice: Config = serde_yaml::from_str(
+            "state_file: s\nmembers:\n- {name: a, url: 'http://x'}\n- {name: a, url: 'http://y'}\n",
+        )
+        .unwrap();
+        assert!(twice.check().is_err());
+        assert!(serde_yaml::from_str::<Config>("state_file: s\nmembers: []\nbogus: 1\n").is_err());
+    }
+}

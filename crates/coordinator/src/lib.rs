@@ -1,0 +1,13 @@
+//! pgsteward coordinator: polls a static list of instance managers, decides failovers with a
+//! pure function (`decide`), acts through the managers' APIs (`client`), persists its term
+//! (`state`) and serves its own status and metrics (`api`, `metrics`).
+
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod decide;
+pub mod lsn;
+pub mod metrics;
+pub mod observe;
+pub mod run;
+pub mod state;

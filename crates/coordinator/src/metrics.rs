@@ -1,0 +1,68 @@
+//! The coordinator's Prometheus metrics: current term, failovers, refusals, member up, and
+//! the latency of one poll-and-decide round.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// All metrics, registered in their own registry.
+pub struct Metrics {
+    registry: Registry,
+    pub term: IntGauge,
+    pub failovers: IntCounter,
+    pub refusals: IntCounter,
+    pub member_up: IntGaugeVec,
+    pub decision_seconds: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let term = IntGauge::new("pgsteward_coordinator_term", "Current term")?;
+        let failovers = IntCounter::new(
+            "pgsteward_coordinator_failovers_total",
+            "Promotions ordered by this coordinator",
+        )?;
+        let refusals = IntCounter::new(
+            "pgsteward_coordinator_refusals_total",
+            "Rounds where the primary had failed but no replica could be promoted",
+        )?;
+        let member_up = IntGaugeVec::new(
+            Opts::new(
+                "pgsteward_coordinator_member_up",
+                "1 when the member's manager answered and postgres is up",
+            ),
+            &["member"],
+        )?;
+        let decision_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "pgsteward_coordinator_decision_seconds",
+                "Time to poll every member and decide",
+            )
+            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+        )?;
+        registry.register(Box::new(term.clone()))?;
+        registry.register(Box::new(failovers.clone()))?;
+        registry.register(Box::new(refusals.clone()))?;
+        registry.register(Box::new(member_up.clone()))?;
+        registry.register(Box::new(decision_seconds.clone()))?;
+        Ok(Metrics {
+            registry,
+            term,
+            failovers,
+            refusals,
+            member_up,
+            decision_seconds,
+        })
+    }
+
+    /// Text exposition format.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
+            tracing::warn!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8_lossy(&buffer).into_owned()
+    }
+}

@@ -1,0 +1,514 @@
+//! The coordinator against two real managers on loopback (PG15 and PG18): a primary and a
+//! replica cloned with pg_basebackup. The primary's manager and postmaster are killed with
+//! SIGKILL. With `data_durability: required`, `ANY 1` and a third member that never
+//! answers, the coordinator refuses to promote and says why; restarted without that member
+//! it promotes the replica with term 2 within the failure threshold plus a few seconds,
+//! persists the term, writes succeed on the new primary, and its status and metrics show
+//! it. Switchover answers 501.
+//! A hung primary (manager and postmaster stopped with SIGSTOP) is failed over while the
+//! coordinator watches; when it resumes as a primary of the old term it is fenced.
+//! A primary whose postgres is down while its manager answers (crash-restart backoff) is
+//! fenced, then the replica is promoted.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use pgsteward_testkit::fsutil::ScratchDir;
+use pgsteward_testkit::manager::{Instance, PASSWORD};
+use pgsteward_testkit::{free_port, http, wait_for, ManagerOptions, PgVersion};
+use serde_json::Value;
+
+const READY: Duration = Duration::from_secs(90);
+const THRESHOLD: Duration = Duration::from_secs(2);
+
+/// The pgsteward binary next to this test's target directory (`cargo build -p pgsteward`
+/// first), or `PGSTEWARD_BIN`.
+fn pgsteward_bin() -> String {
+    if let Ok(path) = std::env::var("PGSTEWARD_BIN") {
+        return path;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("pgsteward"))
+        .unwrap();
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build -p pgsteward` first (or set PGSTEWARD_BIN)",
+        path.display()
+    );
+    path.display().to_string()
+}
+
+fn replica_of(version: PgVersion, primary_port: u16) -> Instance {
+    let mut replica = Instance::new(ManagerOptions::new(&pgsteward_bin(), version));
+    let password_file = replica.dir.join("superuser.pw");
+    replica.options.args = vec![
+        "--set=bootstrap.method=basebackup".into(),
+        "--set=bootstrap.basebackup.host=127.0.0.1".into(),
+        format!("--set=bootstrap.basebackup.port={primary_port}"),
+        format!(
+            "--set=bootstrap.basebackup.password_file={}",
+            password_file.display()
+        ),
+    ];
+    replica
+}
+
+/// A running coordinator process, killed on drop.
+struct Coordinator {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Coordinator {
+    fn start(dir: &ScratchDir, name: &str, yaml: &str) -> Self {
+        let port = free_port();
+        let config = dir.join(&format!("{name}.yaml"));
+        std::fs::write(&config, format!("listen: 127.0.0.1:{port}\n{yaml}")).unwrap();
+        let log = dir.join(&format!("{name}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_pgsteward-coordinator"))
+            .arg("--config")
+            .arg(&config)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        Coordinator { child, port, log }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    async fn status(&self) -> Option<Value> {
+        Some(http::get(&self.url("/status")).await?.json())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn stop(&mut self) {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn member(name: &str, instance: &Instance) -> String {
+    format!(
+        "- name: {name}\n  url: {}\n  token_file: {}\n  postgres: 127.0.0.1:{}\n",
+        instance.api(),
+        instance.dir.join("api.token").display(),
+        instance.pg_port
+    )
+}
+
+async fn exec(port: u16, statement: &str) -> anyhow::Result<()> {
+    pgsteward_testkit::sql(port, "postgres", PASSWORD, "postgres", statement)
+        .await
+        .map(|_| ())
+}
+
+async fn metric(coordinator: &Coordinator, name: &str) -> Option<f64> {
+    let body = http::get(&coordinator.url("/metrics")).await?.body;
+    body.lines().find_map(|l| {
+        l.strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
+async fn refuse_then_fail_over(version: PgVersion) {
+    let primary = Instance::new(ManagerOptions::new(&pgsteward_bin(), version));
+    let primary_manager = primary.spawn();
+    primary_manager.wait_ready(READY).await;
+    exec(primary.pg_port, "CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    exec(
+        primary.pg_port,
+        "INSERT INTO t SELECT generate_series(1, 100)",
+    )
+    .await
+    .unwrap();
+    let replica = replica_of(version, primary.pg_port);
+    let replica_manager = replica.spawn();
+    replica_manager.wait_ready(READY).await;
+
+    let dir = ScratchDir::new();
+    let state_file = dir.join("coordinator-state.json");
+    let common = format!(
+        "state_file: {}\npoll_interval: 250ms\nrequest_timeout: 500ms\nfailure_threshold: {}ms\n\
+         synchronous:\n  method: any\n  number: 1\n  data_durability: required\n",
+        state_file.display(),
+        THRESHOLD.as_millis()
+    );
+    let ghost = format!("- name: ghost\n  url: http://127.0.0.1:{}\n", free_port());
+    let members = format!("{}{}", member("a", &primary), member("b", &replica));
+    let mut coordinator = Coordinator::start(
+        &dir,
+        "with-ghost",
+        &format!("{common}members:\n{members}{ghost}"),
+    );
+    let status = wait_for(
+        "the coordinator to see a healthy primary and replica",
+        READY,
+        || async {
+            let s = coordinator.status().await?;
+            let members = s["members"].as_array()?;
+            let healthy = |n: &str| {
+                members
+                    .iter()
+                    .any(|m| m["name"] == n && m["healthy"] == true)
+            };
+            let names = format!("ANY 1 (\"test-{}\")", replica.pg_port);
+            (s["primary"] == "a"
+                && healthy("a")
+                && healthy("b")
+                && s["synchronous_standby_names"] == names.as_str())
+            .then_some(s)
+        },
+    )
+    .await;
+    assert_eq!(status["term"], 1, "{status}");
+    assert_eq!(
+        status["last_decision"]["decision"]["action"]["kind"],
+        "none"
+    );
+    let switchover = http::request(
+        "POST",
+        &coordinator.url("/switchover"),
+        &[],
+        "{\"to\":\"b\"}",
+    )
+    .await
+    .unwrap();
+    assert_eq!(switchover.status, 501, "{}", switchover.body);
+    assert!(
+        switchover.body.contains("/pg/demote"),
+        "{}",
+        switchover.body
+    );
+
+    // kill -9 the primary's manager, then its postmaster.
+    let postmaster = primary_manager.postmaster_host_pid().await.unwrap();
+    primary_manager.signal(Signal::SIGKILL).await;
+    kill(Pid::from_raw(postmaster), Signal::SIGKILL).unwrap();
+    let killed = Instant::now();
+
+    let refusal = wait_for(
+        "the coordinator to refuse",
+        Duration::from_secs(30),
+        || async {
+            let s = coordinator.status().await?;
+            (s["last_action"]["decision"]["action"]["kind"] == "refuse").then_some(s)
+        },
+    )
+    .await;
+    let reason = refusal["last_action"]["decision"]["action"]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        reason.contains(
+            "ANY 1 of 2 standbys needs the positions of at least 2 standbys, only 1 visible (b)"
+        ),
+        "{reason}"
+    );
+    assert!(reason.contains("primary a unhealthy"), "{reason}");
+    assert!(
+        killed.elapsed() >= THRESHOLD,
+        "refused before the threshold"
+    );
+    assert!(metric(&coordinator, "pgsteward_coordinator_refusals_total").await >= Some(1.0));
+    let log = coordinator.log();
+    assert!(
+        log.contains(r#""decision":"refuse""#) && log.contains(r#""inputs":"#),
+        "{log}"
+    );
+    // Nothing was promoted.
+    let replica_status = replica_manager.status().await;
+    assert_eq!(replica_status["replication"]["role"], "replica");
+    assert_eq!(replica_status["replication"]["term"], 1);
+    assert!(!state_file.exists(), "a refusal must not hand out a term");
+    coordinator.stop();
+
+    // Without the ghost, the replica's position is enough: promote it with term 2.
+    let restarted = Instant::now();
+    let coordinator = Coordinator::start(&dir, "two", &format!("{common}members:\n{members}"));
+    let status = wait_for("the failover", Duration::from_secs(60), || async {
+        let s = coordinator.status().await?;
+        (s["primary"] == "b" && s["term"] == 2).then_some(s)
+    })
+    .await;
+    let took = restarted.elapsed();
+    eprintln!(
+        "failover {}ms after the coordinator started (threshold {}ms)",
+        took.as_millis(),
+        THRESHOLD.as_millis()
+    );
+    assert!(
+        took < THRESHOLD + Duration::from_secs(5),
+        "failover took {took:?}; log:\n{}",
+        coordinator.log()
+    );
+    let action = &status["last_action"];
+    assert_eq!(action["decision"]["action"]["kind"], "failover", "{status}");
+    assert_eq!(action["decision"]["action"]["candidate"], "b");
+    assert_eq!(action["decision"]["action"]["term"], 2);
+    assert!(
+        action["outcome"]
+            .as_str()
+            .unwrap()
+            .starts_with("promoted b with term 2"),
+        "{status}"
+    );
+    let replica_status = replica_manager.status().await;
+    assert_eq!(
+        replica_status["replication"]["role"], "primary",
+        "{replica_status}"
+    );
+    assert_eq!(replica_status["replication"]["term"], 2);
+    assert_eq!(replica_status["timeline"], 2);
+    exec(replica.pg_port, "INSERT INTO t VALUES (101)")
+        .await
+        .unwrap();
+    let count = pgsteward_testkit::sql_value(replica.pg_port, PASSWORD, "SELECT count(*) FROM t")
+        .await
+        .unwrap();
+    assert_eq!(count, "101");
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap()).unwrap();
+    assert_eq!(state["term"], 2);
+    assert_eq!(state["primary"], "b");
+    assert_eq!(
+        metric(&coordinator, "pgsteward_coordinator_term").await,
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(&coordinator, "pgsteward_coordinator_failovers_total").await,
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &coordinator,
+            "pgsteward_coordinator_member_up{member=\"a\"}"
+        )
+        .await,
+        Some(0.0)
+    );
+    // The new primary stays put: no second promotion.
+    let later = wait_for("a few more rounds", Duration::from_secs(10), || async {
+        let s = coordinator.status().await?;
+        (s["last_decision"]["decision"]["action"]["reason"] == "primary b is healthy").then_some(s)
+    })
+    .await;
+    assert_eq!(later["failovers"], 1, "{later}");
+    assert_eq!(later["term"], 2, "{later}");
+}
+
+async fn hang_fails_over_then_fences_the_stale_primary(version: PgVersion) {
+    let primary = Instance::new(ManagerOptions::new(&pgsteward_bin(), version));
+    let primary_manager = primary.spawn();
+    primary_manager.wait_ready(READY).await;
+    exec(primary.pg_port, "CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let replica = replica_of(version, primary.pg_port);
+    let replica_manager = replica.spawn();
+    replica_manager.wait_ready(READY).await;
+
+    let dir = ScratchDir::new();
+    let state_file = dir.join("state.json");
+    // A term handed out by an earlier coordinator run: never reused.
+    std::fs::write(&state_file, r#"{"term": 4, "primary": null}"#).unwrap();
+    let coordinator = Coordinator::start(
+        &dir,
+        "async",
+        &format!(
+            "state_file: {}\npoll_interval: 250ms\nrequest_timeout: 500ms\n\
+             failure_threshold: {}ms\nmembers:\n{}{}",
+            state_file.display(),
+            THRESHOLD.as_millis(),
+            member("a", &primary),
+            member("b", &replica)
+        ),
+    );
+    wait_for("the coordinator to see the primary", READY, || async {
+        let s = coordinator.status().await?;
+        let members = s["members"].as_array()?;
+        (s["primary"] == "a" && members.iter().all(|m| m["healthy"] == true)).then_some(())
+    })
+    .await;
+    exec(
+        primary.pg_port,
+        "INSERT INTO t SELECT generate_series(1, 50)",
+    )
+    .await
+    .unwrap();
+    wait_for("rows on the replica", READY, || async {
+        let n = pgsteward_testkit::sql_value(replica.pg_port, PASSWORD, "SELECT count(*) FROM t")
+            .await
+            .ok()?;
+        (n == "50").then_some(())
+    })
+    .await;
+
+    let manager_pid = Pid::from_raw(primary_manager.pid().await);
+    let postmaster = Pid::from_raw(primary_manager.postmaster_host_pid().await.unwrap());
+    kill(manager_pid, Signal::SIGSTOP).unwrap();
+    kill(postmaster, Signal::SIGSTOP).unwrap();
+    let hung = Instant::now();
+    let status = wait_for("the failover", Duration::from_secs(60), || async {
+        let s = coordinator.status().await?;
+        (s["primary"] == "b").then_some(s)
+    })
+    .await;
+    let took = hung.elapsed();
+    eprintln!(
+        "hang: promoted {}ms after SIGSTOP (threshold {}ms)",
+        took.as_millis(),
+        THRESHOLD.as_millis()
+    );
+    assert!(took < THRESHOLD + Duration::from_secs(3), "took {took:?}");
+    assert_eq!(status["term"], 5, "{status}");
+    let replica_status = replica_manager.status().await;
+    assert_eq!(replica_status["replication"]["term"], 5, "{replica_status}");
+    exec(replica.pg_port, "INSERT INTO t VALUES (51)")
+        .await
+        .unwrap();
+
+    // The old primary resumes, still a primary of term 1: fenced.
+    kill(postmaster, Signal::SIGCONT).unwrap();
+    kill(manager_pid, Signal::SIGCONT).unwrap();
+    let fenced = wait_for(
+        "the stale primary to be fenced",
+        Duration::from_secs(60),
+        || async {
+            let s = http::get(&format!("{}/pg/status", primary.api()))
+                .await?
+                .json();
+            (s["state"] == "fenced").then_some(s)
+        },
+    )
+    .await;
+    assert_eq!(fenced["postgres_up"], false, "{fenced}");
+    let s = coordinator.status().await.unwrap();
+    assert_eq!(
+        s["last_action"]["decision"]["action"]["kind"], "fence",
+        "{s}"
+    );
+    assert_eq!(
+        s["last_action"]["decision"]["action"]["members"][0], "a",
+        "{s}"
+    );
+    assert_eq!(s["primary"], "b", "{s}");
+    assert_eq!(s["failovers"], 1, "{s}");
+}
+
+async fn postgres_down_fences_then_promotes(version: PgVersion) {
+    let mut options = ManagerOptions::new(&pgsteward_bin(), version);
+    // The manager waits a minute before restarting a crashed postmaster.
+    options.args = vec!["--set=restart.initial_backoff=60s".into()];
+    let primary = Instance::new(options);
+    let primary_manager = primary.spawn();
+    primary_manager.wait_ready(READY).await;
+    exec(primary.pg_port, "CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let replica = replica_of(version, primary.pg_port);
+    let replica_manager = replica.spawn();
+    replica_manager.wait_ready(READY).await;
+    let dir = ScratchDir::new();
+    let coordinator = Coordinator::start(
+        &dir,
+        "pgdown",
+        &format!(
+            "state_file: {}\npoll_interval: 250ms\nrequest_timeout: 500ms\n\
+             failure_threshold: {}ms\nmembers:\n{}{}",
+            dir.join("state.json").display(),
+            THRESHOLD.as_millis(),
+            member("a", &primary),
+            member("b", &replica)
+        ),
+    );
+    wait_for("the coordinator to see the primary", READY, || async {
+        let s = coordinator.status().await?;
+        let members = s["members"].as_array()?;
+        (s["primary"] == "a" && members.iter().all(|m| m["healthy"] == true)).then_some(())
+    })
+    .await;
+    let postmaster = primary_manager.postmaster_host_pid().await.unwrap();
+    kill(Pid::from_raw(postmaster), Signal::SIGKILL).unwrap();
+    let killed = Instant::now();
+    let status = wait_for("the failover", Duration::from_secs(60), || async {
+        let s = coordinator.status().await?;
+        (s["primary"] == "b").then_some(s)
+    })
+    .await;
+    let took = killed.elapsed();
+    eprintln!(
+        "postgres down: promoted {}ms after the kill",
+        took.as_millis()
+    );
+    assert!(took < THRESHOLD + Duration::from_secs(3), "took {took:?}");
+    let action = &status["last_action"];
+    assert_eq!(action["decision"]["action"]["fence"][0], "a", "{status}");
+    let outcome = action["outcome"].as_str().unwrap();
+    assert!(
+        outcome.starts_with("promoted b with term 2") && outcome.contains("; fenced a"),
+        "{outcome}"
+    );
+    assert!(
+        action["decision"]["action"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("postgres down"),
+        "{status}"
+    );
+    let old = primary_manager.status().await;
+    assert_eq!(old["state"], "fenced", "{old}");
+    assert_eq!(old["postgres_up"], false, "{old}");
+    let new = replica_manager.status().await;
+    assert_eq!(new["replication"]["role"], "primary", "{new}");
+    exec(replica.pg_port, "INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+}
+
+macro_rules! for_each_version {
+    ($name:ident) => {
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn pg15() {
+                super::$name(PgVersion::V15).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn pg18() {
+                super::$name(PgVersion::V18).await
+            }
+        }
+    };
+}
+
+for_each_version!(refuse_then_fail_over);
+for_each_version!(hang_fails_over_then_fences_the_stale_primary);
+for_each_version!(postgres_down_fences_then_promotes);
