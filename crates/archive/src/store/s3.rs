@@ -8,47 +8,29 @@
 //! Integrity; the rest → Permanent) with credentials redacted from every message.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use aws_config::environment::EnvironmentVariableRegionProvider;
-use aws_config::meta::region::RegionProviderChain;
-use aws_config::profile::ProfileFileRegionProvider;
-use aws_credential_types::provider::error::CredentialsError;
-use aws_credential_types::provider::{future, ProvideCredentials};
-use aws_credential_types::Credentials;
 use aws_sdk_s3::config::http::HttpResponse;
-use aws_sdk_s3::config::retry::RetryConfig;
-use aws_sdk_s3::config::timeout::TimeoutConfig;
-use aws_sdk_s3::config::{
-    BehaviorVersion, Region, RequestChecksumCalculation, ResponseChecksumValidation,
-    SharedCredentialsProvider,
-};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
 use base64::Engine as _;
 use bytes::Bytes;
 
+mod client;
+mod credentials;
+mod errors;
 mod multipart;
+
+use client::sdk_config;
+pub use client::DEFAULT_REGION;
+use credentials::Secrets;
+use errors::{chain, classify, is_checksum_mismatch, Kind};
 
 use super::{
     check_key, ChecksumMode, MultipartOptions, MultipartWriter, ObjectMeta, ObjectStore,
     ServerSideEncryption, StoreError, StoreOptions,
 };
-
-/// Region used when neither the options, the environment nor the AWS profile name one.
-pub const DEFAULT_REGION: &str = "us-east-1";
-/// TCP (and TLS) connect timeout.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Timeout of one attempt of one operation (request sent to response headers received).
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
-/// Attempts per operation inside the SDK (the first and at most 2 retries).
-const SDK_MAX_ATTEMPTS: u32 = 3;
-/// How long credentials read from files are used before the files are read again.
-const FILE_CREDENTIALS_TTL: Duration = Duration::from_secs(5 * 60);
 
 /// An S3 bucket and prefix (cheap to clone: the client is shared).
 #[derive(Clone)]
@@ -72,372 +54,6 @@ impl fmt::Debug for S3Store {
             .field("checksums", &self.checksums)
             .field("sse", &self.sse)
             .finish_non_exhaustive()
-    }
-}
-
-/// Credential strings seen so far, removed from every error message.
-#[derive(Clone, Default)]
-struct Secrets(Arc<Mutex<Vec<String>>>);
-
-impl Secrets {
-    fn remember(&self, values: &[&str]) {
-        let Ok(mut known) = self.0.lock() else { return };
-        for value in values {
-            // Very short values would mangle messages (and are no secret worth the name).
-            if value.len() >= 4 && !known.iter().any(|k| k == value) {
-                known.push((*value).to_owned());
-            }
-        }
-        // Bounded: rotations add a pair each; keep the most recent ones.
-        let excess = known.len().saturating_sub(16);
-        known.drain(..excess);
-    }
-
-    fn redact(&self, message: String) -> String {
-        let Ok(known) = self.0.lock() else {
-            return "(error message withheld: credential list unavailable)".to_owned();
-        };
-        known.iter().fold(message, |m, secret| {
-            m.replace(secret.as_str(), "<redacted>")
-        })
-    }
-}
-
-/// Credentials read from two files (first line of each, trimmed), re-read when the SDK's cache
-/// expires them.
-struct FileCredentials {
-    access_key_id_file: PathBuf,
-    secret_access_key_file: PathBuf,
-    secrets: Secrets,
-}
-
-impl fmt::Debug for FileCredentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FileCredentials")
-            .field("access_key_id_file", &self.access_key_id_file)
-            .field("secret_access_key_file", &self.secret_access_key_file)
-            .finish_non_exhaustive()
-    }
-}
-
-/// The first line of `path`, trimmed; never logs the content.
-async fn read_first_line(path: &Path, what: &str) -> Result<String, String> {
-    let text = tokio::fs::read_to_string(path)
-        .await
-        .map_err(|e| format!("reading the {what} file {}: {e}", path.display()))?;
-    let line = text.lines().next().unwrap_or("").trim();
-    if line.is_empty() {
-        return Err(format!("the {what} file {} is empty", path.display()));
-    }
-    Ok(line.to_owned())
-}
-
-impl FileCredentials {
-    async fn load(&self) -> Result<Credentials, String> {
-        let id = read_first_line(&self.access_key_id_file, "access key id").await?;
-        let secret = read_first_line(&self.secret_access_key_file, "secret access key").await?;
-        self.secrets.remember(&[&id, &secret]);
-        Ok(Credentials::new(
-            id,
-            secret,
-            None,
-            Some(SystemTime::now() + FILE_CREDENTIALS_TTL),
-            "pgsteward-credential-files",
-        ))
-    }
-}
-
-impl ProvideCredentials for FileCredentials {
-    fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
-    where
-        Self: 'a,
-    {
-        // A file that is unreadable right now (a secret volume being swapped) is worth retrying.
-        future::ProvideCredentials::new(async move {
-            self.load().await.map_err(CredentialsError::provider_error)
-        })
-    }
-}
-
-/// Keys of S3 server errors that are worth retrying.
-const TRANSIENT_CODES: &[&str] = &[
-    "InternalError",
-    "OperationAborted",
-    "RequestLimitExceeded",
-    "RequestTimeTooSkewed",
-    "RequestTimeout",
-    "RequestTimeoutException",
-    "ServiceUnavailable",
-    "SlowDown",
-    "Throttling",
-    "ThrottlingException",
-    "TooManyRequestsException",
-];
-
-/// Keys of S3 server errors saying the body did not match the checksum sent with it.
-const INTEGRITY_CODES: &[&str] = &[
-    "BadDigest",
-    "InvalidDigest",
-    "XAmzContentSHA256Mismatch",
-    "XAmzContentChecksumMismatch",
-];
-
-/// What an SDK error means for the caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    NotFound,
-    Transient,
-    Permanent,
-    Integrity,
-}
-
-fn is_transient_status(status: u16) -> bool {
-    status >= 500 || status == 429 || status == 408
-}
-
-/// Classify an SDK error and describe it (not yet redacted).
-fn classify<E>(err: &SdkError<E, HttpResponse>) -> (Kind, String)
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-{
-    match err {
-        SdkError::ServiceError(service) => {
-            let status = service.raw().status().as_u16();
-            let code = service.err().code();
-            let message = service.err().message();
-            let text = match (code, message) {
-                (Some(code), Some(message)) => format!("{code}: {message} (HTTP {status})"),
-                (Some(code), None) => format!("{code} (HTTP {status})"),
-                (None, _) => format!("HTTP {status}"),
-            };
-            let kind = match code {
-                Some(code) if INTEGRITY_CODES.contains(&code) => Kind::Integrity,
-                Some("NoSuchKey") | Some("NotFound") => Kind::NotFound,
-                // A 404 from HEAD has no body and therefore no code.
-                None if status == 404 => Kind::NotFound,
-                Some(code) if TRANSIENT_CODES.contains(&code) => Kind::Transient,
-                _ if is_transient_status(status) => Kind::Transient,
-                _ => Kind::Permanent,
-            };
-            (kind, text)
-        }
-        SdkError::ResponseError(response) => {
-            // The response could not be parsed: a truncated body is worth another try, a proxy's
-            // error page is not (unless it is a 5xx).
-            let status = response.raw().status().as_u16();
-            let kind = if is_transient_status(status) || (200..300).contains(&status) {
-                Kind::Transient
-            } else {
-                Kind::Permanent
-            };
-            (
-                kind,
-                format!("unexpected response (HTTP {status}): {}", chain(err)),
-            )
-        }
-        SdkError::TimeoutError(_) => (Kind::Transient, chain(err)),
-        SdkError::DispatchFailure(dispatch) => {
-            let kind = if dispatch.is_io() || dispatch.is_timeout() {
-                Kind::Transient
-            } else if dispatch.is_user() {
-                Kind::Permanent
-            } else {
-                credentials_kind(err).unwrap_or(Kind::Transient)
-            };
-            (kind, chain(err))
-        }
-        SdkError::ConstructionFailure(_) => {
-            (credentials_kind(err).unwrap_or(Kind::Permanent), chain(err))
-        }
-        // SdkError is non-exhaustive.
-        _ => (Kind::Transient, chain(err)),
-    }
-}
-
-/// An error and its sources, `a: b: c` (a level whose text its parent already ends with is
-/// skipped).
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = current {
-        let text = e.to_string();
-        if !text.is_empty() && !parts.last().is_some_and(|last| last.ends_with(&text)) {
-            parts.push(text);
-        }
-        current = e.source();
-    }
-    parts.join(": ")
-}
-
-/// When the error comes from loading credentials: whether trying again could help.
-fn credentials_kind(err: &(dyn std::error::Error + 'static)) -> Option<Kind> {
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = current {
-        if let Some(creds) = e.downcast_ref::<CredentialsError>() {
-            return Some(match creds {
-                CredentialsError::ProviderTimedOut(_) | CredentialsError::ProviderError(_) => {
-                    Kind::Transient
-                }
-                _ => Kind::Permanent,
-            });
-        }
-        current = e.source();
-    }
-    None
-}
-
-/// Whether an error while reading a response body is a checksum mismatch found by the SDK.
-fn is_checksum_mismatch(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = current {
-        if e.to_string()
-            .to_ascii_lowercase()
-            .contains("checksum mismatch")
-        {
-            return true;
-        }
-        current = e.source();
-    }
-    false
-}
-
-/// Build an SDK configuration for `options`; errors name the problem, never a secret.
-async fn sdk_config(
-    options: &StoreOptions,
-    secrets: &Secrets,
-) -> Result<aws_config::SdkConfig, StoreError> {
-    let region = RegionProviderChain::first_try(
-        options
-            .region
-            .clone()
-            .filter(|r| !r.trim().is_empty())
-            .map(Region::new),
-    )
-    .or_else(EnvironmentVariableRegionProvider::new())
-    .or_else(ProfileFileRegionProvider::new())
-    .or_else(Region::new(DEFAULT_REGION));
-    let (request_checksums, response_checksums) = match options.checksums {
-        ChecksumMode::WhenSupported => (
-            RequestChecksumCalculation::WhenSupported,
-            ResponseChecksumValidation::WhenSupported,
-        ),
-        ChecksumMode::WhenRequired => (
-            RequestChecksumCalculation::WhenRequired,
-            ResponseChecksumValidation::WhenRequired,
-        ),
-    };
-    let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .region(region)
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(CONNECT_TIMEOUT)
-                .operation_attempt_timeout(ATTEMPT_TIMEOUT)
-                .build(),
-        )
-        .retry_config(
-            RetryConfig::standard()
-                .with_max_attempts(SDK_MAX_ATTEMPTS)
-                .with_initial_backoff(Duration::from_millis(200))
-                .with_max_backoff(Duration::from_secs(5)),
-        )
-        .request_checksum_calculation(request_checksums)
-        .response_checksum_validation(response_checksums);
-    if let Some(endpoint) = options
-        .endpoint_url
-        .as_deref()
-        .filter(|e| !e.trim().is_empty())
-    {
-        let parsed = url::Url::parse(endpoint).map_err(|e| {
-            StoreError::Config(format!(
-                "endpoint URL {:?} is invalid: {e}",
-                redact_url(endpoint)
-            ))
-        })?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(StoreError::Config(format!(
-                "endpoint URL {:?} must start with http:// or https://",
-                redact_url(endpoint)
-            )));
-        }
-        if !parsed.username().is_empty() || parsed.password().is_some() {
-            return Err(StoreError::Config(
-                "the endpoint URL must not contain credentials; use access_key_id_file/secret_access_key_file".into(),
-            ));
-        }
-        loader = loader.endpoint_url(endpoint);
-    }
-    if let Some(ca_file) = &options.ca_file {
-        loader = loader.http_client(https_client_trusting(ca_file)?);
-    }
-    match (&options.access_key_id_file, &options.secret_access_key_file) {
-        (Some(id_file), Some(secret_file)) => {
-            let provider = FileCredentials {
-                access_key_id_file: id_file.clone(),
-                secret_access_key_file: secret_file.clone(),
-                secrets: secrets.clone(),
-            };
-            // Fail at startup, not at the first upload, when the files are unusable.
-            provider.load().await.map_err(StoreError::Config)?;
-            loader = loader.credentials_provider(SharedCredentialsProvider::new(provider));
-        }
-        (None, None) => {} // The default chain: environment, profile, web identity, instance profile.
-        (Some(_), None) => {
-            return Err(StoreError::Config(
-                "access_key_id_file is set but secret_access_key_file is not: set both or neither"
-                    .into(),
-            ))
-        }
-        (None, Some(_)) => {
-            return Err(StoreError::Config(
-                "secret_access_key_file is set but access_key_id_file is not: set both or neither"
-                    .into(),
-            ))
-        }
-    }
-    Ok(loader.load().await)
-}
-
-/// An HTTPS client that trusts the system's roots and the CA certificates in `ca_file`.
-fn https_client_trusting(
-    ca_file: &std::path::Path,
-) -> Result<aws_smithy_runtime_api::client::http::SharedHttpClient, StoreError> {
-    use aws_smithy_http_client::tls;
-    let pem = std::fs::read(ca_file)
-        .map_err(|e| StoreError::Config(format!("ca_file {}: {e}", ca_file.display())))?;
-    let mut certificates = 0;
-    for item in rustls_pemfile::certs(&mut pem.as_slice()) {
-        item.map_err(|e| {
-            StoreError::Config(format!("ca_file {}: invalid PEM: {e}", ca_file.display()))
-        })?;
-        certificates += 1;
-    }
-    if certificates == 0 {
-        return Err(StoreError::Config(format!(
-            "ca_file {} holds no PEM certificate",
-            ca_file.display()
-        )));
-    }
-    let context = tls::TlsContext::builder()
-        .with_trust_store(
-            tls::TrustStore::empty()
-                .with_native_roots(true)
-                .with_pem_certificate(pem),
-        )
-        .build()
-        .map_err(|e| StoreError::Config(format!("ca_file {}: {e}", ca_file.display())))?;
-    Ok(aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(
-            tls::rustls_provider::CryptoMode::AwsLc,
-        ))
-        .tls_context(context)
-        .build_https())
-}
-
-/// An endpoint URL without anything that could be userinfo, for error messages.
-fn redact_url(endpoint: &str) -> String {
-    match endpoint.split_once('@') {
-        Some((_, host)) => format!("<redacted>@{host}"),
-        None => endpoint.to_owned(),
     }
 }
 
@@ -811,6 +427,7 @@ impl ObjectStore for S3Store {
 
 #[cfg(test)]
 mod tests {
+    use super::client::redact_url;
     use super::*;
     use aws_sdk_s3::operation::put_object::PutObjectError;
     use aws_sdk_s3::primitives::SdkBody;

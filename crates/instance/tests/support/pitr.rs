@@ -68,19 +68,7 @@ pub async fn source_with(
     extra_args: &[&str],
     setup: impl FnOnce(&ScratchDir) -> Vec<String>,
 ) -> Source {
-    let s3 = S3Server::new().await;
-    let creds = ScratchDir::new();
-    let mut opts = options(version);
-    opts.args = s3_archive_args(&s3, creds.path(), PREFIX, SOURCE);
-    opts.args.extend(extra_args.iter().map(|a| a.to_string()));
-    let instance = Instance::new(opts);
-    let manager = instance.spawn();
-    manager.wait_ready(READY).await;
-    sql(
-        &instance,
-        "CREATE TABLE t (v text); INSERT INTO t VALUES ('base'); SELECT 1",
-    )
-    .await;
+    let (s3, creds, instance, manager) = start_source(version, extra_args).await;
     for statement in setup(&creds) {
         pgsteward_testkit::sql(
             instance.pg_port,
@@ -124,6 +112,38 @@ pub async fn source_with(
         String::from_utf8_lossy(&out.stderr)
     );
 
+    finish_source(s3, creds, instance, manager).await
+}
+
+/// The source instance, archiving, with `t` holding 'base'.
+pub async fn start_source(
+    version: PgVersion,
+    extra_args: &[&str],
+) -> (S3Server, ScratchDir, Instance, pgsteward_testkit::Manager) {
+    let s3 = S3Server::new().await;
+    let creds = ScratchDir::new();
+    let mut opts = options(version);
+    opts.args = s3_archive_args(&s3, creds.path(), PREFIX, SOURCE);
+    opts.args.extend(extra_args.iter().map(|a| a.to_string()));
+    let instance = Instance::new(opts);
+    let manager = instance.spawn();
+    manager.wait_ready(READY).await;
+    sql(
+        &instance,
+        "CREATE TABLE t (v text); INSERT INTO t VALUES ('base'); SELECT 1",
+    )
+    .await;
+    (s3, creds, instance, manager)
+}
+
+/// After the backup: the known transactions ('first', a time, 'second', a restore point,
+/// 'third'), archived.
+pub async fn finish_source(
+    s3: S3Server,
+    creds: ScratchDir,
+    instance: Instance,
+    manager: pgsteward_testkit::Manager,
+) -> Source {
     let xid_first = sql(
         &instance,
         "INSERT INTO t VALUES ('first'); SELECT pg_current_xact_id()::text",
