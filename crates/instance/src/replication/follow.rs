@@ -96,7 +96,7 @@ async fn run(
         let message = format!("recording the replica role failed: {e:#}");
         return (
             Err(RoleChangeError::Failed(message.clone())),
-            AfterRoleChange::Fence(message),
+            fence_now(shared, &message),
         );
     }
     let action = match rewound {
@@ -112,7 +112,7 @@ async fn run(
                     );
                     return (
                         Err(RoleChangeError::Failed(message.clone())),
-                        AfterRoleChange::Fence(message),
+                        fence_now(shared, &message),
                     );
                 }
                 RewindFailure::Reclone => {
@@ -122,7 +122,7 @@ async fn run(
                         );
                         return (
                             Err(RoleChangeError::Failed(message.clone())),
-                            AfterRoleChange::Fence(message),
+                            fence_now(shared, &message),
                         );
                     }
                     FollowAction::Recloned
@@ -133,6 +133,19 @@ async fn run(
     rewind::ensure_slot(&config, upstream).await;
     tracing::info!(term, action = ?action, "following the new primary: starting as a standby");
     (Ok(FollowResponse { term, action }), AfterRoleChange::Start)
+}
+
+/// Fence at once (before the caller hears the answer, so that status already says so); the
+/// supervisor repeats it when the work returns.
+fn fence_now(shared: &Shared, message: &str) -> AfterRoleChange {
+    if let Err(e) = super::fence::set(&shared.pgdata, true) {
+        tracing::error!(error = %format!("{e:#}"), "writing the fence marker failed");
+    }
+    shared.with_runtime(|r| r.last_error = Some(message.to_owned()));
+    shared
+        .state
+        .transition(InstanceState::Fenced, "role change failed");
+    AfterRoleChange::Fence(message.to_owned())
 }
 
 /// Empty the data directory and clone `upstream` into it.
