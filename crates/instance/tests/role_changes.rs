@@ -121,7 +121,8 @@ fn lsn(text: &str) -> u64 {
     let (hi, lo) = text
         .split_once('/')
         .unwrap_or_else(|| panic!("not an LSN: {text}"));
-    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+    let part = |p: &str| u64::from_str_radix(p, 16).unwrap_or_else(|e| panic!("{text}: {e}"));
+    (part(hi) << 32) | part(lo)
 }
 
 /// A (primary), B and C standbys of A; demote A under B, wait for B to have A's shutdown
@@ -316,10 +317,11 @@ async fn rewind_failure_policy(version: PgVersion) {
     let current = current_walfile(&a).await;
     let wal_dir = a.pgdata.join("pg_wal");
     let mut removed = 0;
-    for entry in std::fs::read_dir(&wal_dir).unwrap() {
-        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+    let entries = std::fs::read_dir(&wal_dir).unwrap_or_else(|e| panic!("{e}"));
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
         if name.len() == 24 && name.chars().all(|c| c.is_ascii_hexdigit()) && name < current {
-            std::fs::remove_file(wal_dir.join(&name)).unwrap();
+            std::fs::remove_file(wal_dir.join(&name)).unwrap_or_else(|e| panic!("{name}: {e}"));
             removed += 1;
         }
     }

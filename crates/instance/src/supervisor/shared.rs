@@ -70,15 +70,13 @@ pub enum AfterRoleChange {
     Fence(String),
 }
 
+/// The future a role change's work returns.
+pub type RoleChangeFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = AfterRoleChange> + Send>>;
+
 /// Work run by the supervisor loop while postgres is stopped; it answers its caller itself.
 pub struct RoleChangeWork(
-    pub  Box<
-        dyn FnOnce(
-                crate::supervisor::reaper::Reaper,
-            )
-                -> std::pin::Pin<Box<dyn std::future::Future<Output = AfterRoleChange> + Send>>
-            + Send,
-    >,
+    pub Box<dyn FnOnce(crate::supervisor::reaper::Reaper) -> RoleChangeFuture + Send>,
 );
 
 impl std::fmt::Debug for RoleChangeWork {
