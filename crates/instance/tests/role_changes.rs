@@ -351,10 +351,19 @@ async fn rewind_failure_policy(version: PgVersion) {
     a_manager.signal(nix::sys::signal::Signal::SIGTERM).await;
     a_manager.wait_exit(EXIT).await;
     let a_manager = a.spawn_with(&["--set=replication.rewind_failure=reclone".to_owned()]);
-    wait_for("the restarted manager to stay fenced", READY, || async {
-        (status(&a).await?["state"] == "fenced").then_some(())
+    let restarted = wait_for("the restarted manager to stay fenced", READY, || async {
+        let status = status(&a).await?;
+        (status["state"] == "fenced").then_some(status)
     })
     .await;
+    // The reason outlives the manager.
+    assert!(
+        restarted["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("pg_rewind failed"),
+        "{restarted}"
+    );
     let started = std::time::Instant::now();
     let (code, followed) = post(&a, "/pg/follow", &change(2, &b)).await;
     let reclone_ms = started.elapsed().as_millis();

@@ -138,7 +138,7 @@ async fn run(
 /// Fence at once (before the caller hears the answer, so that status already says so); the
 /// supervisor repeats it when the work returns.
 fn fence_now(shared: &Shared, message: &str) -> AfterRoleChange {
-    if let Err(e) = super::fence::set(&shared.pgdata, true) {
+    if let Err(e) = super::fence::set_with_reason(&shared.pgdata, Some(message)) {
         tracing::error!(error = %format!("{e:#}"), "writing the fence marker failed");
     }
     shared.with_runtime(|r| r.last_error = Some(message.to_owned()));

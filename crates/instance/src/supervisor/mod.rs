@@ -94,6 +94,8 @@ impl Supervisor {
                 self.stop_for_fence(&mut pm).await;
             }
             next_start = None;
+            let reason = crate::replication::fence::reason(&self.shared.pgdata);
+            self.shared.with_runtime(|r| r.last_error = reason);
             self.shared
                 .state
                 .transition(InstanceState::Fenced, "fenced (pgsteward.fenced)");
@@ -232,9 +234,10 @@ impl Supervisor {
                             next_start = Some(Instant::now());
                         }
                         AfterRoleChange::Fence(reason) => {
-                            if let Err(e) =
-                                crate::replication::fence::set(&self.shared.pgdata, true)
-                            {
+                            if let Err(e) = crate::replication::fence::set_with_reason(
+                                &self.shared.pgdata,
+                                Some(&reason),
+                            ) {
                                 tracing::error!(error = %format!("{e:#}"), "writing the fence marker failed");
                             }
                             tracing::error!(reason = %reason, "fenced after a failed role change: postgres stays stopped until POST /pg/unfence or a new POST /pg/follow");
