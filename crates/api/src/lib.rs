@@ -8,8 +8,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use replication::{
-    FenceResponse, PromoteRequest, PromoteResponse, ReceiverStatus, ReplicationRole,
-    ReplicationStatus, SlotStatus, StandbyStatus,
+    DemoteResponse, FenceResponse, FollowAction, FollowResponse, PromoteRequest, PromoteResponse,
+    ReceiverStatus, ReplicationRole, ReplicationStatus, RoleChangeRequest, SlotStatus,
+    StandbyStatus, UpstreamAddress,
 };
 
 /// The instance manager's lifecycle state (see the state machine in `crates/instance/README.md`).

@@ -117,3 +117,60 @@ pub struct FenceResponse {
     /// False when the instance already was in the requested state.
     pub changed: bool,
 }
+
+/// The primary a demoted or repointed instance streams from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamAddress {
+    /// Host name or address of the new primary's postgres.
+    pub host: String,
+    /// Its postgres port.
+    pub port: u16,
+}
+
+/// `POST /pg/demote` and `POST /pg/follow` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoleChangeRequest {
+    /// The term of the new primary: at least the instance's current term.
+    pub term: u64,
+    /// The new primary this instance becomes (or stays) a standby of.
+    pub primary: UpstreamAddress,
+}
+
+/// `POST /pg/demote` response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DemoteResponse {
+    /// The term recorded.
+    pub term: u64,
+    /// False when the instance already was a standby of that primary in that term (a retry).
+    pub changed: bool,
+    /// pg_controldata "Latest checkpoint location" after the fast shutdown (the shutdown
+    /// checkpoint): a candidate that has received WAL up to here has everything.
+    pub shutdown_checkpoint_lsn: Option<String>,
+    /// Timeline of that checkpoint.
+    pub timeline: Option<u32>,
+}
+
+/// What `POST /pg/follow` had to do to the data directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FollowAction {
+    /// Nothing: already a standby of that primary in that term.
+    None,
+    /// Standby settings rewritten; pg_rewind found nothing to rewind.
+    Repointed,
+    /// pg_rewind rewound the diverged data directory.
+    Rewound,
+    /// pg_rewind failed and the data directory was cloned again (`rewind_failure: reclone`).
+    Recloned,
+}
+
+/// `POST /pg/follow` response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct FollowResponse {
+    /// The term recorded.
+    pub term: u64,
+    /// What was done.
+    pub action: FollowAction,
+}

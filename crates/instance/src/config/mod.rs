@@ -37,6 +37,7 @@ pub struct Config {
     pub restart: RestartPolicy,
     pub log: LogConfig,
     pub archive: ArchiveConfig,
+    pub replication: replication::ReplicationConfig,
 }
 
 impl Default for Config {
@@ -53,6 +54,7 @@ impl Default for Config {
             restart: RestartPolicy::default(),
             log: LogConfig::default(),
             archive: ArchiveConfig::default(),
+            replication: replication::ReplicationConfig::default(),
         }
     }
 }

@@ -153,3 +153,22 @@ mod tests {
         assert!(problems.is_empty(), "{problems:?}");
     }
 }
+
+/// `replication`: role-change behaviour.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationConfig {
+    /// What `POST /pg/follow` does when pg_rewind fails: `fence` (default: postgres stays
+    /// stopped, the instance is fenced and says why) or `reclone` (empty the data directory
+    /// and clone the new primary with pg_basebackup).
+    pub rewind_failure: RewindFailure,
+}
+
+/// `replication.rewind_failure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RewindFailure {
+    #[default]
+    Fence,
+    Reclone,
+}

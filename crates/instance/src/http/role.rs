@@ -1,19 +1,25 @@
 //! Authenticated role-change routes: `POST /pg/promote` (term-checked, idempotent for a retry
 //! of the same term), `POST /pg/fence` and `POST /pg/unfence` (postgres stopped and kept
-//! stopped, persisted, while the manager serves). Demote and follow are planned (issue 5).
+//! stopped, persisted, while the manager serves), `POST /pg/demote` and `POST /pg/follow`
+//! (term-checked, idempotent; see `replication::demote` and `replication::follow`).
 
 use axum::extract::State;
 use axum::routing::post;
 use axum::Json;
 use std::time::Duration;
 
-use pgsteward_api::{FenceResponse, PromoteRequest, PromoteResponse};
+use pgsteward_api::{
+    DemoteResponse, FenceResponse, FollowResponse, PromoteRequest, PromoteResponse,
+    RoleChangeRequest,
+};
 use tokio::sync::oneshot;
 
 use super::error::ApiError;
 use super::extract::ApiJson;
 use super::server::{AppState, Route, RouteDoc};
 use crate::replication::promote::{self, PromoteError};
+use crate::replication::role::Upstream;
+use crate::replication::{demote, follow, RoleChangeError};
 use crate::supervisor::shared::{CommandError, SupervisorCommand};
 
 const PROMOTE_ERRORS: &[(u16, &str)] = &[
@@ -29,6 +35,39 @@ const PROMOTE_ERRORS: &[(u16, &str)] = &[
     ),
     (413, "Body too large."),
     (500, "The promotion or the checkpoint after it failed."),
+];
+
+const DEMOTE_ERRORS: &[(u16, &str)] = &[
+    (400, "Malformed body (term and primary {host, port} are required)."),
+    (401, "Missing bearer token."),
+    (
+        403,
+        "Wrong token, or mutating routes disabled (no token configured).",
+    ),
+    (
+        409,
+        "A term smaller than the current one (the message names it), already a standby (use /pg/follow), or the manager is shutting down.",
+    ),
+    (413, "Body too large."),
+    (500, "The demotion failed (the message says what happened)."),
+];
+
+const FOLLOW_ERRORS: &[(u16, &str)] = &[
+    (400, "Malformed body (term and primary {host, port} are required)."),
+    (401, "Missing bearer token."),
+    (
+        403,
+        "Wrong token, or mutating routes disabled (no token configured).",
+    ),
+    (
+        409,
+        "A term smaller than the current one (the message names it), a primary asked to follow in its own term, or the manager is shutting down.",
+    ),
+    (413, "Body too large."),
+    (
+        500,
+        "pg_rewind failed and the instance is now fenced (replication.rewind_failure = fence), or the re-clone failed too; the message and /pg/status last_error say so.",
+    ),
 ];
 
 const FENCE_ERRORS: &[(u16, &str)] = &[
@@ -86,7 +125,89 @@ pub fn routes() -> Vec<Route> {
         },
         handler: post(unfence),
     });
+    routes.push(Route {
+        doc: RouteDoc {
+            path: "/pg/demote",
+            methods: &["post"],
+            summary: "Demote this primary to a standby",
+            description: "Makes a primary a standby of the given primary in the given term (not smaller than the current term): CHECKPOINT, fast shutdown (so connected standbys receive everything up to the shutdown checkpoint), replica role, term and upstream persisted, restart as standby (answers once postgres is starting; wait for /pg/status). The answer carries the shutdown checkpoint location. A retry (already a standby of that primary in that term) answers 200 with changed=false and the same location.",
+            authenticated: true,
+            query: &[],
+            request: Some(|g| g.subschema_for::<RoleChangeRequest>()),
+            response: Some(|g| g.subschema_for::<DemoteResponse>()),
+            errors: DEMOTE_ERRORS,
+        },
+        handler: post(demote_handler),
+    });
+    routes.push(Route {
+        doc: RouteDoc {
+            path: "/pg/follow",
+            methods: &["post"],
+            summary: "Repoint to a new primary",
+            description: "Makes this instance (a standby, or a former primary, fenced or not) a standby of the given primary in the given term: stops postgres, runs pg_rewind against the new primary (with --restore-target-wal when an archive is configured; nothing is rewound when the histories did not diverge), persists the replica role, term and upstream, creates this instance's slot on the new primary and starts as standby. When pg_rewind fails, replication.rewind_failure decides: fence (500, the instance stays fenced and says why) or reclone (pg_basebackup from the new primary). A retry on a running standby of that primary in that term answers 200 with action=none.",
+            authenticated: true,
+            query: &[],
+            request: Some(|g| g.subschema_for::<RoleChangeRequest>()),
+            response: Some(|g| g.subschema_for::<FollowResponse>()),
+            errors: FOLLOW_ERRORS,
+        },
+        handler: post(follow_handler),
+    });
     routes
+}
+
+/// The body as received, with every field optional so that a missing one is a 400 naming it.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoleChangeBody {
+    term: Option<u64>,
+    primary: Option<pgsteward_api::UpstreamAddress>,
+}
+
+fn role_change(body: RoleChangeBody) -> Result<(u64, Upstream), ApiError> {
+    match (body.term, body.primary) {
+        (Some(term), Some(primary)) if !primary.host.is_empty() && primary.port != 0 => Ok((
+            term,
+            Upstream {
+                host: primary.host,
+                port: primary.port,
+            },
+        )),
+        _ => Err(ApiError::BadRequest(
+            "the body must carry the term and the new primary: {\"term\": N, \"primary\": {\"host\": H, \"port\": P}}".into(),
+        )),
+    }
+}
+
+fn role_change_error(e: RoleChangeError) -> ApiError {
+    match e {
+        RoleChangeError::Conflict(message) => ApiError::Conflict(message),
+        RoleChangeError::Failed(message) => ApiError::Internal(message),
+    }
+}
+
+async fn demote_handler(
+    State(shared): State<AppState>,
+    ApiJson(body): ApiJson<RoleChangeBody>,
+) -> Result<Json<DemoteResponse>, ApiError> {
+    let (term, upstream) = role_change(body)?;
+    tracing::info!(term, upstream_host = %upstream.host, upstream_port = upstream.port, "demotion requested through the API");
+    demote::demote(shared, term, upstream)
+        .await
+        .map(Json)
+        .map_err(role_change_error)
+}
+
+async fn follow_handler(
+    State(shared): State<AppState>,
+    ApiJson(body): ApiJson<RoleChangeBody>,
+) -> Result<Json<FollowResponse>, ApiError> {
+    let (term, upstream) = role_change(body)?;
+    tracing::info!(term, upstream_host = %upstream.host, upstream_port = upstream.port, "follow requested through the API");
+    follow::follow(shared, term, upstream)
+        .await
+        .map(Json)
+        .map_err(role_change_error)
 }
 
 #[derive(Debug, Default, serde::Deserialize)]

@@ -322,7 +322,7 @@ fn install(config: &Config, pgdata: &Path, clone: &Path, upstream: Upstream) -> 
 }
 
 /// Remove everything inside `dir` (errors logged).
-fn empty_dir(dir: &Path) {
+pub(crate) fn empty_dir(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };

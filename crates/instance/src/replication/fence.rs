@@ -1,6 +1,6 @@
 //! The persisted fence: `PGDATA/pgsteward.fenced` exists while the instance is fenced
 //! (`POST /pg/fence` until `POST /pg/unfence`), so that a restarted manager keeps postgres
-//! stopped instead of starting a possibly stale primary.
+//! stopped instead of starting a possibly stale primary. The marker holds the reason.
 
 use std::path::Path;
 
@@ -16,9 +16,25 @@ pub fn is_fenced(pgdata: &Path) -> bool {
 
 /// Fence (write the marker atomically) or unfence (remove it); durable before returning.
 pub fn set(pgdata: &Path, fenced: bool) -> Result<()> {
+    set_with_reason(pgdata, fenced.then_some(BY_REQUEST))
+}
+
+/// Content of the marker of a fence asked for through the API (not an error).
+const BY_REQUEST: &str = "fenced through the API";
+
+/// The failure recorded in the marker (None when not fenced, fenced on request, or
+/// unreadable).
+pub fn reason(pgdata: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(pgdata.join(FENCE_FILE)).ok()?;
+    Some(text.trim().to_owned()).filter(|t| !t.is_empty() && t != BY_REQUEST)
+}
+
+/// Fence with `reason` recorded in the marker (status shows it after a manager restart), or
+/// unfence with None.
+pub fn set_with_reason(pgdata: &Path, reason: Option<&str>) -> Result<()> {
     let path = pgdata.join(FENCE_FILE);
-    if fenced {
-        crate::config::render::write_atomically(&path, "fenced through the API\n")?;
+    if let Some(reason) = reason {
+        crate::config::render::write_atomically(&path, &format!("{reason}\n"))?;
     } else {
         match std::fs::remove_file(&path) {
             Ok(()) => {}

@@ -1,12 +1,16 @@
 //! Replication in the instance manager: the persisted role and term (`role`), the standby
 //! configuration rendered before every start (`standby`), replica bootstrap with
-//! pg_basebackup (`basebackup`), promotion (`promote`), the persisted fence (`fence`), and the replication status block and
-//! metrics (`status`, `metrics`, `summary` for `pgsteward status`).
+//! pg_basebackup (`basebackup`), promotion (`promote`), demotion (`demote`), repointing with
+//! pg_rewind (`follow`, `rewind`), the persisted fence (`fence`), and the replication status
+//! block and metrics (`status`, `metrics`, `summary` for `pgsteward status`).
 
 pub mod basebackup;
+pub mod demote;
 pub mod fence;
+pub mod follow;
 pub mod metrics;
 pub mod promote;
+pub mod rewind;
 pub mod role;
 pub mod standby;
 pub mod status;
@@ -15,6 +19,17 @@ pub mod summary;
 use anyhow::Result;
 
 use crate::supervisor::shared::Shared;
+
+/// Why a demotion or a follow was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RoleChangeError {
+    /// Stale term, wrong role, shutting down: nothing was changed.
+    #[error("{0}")]
+    Conflict(String),
+    /// The work failed (the message says what state the instance was left in).
+    #[error("{0}")]
+    Failed(String),
+}
 
 /// Before postgres starts: read (or initialise) the role file and write the replication
 /// files that match it (standby.signal, primary_conninfo, slot name), so a restart keeps

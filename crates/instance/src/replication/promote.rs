@@ -29,8 +29,8 @@ pub enum PromoteError {
     Failed(String),
 }
 
-/// Serialises role changes.
-static ROLE_CHANGE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// Serialises role changes (promote, demote, follow).
+pub(crate) static ROLE_CHANGE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Promote this instance to primary of `term`.
 pub async fn promote(shared: &Shared, term: u64) -> Result<PromoteResponse, PromoteError> {

@@ -21,7 +21,7 @@ use crate::config::gucs::GucCatalog;
 use crate::pgconn;
 use postmaster::{Ended, Postmaster};
 use reaper::Reaper;
-use shared::{CommandError, Shared, ShutdownMode, SupervisorCommand};
+use shared::{AfterRoleChange, CommandError, Shared, ShutdownMode, SupervisorCommand};
 
 /// Process exit codes of `pgsteward run`.
 pub mod exit_code {
@@ -94,6 +94,8 @@ impl Supervisor {
                 self.stop_for_fence(&mut pm).await;
             }
             next_start = None;
+            let reason = crate::replication::fence::reason(&self.shared.pgdata);
+            self.shared.with_runtime(|r| r.last_error = reason);
             self.shared
                 .state
                 .transition(InstanceState::Fenced, "fenced (pgsteward.fenced)");
@@ -212,6 +214,39 @@ impl Supervisor {
                         fenced: false,
                         changed: true,
                     }));
+                }
+                Event::Command(Some(SupervisorCommand::RoleChange(work))) => {
+                    next_start = None;
+                    if let Some(mut pm) = postmaster.take() {
+                        self.shared
+                            .state
+                            .transition(InstanceState::Restarting, "role change");
+                        self.stop_for_fence(&mut pm).await;
+                    }
+                    self.fail_restart_reply("the role of the instance changed".into());
+                    match (work.0)(self.reaper.clone()).await {
+                        AfterRoleChange::Start => {
+                            if let Err(e) =
+                                crate::replication::fence::set(&self.shared.pgdata, false)
+                            {
+                                tracing::error!(error = %format!("{e:#}"), "removing the fence after a role change failed");
+                            }
+                            next_start = Some(Instant::now());
+                        }
+                        AfterRoleChange::Fence(reason) => {
+                            if let Err(e) = crate::replication::fence::set_with_reason(
+                                &self.shared.pgdata,
+                                Some(&reason),
+                            ) {
+                                tracing::error!(error = %format!("{e:#}"), "writing the fence marker failed");
+                            }
+                            tracing::error!(reason = %reason, "fenced after a failed role change: postgres stays stopped until POST /pg/unfence or a new POST /pg/follow");
+                            self.shared.with_runtime(|r| r.last_error = Some(reason));
+                            self.shared
+                                .state
+                                .transition(InstanceState::Fenced, "role change failed");
+                        }
+                    }
                 }
                 Event::Command(Some(SupervisorCommand::Restart { mode, reply })) => {
                     if state != InstanceState::Running || !has_postmaster {

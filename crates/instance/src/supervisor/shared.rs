@@ -56,6 +56,33 @@ pub enum SupervisorCommand {
     Unfence {
         reply: oneshot::Sender<Result<FenceResponse, CommandError>>,
     },
+    /// Stop postgres (fast), run the work on the stopped data directory, then start postgres
+    /// again or fence, as the work says (demote, follow).
+    RoleChange(RoleChangeWork),
+}
+
+/// What the supervisor does after a role change's work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterRoleChange {
+    /// Remove any fence and start postgres.
+    Start,
+    /// Keep postgres stopped, fenced, for this reason.
+    Fence(String),
+}
+
+/// The future a role change's work returns.
+pub type RoleChangeFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = AfterRoleChange> + Send>>;
+
+/// Work run by the supervisor loop while postgres is stopped; it answers its caller itself.
+pub struct RoleChangeWork(
+    pub Box<dyn FnOnce(crate::supervisor::reaper::Reaper) -> RoleChangeFuture + Send>,
+);
+
+impl std::fmt::Debug for RoleChangeWork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RoleChangeWork")
+    }
 }
 
 /// Facts the loop records for status.

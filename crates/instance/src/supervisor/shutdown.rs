@@ -108,6 +108,8 @@ pub async fn stop(
                 Some(SupervisorCommand::Fence { reply } | SupervisorCommand::Unfence { reply }) => {
                     let _ = reply.send(Err(CommandError::WrongState("postgres is stopping".into())));
                 }
+                // Dropping the work drops its reply channel: the caller hears "shutting down".
+                Some(SupervisorCommand::RoleChange(_)) => {}
                 None => commands = None,
             },
         }
