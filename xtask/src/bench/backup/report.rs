@@ -341,6 +341,9 @@ impl Report {
              the backup starts; peers: the largest RSS of the command or any process it waited \
              for (`wait4`).\n\
              - Stored MiB: the size of the tool's backup objects in the bucket (WAL excluded).\n\
+             - pgBackRest stores and fetches one object per data file (about a thousand here), \
+             so its times carry this S3 path's per-request cost (TLS proxy, s3s-fs); pgsteward \
+             and barman-cloud stream one tar object.\n\
              - Checks: pgsteward's and barman-cloud's backups must be listed as done by \
              `barman-cloud-backup-list`; pgBackRest's by `pgbackrest info` (full backup, status \
              ok).\n",
