@@ -230,10 +230,21 @@ fn start_database(ctx: &Ctx<'_>, home: &Path, scale: u32) -> Result<Database> {
     ];
     let instance = Instance::new(options);
     let manager = instance.spawn();
-    let manager_pid = procs::children(std::process::id() as i32)
-        .into_iter()
-        .find(|pid| procs::cmdline(*pid).contains(&instance.config_path.display().to_string()))
-        .context("the manager process is not our child")?;
+    // Found by its command line, which shows once the child has exec'ed.
+    let config = instance.config_path.display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let manager_pid = loop {
+        let found = procs::children(std::process::id() as i32)
+            .into_iter()
+            .find(|pid| procs::cmdline(*pid).contains(&config));
+        match found {
+            Some(pid) => break pid,
+            None if Instant::now() >= deadline => {
+                bail!("no manager process (`pgsteward run --config {config}`) among our children after 10 s")
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
     procs::register_pid(manager_pid as u32);
     let cluster = Cluster {
         data: instance.pgdata.clone(),
