@@ -25,6 +25,10 @@ Commands:
                        wal-archive  WAL archive/restore throughput of pgsteward, barman-cloud
                                     and pgBackRest on one real backlog and one S3 server;
                                     writes docs/benchmarks.md.
+                       backup       Base backup and restore of pgsteward (its manager),
+                                    pgBackRest and barman-cloud on one pgbench database
+                                    (PGSTEWARD_BENCH_SCALE, default 50); writes
+                                    docs/benchmarks.md.
   help               Print this text.
 ";
 

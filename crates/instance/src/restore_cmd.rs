@@ -73,6 +73,10 @@ pub struct RestoreArgs {
     /// Longest WAL replay allowed.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// Only restore the backup's files (and backup_label), as barman-cloud-restore does: no
+    /// WAL replay, no recovery configuration; the directory needs a recovery you set up.
+    #[arg(long, conflicts_with = "target")]
+    pub files_only: bool,
 }
 
 impl RestoreArgs {
@@ -178,6 +182,16 @@ async fn restore(args: &RestoreArgs, config: &config::Config) -> Result<String> 
             .insert(name.to_owned(), PathBuf::from(path));
     }
     let restored = recovery::restore_files(&source, &choice, &target, &pgdata, &options).await?;
+    if args.files_only {
+        return Ok(format!(
+            "restored backup {} into {} ({} files, {} bytes in {:.1} s); files only: no WAL replayed",
+            restored.backup.backup_id(),
+            pgdata.display(),
+            restored.report.files,
+            restored.report.bytes_written,
+            restored.report.elapsed.as_secs_f64(),
+        ));
+    }
     let settings = recovery::replay_settings(&executable, &pgdata, &target, true);
     let mut pg = PrivatePostgres::spawn(
         &reaper,

@@ -5,7 +5,7 @@
 //! passes, then reports a byte flipped on the S3 server's disk; `barman-cloud-backup-delete`
 //! tolerates the manifest. S3 stopped mid-backup leaves the backup FAILED, never DONE. A backup of
 //! a standby restores too, and tablespaces are relocated by barman-cloud-restore. (The manager's API and CLI: backup_api.rs; the benchmark:
-//! backup_bench.rs.)
+//! `cargo xtask bench backup`.)
 
 // The per-version test bodies are test code too (clippy only exempts `#[test]` functions).
 #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -1,12 +1,15 @@
 //! `cargo xtask bench <NAME>`: benchmarks against real servers and the real peer tools.
 //! `wal-archive` (in `wal_archive`) times WAL archiving and restore of pgsteward, barman-cloud
 //! and pgBackRest on one PostgreSQL 15 backlog and one S3 server (s3s-fs behind an nginx TLS
-//! proxy), and writes its tables into docs/benchmarks.md.
+//! proxy), and writes its tables into docs/benchmarks.md. `backup` (in `backup`) times base
+//! backups and their restores of the same three tools on one pgbench database run by the
+//! pgsteward manager.
 //!
 //! Modules: `cluster` (postgres as the postgres user), `s3` (s3s-fs + TLS proxy), `procs`
 //! (spawning, deadlines, CPU/RSS accounting), `tools` (each tool's configuration, and the
 //! pgsteward hook), `report` (tables and the docs section).
 
+mod backup;
 mod cluster;
 pub(crate) mod procs;
 mod report;
@@ -28,12 +31,13 @@ pub const PARALLEL: u32 = 4;
 pub const SERVER_NAME: &str = "bench";
 
 /// The benchmarks `bench` knows.
-pub const NAMES: &[&str] = &["wal-archive"];
+pub const NAMES: &[&str] = &["wal-archive", "backup"];
 
 /// Runs the benchmark `name`; None when there is no such benchmark.
 pub fn run(root: &Path, name: &str) -> Option<Result<ExitCode>> {
     match name {
         "wal-archive" => Some(wal_archive::run(root)),
+        "backup" => Some(backup::run(root)),
         _ => None,
     }
 }

@@ -427,9 +427,15 @@ fn ratios(rows: &[Row], bullet: &str) -> String {
     out
 }
 
-/// Replaces the section between the markers in `path` (appends it, or creates the file, when
-/// there is none).
+/// Replaces the wal-archive section in `path` (appends it, or creates the file, when there is
+/// none).
 pub fn write_docs(path: &Path, section: &str) -> Result<()> {
+    write_section(path, "wal-archive", section)
+}
+
+/// Replaces the section of benchmark `name` (between `<!-- bench:NAME:begin` and
+/// `<!-- bench:NAME:end -->`) in `path`; appends it, or creates the file, when there is none.
+pub fn write_section(path: &Path, name: &str, section: &str) -> Result<()> {
     let existing = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => String::from(
@@ -438,17 +444,18 @@ pub fn write_docs(path: &Path, section: &str) -> Result<()> {
         ),
         Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
     };
-    let updated = replace_section(&existing, section);
+    let updated = replace_section(&existing, name, section);
     std::fs::write(path, updated).with_context(|| format!("writing {}", path.display()))
 }
 
-fn replace_section(existing: &str, section: &str) -> String {
+fn replace_section(existing: &str, name: &str, section: &str) -> String {
+    let end_marker = format!("<!-- bench:{name}:end -->");
     if let (Some(start), Some(end)) = (
-        existing.find("<!-- bench:wal-archive:begin"),
-        existing.find(END),
+        existing.find(&format!("<!-- bench:{name}:begin")),
+        existing.find(&end_marker),
     ) {
         if start < end {
-            let after = &existing[end + END.len()..];
+            let after = &existing[end + end_marker.len()..];
             let after = after.strip_prefix('\n').unwrap_or(after);
             return format!("{}{section}{after}", &existing[..start]);
         }
@@ -542,12 +549,12 @@ mod tests {
         let first = format!("{BEGIN}\nold\n{END}\n");
         let doc = format!("# Benchmarks\n\nintro\n\n{first}\n## other\n");
         let new = format!("{BEGIN}\nnew\n{END}\n");
-        let updated = replace_section(&doc, &new);
+        let updated = replace_section(&doc, "wal-archive", &new);
         assert_eq!(
             updated,
             format!("# Benchmarks\n\nintro\n\n{new}\n## other\n")
         );
-        let appended = replace_section("# Benchmarks\n", &new);
+        let appended = replace_section("# Benchmarks\n", "wal-archive", &new);
         assert_eq!(appended, format!("# Benchmarks\n\n{new}"));
     }
 }

@@ -91,7 +91,7 @@ fn s3_url(tool: Tool) -> String {
 }
 
 /// boto3's settings for barman-cloud: credentials, region and the proxy's CA.
-fn aws_env(ctx: &Ctx<'_>) -> Vec<(String, String)> {
+pub(crate) fn aws_env(ctx: &Ctx<'_>) -> Vec<(String, String)> {
     vec![
         ("AWS_ACCESS_KEY_ID".into(), s3::ACCESS_KEY.into()),
         ("AWS_SECRET_ACCESS_KEY".into(), s3::SECRET_KEY.into()),
@@ -103,7 +103,7 @@ fn aws_env(ctx: &Ctx<'_>) -> Vec<(String, String)> {
     ]
 }
 
-fn barman_bin(name: &str) -> Result<PathBuf> {
+pub(crate) fn barman_bin(name: &str) -> Result<PathBuf> {
     let path = Path::new(BARMAN_BIN).join(name);
     if !path.is_file() {
         anyhow::bail!("{} not found: run `cargo xtask prereqs`", path.display());
@@ -288,7 +288,7 @@ fn pgbackrest_described(command: &str, archive: bool) -> String {
 /// The pgsteward binary for the benchmark: `PGSTEWARD_BENCH_BIN`, else a release build of the
 /// workspace's `pgsteward` (built once per benchmark run). Copied into the scratch directory so
 /// the postgres user can run it wherever the workspace lives.
-fn pgsteward_binary(ctx: &Ctx<'_>) -> Result<std::result::Result<PathBuf, String>> {
+pub(crate) fn pgsteward_binary(ctx: &Ctx<'_>) -> Result<std::result::Result<PathBuf, String>> {
     static BUILT: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
     let built = BUILT.get_or_init(|| {
         if let Some(path) = std::env::var_os("PGSTEWARD_BENCH_BIN") {
@@ -333,7 +333,7 @@ fn pgsteward_binary(ctx: &Ctx<'_>) -> Result<std::result::Result<PathBuf, String
 }
 
 /// Which pgsteward binary was measured, for the report.
-fn pgsteward_origin() -> String {
+pub(crate) fn pgsteward_origin() -> String {
     match std::env::var_os("PGSTEWARD_BENCH_BIN") {
         Some(path) => format!("binary PGSTEWARD_BENCH_BIN={}", Path::new(&path).display()),
         None => "binary: release build of this workspace".to_owned(),
@@ -341,7 +341,7 @@ fn pgsteward_origin() -> String {
 }
 
 /// `Ok(())` when `pgsteward <subcommand> --help` succeeds, else why not.
-fn pgsteward_has(binary: &Path, subcommand: &str) -> std::result::Result<(), String> {
+pub(crate) fn pgsteward_has(binary: &Path, subcommand: &str) -> std::result::Result<(), String> {
     let output = std::process::Command::new(binary)
         .args([subcommand, "--help"])
         .stdin(std::process::Stdio::null())

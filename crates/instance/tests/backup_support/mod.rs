@@ -1,5 +1,5 @@
-//! Helpers of the base backup tests (included with `#[path]` by backup_take.rs,
-//! backup_api.rs and backup_bench.rs): barman-cloud commands, a manager archiving to a fresh
+//! Helpers of the base backup tests (included with `#[path]` by backup_take.rs
+//! and backup_api.rs): barman-cloud commands, a manager archiving to a fresh
 //! s3s-fs, pgbench, and starting a restored data directory under postgres.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
