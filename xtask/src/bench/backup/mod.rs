@@ -501,7 +501,13 @@ fn restore_one(
         .with_context(|| format!("chmod {}", target.display()))?;
     let mut command = match tool {
         Tool::Pgsteward => {
-            match tools::pgsteward_restore(&db.binary, &db.instance.config_path, id, &target) {
+            match tools::pgsteward_restore(
+                &db.binary,
+                &db.instance.config_path,
+                &db.instance.options.args,
+                id,
+                &target,
+            ) {
                 Ok(command) => command,
                 Err(reason) => return Ok(Outcome::NotAvailable(reason)),
             }

@@ -203,6 +203,7 @@ pub fn pgbackrest_check(ctx: &Ctx<'_>, config: &Path) -> Result<()> {
 pub fn pgsteward_restore(
     binary: &Path,
     config: &Path,
+    config_args: &[String],
     backup_id: &str,
     target: &Path,
 ) -> std::result::Result<Command, String> {
@@ -213,6 +214,7 @@ pub fn pgsteward_restore(
         .arg("restore")
         .arg("--config")
         .arg(config)
+        .args(config_args)
         .args(["--user", "postgres", "--files-only", "--backup", backup_id])
         .arg("--pgdata")
         .arg(target)
