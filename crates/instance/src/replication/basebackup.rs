@@ -213,8 +213,16 @@ async fn copy(
             _ = tokio::time::sleep_until(deadline) => break None,
         }
     };
-    while let Ok(line) = lines.try_recv() {
-        on_line(&line, &mut messages, &mut last_logged);
+    if status.is_some() {
+        // It exited, but its last words (the error) may still be in the pipe: read to the
+        // end, bounded in case a descendant holds the pipe open.
+        let drained_by = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while lines_open {
+            match tokio::time::timeout_at(drained_by, lines.recv()).await {
+                Ok(Some(line)) => on_line(&line, &mut messages, &mut last_logged),
+                Ok(None) | Err(_) => lines_open = false,
+            }
+        }
     }
     let tail = messages
         .iter()
