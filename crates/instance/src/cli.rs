@@ -311,3 +311,37 @@ pub fn dispatch(cli: Cli) -> i32 {
         }
     }
 }
+
+/// The async runtime a command needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandRuntime {
+    /// One thread: a client that waits on a socket or an HTTP answer.
+    CurrentThread,
+    /// Two workers: commands that run transfers or supervise a process.
+    TwoWorkers,
+}
+
+/// Run a command's future on a fresh runtime; its value is the exit code. A runtime that
+/// cannot start is exit 1, reported on stderr as `pgsteward <command>: ...`.
+pub fn block_on<F: std::future::Future<Output = i32>>(
+    command: &str,
+    runtime: CommandRuntime,
+    future: F,
+) -> i32 {
+    let built = match runtime {
+        CommandRuntime::CurrentThread => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        CommandRuntime::TwoWorkers => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build(),
+    };
+    match built {
+        Ok(runtime) => runtime.block_on(future),
+        Err(e) => {
+            eprintln!("pgsteward {command}: cannot start the async runtime: {e}");
+            1
+        }
+    }
+}

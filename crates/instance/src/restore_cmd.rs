@@ -132,28 +132,19 @@ pub fn run(args: RestoreArgs) -> i32 {
             return 1;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("pgsteward restore: cannot start the async runtime: {e}");
-            return 1;
+    crate::cli::block_on("restore", crate::cli::CommandRuntime::TwoWorkers, async {
+        match restore(&args, &config).await {
+            Ok(summary) => {
+                println!("{summary}");
+                0
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "restore failed");
+                eprintln!("pgsteward restore: error: {e:#}");
+                1
+            }
         }
-    };
-    match runtime.block_on(restore(&args, &config)) {
-        Ok(summary) => {
-            println!("{summary}");
-            0
-        }
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "restore failed");
-            eprintln!("pgsteward restore: error: {e:#}");
-            1
-        }
-    }
+    })
 }
 
 async fn restore(args: &RestoreArgs, config: &config::Config) -> Result<String> {

@@ -11,30 +11,22 @@ use crate::cli::StatusArgs;
 
 /// Run the command; returns the exit code (0 when the instance is running).
 pub fn run(args: &StatusArgs) -> i32 {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 1;
-        }
-    };
-    match runtime.block_on(fetch(&args.url)) {
-        Ok((raw, status)) => {
-            if args.json {
-                println!("{raw}");
-            } else {
-                print!("{}", summary(&status));
+    crate::cli::block_on("status", crate::cli::CommandRuntime::CurrentThread, async {
+        match fetch(&args.url).await {
+            Ok((raw, status)) => {
+                if args.json {
+                    println!("{raw}");
+                } else {
+                    print!("{}", summary(&status));
+                }
+                i32::from(status.state != pgsteward_api::InstanceState::Running)
             }
-            i32::from(status.state != pgsteward_api::InstanceState::Running)
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                1
+            }
         }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            1
-        }
-    }
+    })
 }
 
 pub(crate) async fn fetch(base: &str) -> Result<(String, InstanceStatus)> {

@@ -16,16 +16,7 @@ use crate::archiver::settings::ArchiveSettings;
 use crate::archiver::{destination, paths};
 
 fn block_on<F: std::future::Future<Output = i32>>(future: F) -> i32 {
-    match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime.block_on(future),
-        Err(e) => {
-            eprintln!("pgsteward: cannot start the async runtime: {e}");
-            1
-        }
-    }
+    crate::cli::block_on("wal", crate::cli::CommandRuntime::CurrentThread, future)
 }
 
 /// `pgsteward wal-archive --pgdata DIR PATH`.

@@ -208,46 +208,17 @@ impl ObjectStore for S3Store {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
-        let object_key = self.object_key(key)?;
-        let output = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&object_key)
-            .send()
-            .await
-        {
-            Ok(output) => output,
-            Err(e) => {
-                return match self.error("get", &object_key, &e) {
-                    (Kind::NotFound, _) => Ok(None),
-                    (_, error) => Err(error),
-                }
-            }
+        // One download path: the streaming reader checks the length and the SDK the checksum.
+        let Some(mut reader) = self.get_stream(key).await? else {
+            return Ok(None);
         };
-        let expected = output.content_length();
-        // The SDK validates the body against the checksum the server returns (when_supported).
-        let data = output.body.collect().await.map_err(|e| {
-            let message = self.secrets.redact(format!(
-                "get {}: reading the body: {}",
-                self.location(&object_key),
-                chain(&e)
-            ));
-            if is_checksum_mismatch(&e) {
-                StoreError::Integrity(message)
-            } else {
-                StoreError::Transient(message)
-            }
-        })?;
-        let data = data.into_bytes();
-        if let Some(expected) = expected.filter(|n| *n != data.len() as i64) {
-            return Err(StoreError::Transient(format!(
-                "get {}: received {} bytes of {expected}",
-                self.location(&object_key),
-                data.len()
-            )));
+        // The announced size only sizes the buffer (bounded: it comes from the server).
+        let capacity = reader.size().unwrap_or(0).min(64 << 20) as usize;
+        let mut data = bytes::BytesMut::with_capacity(capacity);
+        while let Some(chunk) = reader.next_chunk().await? {
+            data.extend_from_slice(&chunk);
         }
-        Ok(Some(data))
+        Ok(Some(data.freeze()))
     }
 
     async fn get_stream(

@@ -76,24 +76,15 @@ pub fn run(pgdata: &Path, metrics_listen: Option<SocketAddr>) -> i32 {
         eprintln!("pgsteward archiver: {e:#}");
         return 1;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            tracing::error!(error = %e, "starting the async runtime failed");
-            return 1;
+    crate::cli::block_on("archiver", crate::cli::CommandRuntime::TwoWorkers, async {
+        match serve(pgdata, metrics_listen).await {
+            Ok(()) => 0,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "the archiver stopped");
+                1
+            }
         }
-    };
-    match runtime.block_on(serve(pgdata, metrics_listen)) {
-        Ok(()) => 0,
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "the archiver stopped");
-            1
-        }
-    }
+    })
 }
 
 async fn serve(pgdata: &Path, metrics_listen: Option<SocketAddr>) -> Result<()> {

@@ -61,16 +61,7 @@ impl Target {
 
 /// Run `future` on a current-thread runtime; its value is the exit code.
 fn block_on<F: std::future::Future<Output = i32>>(future: F) -> i32 {
-    match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime.block_on(future),
-        Err(e) => {
-            eprintln!("pgsteward backup: cannot start the async runtime: {e}");
-            1
-        }
-    }
+    crate::cli::block_on("backup", crate::cli::CommandRuntime::CurrentThread, future)
 }
 
 /// Run a backup subcommand; returns the exit code.
@@ -82,56 +73,50 @@ pub fn run(command: BackupCommand) -> i32 {
             target.config.as_deref(),
         );
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("pgsteward: cannot start the async runtime: {e}");
-            return 1;
-        }
-    };
-    let result = runtime.block_on(async {
-        match command {
-            BackupCommand::Verify { .. } => Ok(()),
-            BackupCommand::List { target, json } => catalog::list(&target.config, json).await,
-            BackupCommand::Show { target, id, json } => {
-                catalog::show(&target.config, &id, json).await
-            }
-            BackupCommand::Delete {
-                target,
-                id,
-                dry_run,
-                minimum_redundancy,
-                json,
-            } => retention::delete(&target.config, &id, dry_run, minimum_redundancy, json).await,
-            BackupCommand::Retention {
-                target,
-                dry_run,
-                policy,
-                minimum_redundancy,
-                json,
-            } => {
-                retention::retention(
-                    &target.config,
-                    policy.as_deref(),
+    crate::cli::block_on("backup", crate::cli::CommandRuntime::TwoWorkers, async {
+        let result = async {
+            match command {
+                BackupCommand::Verify { .. } => Ok(()),
+                BackupCommand::List { target, json } => catalog::list(&target.config, json).await,
+                BackupCommand::Show { target, id, json } => {
+                    catalog::show(&target.config, &id, json).await
+                }
+                BackupCommand::Delete {
+                    target,
+                    id,
                     dry_run,
                     minimum_redundancy,
                     json,
-                )
-                .await
+                } => {
+                    retention::delete(&target.config, &id, dry_run, minimum_redundancy, json).await
+                }
+                BackupCommand::Retention {
+                    target,
+                    dry_run,
+                    policy,
+                    minimum_redundancy,
+                    json,
+                } => {
+                    retention::retention(
+                        &target.config,
+                        policy.as_deref(),
+                        dry_run,
+                        minimum_redundancy,
+                        json,
+                    )
+                    .await
+                }
             }
         }
-    });
-    match result {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("pgsteward backup: ERROR: {e:#}");
-            1
+        .await;
+        match result {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("pgsteward backup: ERROR: {e:#}");
+                1
+            }
         }
-    }
+    })
 }
 
 /// `1536` → `1.5 KiB`.

@@ -54,21 +54,18 @@ pub fn run(args: DrillArgs) -> i32 {
             return 1;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("pgsteward drill: cannot start the async runtime: {e}");
-            return 1;
+    crate::cli::block_on("drill", crate::cli::CommandRuntime::TwoWorkers, async {
+        let report = async {
+            let reaper = Reaper::start()?;
+            anyhow::Ok(super::run(&reaper, &bins, &config, &executable).await)
         }
-    };
-    let report = runtime.block_on(async {
-        let reaper = Reaper::start()?;
-        anyhow::Ok(super::run(&reaper, &bins, &config, &executable).await)
-    });
+        .await;
+        print_report(report)
+    })
+}
+
+/// Print a drill's report; the exit code says whether it passed.
+fn print_report(report: anyhow::Result<super::DrillReport>) -> i32 {
     match report {
         Ok(report) => {
             match serde_json::to_string_pretty(&report) {
