@@ -16,6 +16,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use pgsteward_testkit::cluster::{Cluster, ClusterOptions, NAMES};
 use pgsteward_testkit::manager::PASSWORD;
+use pgsteward_testkit::proc::signal_tree;
 use pgsteward_testkit::writer::{ids_on, Writer};
 use pgsteward_testkit::{wait_for, PgVersion};
 
@@ -108,13 +109,15 @@ async fn fault_then_recover(version: PgVersion, fault: Fault) {
     let at = Instant::now();
     match fault {
         Fault::KillPostmaster => kill(postmaster, Signal::SIGKILL).unwrap(),
+        // "postgres" is the postmaster and all its children: backends and walsenders would
+        // otherwise go on serving existing connections (each is its own process group).
         Fault::KillManagerAndPostmaster => {
             kill(manager_pid, Signal::SIGKILL).unwrap();
-            kill(postmaster, Signal::SIGKILL).unwrap();
+            signal_tree(postmaster.as_raw(), Signal::SIGKILL);
         }
         Fault::Hang => {
             kill(manager_pid, Signal::SIGSTOP).unwrap();
-            kill(postmaster, Signal::SIGSTOP).unwrap();
+            signal_tree(postmaster.as_raw(), Signal::SIGSTOP);
         }
     }
     let first = wait_for("a write acknowledged after the fault", RECOVERY, || async {
@@ -129,9 +132,11 @@ async fn fault_then_recover(version: PgVersion, fault: Fault) {
         }
         _ => cluster.wait_new_primary(&old, RECOVERY).await,
     };
+    let mut resumed = None;
     if let Fault::Hang = fault {
-        kill(postmaster, Signal::SIGCONT).unwrap();
+        signal_tree(postmaster.as_raw(), Signal::SIGCONT);
         kill(manager_pid, Signal::SIGCONT).unwrap();
+        resumed = Some(Instant::now());
     }
     if let Fault::KillManagerAndPostmaster = fault {
         cluster.restart(&old);
@@ -170,11 +175,28 @@ async fn fault_then_recover(version: PgVersion, fault: Fault) {
         .await
         .unwrap();
     let missing = report.missing(&present);
+    for ack in report
+        .acks
+        .iter()
+        .filter(|a| missing.contains(&a.id))
+        .take(5)
+    {
+        eprintln!(
+            "missing id {} timeline {}: sent {:?} after the fault, acknowledged {:?} after \
+             (resumed {:?} after)",
+            ack.id,
+            ack.timeline,
+            ack.sent.saturating_duration_since(at),
+            ack.at.saturating_duration_since(at),
+            resumed.map(|r| r.saturating_duration_since(at)),
+        );
+    }
     assert!(
         missing.is_empty(),
-        "{} acknowledged commits missing on {primary}: {:?}",
+        "{} acknowledged commits missing on {primary}: {:?}; coordinator log:\n{}",
         missing.len(),
-        &missing[..missing.len().min(20)]
+        &missing[..missing.len().min(20)],
+        cluster.coordinator.log()
     );
     assert!(
         rto < RECOVERY,
