@@ -74,6 +74,10 @@ pub struct Writer {
 /// the connection and reconnects.
 pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Upper bound of one host's connection attempt (libpq's `connect_timeout` takes whole
+/// seconds, at least 2): a hung host costs this much per reconnect.
+pub const HOST_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(500);
+
 impl Writer {
     /// Create the table (through `conninfo`) and start inserting ids from 1, pausing `pause`
     /// between inserts.
@@ -133,12 +137,68 @@ impl Writer {
     }
 }
 
+/// Connect like libpq does with a multi-host string: hosts in the configured order (random
+/// here), each attempt (TCP, startup, authentication, the read-write check) bounded by
+/// `connect_timeout` — tokio-postgres bounds only the TCP connect, so a hung server that
+/// still accepts connections would stall every attempt without this.
 async fn connect(config: &Config) -> anyhow::Result<Client> {
-    let (client, connection) = tokio::time::timeout(OPERATION_TIMEOUT, config.connect(NoTls))
-        .await
-        .map_err(|_| anyhow::anyhow!("connecting timed out after {OPERATION_TIMEOUT:?}"))??;
-    tokio::spawn(connection);
-    Ok(client)
+    let per_host = config
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(OPERATION_TIMEOUT)
+        .min(HOST_ATTEMPT_TIMEOUT);
+    let hosts = config.get_hosts();
+    let ports = config.get_ports();
+    let mut order: Vec<usize> = (0..hosts.len()).collect();
+    if config.get_load_balance_hosts() == LoadBalanceHosts::Random {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as usize)
+            .unwrap_or(0);
+        let n = order.len().max(1);
+        order.rotate_left(seed % n);
+    }
+    let mut errors = Vec::new();
+    for i in order {
+        let one = match &hosts[i] {
+            tokio_postgres::config::Host::Tcp(h) => {
+                let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+                let mut c = Config::new();
+                copy_settings(config, &mut c);
+                c.host(h).port(port);
+                c
+            }
+            tokio_postgres::config::Host::Unix(p) => {
+                let mut c = Config::new();
+                copy_settings(config, &mut c);
+                c.host_path(p);
+                c
+            }
+        };
+        match tokio::time::timeout(per_host, one.connect(NoTls)).await {
+            Ok(Ok((client, connection))) => {
+                tokio::spawn(connection);
+                return Ok(client);
+            }
+            Ok(Err(e)) => errors.push(format!("host {i}: {e}")),
+            Err(_) => errors.push(format!("host {i}: timed out after {per_host:?}")),
+        }
+    }
+    anyhow::bail!("no host accepted: {}", errors.join("; "))
+}
+
+/// The settings of `from` a single-host attempt needs.
+fn copy_settings(from: &Config, to: &mut Config) {
+    if let Some(user) = from.get_user() {
+        to.user(user);
+    }
+    if let Some(password) = from.get_password() {
+        to.password(password);
+    }
+    if let Some(dbname) = from.get_dbname() {
+        to.dbname(dbname);
+    }
+    to.target_session_attrs(from.get_target_session_attrs());
 }
 
 async fn session(config: &Config) -> anyhow::Result<(Client, i64, tokio_postgres::Statement)> {
