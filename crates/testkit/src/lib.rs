@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod coordinator;
+pub mod faults;
 pub mod fsutil;
 pub mod http;
 pub mod manager;
