@@ -14,6 +14,7 @@ mod cluster;
 pub(crate) mod procs;
 mod report;
 mod s3;
+mod table;
 mod tools;
 mod wal_archive;
 
