@@ -69,6 +69,9 @@ pub struct Observed {
     pub streaming: bool,
     /// The manager is fenced.
     pub fenced: bool,
+    /// `host:port` this member streams from (replicas).
+    #[serde(default)]
+    pub upstream: Option<String>,
 }
 
 /// One member as the decision sees it.

@@ -22,6 +22,7 @@ fn primary(name: &str, term: u64) -> MemberView {
             postgres_up: true,
             streaming: false,
             fenced: false,
+            upstream: None,
         }),
         unhealthy_for: None,
     }
@@ -41,6 +42,7 @@ fn replica(name: &str, received: &str, replayed: &str) -> MemberView {
             postgres_up: true,
             streaming: true,
             fenced: false,
+            upstream: None,
         }),
         unhealthy_for: None,
     }

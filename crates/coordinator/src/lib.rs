@@ -9,5 +9,7 @@ pub mod decide;
 pub mod lsn;
 pub mod metrics;
 pub mod observe;
+pub mod readmit;
 pub mod run;
 pub mod state;
+pub mod switchover;

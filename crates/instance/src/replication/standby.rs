@@ -84,10 +84,7 @@ pub fn render(config: &Config, state: &RoleState, pgdata: &Path) -> String {
     out.push_str("recovery_target_timeline = 'latest'\n");
     if let Some(upstream) = upstream(config, state) {
         let passfile = config
-            .bootstrap
-            .basebackup
-            .password_file
-            .as_ref()
+            .replication_password_file()
             .map(|_| pgdata.join(PASSFILE));
         out.push_str(&format!(
             "primary_conninfo = {}\n",
@@ -116,7 +113,7 @@ pub fn write(config: &Config, state: &RoleState, pgdata: &Path) -> Result<bool> 
     let signal = pgdata.join(STANDBY_SIGNAL);
     match state.role {
         PersistedRole::Replica => {
-            if let Some(file) = &config.bootstrap.basebackup.password_file {
+            if let Some(file) = config.replication_password_file() {
                 let password = crate::bootstrap::read_secret(file, "replication password")?;
                 let line = format!(
                     "*:*:*:{}:{}\n",
