@@ -163,6 +163,20 @@ impl Client {
         serde_json::from_value(answer).map_err(|e| ClientError::Decode(e.to_string()))
     }
 
+    /// `POST /pg/synchronous {"term", "names"}`.
+    pub async fn set_synchronous(
+        &self,
+        base: &str,
+        token: Option<&str>,
+        term: u64,
+        names: &str,
+        timeout: Duration,
+    ) -> Result<Value, ClientError> {
+        let body = json!({ "term": term, "names": names });
+        self.post(base, "/pg/synchronous", token, Some(body), timeout)
+            .await
+    }
+
     /// `POST /pg/fence`.
     pub async fn fence(
         &self,

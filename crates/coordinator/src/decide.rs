@@ -72,6 +72,9 @@ pub struct Observed {
     /// `host:port` this member streams from (replicas).
     #[serde(default)]
     pub upstream: Option<String>,
+    /// Its current `synchronous_standby_names` (primaries).
+    #[serde(default)]
+    pub synchronous_standby_names: Option<String>,
 }
 
 /// One member as the decision sees it.

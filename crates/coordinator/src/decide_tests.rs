@@ -23,6 +23,7 @@ fn primary(name: &str, term: u64) -> MemberView {
             streaming: false,
             fenced: false,
             upstream: None,
+            synchronous_standby_names: None,
         }),
         unhealthy_for: None,
     }
@@ -43,6 +44,7 @@ fn replica(name: &str, received: &str, replayed: &str) -> MemberView {
             streaming: true,
             fenced: false,
             upstream: None,
+            synchronous_standby_names: None,
         }),
         unhealthy_for: None,
     }

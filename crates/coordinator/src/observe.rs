@@ -63,6 +63,7 @@ pub fn observe(status: &InstanceStatus) -> Observed {
             .is_some_and(|s| s == "streaming"),
         fenced: status.state == InstanceState::Fenced,
         upstream: replication.and_then(|r| r.upstream.clone()),
+        synchronous_standby_names: replication.and_then(|r| r.synchronous_standby_names.clone()),
     }
 }
 

@@ -118,6 +118,7 @@ mod tests {
                 streaming: false,
                 fenced,
                 upstream: upstream.map(str::to_owned),
+                synchronous_standby_names: None,
             }),
             unhealthy_for: None,
         }

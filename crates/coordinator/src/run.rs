@@ -114,7 +114,12 @@ pub struct Coordinator {
     previous: Option<(String, String)>,
     commands: mpsc::Receiver<Command>,
     readmissions: Arc<Mutex<Readmissions>>,
+    /// Last `synchronous_standby_names` sent to the primary, and when.
+    sync_attempt: Option<(String, Instant)>,
 }
+
+/// How long before the same `synchronous_standby_names` is sent again.
+const SYNC_RETRY: Duration = Duration::from_secs(5);
 
 fn unix_ms() -> u128 {
     std::time::SystemTime::now()
@@ -148,6 +153,7 @@ impl Coordinator {
                 previous: None,
                 commands,
                 readmissions: Arc::new(Mutex::new(Readmissions::default())),
+                sync_attempt: None,
             },
             shared,
         ))
@@ -267,12 +273,19 @@ impl Coordinator {
                 self.shared.metrics.refusals.inc();
                 None
             }
-            Action::None { .. } => {
-                if let Some(primary) = decision.primary.clone() {
+            Action::None { .. } => match decision.primary.clone() {
+                Some(primary) => {
                     self.readmit(&input, &primary, now);
+                    self.apply_synchronous(
+                        &input,
+                        &primary,
+                        &decision.synchronous_standby_names,
+                        now,
+                    )
+                    .await
                 }
-                None
-            }
+                None => None,
+            },
         };
         self.publish(decision, outcome, now);
     }
@@ -361,6 +374,54 @@ impl Coordinator {
                     .finish(&member.name, result, Instant::now());
             });
         }
+    }
+
+    /// Set `names` on the healthy `primary` when it reports another value (at most one
+    /// attempt per value every `SYNC_RETRY`); the outcome when something was sent.
+    async fn apply_synchronous(
+        &mut self,
+        input: &Input,
+        primary: &str,
+        names: &str,
+        now: Instant,
+    ) -> Option<String> {
+        let observed = input
+            .members
+            .iter()
+            .find(|m| m.name == primary)
+            .and_then(|m| m.last.as_ref())?;
+        if observed.synchronous_standby_names.as_deref().unwrap_or("") == names {
+            return None;
+        }
+        if let Some((last, at)) = &self.sync_attempt {
+            if last == names && now.saturating_duration_since(*at) < SYNC_RETRY {
+                return None;
+            }
+        }
+        self.sync_attempt = Some((names.to_owned(), now));
+        let member = self.member(primary)?.clone();
+        let token = self.token(&member);
+        let term = observed.term;
+        let result = self
+            .client
+            .set_synchronous(
+                &member.url,
+                token.as_deref(),
+                term,
+                names,
+                self.config.request_timeout.max(Duration::from_secs(2)),
+            )
+            .await;
+        Some(match result {
+            Ok(_) => {
+                tracing::info!(member = %primary, term, names = %names, previous = ?observed.synchronous_standby_names, "synchronous standby names applied");
+                format!("set synchronous_standby_names of {primary} to {names:?}")
+            }
+            Err(e) => {
+                tracing::error!(member = %primary, term, names = %names, error = %e, "setting the synchronous standby names failed");
+                format!("setting synchronous_standby_names of {primary} failed: {e}")
+            }
+        })
     }
 
     pub(crate) fn member(&self, name: &str) -> Option<&MemberConfig> {

@@ -319,6 +319,7 @@ mod tests {
                 streaming,
                 fenced: false,
                 upstream: None,
+                synchronous_standby_names: None,
             }),
             unhealthy_for: None,
         }

@@ -78,7 +78,14 @@ pub fn render(config: &Config, state: &RoleState, pgdata: &Path) -> String {
         "# Managed by pgsteward: do not edit, changes are overwritten.\n# Replication settings of this instance (role file: pgsteward.role.json).\n",
     );
     if state.role == PersistedRole::Primary {
-        out.push_str("# primary: nothing to set\n");
+        match super::synchronous::load(pgdata) {
+            Some(sync) if !sync.names.is_empty() => out.push_str(&format!(
+                "# set by the coordinator in term {} (pgsteward.synchronous.json)\nsynchronous_standby_names = {}\n",
+                sync.term,
+                quote(&sync.names)
+            )),
+            _ => out.push_str("# primary: nothing to set\n"),
+        }
         return out;
     }
     out.push_str("recovery_target_timeline = 'latest'\n");
