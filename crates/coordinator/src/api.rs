@@ -1,8 +1,8 @@
 //! The coordinator's HTTP API: `GET /status` (term, primary, members, last decision and its
 //! reason, re-admissions, last switchover), `GET /metrics` (Prometheus), and the mutating
-//! `POST /switchover {"to": NAME}` (bearer token from `api_token_file`; 401 without a token,
-//! 403 with a wrong one or when no token file is configured), run by the loop between two
-//! rounds.
+//! `POST /switchover {"to": NAME}` and `POST /backup {"target": "primary" | "prefer-standby"}`
+//! (bearer token from `api_token_file`; 401 without a token, 403 with a wrong one or when no
+//! token file is configured), run by the loop between two rounds.
 
 use std::sync::Arc;
 
@@ -14,6 +14,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
+use crate::backup::BackupRequest;
 use crate::run::{Command, Shared};
 use crate::switchover::SwitchoverRequest;
 
@@ -23,6 +24,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .route("/switchover", post(switchover))
+        .route("/backup", post(backup))
         .with_state(shared)
 }
 
@@ -103,6 +105,44 @@ async fn switchover(
         Ok(Err(e)) => error(
             StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             e.to_string(),
+        ),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the coordinator loop stopped before answering",
+        ),
+    }
+}
+
+async fn backup(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Result<Json<BackupRequest>, JsonRejection>,
+) -> Response {
+    if let Some(denied) = unauthorized(&shared, &headers) {
+        return denied;
+    }
+    let request = match body {
+        Ok(Json(request)) => request,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"target\": \"primary\" | \"prefer-standby\"}}: {e}"),
+            )
+        }
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    if shared
+        .commands
+        .try_send(Command::Backup { request, reply })
+        .is_err()
+    {
+        return error(StatusCode::CONFLICT, "the coordinator is busy; retry");
+    }
+    match answer.await {
+        Ok(Ok(started)) => (StatusCode::ACCEPTED, Json(started)).into_response(),
+        Ok(Err((status, message))) => error(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            message,
         ),
         Err(_) => error(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -3,6 +3,7 @@
 //! (`state`) and serves its own status and metrics (`api`, `metrics`).
 
 pub mod api;
+pub mod backup;
 pub mod client;
 pub mod config;
 pub mod decide;

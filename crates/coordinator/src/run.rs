@@ -28,6 +28,10 @@ pub enum Command {
         to: String,
         reply: oneshot::Sender<Result<SwitchoverAnswer, SwitchoverError>>,
     },
+    Backup {
+        request: crate::backup::BackupRequest,
+        reply: oneshot::Sender<Result<crate::backup::BackupStarted, crate::backup::BackupRefused>>,
+    },
 }
 
 /// The last decision as `/status` shows it.
@@ -186,6 +190,13 @@ impl Coordinator {
                     tracing::error!(%summary, "switchover");
                 }
                 self.shared.lock().last_switchover = Some(summary);
+                let _ = reply.send(result);
+            }
+            Command::Backup { request, reply } => {
+                let result = self.backup(&request).await;
+                if let Err((status, message)) = &result {
+                    tracing::error!(status, %message, "backup through the coordinator refused");
+                }
                 let _ = reply.send(result);
             }
         }

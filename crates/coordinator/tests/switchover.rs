@@ -5,7 +5,8 @@
 //! streams from the new one, the term goes up; refusals (unknown member 404, the primary itself
 //! 409, no token 401, a wrong token 403); and a switchover back. Re-admission: after a
 //! failover (the primary's manager and postgres killed with SIGKILL), the old primary's
-//! restarted manager is told to follow the new primary and streams from it.
+//! restarted manager is told to follow the new primary and streams from it. Backups through
+//! the coordinator: `prefer-standby` runs on a streaming standby, `primary` on the primary.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -222,6 +223,79 @@ async fn old_primary_is_readmitted(version: PgVersion) {
     .await;
 }
 
+async fn post_backup(cluster: &Cluster, body: &str, token: Option<&str>) -> (u16, Value) {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(auth) = &auth {
+        headers.push(("authorization", auth.as_str()));
+    }
+    let r = pgsteward_testkit::http::request(
+        "POST",
+        &cluster.coordinator.url("/backup"),
+        &headers,
+        body,
+    )
+    .await
+    .unwrap();
+    (
+        r.status,
+        serde_json::from_str(&r.body).unwrap_or(Value::Null),
+    )
+}
+
+/// Wait until member `name`'s last backup is `id` and succeeded.
+async fn wait_backup_done(cluster: &Cluster, name: &str, id: &str) {
+    wait_for(
+        &format!("backup {id} on {name}"),
+        Duration::from_secs(120),
+        || async {
+            let s = cluster.member_status(name).await?;
+            let last = &s["backup"]["last"];
+            (last["backup_id"] == id).then_some(())?;
+            assert_eq!(last["succeeded"], true, "{s}");
+            Some(())
+        },
+    )
+    .await;
+}
+
+async fn backup_prefers_a_standby(version: PgVersion) {
+    use pgsteward_testkit::cluster::COORDINATOR_TOKEN;
+    let cluster = cluster(version).await;
+    let (status, _) = post_backup(&cluster, "{\"target\":\"prefer-standby\"}", None).await;
+    assert_eq!(status, 401);
+    let (status, body) = post_backup(
+        &cluster,
+        "{\"target\":\"prefer-standby\",\"immediate_checkpoint\":true}",
+        Some(COORDINATOR_TOKEN),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}\n{}", cluster.coordinator.log());
+    let member = body["member"].as_str().unwrap().to_owned();
+    assert!(member == "b" || member == "c", "{body}");
+    assert_eq!(body["role"], "replica");
+    let id = body["answer"]["backup_id"].as_str().unwrap().to_owned();
+    wait_backup_done(&cluster, &member, &id).await;
+
+    let (status, body) = post_backup(
+        &cluster,
+        "{\"target\":\"primary\"}",
+        Some(COORDINATOR_TOKEN),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["member"], "a");
+    let id = body["answer"]["backup_id"].as_str().unwrap().to_owned();
+    wait_backup_done(&cluster, "a", &id).await;
+    let (status, _) = post_backup(
+        &cluster,
+        "{\"target\":\"somewhere\"}",
+        Some(COORDINATOR_TOKEN),
+    )
+    .await;
+    assert_eq!(status, 400);
+}
+
 macro_rules! for_each_version {
     ($name:ident) => {
         mod $name {
@@ -240,3 +314,4 @@ macro_rules! for_each_version {
 
 for_each_version!(switchover_under_writes);
 for_each_version!(old_primary_is_readmitted);
+for_each_version!(backup_prefers_a_standby);
