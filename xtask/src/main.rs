@@ -1,11 +1,12 @@
 //! `cargo xtask`: the project's automation entry point. Owns argument parsing, the usage text
-//! and the dispatch to the subcommands (`codegen`, `prereqs`, `ci`, `bench`), which live in
+//! and the dispatch to the subcommands (`codegen`, `prereqs`, `ci`, `bench`, `demo`), which live in
 //! their own modules. Every path is resolved from the workspace root, never the current
 //! directory.
 
 mod bench;
 mod ci;
 mod codegen;
+mod demo;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -29,6 +30,13 @@ Commands:
                                     pgBackRest and barman-cloud on one pgbench database
                                     (PGSTEWARD_BENCH_SCALE, default 50); writes
                                     docs/benchmarks.md.
+                       failover     RTO and lost acknowledged commits of three instances and
+                                    the coordinator under kill -9, SIGSTOP and switchover
+                                    (--count N runs per fault, default 10; --pg 15|18);
+                                    writes docs/benchmarks.md.
+  demo               Start three local instances, the coordinator and a file:// archive (as
+                     root; postgres runs as the postgres user), print how to connect and how
+                     to trigger a failover or switchover, run until Ctrl-C, clean up.
   help               Print this text.
 ";
 
@@ -73,6 +81,8 @@ fn run(raw_args: Vec<OsString>) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         ["ci"] => ci::ci(&root),
+        ["bench", "failover", rest @ ..] => bench::failover::run(&root, rest),
+        ["demo"] => demo::run(&root),
         ["bench", name] => match bench::run(&root, name) {
             Some(result) => result,
             None => Ok(usage_error(&format!(

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 pub use replication::{
     DemoteResponse, FenceResponse, FollowAction, FollowResponse, PromoteRequest, PromoteResponse,
     ReceiverStatus, ReplicationRole, ReplicationStatus, RoleChangeRequest, SlotStatus,
-    StandbyStatus, UpstreamAddress,
+    StandbyStatus, SynchronousRequest, SynchronousResponse, UpstreamAddress,
 };
 
 /// The instance manager's lifecycle state (see the state machine in `crates/instance/README.md`).

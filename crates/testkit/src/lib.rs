@@ -5,12 +5,16 @@
 //! on conditions with deadlines — never fixed sleeps. A missing prerequisite panics with a
 //! message saying how to install it.
 
+pub mod cluster;
+pub mod coordinator;
+pub mod faults;
 pub mod fsutil;
 pub mod http;
 pub mod manager;
 pub mod proc;
 pub mod s3;
 pub mod tls_proxy;
+pub mod writer;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -101,3 +101,47 @@ pub fn host_pid_in_namespace_of(member: i32, ns_pid: i32) -> Option<i32> {
     }
     None
 }
+
+/// `pid` and all its descendants, parents first.
+pub fn tree(pid: i32) -> Vec<i32> {
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let kids = children(out[i]);
+        out.extend(kids);
+        i += 1;
+    }
+    out
+}
+
+/// Send `signal` to `pid` and every descendant — what a host failure does to a postmaster
+/// whose children (each in its own process group, postgres calls `setsid` in every child)
+/// would otherwise survive it. The tree is frozen with SIGSTOP first so nothing forks or
+/// reparents meanwhile; SIGKILL then reaches every member. Returns the pids signalled.
+pub fn signal_tree(pid: i32, signal: nix::sys::signal::Signal) -> Vec<i32> {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    if signal == Signal::SIGCONT {
+        let pids = tree(pid);
+        for p in &pids {
+            let _ = kill(Pid::from_raw(*p), Signal::SIGCONT);
+        }
+        return pids;
+    }
+    let mut pids = vec![pid];
+    let _ = kill(Pid::from_raw(pid), Signal::SIGSTOP);
+    let mut i = 0;
+    while i < pids.len() {
+        for child in children(pids[i]) {
+            let _ = kill(Pid::from_raw(child), Signal::SIGSTOP);
+            pids.push(child);
+        }
+        i += 1;
+    }
+    if signal != Signal::SIGSTOP {
+        for p in &pids {
+            let _ = kill(Pid::from_raw(*p), signal);
+        }
+    }
+    pids
+}

@@ -7,10 +7,12 @@
 //!
 //! Modules: `cluster` (postgres as the postgres user), `s3` (s3s-fs + TLS proxy), `procs`
 //! (spawning, deadlines, CPU/RSS accounting), `tools` (each tool's configuration, and the
-//! pgsteward hook), `report` (tables and the docs section).
+//! pgsteward hook), `report` (tables and the docs section). `failover` (in `failover`) measures
+//! write unavailability and lost commits across faults on a three-instance cluster.
 
 mod backup;
 mod cluster;
+pub(crate) mod failover;
 pub(crate) mod procs;
 mod report;
 mod s3;
@@ -32,13 +34,14 @@ pub const PARALLEL: u32 = 4;
 pub const SERVER_NAME: &str = "bench";
 
 /// The benchmarks `bench` knows.
-pub const NAMES: &[&str] = &["wal-archive", "backup"];
+pub const NAMES: &[&str] = &["wal-archive", "backup", "failover"];
 
 /// Runs the benchmark `name`; None when there is no such benchmark.
 pub fn run(root: &Path, name: &str) -> Option<Result<ExitCode>> {
     match name {
         "wal-archive" => Some(wal_archive::run(root)),
         "backup" => Some(backup::run(root)),
+        "failover" => Some(failover::run(root, &[])),
         _ => None,
     }
 }

@@ -1,0 +1,113 @@
+//! Faults against a three-instance cluster (PG15 and PG18) built by
+//! `pgsteward_testkit::cluster`: `ANY 1` synchronous replication with `data_durability:
+//! required`, a coordinator, and the acknowledged-commit writer inserting through a libpq
+//! multi-host connection string (`target_session_attrs=read-write`); the scenario itself is
+//! `pgsteward_testkit::faults::run`. Faults on the primary: kill -9 of the postmaster alone;
+//! kill -9 of manager and postgres together; SIGSTOP of both (a hang, SIGCONT after the
+//! failover). After each: exactly one primary, every acknowledged commit present on it,
+//! writes acknowledged again within the deadline, and the old primary not a second primary
+//! (fenced by the coordinator; back as a standby once re-admission exists).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use pgsteward_testkit::cluster::{Cluster, ClusterOptions};
+use pgsteward_testkit::faults::{self, Fault};
+use pgsteward_testkit::PgVersion;
+
+/// RTO bound for the tests (the benchmark measures the real figures).
+const RTO_BOUND: Duration = Duration::from_secs(10);
+
+/// The pgsteward binary next to this test's target directory (`cargo build -p pgsteward`
+/// first), or `PGSTEWARD_BIN`.
+fn pgsteward_bin() -> PathBuf {
+    if let Ok(path) = std::env::var("PGSTEWARD_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("pgsteward"))
+        .unwrap();
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build -p pgsteward` first (or set PGSTEWARD_BIN)",
+        path.display()
+    );
+    path
+}
+
+async fn fault_then_recover(version: PgVersion, fault: Fault) {
+    let mut cluster = Cluster::start(ClusterOptions::new(
+        &pgsteward_bin(),
+        Path::new(env!("CARGO_BIN_EXE_pgsteward-coordinator")),
+        version,
+    ))
+    .await;
+    let outcome = match faults::run(&mut cluster, fault, Duration::from_millis(5)).await {
+        Ok(o) => o,
+        Err(e) => panic!(
+            "{version:?} {}: {e:#}\ncoordinator log:\n{}",
+            fault.name(),
+            cluster.coordinator.log()
+        ),
+    };
+    eprintln!("{version:?} {outcome:?}");
+    assert_eq!(outcome.old_primary, "a");
+    if fault != Fault::KillPostmaster {
+        assert_ne!(outcome.new_primary, "a", "{outcome:?}");
+        assert!(
+            outcome.old_state.starts_with("\"fenced\"") || outcome.old_state.contains("replica"),
+            "{outcome:?}"
+        );
+    }
+    assert_eq!(
+        outcome.primaries,
+        vec![outcome.new_primary.as_str()],
+        "exactly one primary: {outcome:?}"
+    );
+    assert!(
+        outcome.missing.is_empty(),
+        "{} acknowledged commits missing on {}: {:?}; coordinator log:\n{}",
+        outcome.missing.len(),
+        outcome.new_primary,
+        &outcome.missing[..outcome.missing.len().min(20)],
+        cluster.coordinator.log()
+    );
+    assert!(outcome.rto < RTO_BOUND, "{outcome:?}");
+}
+
+async fn kill_postmaster(version: PgVersion) {
+    fault_then_recover(version, Fault::KillPostmaster).await
+}
+
+async fn kill_manager_and_postgres(version: PgVersion) {
+    fault_then_recover(version, Fault::KillManagerAndPostgres).await
+}
+
+async fn hang(version: PgVersion) {
+    fault_then_recover(version, Fault::Hang).await
+}
+
+macro_rules! for_each_version {
+    ($name:ident) => {
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn pg15() {
+                super::$name(PgVersion::V15).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn pg18() {
+                super::$name(PgVersion::V18).await
+            }
+        }
+    };
+}
+
+for_each_version!(kill_postmaster);
+for_each_version!(kill_manager_and_postgres);
+for_each_version!(hang);

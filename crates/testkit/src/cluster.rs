@@ -1,0 +1,283 @@
+//! A three-instance cluster on loopback for the fault tests, `cargo xtask bench failover` and
+//! `cargo xtask demo`: member `a` is initialised with initdb and starts as the primary, `b` and
+//! `c` are cloned from it (`bootstrap.method: basebackup`), all three archive to one file://
+//! store, and one coordinator watches them with `synchronous: {method: any, number: 1,
+//! data_durability: required}` and a short poll interval and failure threshold.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::coordinator::Coordinator;
+use crate::fsutil::ScratchDir;
+use crate::manager::{Instance, Manager, PASSWORD};
+use crate::{wait_for, ManagerOptions, PgVersion};
+
+/// Member names, in order; `a` starts as the primary.
+pub const NAMES: [&str; 3] = ["a", "b", "c"];
+
+/// Bearer token of the coordinator's mutating routes (`POST /switchover`).
+pub const COORDINATOR_TOKEN: &str = "coordinator-test-token";
+
+/// How to build the cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// The `pgsteward` binary.
+    pub pgsteward: PathBuf,
+    /// The `pgsteward-coordinator` binary.
+    pub coordinator: PathBuf,
+    pub version: PgVersion,
+    pub poll_interval: Duration,
+    pub request_timeout: Duration,
+    pub failure_threshold: Duration,
+    /// Extra `--set` arguments for every manager.
+    pub manager_args: Vec<String>,
+    /// How long an instance may take to become ready.
+    pub ready_timeout: Duration,
+}
+
+impl ClusterOptions {
+    pub fn new(pgsteward: &Path, coordinator: &Path, version: PgVersion) -> Self {
+        ClusterOptions {
+            pgsteward: pgsteward.to_path_buf(),
+            coordinator: coordinator.to_path_buf(),
+            version,
+            poll_interval: Duration::from_millis(250),
+            request_timeout: Duration::from_millis(500),
+            failure_threshold: Duration::from_millis(1500),
+            manager_args: Vec::new(),
+            ready_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// One member: its files and ports, and its manager while it runs.
+#[derive(Debug)]
+pub struct Member {
+    pub name: &'static str,
+    pub instance: Instance,
+    pub manager: Option<Manager>,
+}
+
+/// Three managers, a file:// archive and a coordinator.
+#[derive(Debug)]
+pub struct Cluster {
+    pub options: ClusterOptions,
+    /// Coordinator config, state and log, and the archive (`archive/`).
+    pub dir: ScratchDir,
+    pub archive: PathBuf,
+    pub members: Vec<Member>,
+    pub coordinator: Coordinator,
+}
+
+impl Cluster {
+    /// Start everything and wait until the coordinator sees `a` as primary, every member
+    /// healthy and a `synchronous_standby_names` naming real standbys.
+    pub async fn start(options: ClusterOptions) -> Self {
+        let dir = ScratchDir::new();
+        let archive = dir.mkdir("archive", 0o700);
+        let mut common = vec![
+            format!("--set=archive.destination=file://{}", archive.display()),
+            "--set=archive.server_name=cluster".to_owned(),
+            "--set=archive.wal.gzip_level=1".to_owned(),
+        ];
+        common.extend(options.manager_args.iter().cloned());
+        let mut primary_options =
+            ManagerOptions::new(&options.pgsteward.display().to_string(), options.version);
+        primary_options.args.clone_from(&common);
+        let primary = Instance::new(primary_options);
+        let primary_manager = primary.spawn();
+        primary_manager.wait_ready(options.ready_timeout).await;
+        let mut members = vec![Member {
+            name: NAMES[0],
+            instance: primary,
+            manager: Some(primary_manager),
+        }];
+        let primary_port = members[0].instance.pg_port;
+        for name in &NAMES[1..] {
+            let mut opts =
+                ManagerOptions::new(&options.pgsteward.display().to_string(), options.version);
+            opts.args.clone_from(&common);
+            let instance = Instance::new(opts);
+            let password_file = instance.dir.join("superuser.pw");
+            let mut instance = instance;
+            instance.options.args.extend([
+                "--set=bootstrap.method=basebackup".to_owned(),
+                "--set=bootstrap.basebackup.host=127.0.0.1".to_owned(),
+                format!("--set=bootstrap.basebackup.port={primary_port}"),
+                format!(
+                    "--set=bootstrap.basebackup.password_file={}",
+                    password_file.display()
+                ),
+            ]);
+            let manager = instance.spawn();
+            members.push(Member {
+                name,
+                instance,
+                manager: Some(manager),
+            });
+        }
+        for member in &members[1..] {
+            if let Some(manager) = &member.manager {
+                manager.wait_ready(options.ready_timeout).await;
+            }
+        }
+        dir.write("coordinator.token", COORDINATOR_TOKEN);
+        let yaml = coordinator_yaml(&options, dir.path(), &members);
+        let coordinator =
+            Coordinator::start(&options.coordinator, dir.path(), "coordinator", &yaml);
+        let cluster = Cluster {
+            options,
+            dir,
+            archive,
+            members,
+            coordinator,
+        };
+        let ready = cluster.options.ready_timeout;
+        wait_for(
+            "the coordinator to see a healthy cluster",
+            ready,
+            || async {
+                let s = cluster.coordinator.status().await?;
+                let all_healthy = s["members"]
+                    .as_array()?
+                    .iter()
+                    .all(|m| m["healthy"] == true);
+                let names = s["synchronous_standby_names"].as_str()?;
+                (s["primary"] == "a"
+                    && all_healthy
+                    && names.starts_with("ANY 1 (\"test-")
+                    && !names.contains("pgsteward_no_standby"))
+                .then_some(())
+            },
+        )
+        .await;
+        cluster
+    }
+
+    /// A libpq connection string naming all three members; `target_session_attrs=read-write`
+    /// finds the primary.
+    pub fn conninfo(&self) -> String {
+        let ports: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| m.instance.pg_port.to_string())
+            .collect();
+        format!(
+            "host=127.0.0.1,127.0.0.1,127.0.0.1 port={} user=postgres password={PASSWORD} \
+             dbname=postgres target_session_attrs=read-write connect_timeout=1",
+            ports.join(",")
+        )
+    }
+
+    /// The member called `name`.
+    pub fn member(&self, name: &str) -> &Member {
+        self.members
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("no member {name}"))
+    }
+
+    /// Mutable access to the member called `name`.
+    pub fn member_mut(&mut self, name: &str) -> &mut Member {
+        self.members
+            .iter_mut()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("no member {name}"))
+    }
+
+    /// The coordinator's current primary (None while it has none or does not answer).
+    pub async fn primary(&self) -> Option<String> {
+        let s = self.coordinator.status().await?;
+        s["primary"].as_str().map(str::to_owned)
+    }
+
+    /// Wait until the coordinator names a primary other than `old`; returns its name.
+    pub async fn wait_new_primary(&self, old: &str, timeout: Duration) -> String {
+        wait_for("a new primary", timeout, || async {
+            let p = self.primary().await?;
+            (p != old).then_some(p)
+        })
+        .await
+    }
+
+    /// `POST /switchover {"to": to}` on the coordinator with its token.
+    pub async fn switchover(&self, to: &str) -> Option<crate::http::Response> {
+        self.switchover_with(to, Some(COORDINATOR_TOKEN)).await
+    }
+
+    /// `POST /switchover {"to": to}` with the given bearer token (None: no header).
+    pub async fn switchover_with(
+        &self,
+        to: &str,
+        token: Option<&str>,
+    ) -> Option<crate::http::Response> {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(auth) = &auth {
+            headers.push(("authorization", auth.as_str()));
+        }
+        crate::http::request(
+            "POST",
+            &self.coordinator.url("/switchover"),
+            &headers,
+            &format!("{{\"to\":\"{to}\"}}"),
+        )
+        .await
+    }
+
+    /// Start (again) the manager of `name` on its existing data directory.
+    pub fn restart(&mut self, name: &str) {
+        let member = self.member_mut(name);
+        // Dropping a manager handle kills what is left of it (and its postmaster).
+        member.manager = None;
+        member.manager = Some(member.instance.spawn());
+    }
+
+    /// `GET /pg/status` of `name` with a short timeout (None when hung or down).
+    pub async fn member_status(&self, name: &str) -> Option<Value> {
+        let url = format!("{}/pg/status", self.member(name).instance.api());
+        tokio::time::timeout(Duration::from_secs(2), crate::http::get(&url))
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.json())
+    }
+
+    /// Run one statement on member `name`'s postgres.
+    pub async fn sql(&self, name: &str, query: &str) -> anyhow::Result<Vec<Vec<Option<String>>>> {
+        crate::sql(
+            self.member(name).instance.pg_port,
+            "postgres",
+            PASSWORD,
+            "postgres",
+            query,
+        )
+        .await
+    }
+}
+
+fn coordinator_yaml(options: &ClusterOptions, dir: &Path, members: &[Member]) -> String {
+    let mut yaml = format!(
+        "state_file: {}\napi_token_file: {}\npoll_interval: {}ms\nrequest_timeout: {}ms\n\
+         failure_threshold: {}ms\n\
+         synchronous:\n  method: any\n  number: 1\n  data_durability: required\nmembers:\n",
+        dir.join("state.json").display(),
+        dir.join("coordinator.token").display(),
+        options.poll_interval.as_millis(),
+        options.request_timeout.as_millis(),
+        options.failure_threshold.as_millis(),
+    );
+    for member in members {
+        let i = &member.instance;
+        yaml.push_str(&format!(
+            "- name: {}\n  url: {}\n  token_file: {}\n  postgres: 127.0.0.1:{}\n",
+            member.name,
+            i.api(),
+            i.dir.join("api.token").display(),
+            i.pg_port
+        ));
+    }
+    yaml
+}

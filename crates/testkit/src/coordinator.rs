@@ -1,0 +1,81 @@
+//! A real `pgsteward-coordinator` process for tests, the failover benchmark and the demo:
+//! writes its YAML (listen address prepended), starts it with its output in a log file,
+//! reads its `/status` and `/metrics`, and kills it on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+use crate::{free_port, http};
+
+/// A running coordinator process, killed on drop.
+#[derive(Debug)]
+pub struct Coordinator {
+    child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Coordinator {
+    /// Start `binary` with `<dir>/<name>.yaml` = `listen: ...` followed by `yaml`.
+    pub fn start(binary: &Path, dir: &Path, name: &str, yaml: &str) -> Self {
+        let port = free_port();
+        let config = dir.join(format!("{name}.yaml"));
+        std::fs::write(&config, format!("listen: 127.0.0.1:{port}\n{yaml}"))
+            .unwrap_or_else(|e| panic!("writing {}: {e}", config.display()));
+        let log = dir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
+        let err = out.try_clone().unwrap_or_else(|e| panic!("{e}"));
+        let child = Command::new(binary)
+            .arg("--config")
+            .arg(&config)
+            .stdout(out)
+            .stderr(err)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
+        Coordinator { child, port, log }
+    }
+
+    /// URL of `path` on the coordinator's API.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// `GET /status`, None when it does not answer.
+    pub async fn status(&self) -> Option<Value> {
+        Some(http::get(&self.url("/status")).await?.json())
+    }
+
+    /// One sample of the Prometheus text (`name` including labels).
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let body = http::get(&self.url("/metrics")).await?.body;
+        body.lines().find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
+    }
+
+    /// Everything it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(&mut self) {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
