@@ -97,7 +97,10 @@ async fn manager_bootstraps_a_standby_that_streams(version: PgVersion) {
         format!("--set=bootstrap.recovery.source.server_name={SOURCE}"),
         "--set=bootstrap.recovery.action=standby".to_owned(),
         "--set=bootstrap.basebackup.host=127.0.0.1".to_owned(),
-        format!("--set=bootstrap.basebackup.port={}", source.instance.pg_port),
+        format!(
+            "--set=bootstrap.basebackup.port={}",
+            source.instance.pg_port
+        ),
         format!(
             "--set=bootstrap.basebackup.password_file={}",
             password_file.display()
@@ -114,7 +117,9 @@ async fn manager_bootstraps_a_standby_that_streams(version: PgVersion) {
     // Written on the primary after the backup: arrives by the archive or by streaming.
     query(&source.instance, "INSERT INTO t VALUES ('later'); SELECT 1").await;
     wait_for("the standby to stream from the primary", READY, || async {
-        let s = http::get(&format!("{}/pg/status", instance.api())).await?.json();
+        let s = http::get(&format!("{}/pg/status", instance.api()))
+            .await?
+            .json();
         (s["replication"]["receiver"]["wal_receiver_status"] == "streaming").then_some(())
     })
     .await;
