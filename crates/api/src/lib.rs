@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 pub use replication::{
     DemoteResponse, FenceResponse, FollowAction, FollowResponse, PromoteRequest, PromoteResponse,
     ReceiverStatus, ReplicationRole, ReplicationStatus, RoleChangeRequest, SlotStatus,
-    StandbyStatus, UpstreamAddress,
+    StandbyStatus, SynchronousRequest, SynchronousResponse, UpstreamAddress,
 };
 
 /// The instance manager's lifecycle state (see the state machine in `crates/instance/README.md`).
@@ -119,6 +119,10 @@ pub struct InstanceStatus {
     pub pending_restart: bool,
     /// Names of the parameters waiting for a restart.
     pub pending_restart_parameters: Vec<String>,
+    /// Manager settings changed on disk that take effect only when the manager itself
+    /// restarts (e.g. `archive`, `http.listen/http.tls`); the running values stay in use.
+    #[serde(default)]
+    pub pending_manager_restart: Vec<String>,
     /// sha256 of the manager-rendered configuration (postgresql include file and pg_hba.conf).
     pub config_hash: String,
     /// Number of unexpected postmaster exits the manager restarted from since it started.
@@ -291,6 +295,9 @@ pub struct ReloadResponse {
     pub config_hash: String,
     /// Parameters that need a restart to take effect.
     pub pending_restart_parameters: Vec<String>,
+    /// Manager settings that changed but take effect only when the manager restarts.
+    #[serde(default)]
+    pub pending_manager_restart: Vec<String>,
     /// True when the manager restarted postgres because `restart_on_pending` is set.
     pub restarted: bool,
 }

@@ -109,6 +109,27 @@ pub struct PromoteResponse {
     pub promoted: bool,
 }
 
+/// `POST /pg/synchronous` body: the `synchronous_standby_names` the coordinator computed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SynchronousRequest {
+    /// The term this instance is primary of (anything else is refused).
+    pub term: u64,
+    /// `""` (asynchronous), or `ANY k ("a", "b")` / `FIRST k ("a", "b")` with double-quoted
+    /// names of letters, digits, `_`, `-` and `.`.
+    pub names: String,
+}
+
+/// `POST /pg/synchronous` response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SynchronousResponse {
+    pub term: u64,
+    /// The value now in effect (canonical spelling).
+    pub names: String,
+    /// False when it already was in effect.
+    pub changed: bool,
+}
+
 /// `POST /pg/fence` and `POST /pg/unfence` response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct FenceResponse {

@@ -1,11 +1,16 @@
 //! gzip compression of WAL: one gzip member per file, as barman-cloud writes and reads,
 //! compressed whole-buffer by libdeflate (about twice zlib's speed at the same level on real
-//! WAL, similar size: `cargo xtask bench wal-archive` reports both); decompression of every
-//! member of a stream through flate2 (zlib-rs), which also reads what other tools wrote.
+//! WAL, similar size: `cargo xtask bench wal-archive` reports both); decompression by
+//! libdeflate too, member after member, so multi-member files other tools wrote read back whole
+//! (about three times flate2's speed on real WAL).
 
-use std::io::Read;
+use std::io::{Error, ErrorKind};
 
-use flate2::read::MultiGzDecoder;
+use libdeflate_sys::{
+    libdeflate_alloc_decompressor, libdeflate_decompressor, libdeflate_free_decompressor,
+    libdeflate_gzip_decompress_ex, libdeflate_result_LIBDEFLATE_INSUFFICIENT_SPACE,
+    libdeflate_result_LIBDEFLATE_SUCCESS,
+};
 
 /// Compress `data` as one gzip member at `level` (0-9, as gzip spells levels).
 pub fn gzip(data: &[u8], level: u32) -> std::io::Result<Vec<u8>> {
@@ -25,17 +30,112 @@ pub fn gzip(data: &[u8], level: u32) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// A libdeflate decompressor, freed on drop.
+struct Decompressor(*mut libdeflate_decompressor);
+
+impl Decompressor {
+    fn new() -> std::io::Result<Self> {
+        // SAFETY: allocation has no preconditions; null means out of memory.
+        let raw = unsafe { libdeflate_alloc_decompressor() };
+        if raw.is_null() {
+            return Err(Error::new(
+                ErrorKind::OutOfMemory,
+                "libdeflate decompressor",
+            ));
+        }
+        Ok(Decompressor(raw))
+    }
+
+    /// Decompress the first gzip member of `input` into `out`: Ok(Some((consumed, written))),
+    /// Ok(None) when `out` is too small, Err when the data is not a valid member.
+    fn member(&mut self, input: &[u8], out: &mut [u8]) -> std::io::Result<Option<(usize, usize)>> {
+        let mut consumed = 0usize;
+        let mut written = 0usize;
+        // SAFETY: the decompressor is live (owned by self); both slices are valid for their
+        // lengths, libdeflate reads at most `input.len()` and writes at most `out.len()` bytes,
+        // and the two out-pointers are valid usize locations.
+        let result = unsafe {
+            libdeflate_gzip_decompress_ex(
+                self.0,
+                input.as_ptr().cast(),
+                input.len(),
+                out.as_mut_ptr().cast(),
+                out.len(),
+                &mut consumed,
+                &mut written,
+            )
+        };
+        if result == libdeflate_result_LIBDEFLATE_SUCCESS {
+            Ok(Some((consumed, written)))
+        } else if result == libdeflate_result_LIBDEFLATE_INSUFFICIENT_SPACE {
+            Ok(None)
+        } else {
+            Err(Error::new(ErrorKind::InvalidData, "invalid gzip data"))
+        }
+    }
+}
+
+impl Drop for Decompressor {
+    fn drop(&mut self) {
+        // SAFETY: allocated by libdeflate_alloc_decompressor and freed only here.
+        unsafe { libdeflate_free_decompressor(self.0) }
+    }
+}
+
+/// Room to decompress the next member of `data` into: the size its last member declares
+/// (ISIZE, the last 4 bytes: exact for a single member), at least 64 KiB, and never more than
+/// deflate's largest possible expansion of `data` (about 1032:1), so a corrupt trailer cannot
+/// make a small object allocate a lot.
+fn first_guess(data: &[u8]) -> usize {
+    let declared = match data.len().checked_sub(4).and_then(|at| data.get(at..)) {
+        Some(tail) => u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]) as usize,
+        None => 0,
+    };
+    declared.min(data.len().saturating_mul(1100)).max(64 << 10)
+}
+
 /// Decompress a gzip stream (all members), refusing output larger than `limit` bytes.
 pub fn gunzip(data: &[u8], limit: u64) -> std::io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    MultiGzDecoder::new(data)
-        .take(limit + 1)
-        .read_to_end(&mut out)?;
-    if out.len() as u64 > limit {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
+    if data.is_empty() {
+        return Err(Error::new(ErrorKind::InvalidData, "empty gzip stream"));
+    }
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let too_large = || {
+        Error::new(
+            ErrorKind::InvalidData,
             format!("decompressed data exceeds {limit} bytes"),
-        ));
+        )
+    };
+    let mut decompressor = Decompressor::new()?;
+    let mut out: Vec<u8> = Vec::new();
+    let mut rest = data;
+    // A single member (what pgsteward and barman-cloud write) declares its exact size.
+    let mut room = first_guess(data);
+    while !rest.is_empty() {
+        let start = out.len();
+        let available = room.min(limit.saturating_sub(start).saturating_add(1));
+        if available == 0 {
+            return Err(too_large());
+        }
+        out.resize(start + available, 0);
+        match decompressor.member(rest, &mut out[start..])? {
+            Some((consumed, written)) if consumed > 0 => {
+                out.truncate(start + written);
+                if out.len() > limit {
+                    return Err(too_large());
+                }
+                rest = &rest[consumed.min(rest.len())..];
+                room = first_guess(rest);
+            }
+            Some(_) => return Err(Error::new(ErrorKind::InvalidData, "empty gzip member")),
+            None => {
+                out.truncate(start);
+                if start + available > limit {
+                    return Err(too_large());
+                }
+                room = available.saturating_mul(2);
+            }
+        }
     }
     Ok(out)
 }
@@ -43,6 +143,7 @@ pub fn gunzip(data: &[u8], limit: u64) -> std::io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     #[test]
     fn round_trips_and_is_one_member() {
@@ -64,5 +165,39 @@ mod tests {
             assert_eq!(gunzip(&packed, 1 << 30).unwrap(), data, "level {level}");
         }
         assert_eq!(gunzip(&gzip(b"", 6).unwrap(), 10).unwrap(), b"");
+        assert!(gunzip(b"", 10).is_err());
+        assert!(gunzip(&packed[..packed.len() - 9], 1 << 30).is_err());
+    }
+
+    #[test]
+    fn reads_every_member_and_bounds_the_output() {
+        // Members of equal size: the last one's declared size is not the total.
+        let half: Vec<u8> = (0..300_000u32).map(|i| (i % 7) as u8).collect();
+        let other: Vec<u8> = (0..300_000u32).map(|i| (i % 11) as u8).collect();
+        let mut stream = gzip(&half, 6).unwrap();
+        stream.extend(gzip(&other, 1).unwrap());
+        // One member written by flate2 (zlib), as other tools would.
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(9));
+        std::io::Write::write_all(&mut encoder, b"tail").unwrap();
+        stream.extend(encoder.finish().unwrap());
+        let mut expected = half.clone();
+        expected.extend(&other);
+        expected.extend(b"tail");
+        assert_eq!(gunzip(&stream, 1 << 30).unwrap(), expected);
+        assert_eq!(gunzip(&stream, expected.len() as u64).unwrap(), expected);
+        assert!(gunzip(&stream, expected.len() as u64 - 1).is_err());
+        assert!(gunzip(&stream, 1000).is_err());
+        // Garbage after a member is an error, not ignored.
+        let mut trailing = gzip(&half, 6).unwrap();
+        trailing.extend(b"garbage!");
+        assert!(gunzip(&trailing, 1 << 30).is_err());
+        // A trailer whose size or CRC does not match the data is corruption.
+        let mut lying = gzip(&half, 6).unwrap();
+        let n = lying.len();
+        lying[n - 4..].copy_from_slice(&16u32.to_le_bytes());
+        assert!(gunzip(&lying, 1 << 30).is_err());
+        let mut bad_crc = gzip(&half, 6).unwrap();
+        bad_crc[n - 8] ^= 0xff;
+        assert!(gunzip(&bad_crc, 1 << 30).is_err());
     }
 }

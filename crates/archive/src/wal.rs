@@ -269,8 +269,27 @@ impl WalArchive {
     }
 }
 
+/// Whether a written WAL file must reach the disk before the write counts as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync the file and its directory (a restored file postgres may rely on).
+    Fsync,
+    /// Page cache only: for caches discarded at startup (the prefetch spool), which a crash
+    /// can leave torn but never serves afterwards.
+    Cache,
+}
+
 /// Write `data` to `dest` through a temporary file in the same directory.
 pub async fn write_atomically(dest: &Path, data: Vec<u8>) -> Result<(), WalError> {
+    write_file(dest, data, Durability::Fsync).await
+}
+
+/// Write `data` to `dest` through a temporary file in the same directory, as durable as asked.
+pub async fn write_file(
+    dest: &Path,
+    data: Vec<u8>,
+    durability: Durability,
+) -> Result<(), WalError> {
     let dest = dest.to_path_buf();
     tokio::task::spawn_blocking(move || {
         use std::io::Write;
@@ -291,7 +310,10 @@ pub async fn write_atomically(dest: &Path, data: Vec<u8>) -> Result<(), WalError
         let write = |path: &Path| -> std::io::Result<()> {
             let mut file = std::fs::File::create(path)?;
             file.write_all(&data)?;
-            file.sync_all()
+            match durability {
+                Durability::Fsync => file.sync_all(),
+                Durability::Cache => Ok(()),
+            }
         };
         if let Err(source) = write(&tmp) {
             let _ = std::fs::remove_file(&tmp);
@@ -303,6 +325,9 @@ pub async fn write_atomically(dest: &Path, data: Vec<u8>) -> Result<(), WalError
                 path: dest.clone(),
                 source,
             });
+        }
+        if durability == Durability::Cache {
+            return Ok(());
         }
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())

@@ -1,10 +1,17 @@
 //! `verify`: download a backup and check it against its manifest: every archive's size and
 //! SHA-256, then every file inside (decompressed and read as tar) against the size and
 //! SHA-256 recorded when it was taken; missing, extra and corrupted files are all reported.
-//! Archives are downloaded whole (the store's `get`), one at a time.
+//! Archives stream one at a time (the store's `get_stream` into a bounded channel, hashed,
+//! gunzipped and read as tar on a blocking thread), so memory stays at a few chunks whatever
+//! the backup's size.
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::{self, Read};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use pgsteward_archive::store::ObjectStore;
+use tokio::sync::mpsc;
 
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -12,6 +19,7 @@ use thiserror::Error;
 use crate::catalog::Catalog;
 use crate::info::BackupStatus;
 use crate::manifest::Manifest;
+use crate::restore::pipeline::ChannelReader;
 use crate::tar::BLOCK;
 
 /// Why verification could not run at all (as opposed to finding problems).
@@ -136,6 +144,89 @@ fn tar_files(reader: &mut impl Read) -> Result<BTreeMap<String, (u64, String)>, 
     }
 }
 
+/// Reads through `inner`, counting and hashing every byte that passes.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// One archive as it streamed: its size and SHA-256, and the files its tar holds (or why
+/// they could not be read).
+struct Streamed {
+    size: u64,
+    sha256: String,
+    files: Result<BTreeMap<String, (u64, String)>, String>,
+}
+
+/// Chunks in flight between the download and the checking thread.
+const CHANNEL_DEPTH: usize = 8;
+
+/// Stream `key` through the checks; Ok(None) when it does not exist, Err when the download
+/// failed.
+async fn stream_archive(
+    store: &Arc<dyn ObjectStore>,
+    key: &str,
+) -> Result<Option<Streamed>, String> {
+    let Some(mut reader) = store.get_stream(key).await.map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let (tx, rx) = mpsc::channel::<Result<Bytes, io::Error>>(CHANNEL_DEPTH);
+    let download = tokio::spawn(async move {
+        loop {
+            match reader.next_chunk().await {
+                Ok(Some(chunk)) => {
+                    if tx.send(Ok(chunk)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    let message = e.to_string();
+                    let _ = tx.send(Err(io::Error::other(message.clone()))).await;
+                    return Err(message);
+                }
+            }
+        }
+    });
+    let check = tokio::task::spawn_blocking(move || {
+        let mut source = HashingReader {
+            inner: ChannelReader::new(rx),
+            hasher: Sha256::new(),
+            bytes: 0,
+        };
+        let files = {
+            let mut decoder = flate2::read::MultiGzDecoder::new(&mut source);
+            tar_files(&mut decoder)
+        };
+        // The rest of the object (gzip trailer, padding) counts for its size and digest.
+        let drained = io::copy(&mut source, &mut io::sink());
+        (source, files, drained)
+    });
+    let downloaded = download
+        .await
+        .map_err(|e| format!("download task failed: {e}"))?;
+    let (source, files, drained) = check
+        .await
+        .map_err(|e| format!("verification task failed: {e}"))?;
+    downloaded?;
+    drained.map_err(|e| e.to_string())?;
+    Ok(Some(Streamed {
+        size: source.bytes,
+        sha256: hex::encode(source.hasher.finalize()),
+        files,
+    }))
+}
+
 /// Verify backup `backup_id` of `catalog`.
 pub async fn verify_backup(
     catalog: &Catalog,
@@ -167,8 +258,8 @@ pub async fn verify_backup(
         .map_err(|e| VerifyError::Catalog(format!("manifest of {backup_id}: {e}")))?;
     for archive in &manifest.archives {
         let key = format!("{}{}", catalog.backup_prefix(backup_id), archive.name);
-        let data = match store.get(&key).await {
-            Ok(Some(data)) => data,
+        let streamed = match stream_archive(store, &key).await {
+            Ok(Some(streamed)) => streamed,
             Ok(None) => {
                 report.problems.push(format!("{}: missing", archive.name));
                 continue;
@@ -181,15 +272,13 @@ pub async fn verify_backup(
             }
         };
         report.archives_checked += 1;
-        if data.len() as u64 != archive.compressed_size {
+        if streamed.size != archive.compressed_size {
             report.problems.push(format!(
                 "{}: {} bytes stored, {} recorded",
-                archive.name,
-                data.len(),
-                archive.compressed_size
+                archive.name, streamed.size, archive.compressed_size
             ));
         }
-        let digest = hex::encode(Sha256::digest(&data));
+        let digest = streamed.sha256;
         if digest != archive.compressed_sha256 {
             report.problems.push(format!(
                 "{}: SHA-256 {digest} differs from the recorded {}",
@@ -198,13 +287,7 @@ pub async fn verify_backup(
         }
         // Check the files too: a corrupted archive tells which files it damaged.
         let name = archive.name.clone();
-        let found = tokio::task::spawn_blocking(move || {
-            let mut decoder = flate2::read::GzDecoder::new(&data[..]);
-            tar_files(&mut decoder)
-        })
-        .await
-        .map_err(|e| VerifyError::Catalog(format!("verification task failed: {e}")))?;
-        let found = match found {
+        let found = match streamed.files {
             Ok(found) => found,
             Err(e) => {
                 report.problems.push(format!("{name}: {e}"));

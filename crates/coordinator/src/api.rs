@@ -1,17 +1,22 @@
 //! The coordinator's HTTP API: `GET /status` (term, primary, members, last decision and its
-//! reason), `GET /metrics` (Prometheus) and `POST /switchover` (501 until the managers can
-//! demote and follow).
+//! reason, re-admissions, last switchover), `GET /metrics` (Prometheus), and the mutating
+//! `POST /switchover {"to": NAME}` and `POST /backup {"target": "primary" | "prefer-standby"}`
+//! (bearer token from `api_token_file`; 401 without a token, 403 with a wrong one or when no
+//! token file is configured), run by the loop between two rounds.
 
 use std::sync::Arc;
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::run::Shared;
+use crate::backup::BackupRequest;
+use crate::run::{Command, Shared};
+use crate::switchover::SwitchoverRequest;
 
 /// The router (no listener: the caller binds it).
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -19,6 +24,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .route("/switchover", post(switchover))
+        .route("/backup", post(backup))
         .with_state(shared)
 }
 
@@ -34,13 +40,113 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
-async fn switchover() -> Response {
-    (
-        StatusCode::NOT_IMPLEMENTED,
-        Json(json!({
-            "error": "switchover is not available yet: it needs POST /pg/demote and \
-                      POST /pg/follow on the instance managers"
-        })),
-    )
-        .into_response()
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// None when the request carries the configured token, else the error answer.
+fn unauthorized(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
+    let Some(expected) = shared.api_token.as_deref() else {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "mutating routes are disabled: set api_token_file in the coordinator configuration",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        None => Some(error(
+            StatusCode::UNAUTHORIZED,
+            "a bearer token is required",
+        )),
+        Some(token) if !constant_time_eq(token.as_bytes(), expected.as_bytes()) => {
+            Some(error(StatusCode::FORBIDDEN, "wrong token"))
+        }
+        Some(_) => None,
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn switchover(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Result<Json<SwitchoverRequest>, JsonRejection>,
+) -> Response {
+    if let Some(denied) = unauthorized(&shared, &headers) {
+        return denied;
+    }
+    let request = match body {
+        Ok(Json(request)) => request,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"to\": NAME}}: {e}"),
+            )
+        }
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let command = Command::Switchover {
+        to: request.to,
+        reply,
+    };
+    if shared.commands.try_send(command).is_err() {
+        return error(
+            StatusCode::CONFLICT,
+            "another switchover is queued or running",
+        );
+    }
+    match answer.await {
+        Ok(Ok(done)) => Json(done).into_response(),
+        Ok(Err(e)) => error(
+            StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            e.to_string(),
+        ),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the coordinator loop stopped before answering",
+        ),
+    }
+}
+
+async fn backup(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Result<Json<BackupRequest>, JsonRejection>,
+) -> Response {
+    if let Some(denied) = unauthorized(&shared, &headers) {
+        return denied;
+    }
+    let request = match body {
+        Ok(Json(request)) => request,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"target\": \"primary\" | \"prefer-standby\"}}: {e}"),
+            )
+        }
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    if shared
+        .commands
+        .try_send(Command::Backup { request, reply })
+        .is_err()
+    {
+        return error(StatusCode::CONFLICT, "the coordinator is busy; retry");
+    }
+    match answer.await {
+        Ok(Ok(started)) => (StatusCode::ACCEPTED, Json(started)).into_response(),
+        Ok(Err((status, message))) => error(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            message,
+        ),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the coordinator loop stopped before answering",
+        ),
+    }
 }

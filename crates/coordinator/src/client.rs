@@ -145,6 +145,38 @@ impl Client {
         .await
     }
 
+    /// `POST /pg/demote {"term", "primary": {"host", "port"}}`: the answer carries the
+    /// shutdown checkpoint's LSN and timeline.
+    pub async fn demote(
+        &self,
+        base: &str,
+        token: Option<&str>,
+        term: u64,
+        host: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<pgsteward_api::DemoteResponse, ClientError> {
+        let body = json!({ "term": term, "primary": { "host": host, "port": port } });
+        let answer = self
+            .post(base, "/pg/demote", token, Some(body), timeout)
+            .await?;
+        serde_json::from_value(answer).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// `POST /pg/synchronous {"term", "names"}`.
+    pub async fn set_synchronous(
+        &self,
+        base: &str,
+        token: Option<&str>,
+        term: u64,
+        names: &str,
+        timeout: Duration,
+    ) -> Result<Value, ClientError> {
+        let body = json!({ "term": term, "names": names });
+        self.post(base, "/pg/synchronous", token, Some(body), timeout)
+            .await
+    }
+
     /// `POST /pg/fence`.
     pub async fn fence(
         &self,

@@ -50,6 +50,14 @@ pub struct Config {
     /// Synchronous replication (absent: asynchronous).
     #[serde(default)]
     pub synchronous: Option<SyncConfig>,
+    /// File whose first line is the bearer token of the coordinator's mutating routes
+    /// (`POST /switchover`); without it they answer 403.
+    #[serde(default)]
+    pub api_token_file: Option<PathBuf>,
+    /// How long a switchover waits for the candidate to receive the old primary's shutdown
+    /// checkpoint before it gives the primary role back.
+    #[serde(default = "default_switchover_timeout", with = "humantime_serde")]
+    pub switchover_timeout: Duration,
     pub members: Vec<MemberConfig>,
 }
 
@@ -64,6 +72,9 @@ fn default_request_timeout() -> Duration {
 }
 fn default_action_timeout() -> Duration {
     Duration::from_secs(90)
+}
+fn default_switchover_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_threshold() -> Duration {
     Duration::from_secs(3)
@@ -111,18 +122,31 @@ impl Config {
     }
 }
 
-/// The token of a member (first line of its token file), if configured.
-pub fn read_token(member: &MemberConfig) -> Result<Option<String>> {
-    let Some(path) = &member.token_file else {
-        return Ok(None);
-    };
+/// The first line of a token file.
+pub fn read_token_file(path: &Path) -> Result<String> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the token file {}", path.display()))?;
     let token = text.lines().next().unwrap_or("").trim().to_owned();
     if token.is_empty() {
         bail!("the token file {} is empty", path.display());
     }
-    Ok(Some(token))
+    Ok(token)
+}
+
+impl MemberConfig {
+    /// `postgres` as (host, port).
+    pub fn postgres_address(&self) -> Option<(String, u16)> {
+        let (host, port) = self.postgres.as_deref()?.rsplit_once(':')?;
+        Some((host.to_owned(), port.parse().ok()?))
+    }
+}
+
+/// The token of a member (first line of its token file), if configured.
+pub fn read_token(member: &MemberConfig) -> Result<Option<String>> {
+    let Some(path) = &member.token_file else {
+        return Ok(None);
+    };
+    read_token_file(path).map(Some)
 }
 
 #[cfg(test)]

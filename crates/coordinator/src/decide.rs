@@ -69,6 +69,12 @@ pub struct Observed {
     pub streaming: bool,
     /// The manager is fenced.
     pub fenced: bool,
+    /// `host:port` this member streams from (replicas).
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// Its current `synchronous_standby_names` (primaries).
+    #[serde(default)]
+    pub synchronous_standby_names: Option<String>,
 }
 
 /// One member as the decision sees it.

@@ -22,6 +22,8 @@ fn primary(name: &str, term: u64) -> MemberView {
             postgres_up: true,
             streaming: false,
             fenced: false,
+            upstream: None,
+            synchronous_standby_names: None,
         }),
         unhealthy_for: None,
     }
@@ -41,6 +43,8 @@ fn replica(name: &str, received: &str, replayed: &str) -> MemberView {
             postgres_up: true,
             streaming: true,
             fenced: false,
+            upstream: None,
+            synchronous_standby_names: None,
         }),
         unhealthy_for: None,
     }

@@ -3,11 +3,14 @@
 //! (`state`) and serves its own status and metrics (`api`, `metrics`).
 
 pub mod api;
+pub mod backup;
 pub mod client;
 pub mod config;
 pub mod decide;
 pub mod lsn;
 pub mod metrics;
 pub mod observe;
+pub mod readmit;
 pub mod run;
 pub mod state;
+pub mod switchover;

@@ -1,5 +1,6 @@
-//! `pgsteward-coordinator`: command line (`--config FILE`), JSON logs, the API listener and
-//! the polling loop.
+//! `pgsteward-coordinator`: command line (`--config FILE` runs the coordinator: JSON logs,
+//! the API listener and the polling loop; `switchover --to NAME` asks a running coordinator
+//! for a switchover and prints its answer).
 
 use std::path::PathBuf;
 
@@ -13,13 +14,44 @@ use pgsteward_coordinator::run::Coordinator;
 #[derive(Parser)]
 #[command(version)]
 struct Cli {
-    /// Configuration file (YAML).
+    /// Configuration file (YAML); runs the coordinator.
     #[arg(long, short, env = "PGSTEWARD_COORDINATOR_CONFIG")]
-    config: PathBuf,
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Sub>,
+}
+
+#[derive(clap::Subcommand)]
+enum Sub {
+    /// Ask a running coordinator to move the primary role to another member (demote,
+    /// wait until it has received everything, promote, repoint the others).
+    Switchover {
+        /// The member to promote.
+        #[arg(long)]
+        to: String,
+        /// The coordinator's API.
+        #[arg(long, default_value = "http://127.0.0.1:8100")]
+        url: String,
+        /// File whose first line is the coordinator's API token (its `api_token_file`).
+        #[arg(long)]
+        token_file: PathBuf,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 fn main() {
     let cli = Cli::parse();
+    if let Some(Sub::Switchover {
+        to,
+        url,
+        token_file,
+        timeout,
+    }) = cli.command
+    {
+        std::process::exit(switchover_command(&to, &url, &token_file, timeout));
+    }
     tracing_subscriber::fmt()
         .json()
         .flatten_event(true)
@@ -34,8 +66,55 @@ fn main() {
     }
 }
 
+/// `switchover --to`: prints the answer; exit 0 on success, 1 otherwise.
+fn switchover_command(
+    to: &str,
+    url: &str,
+    token_file: &std::path::Path,
+    timeout: std::time::Duration,
+) -> i32 {
+    let result = (|| -> anyhow::Result<(u16, String)> {
+        let token = pgsteward_coordinator::config::read_token_file(token_file)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the runtime")?;
+        runtime.block_on(async {
+            let client = pgsteward_coordinator::client::Client::new();
+            let body = serde_json::json!({ "to": to });
+            match client
+                .post(url, "/switchover", Some(&token), Some(body), timeout)
+                .await
+            {
+                Ok(answer) => Ok((200, serde_json::to_string_pretty(&answer)?)),
+                Err(pgsteward_coordinator::client::ClientError::Status { status, body }) => {
+                    Ok((status, body))
+                }
+                Err(e) => Err(anyhow::anyhow!("asking {url} for a switchover: {e}")),
+            }
+        })
+    })();
+    match result {
+        Ok((200, text)) => {
+            println!("{text}");
+            0
+        }
+        Ok((status, text)) => {
+            eprintln!("switchover refused (HTTP {status}): {text}");
+            1
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = Config::load(&cli.config)?;
+    let Some(path) = cli.config else {
+        anyhow::bail!("--config FILE is required to run the coordinator (or use a subcommand)");
+    };
+    let config = Config::load(&path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -12,6 +12,9 @@ pub struct Metrics {
     pub term: IntGauge,
     pub failovers: IntCounter,
     pub refusals: IntCounter,
+    pub switchovers: IntCounter,
+    pub readmissions: IntCounter,
+    pub readmission_failures: IntCounter,
     pub member_up: IntGaugeVec,
     pub decision_seconds: Histogram,
 }
@@ -27,6 +30,18 @@ impl Metrics {
         let refusals = IntCounter::new(
             "pgsteward_coordinator_refusals_total",
             "Rounds where the primary had failed but no replica could be promoted",
+        )?;
+        let switchovers = IntCounter::new(
+            "pgsteward_coordinator_switchovers_total",
+            "Switchovers completed by this coordinator",
+        )?;
+        let readmissions = IntCounter::new(
+            "pgsteward_coordinator_readmissions_total",
+            "Members told to follow the current primary (former primaries, stale replicas)",
+        )?;
+        let readmission_failures = IntCounter::new(
+            "pgsteward_coordinator_readmission_failures_total",
+            "Re-admission attempts that failed (retried with backoff)",
         )?;
         let member_up = IntGaugeVec::new(
             Opts::new(
@@ -46,12 +61,18 @@ impl Metrics {
         registry.register(Box::new(failovers.clone()))?;
         registry.register(Box::new(refusals.clone()))?;
         registry.register(Box::new(member_up.clone()))?;
+        registry.register(Box::new(switchovers.clone()))?;
+        registry.register(Box::new(readmissions.clone()))?;
+        registry.register(Box::new(readmission_failures.clone()))?;
         registry.register(Box::new(decision_seconds.clone()))?;
         Ok(Metrics {
             registry,
             term,
             failovers,
             refusals,
+            switchovers,
+            readmissions,
+            readmission_failures,
             member_up,
             decision_seconds,
         })

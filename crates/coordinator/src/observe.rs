@@ -62,6 +62,8 @@ pub fn observe(status: &InstanceStatus) -> Observed {
             .and_then(|r| r.wal_receiver_status.as_deref())
             .is_some_and(|s| s == "streaming"),
         fenced: status.state == InstanceState::Fenced,
+        upstream: replication.and_then(|r| r.upstream.clone()),
+        synchronous_standby_names: replication.and_then(|r| r.synchronous_standby_names.clone()),
     }
 }
 

@@ -1,20 +1,38 @@
 //! The coordinator loop: poll every member's `/pg/status` concurrently, run the decision,
 //! log it with its inputs, and act (persist the next term, fence the old primary when it
-//! answers, promote the candidate, repoint the others when their managers can follow).
+//! answers, promote the candidate, repoint the others when their managers can follow);
+//! re-admit former primaries and stale replicas in the background (`readmit`), and run
+//! switchovers the API hands over (`switchover`) between two rounds.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use crate::client::Client;
 use crate::config::{read_token, Config, MemberConfig};
-use crate::decide::{decide, Action, Decision, Input};
+use crate::decide::{decide, Action, Decision, Input, MemberView};
 use crate::metrics::Metrics;
 use crate::observe::{MemberReport, Tracker};
+use crate::readmit::{self, Readmission, Readmissions};
 use crate::state::{self, State};
+use crate::switchover::{SwitchoverAnswer, SwitchoverError};
+
+/// Work the API hands to the loop.
+pub enum Command {
+    Switchover {
+        to: String,
+        reply: oneshot::Sender<Result<SwitchoverAnswer, SwitchoverError>>,
+    },
+    Backup {
+        request: crate::backup::BackupRequest,
+        reply: oneshot::Sender<Result<crate::backup::BackupStarted, crate::backup::BackupRefused>>,
+    },
+}
 
 /// The last decision as `/status` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -36,16 +54,29 @@ pub struct StatusReport {
     pub last_decision: Option<DecisionRecord>,
     /// Last decision that was not "none" (a failover or a refusal).
     pub last_action: Option<DecisionRecord>,
+    /// Members being (or recently) told to follow the primary, by name.
+    pub readmissions: BTreeMap<String, Readmission>,
+    /// How the last switchover ended.
+    pub last_switchover: Option<String>,
 }
 
 /// State shared between the loop and the API.
 pub struct Shared {
     report: Mutex<StatusReport>,
     pub metrics: Metrics,
+    /// To the loop (switchovers).
+    pub commands: mpsc::Sender<Command>,
+    /// Bearer token of the mutating routes (None: they answer 403).
+    pub api_token: Option<String>,
 }
 
 impl Shared {
-    pub fn new(metrics: Metrics, term: u64) -> Self {
+    pub fn new(
+        metrics: Metrics,
+        term: u64,
+        commands: mpsc::Sender<Command>,
+        api_token: Option<String>,
+    ) -> Self {
         Shared {
             report: Mutex::new(StatusReport {
                 term,
@@ -55,12 +86,16 @@ impl Shared {
                 members: Vec::new(),
                 last_decision: None,
                 last_action: None,
+                readmissions: BTreeMap::new(),
+                last_switchover: None,
             }),
             metrics,
+            commands,
+            api_token,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, StatusReport> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, StatusReport> {
         self.report
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -74,14 +109,21 @@ impl Shared {
 
 /// Runs the loop until the task is dropped.
 pub struct Coordinator {
-    config: Config,
-    client: Client,
-    shared: Arc<Shared>,
-    state: State,
+    pub(crate) config: Config,
+    pub(crate) client: Client,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) state: State,
     trackers: Vec<Tracker>,
     started: Instant,
     previous: Option<(String, String)>,
+    commands: mpsc::Receiver<Command>,
+    readmissions: Arc<Mutex<Readmissions>>,
+    /// Last `synchronous_standby_names` sent to the primary, and when.
+    sync_attempt: Option<(String, Instant)>,
 }
+
+/// How long before the same `synchronous_standby_names` is sent again.
+const SYNC_RETRY: Duration = Duration::from_secs(5);
 
 fn unix_ms() -> u128 {
     std::time::SystemTime::now()
@@ -97,7 +139,12 @@ impl Coordinator {
         metrics
             .term
             .set(i64::try_from(state.term).unwrap_or(i64::MAX));
-        let shared = Arc::new(Shared::new(metrics, state.term));
+        let api_token = match &config.api_token_file {
+            Some(path) => Some(crate::config::read_token_file(path)?),
+            None => None,
+        };
+        let (commands_tx, commands) = mpsc::channel(4);
+        let shared = Arc::new(Shared::new(metrics, state.term, commands_tx, api_token));
         let trackers = vec![Tracker::default(); config.members.len()];
         Ok((
             Coordinator {
@@ -108,6 +155,9 @@ impl Coordinator {
                 trackers,
                 started: Instant::now(),
                 previous: None,
+                commands,
+                readmissions: Arc::new(Mutex::new(Readmissions::default())),
+                sync_attempt: None,
             },
             shared,
         ))
@@ -118,14 +168,54 @@ impl Coordinator {
         let mut interval = tokio::time::interval(self.config.poll_interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            interval.tick().await;
-            self.round().await;
+            tokio::select! {
+                _ = interval.tick() => self.round().await,
+                Some(command) = self.commands.recv() => self.handle(command).await,
+            }
         }
     }
 
-    /// One round: poll every member concurrently, decide, act.
-    pub async fn round(&mut self) {
-        let began = Instant::now();
+    async fn handle(&mut self, command: Command) {
+        match command {
+            Command::Switchover { to, reply } => {
+                let result = self.switchover(&to).await;
+                let summary = match &result {
+                    Ok(answer) => format!(
+                        "switched over from {} to {} with term {} in {} ms",
+                        answer.from, answer.to, answer.term, answer.elapsed_ms
+                    ),
+                    Err(e) => format!("switchover to {to} failed: {e}"),
+                };
+                if result.is_err() {
+                    tracing::error!(%summary, "switchover");
+                }
+                self.shared.lock().last_switchover = Some(summary);
+                let _ = reply.send(result);
+            }
+            Command::Backup { request, reply } => {
+                let result = self.backup(&request).await;
+                if let Err((status, message)) = &result {
+                    tracing::error!(status, %message, "backup through the coordinator refused");
+                }
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    /// Poll every member now and return their views (used before a switchover).
+    pub(crate) async fn poll_now(&mut self) -> Vec<MemberView> {
+        self.poll().await;
+        let now = Instant::now();
+        self.config
+            .members
+            .iter()
+            .zip(&self.trackers)
+            .map(|(m, t)| t.view(&m.name, now))
+            .collect()
+    }
+
+    /// Poll every member concurrently and record the answers.
+    async fn poll(&mut self) {
         let mut polls = JoinSet::new();
         for (i, member) in self.config.members.iter().enumerate() {
             let client = self.client.clone();
@@ -152,6 +242,13 @@ impl Coordinator {
                 tracker.record(now, result);
             }
         }
+    }
+
+    /// One round: poll every member concurrently, decide, act.
+    pub async fn round(&mut self) {
+        let began = Instant::now();
+        self.poll().await;
+        let now = Instant::now();
         let input = Input {
             term: self.state.term,
             uptime: now.saturating_duration_since(self.started),
@@ -187,7 +284,19 @@ impl Coordinator {
                 self.shared.metrics.refusals.inc();
                 None
             }
-            Action::None { .. } => None,
+            Action::None { .. } => match decision.primary.clone() {
+                Some(primary) => {
+                    self.readmit(&input, &primary, now);
+                    self.apply_synchronous(
+                        &input,
+                        &primary,
+                        &decision.synchronous_standby_names,
+                        now,
+                    )
+                    .await
+                }
+                None => None,
+            },
         };
         self.publish(decision, outcome, now);
     }
@@ -213,11 +322,124 @@ impl Coordinator {
         self.previous = Some(key);
     }
 
-    fn member(&self, name: &str) -> Option<&MemberConfig> {
+    /// Tell members that do not follow the healthy `primary` in its term to follow it (in
+    /// the background, one attempt per member at a time, backing off after failures).
+    fn readmit(&mut self, input: &Input, primary: &str, now: Instant) {
+        let Some((host, port)) = self.member(primary).and_then(|m| m.postgres_address()) else {
+            return;
+        };
+        let address = format!("{host}:{port}");
+        let Some(term) = input
+            .members
+            .iter()
+            .find(|m| m.name == primary)
+            .and_then(|m| m.last.as_ref())
+            .map(|o| o.term)
+        else {
+            return;
+        };
+        for view in &input.members {
+            if view.name == primary {
+                continue;
+            }
+            let Some(reason) = readmit::reason(view, term, &address) else {
+                continue;
+            };
+            let Some(member) = self.member(&view.name).cloned() else {
+                continue;
+            };
+            let started = self
+                .readmissions
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .try_start(&member.name, &reason, now);
+            if !started {
+                continue;
+            }
+            tracing::info!(member = %member.name, primary = %primary, term, reason = %reason, "re-admitting: telling it to follow the primary");
+            self.shared.metrics.readmissions.inc();
+            let client = self.client.clone();
+            let token = self.token(&member);
+            let readmissions = self.readmissions.clone();
+            let shared = self.shared.clone();
+            let timeout = self.config.action_timeout;
+            let host = host.clone();
+            tokio::spawn(async move {
+                let result = client
+                    .follow(&member.url, token.as_deref(), term, &host, port, timeout)
+                    .await
+                    .map(|answer| answer.to_string())
+                    .map_err(|e| e.to_string());
+                match &result {
+                    Ok(answer) => {
+                        tracing::info!(member = %member.name, term, answer = %answer, "re-admitted")
+                    }
+                    Err(e) => {
+                        shared.metrics.readmission_failures.inc();
+                        tracing::error!(member = %member.name, term, error = %e, "re-admission failed; retrying with backoff");
+                    }
+                }
+                readmissions
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .finish(&member.name, result, Instant::now());
+            });
+        }
+    }
+
+    /// Set `names` on the healthy `primary` when it reports another value (at most one
+    /// attempt per value every `SYNC_RETRY`); the outcome when something was sent.
+    async fn apply_synchronous(
+        &mut self,
+        input: &Input,
+        primary: &str,
+        names: &str,
+        now: Instant,
+    ) -> Option<String> {
+        let observed = input
+            .members
+            .iter()
+            .find(|m| m.name == primary)
+            .and_then(|m| m.last.as_ref())?;
+        if observed.synchronous_standby_names.as_deref().unwrap_or("") == names {
+            return None;
+        }
+        if let Some((last, at)) = &self.sync_attempt {
+            if last == names && now.saturating_duration_since(*at) < SYNC_RETRY {
+                return None;
+            }
+        }
+        self.sync_attempt = Some((names.to_owned(), now));
+        let member = self.member(primary)?.clone();
+        let token = self.token(&member);
+        let term = observed.term;
+        let result = self
+            .client
+            .set_synchronous(
+                &member.url,
+                token.as_deref(),
+                term,
+                names,
+                self.config.request_timeout.max(Duration::from_secs(2)),
+            )
+            .await;
+        Some(match result {
+            Ok(_) => {
+                tracing::info!(member = %primary, term, names = %names, previous = ?observed.synchronous_standby_names, "synchronous standby names applied");
+                format!("set synchronous_standby_names of {primary} to {names:?}")
+            }
+            Err(e) => {
+                tracing::error!(member = %primary, term, names = %names, error = %e, "setting the synchronous standby names failed");
+                format!("setting synchronous_standby_names of {primary} failed: {e}")
+            }
+        })
+    }
+
+    pub(crate) fn member(&self, name: &str) -> Option<&MemberConfig> {
         self.config.members.iter().find(|m| m.name == name)
     }
 
-    fn token(&self, member: &MemberConfig) -> Option<String> {
+    pub(crate) fn token(&self, member: &MemberConfig) -> Option<String> {
         match read_token(member) {
             Ok(t) => t,
             Err(e) => {
@@ -313,13 +535,8 @@ impl Coordinator {
 
     /// Ask every other reachable replica to follow the new primary (needs the candidate's
     /// `postgres` address and `/pg/follow` on the managers).
-    async fn repoint(&self, primary: &str, term: u64) -> String {
-        let Some((host, port)) = self
-            .member(primary)
-            .and_then(|m| m.postgres.as_deref())
-            .and_then(|a| a.rsplit_once(':'))
-            .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
-        else {
+    pub(crate) async fn repoint(&self, primary: &str, term: u64) -> String {
+        let Some((host, port)) = self.member(primary).and_then(|m| m.postgres_address()) else {
             return String::new();
         };
         let mut outcome = String::new();
@@ -379,6 +596,11 @@ impl Coordinator {
         };
         report.synchronous_standby_names = decision.synchronous_standby_names.clone();
         report.members = members;
+        report.readmissions = self
+            .readmissions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .snapshot();
         self.shared
             .metrics
             .term

@@ -4,7 +4,7 @@
 //! answers, the coordinator refuses to promote and says why; restarted without that member
 //! it promotes the replica with term 2 within the failure threshold plus a few seconds,
 //! persists the term, writes succeed on the new primary, and its status and metrics show
-//! it. Switchover answers 501.
+//! it. Without `api_token_file` the mutating switchover route answers 403.
 //! A hung primary (manager and postmaster stopped with SIGSTOP) is failed over while the
 //! coordinator watches; when it resumes as a primary of the old term it is fenced.
 //! A primary whose postgres is down while its manager answers (crash-restart backoff) is
@@ -150,9 +150,9 @@ async fn refuse_then_fail_over(version: PgVersion) {
     )
     .await
     .unwrap();
-    assert_eq!(switchover.status, 501, "{}", switchover.body);
+    assert_eq!(switchover.status, 403, "{}", switchover.body);
     assert!(
-        switchover.body.contains("/pg/demote"),
+        switchover.body.contains("api_token_file"),
         "{}",
         switchover.body
     );

@@ -158,13 +158,17 @@ pub fn start(
     }
     let config = shared.config();
     let data = config.archive.data.clone();
-    let id = pgsteward_backup::info::backup_id_for(&chrono::Utc::now());
+    let now = chrono::Utc::now();
     let progress = Arc::new(Progress::default());
-    shared.backups.track(|t| match &t.running {
+    let id = shared.backups.track(|t| match &t.running {
         Some((running, _)) => Err(StartError::Running(running.clone())),
         None => {
+            // Ids are start times to the second (barman's format): a backup started in the
+            // same second as the previous one gets the next free second instead of colliding.
+            let previous = t.status.last.as_ref().map(|l| l.backup_id.as_str());
+            let id = unused_backup_id(now, previous);
             t.running = Some((id.clone(), Arc::clone(&progress)));
-            Ok(())
+            Ok(id)
         }
     })?;
     let server = archiver.settings().server_name.clone();
@@ -239,6 +243,21 @@ pub fn start(
     Ok(id)
 }
 
+/// The id for a backup starting at `now`: its time to the second, or the second after
+/// `previous` when that is not earlier.
+fn unused_backup_id(now: chrono::DateTime<chrono::Utc>, previous: Option<&str>) -> String {
+    let id = pgsteward_backup::info::backup_id_for(&now);
+    let Some(previous) = previous else {
+        return id;
+    };
+    match chrono::NaiveDateTime::parse_from_str(previous, "%Y%m%dT%H%M%S") {
+        Ok(last) if id.as_str() <= previous => {
+            pgsteward_backup::info::backup_id_for(&(last.and_utc() + chrono::TimeDelta::seconds(1)))
+        }
+        _ => id,
+    }
+}
+
 /// Begin time of the oldest DONE backup, as RFC 3339 and epoch seconds.
 async fn first_recoverability_point(catalog: &Catalog) -> Option<(String, f64)> {
     let entries = match catalog.list().await {
@@ -255,4 +274,30 @@ async fn first_recoverability_point(catalog: &Catalog) -> Option<(String, f64)> 
         .filter_map(|info| info.begin_time().ok().flatten())
         .min()
         .map(|time| (time.to_rfc3339(), time.timestamp_micros() as f64 / 1e6))
+}
+
+#[cfg(test)]
+mod id_tests {
+    use super::unused_backup_id;
+
+    #[test]
+    fn same_second_backups_get_the_next_second() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-22T10:00:05Z")
+            .unwrap_or_default()
+            .to_utc();
+        assert_eq!(unused_backup_id(now, None), "20261122T100005");
+        assert_eq!(
+            unused_backup_id(now, Some("20261122T100004")),
+            "20261122T100005"
+        );
+        assert_eq!(
+            unused_backup_id(now, Some("20261122T100005")),
+            "20261122T100006"
+        );
+        assert_eq!(
+            unused_backup_id(now, Some("20261122T100006")),
+            "20261122T100007"
+        );
+        assert_eq!(unused_backup_id(now, Some("garbage")), "20261122T100005");
+    }
 }

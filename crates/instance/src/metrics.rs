@@ -21,6 +21,7 @@ pub struct Metrics {
     pub crash_restarts: IntCounter,
     /// 1 when parameters wait for a restart.
     pub pending_restart: IntGauge,
+    pub pending_manager_restart: IntGauge,
     /// Successful and failed configuration reloads.
     pub config_reloads: IntCounter,
     pub config_reload_failures: IntCounter,
@@ -143,6 +144,10 @@ impl Metrics {
             "pending_restart",
             "1 if changed parameters need a postgres restart",
         ))?;
+        let pending_manager_restart = IntGauge::with_opts(opts(
+            "pending_manager_restart",
+            "1 if changed manager settings (archive, http, metrics, log, ...) need a manager restart",
+        ))?;
         let config_reloads = IntCounter::with_opts(opts(
             "config_reloads_total",
             "Configuration reloads applied",
@@ -225,6 +230,7 @@ impl Metrics {
         registry.register(Box::new(postmaster_start_time.clone()))?;
         registry.register(Box::new(crash_restarts.clone()))?;
         registry.register(Box::new(pending_restart.clone()))?;
+        registry.register(Box::new(pending_manager_restart.clone()))?;
         registry.register(Box::new(config_reloads.clone()))?;
         registry.register(Box::new(config_reload_failures.clone()))?;
         let backup = crate::backups::BackupMetrics::new(&registry, namespace)?;
@@ -242,6 +248,7 @@ impl Metrics {
             postmaster_start_time,
             crash_restarts,
             pending_restart,
+            pending_manager_restart,
             config_reloads,
             config_reload_failures,
             wal_archived,

@@ -64,6 +64,7 @@ pub async fn collect(shared: &Shared) -> InstanceStatus {
         postmaster_start_time: facts.as_ref().map(|f| f.postmaster_start_time.clone()),
         pending_restart: !pending.is_empty(),
         pending_restart_parameters: pending,
+        pending_manager_restart: runtime.pending_manager_restart,
         config_hash: runtime.config_hash,
         crash_restarts: runtime.crash_restarts,
         manager_version: env!("CARGO_PKG_VERSION").to_owned(),

@@ -69,6 +69,14 @@ pub fn summary(s: &InstanceStatus) -> String {
     } else {
         s.pending_restart_parameters.join(", ")
     };
+    let pending = if s.pending_manager_restart.is_empty() {
+        pending
+    } else {
+        format!(
+            "{pending}; manager restart: {}",
+            s.pending_manager_restart.join(", ")
+        )
+    };
     let text = format!(
         "instance      {} ({role}, {})\n\
          postgres      {} {}, pid {}, started {}\n\

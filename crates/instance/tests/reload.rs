@@ -63,6 +63,34 @@ async fn reload_applies_and_reports_pending_restart(version: PgVersion) {
         Some("0")
     );
 
+    // A manager setting (here `log`) keeps its running value and says the manager must restart.
+    instance.write_config("    work_mem: 12MB\n    max_prepared_transactions: \"7\"\n");
+    let mut text = std::fs::read_to_string(&instance.config_path).unwrap_or_default();
+    text.push_str("log:\n  level: debug\n");
+    std::fs::write(&instance.config_path, text).unwrap_or_else(|e| panic!("{e}"));
+    let r = http::request(
+        "POST",
+        &format!("{}/pg/reload", instance.api()),
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+        "",
+    )
+    .await
+    .unwrap_or_else(|| panic!("no answer"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()["pending_manager_restart"],
+        serde_json::json!(["log"])
+    );
+    let status = manager.status().await;
+    assert_eq!(
+        status["pending_manager_restart"],
+        serde_json::json!(["log"])
+    );
+    assert_eq!(
+        metric(&instance.metrics(), "pgsteward_pending_manager_restart").await,
+        Some(1.0)
+    );
+
     // Invalid: refused whole with 412, nothing rendered, old values stay.
     let hash_before = manager.status().await["config_hash"].clone();
     let rendered_before =

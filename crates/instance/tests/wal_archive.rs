@@ -5,12 +5,13 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 use nix::sys::signal::Signal;
+use pgsteward_testkit::fsutil::ScratchDir;
 
 fn pgbench(version: PgVersion, port: u16, args: &[&str]) {
     let status = Command::new(version.bin_dir().join("pgbench"))
@@ -42,6 +43,17 @@ fn archive_options(version: PgVersion, destination: &str) -> ManagerOptions {
     ];
     opts.parameters = vec![("wal_keep_size".into(), "1GB".into())];
     opts
+}
+
+/// A scratch directory with a `store` directory, and an instance archiving to it (file://).
+fn file_store_instance(version: PgVersion) -> (ScratchDir, PathBuf, Instance) {
+    let scratch = ScratchDir::new();
+    let store = scratch.mkdir("store", 0o700);
+    let instance = Instance::new(archive_options(
+        version,
+        &format!("file://{}", store.display()),
+    ));
+    (scratch, store, instance)
 }
 
 async fn wait_archived(instance: &Instance) -> serde_json::Value {
@@ -114,12 +126,7 @@ fn verify_archive(instance: &Instance, last: &str) -> usize {
 }
 
 async fn archive_under_load_restores_byte_identical(version: PgVersion) {
-    let scratch = pgsteward_testkit::fsutil::ScratchDir::new();
-    let store = scratch.mkdir("store", 0o700);
-    let instance = Instance::new(archive_options(
-        version,
-        &format!("file://{}", store.display()),
-    ));
+    let (_scratch, store, instance) = file_store_instance(version);
     let mut manager = instance.spawn();
     manager.wait_ready(READY).await;
     pgbench(version, instance.pg_port, &["-i", "-s", "3", "-q"]);
@@ -180,12 +187,7 @@ for_each_version!(archive_under_load_restores_byte_identical);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conflicting_object_is_refused_and_postgres_keeps_the_segment() {
-    let scratch = pgsteward_testkit::fsutil::ScratchDir::new();
-    let store = scratch.mkdir("store", 0o700);
-    let instance = Instance::new(archive_options(
-        PgVersion::V15,
-        &format!("file://{}", store.display()),
-    ));
+    let (scratch, store, instance) = file_store_instance(PgVersion::V15);
     let mut manager = instance.spawn();
     manager.wait_ready(READY).await;
     // Archive once so the destination is accepted, then plant a conflict.
@@ -247,7 +249,7 @@ async fn conflicting_object_is_refused_and_postgres_keeps_the_segment() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn destination_with_another_clusters_wal_is_refused_until_allowed() {
-    let scratch = pgsteward_testkit::fsutil::ScratchDir::new();
+    let scratch = ScratchDir::new();
     let store = scratch.mkdir("store", 0o700);
     // Another cluster's segment, at a name this cluster will not reach in the test.
     let old = store.join("cluster-a/wals/00000001000000A0/00000001000000A0000000F0.gz");
@@ -294,12 +296,7 @@ async fn destination_with_another_clusters_wal_is_refused_until_allowed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wal_commands_reject_bad_input() {
-    let scratch = pgsteward_testkit::fsutil::ScratchDir::new();
-    let store = scratch.mkdir("store", 0o700);
-    let instance = Instance::new(archive_options(
-        PgVersion::V15,
-        &format!("file://{}", store.display()),
-    ));
+    let (_scratch, _store, instance) = file_store_instance(PgVersion::V15);
     let manager = instance.spawn();
     manager.wait_ready(READY).await;
     let pgdata = instance.pgdata.display().to_string();
@@ -398,7 +395,7 @@ fn s3_options(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_outage_during_load_loses_and_skips_nothing() {
     let mut s3 = pgsteward_testkit::s3::S3Server::new().await;
-    let creds = pgsteward_testkit::fsutil::ScratchDir::new();
+    let creds = ScratchDir::new();
     let instance = Instance::new(s3_options(PgVersion::V15, &s3, creds.path()));
     let mut manager = instance.spawn();
     manager.wait_ready(READY).await;
@@ -457,7 +454,7 @@ async fn s3_outage_during_load_loses_and_skips_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manager_killed_mid_upload_counts_no_partial_object() {
     let s3 = pgsteward_testkit::s3::S3Server::new().await;
-    let creds = pgsteward_testkit::fsutil::ScratchDir::new();
+    let creds = ScratchDir::new();
     let instance = Instance::new(s3_options(PgVersion::V15, &s3, creds.path()));
     let mut first = instance.spawn();
     first.wait_ready(READY).await;
@@ -530,12 +527,7 @@ impl Drop for Mount {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_prefetch_spool_falls_back_to_direct_restores() {
-    let scratch = pgsteward_testkit::fsutil::ScratchDir::new();
-    let store = scratch.mkdir("store", 0o700);
-    let instance = Instance::new(archive_options(
-        PgVersion::V15,
-        &format!("file://{}", store.display()),
-    ));
+    let (_scratch, _store, instance) = file_store_instance(PgVersion::V15);
     let manager = instance.spawn();
     manager.wait_ready(READY).await;
     for _ in 0..4 {

@@ -19,6 +19,9 @@ use crate::{wait_for, ManagerOptions, PgVersion};
 /// Member names, in order; `a` starts as the primary.
 pub const NAMES: [&str; 3] = ["a", "b", "c"];
 
+/// Bearer token of the coordinator's mutating routes (`POST /switchover`).
+pub const COORDINATOR_TOKEN: &str = "coordinator-test-token";
+
 /// How to build the cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
@@ -140,7 +143,8 @@ impl Cluster {
                 manager.wait_ready(options.ready_timeout).await;
             }
         }
-        let yaml = coordinator_yaml(&options, &dir.join("state.json"), &members);
+        dir.write("coordinator.token", COORDINATOR_TOKEN);
+        let yaml = coordinator_yaml(&options, dir.path(), &members);
         let coordinator =
             Coordinator::start(&options.coordinator, dir.path(), "coordinator", &yaml);
         let cluster = Cluster {
@@ -225,6 +229,31 @@ impl Cluster {
         .await
     }
 
+    /// `POST /switchover {"to": to}` on the coordinator with its token.
+    pub async fn switchover(&self, to: &str) -> Option<crate::http::Response> {
+        self.switchover_with(to, Some(COORDINATOR_TOKEN)).await
+    }
+
+    /// `POST /switchover {"to": to}` with the given bearer token (None: no header).
+    pub async fn switchover_with(
+        &self,
+        to: &str,
+        token: Option<&str>,
+    ) -> Option<crate::http::Response> {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(auth) = &auth {
+            headers.push(("authorization", auth.as_str()));
+        }
+        crate::http::request(
+            "POST",
+            &self.coordinator.url("/switchover"),
+            &headers,
+            &format!("{{\"to\":\"{to}\"}}"),
+        )
+        .await
+    }
+
     /// Start (again) the manager of `name` on its existing data directory.
     pub fn restart(&mut self, name: &str) {
         let member = self.member_mut(name);
@@ -258,11 +287,13 @@ impl Cluster {
     }
 }
 
-fn coordinator_yaml(options: &ClusterOptions, state: &Path, members: &[Member]) -> String {
+fn coordinator_yaml(options: &ClusterOptions, dir: &Path, members: &[Member]) -> String {
     let mut yaml = format!(
-        "state_file: {}\npoll_interval: {}ms\nrequest_timeout: {}ms\nfailure_threshold: {}ms\n\
+        "state_file: {}\napi_token_file: {}\npoll_interval: {}ms\nrequest_timeout: {}ms\n\
+         failure_threshold: {}ms\n\
          synchronous:\n  method: any\n  number: 1\n  data_durability: required\nmembers:\n",
-        state.display(),
+        dir.join("state.json").display(),
+        dir.join("coordinator.token").display(),
         options.poll_interval.as_millis(),
         options.request_timeout.as_millis(),
         options.failure_threshold.as_millis(),

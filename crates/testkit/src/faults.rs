@@ -169,14 +169,10 @@ pub async fn run(cluster: &mut Cluster, fault: Fault, pause: Duration) -> Result
             network.isolate(index(&old)?)?;
         }
         Fault::Switchover => {
-            let answer = crate::http::request(
-                "POST",
-                &cluster.coordinator.url("/switchover"),
-                &[("content-type", "application/json")],
-                &format!("{{\"to\":\"{candidate}\"}}"),
-            )
-            .await
-            .ok_or_else(|| anyhow!("the coordinator did not answer POST /switchover"))?;
+            let answer = cluster
+                .switchover(candidate)
+                .await
+                .ok_or_else(|| anyhow!("the coordinator did not answer POST /switchover"))?;
             if answer.status != 200 {
                 bail!(
                     "POST /switchover answered {}: {}",
@@ -200,9 +196,12 @@ pub async fn run(cluster: &mut Cluster, fault: Fault, pause: Duration) -> Result
     let (new_primary, promoted_after) = result?;
     wait_acks(&writer, writer.acked() + 20).await?;
     let report = writer.stop().await;
-    let rto = report
-        .rto(at)
-        .ok_or_else(|| anyhow!("no acknowledged write on one side of the fault"))?;
+    let rto = if fault == Fault::Switchover {
+        report.longest_gap_since(at)
+    } else {
+        report.rto(at)
+    };
+    let rto = rto.ok_or_else(|| anyhow!("no acknowledged write on one side of the fault"))?;
     let old_state = if fault == Fault::KillPostmaster && new_primary == old {
         "primary (restarted by its manager)".to_owned()
     } else {

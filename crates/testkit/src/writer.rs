@@ -42,6 +42,17 @@ impl Report {
         Some(after.saturating_duration_since(before))
     }
 
+    /// The longest wait between two consecutive acknowledgements from `since` on (counting
+    /// the last one before `since`): the write pause of a planned change such as a
+    /// switchover, during which the old primary keeps acknowledging for a while.
+    pub fn longest_gap_since(&self, since: Instant) -> Option<Duration> {
+        let first = self.acks.iter().rposition(|a| a.at <= since).unwrap_or(0);
+        self.acks[first..]
+            .windows(2)
+            .map(|w| w[1].at.saturating_duration_since(w[0].at))
+            .max()
+    }
+
     /// Errors after `since`.
     pub fn errors_since(&self, since: Instant) -> usize {
         self.errors.iter().filter(|(t, _)| *t >= since).count()

@@ -16,6 +16,7 @@ pub(crate) mod failover;
 pub(crate) mod procs;
 mod report;
 mod s3;
+mod table;
 mod tools;
 mod wal_archive;
 

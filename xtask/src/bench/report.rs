@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use super::procs::Usage;
+use super::table::{self, TableRow};
 use super::tools::{Tool, BARMAN_BIN};
 use super::{GZIP_LEVEL, PARALLEL};
 
@@ -66,16 +67,6 @@ impl Outcome {
             ),
             Outcome::NotAvailable(reason) => format!("not available: {reason}"),
             Outcome::Failed(reason) => format!("FAILED: {reason}"),
-        }
-    }
-
-    /// The summary cut to its first line and 160 characters, for table cells.
-    pub fn short(&self) -> String {
-        let summary = self.summary();
-        let line = summary.lines().next().unwrap_or_default();
-        match line.char_indices().nth(160) {
-            Some((cut, _)) => format!("{}...", &line[..cut]),
-            None => line.to_owned(),
         }
     }
 }
@@ -290,7 +281,7 @@ impl Report {
     }
 }
 
-fn cells(m: &Measured, archive: bool) -> Vec<String> {
+fn cells_of(m: &Measured, archive: bool) -> Vec<String> {
     let mut cells = vec![
         m.segments.to_string(),
         format!("{:.2}", m.elapsed.as_secs_f64()),
@@ -319,69 +310,28 @@ fn headers(archive: bool) -> Vec<&'static str> {
     headers
 }
 
-fn text_table(rows: &[Row], archive: bool) -> String {
-    let headers = headers(archive);
-    let mut out = String::new();
-    let widths: Vec<usize> = headers.iter().map(|h| h.len().max(12)).collect();
-    for (i, h) in headers.iter().enumerate() {
-        if i == 0 {
-            let _ = write!(out, "{h:<14}");
-        } else {
-            let _ = write!(out, "  {h:>w$}", w = widths[i]);
-        }
-    }
-    out.push('\n');
-    for row in rows {
-        let _ = write!(out, "{:<14}", row.tool.name());
-        match &row.outcome {
-            Outcome::Measured(m) => {
-                for (i, cell) in cells(m, archive).iter().enumerate() {
-                    let _ = write!(out, "  {cell:>w$}", w = widths[i + 1]);
+fn table_rows(rows: &[Row], archive: bool) -> Vec<TableRow> {
+    rows.iter()
+        .map(|row| {
+            let name = row.tool.name().to_owned();
+            match &row.outcome {
+                Outcome::Measured(m) => {
+                    let mut cells = vec![name];
+                    cells.extend(cells_of(m, archive));
+                    TableRow::measured(cells)
                 }
+                other => TableRow::noted(vec![name], &other.summary()),
             }
-            other => {
-                let _ = write!(out, "  {}", other.short());
-            }
-        }
-        out.push('\n');
-    }
-    out
+        })
+        .collect()
+}
+
+fn text_table(rows: &[Row], archive: bool) -> String {
+    table::text(&headers(archive), &table_rows(rows, archive))
 }
 
 fn markdown_table(rows: &[Row], archive: bool) -> String {
-    let headers = headers(archive);
-    let mut out = format!("| {} |\n", headers.join(" | "));
-    let _ = writeln!(
-        out,
-        "|{}",
-        headers
-            .iter()
-            .enumerate()
-            .map(|(i, _)| if i == 0 { "---|" } else { "---:|" })
-            .collect::<String>()
-    );
-    for row in rows {
-        match &row.outcome {
-            Outcome::Measured(m) => {
-                let _ = writeln!(
-                    out,
-                    "| {} | {} |",
-                    row.tool.name(),
-                    cells(m, archive).join(" | ")
-                );
-            }
-            other => {
-                let blanks = " |".repeat(headers.len() - 2);
-                let _ = writeln!(
-                    out,
-                    "| {} | {}{blanks}",
-                    row.tool.name(),
-                    other.short().replace('|', "/")
-                );
-            }
-        }
-    }
-    out
+    table::markdown(&headers(archive), &table_rows(rows, archive))
 }
 
 /// "A vs B" lines: pgsteward against each peer when pgsteward was measured, and the peers

@@ -42,9 +42,18 @@ pub enum PipelineError {
 }
 
 /// Blocking `Read` over a channel of chunks; an `Err` chunk ends the stream with that error.
-struct ChannelReader {
+pub(crate) struct ChannelReader {
     rx: mpsc::Receiver<Result<Bytes, io::Error>>,
     current: Bytes,
+}
+
+impl ChannelReader {
+    pub(crate) fn new(rx: mpsc::Receiver<Result<Bytes, io::Error>>) -> Self {
+        ChannelReader {
+            rx,
+            current: Bytes::new(),
+        }
+    }
 }
 
 impl Read for ChannelReader {

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use pgsteward_archive::wal::write_atomically;
+use pgsteward_archive::wal::{write_file, Durability};
 use pgsteward_archive::{RestoreOutcome, WalFile, WalKind};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -171,8 +171,9 @@ impl Archiver {
                 let deadline = Instant::now() + this.settings.timeout();
                 match this.wal.fetch(&following, deadline).await {
                     Ok(Some((_, data, false))) => {
-                        if let Err(e) = write_atomically(&this.prefetch.spooled(&name), data).await
-                        {
+                        // The spool is discarded at startup, so it needs no fsync.
+                        let spooled = this.prefetch.spooled(&name);
+                        if let Err(e) = write_file(&spooled, data, Durability::Cache).await {
                             tracing::warn!(wal = %name, error = %e, "prefetch spool write failed (disk full?); restores fall back to direct fetches");
                         }
                     }

@@ -72,6 +72,20 @@ impl CheckpointMode {
     }
 }
 
+impl Config {
+    /// The replication password file: `bootstrap.basebackup.password_file`, or, when the
+    /// replication user is the superuser, the superuser's password file, so that a primary
+    /// initialised with initdb can be demoted or repointed with the credentials it has.
+    pub fn replication_password_file(&self) -> Option<&std::path::Path> {
+        let bb = &self.bootstrap.basebackup;
+        bb.password_file.as_deref().or_else(|| {
+            (bb.user == self.postgres.superuser)
+                .then_some(self.bootstrap.initdb.superuser_password_file.as_deref())
+                .flatten()
+        })
+    }
+}
+
 /// Problems of the replication-related configuration (appended to the validator's list).
 pub fn check(problems: &mut Vec<String>, config: &Config) {
     let bootstrap = &config.bootstrap;

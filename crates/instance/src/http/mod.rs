@@ -14,6 +14,7 @@ pub mod probes;
 pub mod role;
 pub mod server;
 pub mod status;
+pub mod synchronous;
 pub mod tls;
 
 pub use server::{router, AppState};

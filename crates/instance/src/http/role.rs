@@ -179,9 +179,10 @@ fn role_change(body: RoleChangeBody) -> Result<(u64, Upstream), ApiError> {
     }
 }
 
-fn role_change_error(e: RoleChangeError) -> ApiError {
+pub(super) fn role_change_error(e: RoleChangeError) -> ApiError {
     match e {
         RoleChangeError::Conflict(message) => ApiError::Conflict(message),
+        RoleChangeError::Invalid(message) => ApiError::BadRequest(message),
         RoleChangeError::Failed(message) => ApiError::Internal(message),
     }
 }

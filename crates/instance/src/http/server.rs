@@ -10,7 +10,7 @@ use axum::routing::MethodRouter;
 use axum::Router;
 use schemars::{Schema, SchemaGenerator};
 
-use super::{admin, auth, backup, error, lb, probes, role, status};
+use super::{admin, auth, backup, error, lb, probes, role, status, synchronous};
 use crate::supervisor::shared::Shared;
 
 /// State every handler gets.
@@ -48,6 +48,7 @@ pub fn routes() -> Vec<Route> {
     all.extend(admin::routes());
     all.extend(backup::routes());
     all.extend(role::routes());
+    all.extend(synchronous::routes());
     all
 }
 

@@ -166,7 +166,7 @@ async fn copy(
     if let Some(rate) = &bb.max_rate {
         command.arg(format!("--max-rate={rate}"));
     }
-    if let Some(path) = &bb.password_file {
+    if let Some(path) = config.replication_password_file() {
         let password = crate::bootstrap::read_secret(path, "replication password")?;
         command.env("PGPASSWORD", password);
     }

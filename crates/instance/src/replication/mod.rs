@@ -15,6 +15,7 @@ pub mod role;
 pub mod standby;
 pub mod status;
 pub mod summary;
+pub mod synchronous;
 
 use anyhow::Result;
 
@@ -26,6 +27,9 @@ pub enum RoleChangeError {
     /// Stale term, wrong role, shutting down: nothing was changed.
     #[error("{0}")]
     Conflict(String),
+    /// The request itself is invalid: nothing was changed.
+    #[error("{0}")]
+    Invalid(String),
     /// The work failed (the message says what state the instance was left in).
     #[error("{0}")]
     Failed(String),

@@ -96,7 +96,7 @@ pub async fn rewind(
     if config.archive.destination.is_some() {
         command.arg("--restore-target-wal");
     }
-    if let Some(path) = &config.bootstrap.basebackup.password_file {
+    if let Some(path) = config.replication_password_file() {
         let password = crate::bootstrap::read_secret(path, "replication password")?;
         command.env("PGPASSWORD", password);
     }
@@ -142,7 +142,7 @@ async fn try_ensure_slot(config: &Config, upstream: &Upstream) -> Result<()> {
         .dbname("postgres")
         .application_name("pgsteward")
         .connect_timeout(Duration::from_secs(5));
-    if let Some(path) = &bb.password_file {
+    if let Some(path) = config.replication_password_file() {
         pg.password(crate::bootstrap::read_secret(path, "replication password")?);
     }
     let (client, connection) =

@@ -78,16 +78,20 @@ pub fn render(config: &Config, state: &RoleState, pgdata: &Path) -> String {
         "# Managed by pgsteward: do not edit, changes are overwritten.\n# Replication settings of this instance (role file: pgsteward.role.json).\n",
     );
     if state.role == PersistedRole::Primary {
-        out.push_str("# primary: nothing to set\n");
+        match super::synchronous::load(pgdata) {
+            Some(sync) if !sync.names.is_empty() => out.push_str(&format!(
+                "# set by the coordinator in term {} (pgsteward.synchronous.json)\nsynchronous_standby_names = {}\n",
+                sync.term,
+                quote(&sync.names)
+            )),
+            _ => out.push_str("# primary: nothing to set\n"),
+        }
         return out;
     }
     out.push_str("recovery_target_timeline = 'latest'\n");
     if let Some(upstream) = upstream(config, state) {
         let passfile = config
-            .bootstrap
-            .basebackup
-            .password_file
-            .as_ref()
+            .replication_password_file()
             .map(|_| pgdata.join(PASSFILE));
         out.push_str(&format!(
             "primary_conninfo = {}\n",
@@ -116,7 +120,7 @@ pub fn write(config: &Config, state: &RoleState, pgdata: &Path) -> Result<bool> 
     let signal = pgdata.join(STANDBY_SIGNAL);
     match state.role {
         PersistedRole::Replica => {
-            if let Some(file) = &config.bootstrap.basebackup.password_file {
+            if let Some(file) = config.replication_password_file() {
                 let password = crate::bootstrap::read_secret(file, "replication password")?;
                 let line = format!(
                     "*:*:*:{}:{}\n",

@@ -98,10 +98,16 @@ async fn apply_inner(
         .map_err(|e| CommandError::Failed(format!("writing the standby settings: {e:#}")))?;
     shared.reload_token(&new_config);
     *shared.config.write().unwrap_or_else(|p| p.into_inner()) = new_config;
+    let kept: Vec<String> = kept.into_iter().map(str::to_owned).collect();
     shared.with_runtime(|r| {
         r.config_hash.clone_from(&rendered.hash);
         r.last_error = None;
+        r.pending_manager_restart.clone_from(&kept);
     });
+    shared
+        .metrics
+        .pending_manager_restart
+        .set(i64::from(!kept.is_empty()));
     let mut pending = shared.runtime().pending_restart;
     if postgres_up && changed {
         pending = reload_postgres(shared).await?;
@@ -115,6 +121,7 @@ async fn apply_inner(
         changed,
         config_hash: rendered.hash,
         pending_restart_parameters: pending,
+        pending_manager_restart: kept,
         restarted: false,
     })
 }

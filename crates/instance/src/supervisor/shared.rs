@@ -91,6 +91,8 @@ pub struct RuntimeInfo {
     pub postmaster_pid: Option<i32>,
     pub config_hash: String,
     pub pending_restart: Vec<String>,
+    /// Manager settings the last reload kept at their running values.
+    pub pending_manager_restart: Vec<String>,
     pub crash_restarts: u64,
     pub last_error: Option<String>,
 }

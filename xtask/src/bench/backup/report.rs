@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::super::procs::Usage;
 use super::super::report::Environment;
+use super::super::table::{self, TableRow};
 use super::super::tools::Tool;
 use super::super::GZIP_LEVEL;
 
@@ -57,15 +58,6 @@ impl Outcome {
                 )
             }
             Outcome::Failed(reason) => format!("FAILED: {reason}"),
-        }
-    }
-
-    fn short(&self, data_bytes: u64) -> String {
-        let summary = self.summary(data_bytes);
-        let line = summary.lines().next().unwrap_or_default();
-        match line.char_indices().nth(160) {
-            Some((cut, _)) => format!("{}...", &line[..cut]),
-            None => line.to_owned(),
         }
     }
 }
@@ -129,62 +121,34 @@ impl Report {
         headers
     }
 
-    fn cells(&self, row: &Row, backup: bool) -> Vec<String> {
+    fn table_row(&self, row: &Row, backup: bool) -> TableRow {
         let mut cells = vec![row.tool.name().to_owned()];
         if backup {
             cells.push(row.level.to_string());
         }
         match &row.outcome {
-            Outcome::Measured(m) => cells.extend([
-                format!("{:.2}", m.elapsed.as_secs_f64()),
-                format!("{:.1}", rate(self.data_bytes, m.elapsed)),
-                format!("{:.2}", m.usage.cpu.as_secs_f64()),
-                format!("{:.1}", mib(m.usage.max_rss_kb * 1024)),
-                format!("{:.1}", mib(m.bytes)),
-            ]),
-            other => cells.push(other.short(self.data_bytes).replace('|', "/")),
+            Outcome::Measured(m) => {
+                cells.extend([
+                    format!("{:.2}", m.elapsed.as_secs_f64()),
+                    format!("{:.1}", rate(self.data_bytes, m.elapsed)),
+                    format!("{:.2}", m.usage.cpu.as_secs_f64()),
+                    format!("{:.1}", mib(m.usage.max_rss_kb * 1024)),
+                    format!("{:.1}", mib(m.bytes)),
+                ]);
+                TableRow::measured(cells)
+            }
+            other => TableRow::noted(cells, &other.summary(self.data_bytes)),
         }
-        cells
     }
 
     fn table(&self, rows: &[Row], backup: bool, markdown: bool) -> String {
         let headers = Self::headers(backup);
-        let mut out = String::new();
+        let rows: Vec<TableRow> = rows.iter().map(|r| self.table_row(r, backup)).collect();
         if markdown {
-            let _ = writeln!(out, "| {} |", headers.join(" | "));
-            let _ = writeln!(
-                out,
-                "|---|{}",
-                "---:|".repeat(headers.len().saturating_sub(1))
-            );
-            for row in rows {
-                let cells = self.cells(row, backup);
-                let blanks = " |".repeat(headers.len().saturating_sub(cells.len()));
-                let _ = writeln!(out, "| {} |{blanks}", cells.join(" | "));
-            }
+            table::markdown(&headers, &rows)
         } else {
-            for (i, h) in headers.iter().enumerate() {
-                let _ = if i == 0 {
-                    write!(out, "{h:<14}")
-                } else {
-                    write!(out, "  {h:>12}")
-                };
-            }
-            out.push('\n');
-            for row in rows {
-                for (i, cell) in self.cells(row, backup).iter().enumerate() {
-                    let _ = if i == 0 {
-                        write!(out, "{cell:<14}")
-                    } else if matches!(row.outcome, Outcome::Measured(_)) || (backup && i == 1) {
-                        write!(out, "  {cell:>12}")
-                    } else {
-                        write!(out, "  {cell}")
-                    };
-                }
-                out.push('\n');
-            }
+            table::text(&headers, &rows)
         }
-        out
     }
 
     /// pgsteward against each peer, the peers against each other, and the targets.

@@ -1,0 +1,317 @@
+//! Switchover and re-admission against a three-instance cluster (PG15 and PG18) built by
+//! `pgsteward_testkit::cluster` (`ANY 1` synchronous replication, `data_durability:
+//! required`), with the acknowledged-commit writer inserting through a libpq multi-host
+//! connection string. Switchover under writes: no acknowledged commit lost, the old primary
+//! streams from the new one, the term goes up; refusals (unknown member 404, the primary itself
+//! 409, no token 401, a wrong token 403); and a switchover back. Re-admission: after a
+//! failover (the primary's manager and postgres killed with SIGKILL), the old primary's
+//! restarted manager is told to follow the new primary and streams from it. Backups through
+//! the coordinator: `prefer-standby` runs on a streaming standby, `primary` on the primary.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use pgsteward_testkit::cluster::{Cluster, ClusterOptions};
+use pgsteward_testkit::manager::PASSWORD;
+use pgsteward_testkit::writer::{ids_on, Writer};
+use pgsteward_testkit::{wait_for, PgVersion};
+use serde_json::Value;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The pgsteward binary next to this test's target directory (`cargo build -p pgsteward`
+/// first), or `PGSTEWARD_BIN`.
+fn pgsteward_bin() -> PathBuf {
+    if let Ok(path) = std::env::var("PGSTEWARD_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("pgsteward"))
+        .unwrap();
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build -p pgsteward` first (or set PGSTEWARD_BIN)",
+        path.display()
+    );
+    path
+}
+
+async fn cluster(version: PgVersion) -> Cluster {
+    Cluster::start(ClusterOptions::new(
+        &pgsteward_bin(),
+        Path::new(env!("CARGO_BIN_EXE_pgsteward-coordinator")),
+        version,
+    ))
+    .await
+}
+
+/// Wait until member `name` is a replica of `term` streaming from member `upstream`.
+async fn wait_streams_from(cluster: &Cluster, name: &str, upstream: &str, term: u64) -> Value {
+    let address = format!("127.0.0.1:{}", cluster.member(upstream).instance.pg_port);
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let s = cluster.member_status(name).await.unwrap_or(Value::Null);
+        let r = &s["replication"];
+        if r["role"] == "replica"
+            && r["term"] == term
+            && r["upstream"] == address.as_str()
+            && r["receiver"]["wal_receiver_status"] == "streaming"
+        {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} does not stream from {upstream} ({address}) in term {term}: {s}\ncoordinator: {}\n{}\n{name}'s log (tail):\n{}",
+            cluster.coordinator.status().await.unwrap_or(Value::Null),
+            cluster.coordinator.log(),
+            log_tail(cluster, name)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn log_tail(cluster: &Cluster, name: &str) -> String {
+    let log = cluster
+        .member(name)
+        .manager
+        .as_ref()
+        .map(|m| m.log())
+        .unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+async fn wait_acks(writer: &Writer, n: usize) {
+    wait_for("acknowledged writes", DEADLINE, || async {
+        (writer.acked() >= n).then_some(())
+    })
+    .await;
+}
+
+async fn switchover_under_writes(version: PgVersion) {
+    let cluster = cluster(version).await;
+    let writer = Writer::start(&cluster.conninfo(), Duration::from_millis(5))
+        .await
+        .unwrap();
+    wait_acks(&writer, 100).await;
+
+    // Refusals first: nothing changes.
+    let unknown = cluster.switchover("nobody").await.unwrap();
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+    let itself = cluster.switchover("a").await.unwrap();
+    assert_eq!(itself.status, 409, "{}", itself.body);
+    assert!(
+        itself.body.contains("already is the primary"),
+        "{}",
+        itself.body
+    );
+    let anonymous = cluster.switchover_with("b", None).await.unwrap();
+    assert_eq!(anonymous.status, 401, "{}", anonymous.body);
+    let wrong = cluster.switchover_with("b", Some("wrong")).await.unwrap();
+    assert_eq!(wrong.status, 403, "{}", wrong.body);
+    assert_eq!(cluster.primary().await.as_deref(), Some("a"));
+
+    let at = Instant::now();
+    let answer = cluster.switchover("b").await.unwrap();
+    assert_eq!(
+        answer.status,
+        200,
+        "{}\n{}",
+        answer.body,
+        cluster.coordinator.log()
+    );
+    let body = answer.json();
+    assert_eq!(body["from"], "a");
+    assert_eq!(body["to"], "b");
+    assert_eq!(body["term"], 2);
+    wait_acks(&writer, writer.acked() + 100).await;
+    let report = writer.stop().await;
+    let pause = report.longest_gap_since(at).unwrap();
+    eprintln!(
+        "{version:?}: switchover a -> b: write pause {} ms, switchover {} ms, {} errors",
+        pause.as_millis(),
+        body["elapsed_ms"],
+        report.errors_since(at)
+    );
+    let present = ids_on(cluster.member("b").instance.pg_port, PASSWORD)
+        .await
+        .unwrap();
+    let missing = report.missing(&present);
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged commits missing on b: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(20)]
+    );
+    wait_streams_from(&cluster, "a", "b", 2).await;
+    wait_streams_from(&cluster, "c", "b", 2).await;
+    wait_for("the coordinator to name b primary", DEADLINE, || async {
+        let s = cluster.coordinator.status().await?;
+        (s["primary"] == "b" && s["term"] == 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        cluster
+            .coordinator
+            .metric("pgsteward_coordinator_switchovers_total")
+            .await,
+        Some(1.0)
+    );
+
+    // And back.
+    let back = cluster.switchover("a").await.unwrap();
+    assert_eq!(
+        back.status,
+        200,
+        "{}\n{}",
+        back.body,
+        cluster.coordinator.log()
+    );
+    assert_eq!(back.json()["term"], 3);
+    wait_streams_from(&cluster, "b", "a", 3).await;
+    wait_streams_from(&cluster, "c", "a", 3).await;
+}
+
+async fn old_primary_is_readmitted(version: PgVersion) {
+    let mut cluster = cluster(version).await;
+    let a = cluster.member("a").manager.as_ref().unwrap();
+    let manager = a.pid().await;
+    let postmaster = a.postmaster_host_pid().await.unwrap();
+    kill(Pid::from_raw(manager), Signal::SIGKILL).unwrap();
+    pgsteward_testkit::proc::signal_tree(postmaster, Signal::SIGKILL);
+    let new = cluster.wait_new_primary("a", DEADLINE).await;
+    // The manager comes back on the old primary's data directory; the coordinator fences it
+    // if it starts as a primary of term 1, then tells it to follow.
+    cluster.restart("a");
+    wait_streams_from(&cluster, "a", &new, 2).await;
+    let s = cluster.coordinator.status().await.unwrap();
+    assert!(
+        s["readmissions"]["a"]["attempts"].as_u64().unwrap_or(0) >= 1,
+        "{s}\n{}",
+        cluster.coordinator.log()
+    );
+    assert!(
+        cluster
+            .coordinator
+            .metric("pgsteward_coordinator_readmissions_total")
+            .await
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+    // The re-admitted standby replays what the new primary writes.
+    cluster
+        .sql(
+            &new,
+            "CREATE TABLE after_readmission (i int); INSERT INTO after_readmission VALUES (7)",
+        )
+        .await
+        .unwrap();
+    wait_for("the row on the re-admitted standby", DEADLINE, || async {
+        let rows = cluster
+            .sql("a", "SELECT i::text FROM after_readmission")
+            .await
+            .ok()?;
+        (rows.first()?.first()?.as_deref() == Some("7")).then_some(())
+    })
+    .await;
+}
+
+async fn post_backup(cluster: &Cluster, body: &str, token: Option<&str>) -> (u16, Value) {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(auth) = &auth {
+        headers.push(("authorization", auth.as_str()));
+    }
+    let r = pgsteward_testkit::http::request(
+        "POST",
+        &cluster.coordinator.url("/backup"),
+        &headers,
+        body,
+    )
+    .await
+    .unwrap();
+    (
+        r.status,
+        serde_json::from_str(&r.body).unwrap_or(Value::Null),
+    )
+}
+
+/// Wait until member `name`'s last backup is `id` and succeeded.
+async fn wait_backup_done(cluster: &Cluster, name: &str, id: &str) {
+    wait_for(
+        &format!("backup {id} on {name}"),
+        Duration::from_secs(120),
+        || async {
+            let s = cluster.member_status(name).await?;
+            let last = &s["backup"]["last"];
+            (last["backup_id"] == id).then_some(())?;
+            assert_eq!(last["succeeded"], true, "{s}");
+            Some(())
+        },
+    )
+    .await;
+}
+
+async fn backup_prefers_a_standby(version: PgVersion) {
+    use pgsteward_testkit::cluster::COORDINATOR_TOKEN;
+    let cluster = cluster(version).await;
+    let (status, _) = post_backup(&cluster, "{\"target\":\"prefer-standby\"}", None).await;
+    assert_eq!(status, 401);
+    let (status, body) = post_backup(
+        &cluster,
+        "{\"target\":\"prefer-standby\",\"immediate_checkpoint\":true}",
+        Some(COORDINATOR_TOKEN),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}\n{}", cluster.coordinator.log());
+    let member = body["member"].as_str().unwrap().to_owned();
+    assert!(member == "b" || member == "c", "{body}");
+    assert_eq!(body["role"], "replica");
+    let id = body["answer"]["backup_id"].as_str().unwrap().to_owned();
+    wait_backup_done(&cluster, &member, &id).await;
+
+    let (status, body) = post_backup(
+        &cluster,
+        "{\"target\":\"primary\"}",
+        Some(COORDINATOR_TOKEN),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["member"], "a");
+    let id = body["answer"]["backup_id"].as_str().unwrap().to_owned();
+    wait_backup_done(&cluster, "a", &id).await;
+    let (status, _) = post_backup(
+        &cluster,
+        "{\"target\":\"somewhere\"}",
+        Some(COORDINATOR_TOKEN),
+    )
+    .await;
+    assert_eq!(status, 400);
+}
+
+macro_rules! for_each_version {
+    ($name:ident) => {
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn pg15() {
+                super::$name(PgVersion::V15).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn pg18() {
+                super::$name(PgVersion::V18).await
+            }
+        }
+    };
+}
+
+for_each_version!(switchover_under_writes);
+for_each_version!(old_primary_is_readmitted);
+for_each_version!(backup_prefers_a_standby);
