@@ -182,6 +182,13 @@ pub async fn run(cluster: &mut Cluster, fault: Fault, pause: Duration) -> Result
             }
         }
     }
+    // A fault takes effect once injected: an insert acknowledged while the signals were being
+    // sent was acknowledged by the old primary. A switchover's window starts at the request.
+    let at = if fault == Fault::Switchover {
+        at
+    } else {
+        Instant::now()
+    };
     let result = after_fault(cluster, &writer, fault, &old, at).await;
     // Whatever happened, never leave a stopped process behind.
     if fault == Fault::Hang {
