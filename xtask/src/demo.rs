@@ -108,7 +108,7 @@ async fn instructions(cluster: &Cluster) -> String {
          \x20 kill -9 <manager pid of a> <postmaster pid of a>     # or kill -STOP both for a hang\n\n\
          Trigger a switchover (planned, zero loss):\n\n\
          \x20 curl -s -X POST -H 'content-type: application/json' -d '{{\"to\":\"b\"}}' {api}/switchover\n\
-         \x20 (answers 501 until the coordinator's switchover is merged)\n\n\
+         \x20 (or: pgsteward-coordinator switchover --to b)\n\n\
          A manager's own view:   curl -s -H \"Authorization: Bearer $(cat {})\" {}/pg/status | jq\n\n\
          Ctrl-C stops everything and removes the directories.\n",
         token.display(),

@@ -6,18 +6,19 @@
 //! persists the term, writes succeed on the new primary, and its status and metrics show
 //! it. Without `api_token_file` the mutating switchover route answers 403.
 //! A hung primary (manager and postmaster stopped with SIGSTOP) is failed over while the
-//! coordinator watches; when it resumes as a primary of the old term it is fenced.
-//! A primary whose postgres is down while its manager answers (crash-restart backoff) is
-//! fenced, then the replica is promoted.
+//! coordinator watches; when it resumes as a primary of the old term it is fenced, then
+//! re-admitted as a standby of the new primary. A primary whose postgres is down while its
+//! manager answers (crash-restart backoff) is fenced, then the replica is promoted and the old
+//! primary re-admitted.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use pgsteward_testkit::coordinator::Coordinator;
 use pgsteward_testkit::fsutil::ScratchDir;
 use pgsteward_testkit::manager::{Instance, PASSWORD};
 use pgsteward_testkit::{free_port, http, wait_for, ManagerOptions, PgVersion};
@@ -61,54 +62,13 @@ fn replica_of(version: PgVersion, primary_port: u16) -> Instance {
     replica
 }
 
-/// A running coordinator process, killed on drop.
-struct Coordinator {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Coordinator {
-    fn start(dir: &ScratchDir, name: &str, yaml: &str) -> Self {
-        let port = free_port();
-        let config = dir.join(&format!("{name}.yaml"));
-        std::fs::write(&config, format!("listen: 127.0.0.1:{port}\n{yaml}")).unwrap();
-        let log = dir.join(&format!("{name}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_pgsteward-coordinator"))
-            .arg("--config")
-            .arg(&config)
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        Coordinator { child, port, log }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    async fn status(&self) -> Option<Value> {
-        Some(http::get(&self.url("/status")).await?.json())
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn stop(&mut self) {
-        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Coordinator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start_coordinator(dir: &ScratchDir, name: &str, yaml: &str) -> Coordinator {
+    Coordinator::start(
+        Path::new(env!("CARGO_BIN_EXE_pgsteward-coordinator")),
+        dir.path(),
+        name,
+        yaml,
+    )
 }
 
 fn member(name: &str, instance: &Instance) -> String {
@@ -124,15 +84,6 @@ async fn exec(port: u16, statement: &str) -> anyhow::Result<()> {
     pgsteward_testkit::sql(port, "postgres", PASSWORD, "postgres", statement)
         .await
         .map(|_| ())
-}
-
-async fn metric(coordinator: &Coordinator, name: &str) -> Option<f64> {
-    let body = http::get(&coordinator.url("/metrics")).await?.body;
-    body.lines().find_map(|l| {
-        l.strip_prefix(name)
-            .and_then(|rest| rest.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
-    })
 }
 
 async fn refuse_then_fail_over(version: PgVersion) {
@@ -162,7 +113,7 @@ async fn refuse_then_fail_over(version: PgVersion) {
     );
     let ghost = format!("- name: ghost\n  url: http://127.0.0.1:{}\n", free_port());
     let members = format!("{}{}", member("a", &primary), member("b", &replica));
-    let mut coordinator = Coordinator::start(
+    let mut coordinator = start_coordinator(
         &dir,
         "with-ghost",
         &format!("{common}members:\n{members}{ghost}"),
@@ -237,7 +188,12 @@ async fn refuse_then_fail_over(version: PgVersion) {
         killed.elapsed() >= THRESHOLD,
         "refused before the threshold"
     );
-    assert!(metric(&coordinator, "pgsteward_coordinator_refusals_total").await >= Some(1.0));
+    assert!(
+        coordinator
+            .metric("pgsteward_coordinator_refusals_total")
+            .await
+            >= Some(1.0)
+    );
     let log = coordinator.log();
     assert!(
         log.contains(r#""decision":"refuse""#) && log.contains(r#""inputs":"#),
@@ -252,7 +208,7 @@ async fn refuse_then_fail_over(version: PgVersion) {
 
     // Without the ghost, the replica's position is enough: promote it with term 2.
     let restarted = Instant::now();
-    let coordinator = Coordinator::start(&dir, "two", &format!("{common}members:\n{members}"));
+    let coordinator = start_coordinator(&dir, "two", &format!("{common}members:\n{members}"));
     let status = wait_for("the failover", Duration::from_secs(60), || async {
         let s = coordinator.status().await?;
         (s["primary"] == "b" && s["term"] == 2).then_some(s)
@@ -299,19 +255,19 @@ async fn refuse_then_fail_over(version: PgVersion) {
     assert_eq!(state["term"], 2);
     assert_eq!(state["primary"], "b");
     assert_eq!(
-        metric(&coordinator, "pgsteward_coordinator_term").await,
+        coordinator.metric("pgsteward_coordinator_term").await,
         Some(2.0)
     );
     assert_eq!(
-        metric(&coordinator, "pgsteward_coordinator_failovers_total").await,
+        coordinator
+            .metric("pgsteward_coordinator_failovers_total")
+            .await,
         Some(1.0)
     );
     assert_eq!(
-        metric(
-            &coordinator,
-            "pgsteward_coordinator_member_up{member=\"a\"}"
-        )
-        .await,
+        coordinator
+            .metric("pgsteward_coordinator_member_up{member=\"a\"}")
+            .await,
         Some(0.0)
     );
     // The new primary stays put: no second promotion.
@@ -339,7 +295,7 @@ async fn hang_fails_over_then_fences_the_stale_primary(version: PgVersion) {
     let state_file = dir.join("state.json");
     // A term handed out by an earlier coordinator run: never reused.
     std::fs::write(&state_file, r#"{"term": 4, "primary": null}"#).unwrap();
-    let coordinator = Coordinator::start(
+    let coordinator = start_coordinator(
         &dir,
         "async",
         &format!(
@@ -395,21 +351,22 @@ async fn hang_fails_over_then_fences_the_stale_primary(version: PgVersion) {
         .await
         .unwrap();
 
-    // The old primary resumes, still a primary of term 1: fenced.
+    // The old primary resumes, still a primary of term 1: fenced, then re-admitted as a
+    // standby of the new primary (it never writes as a second primary).
     kill(postmaster, Signal::SIGCONT).unwrap();
     kill(manager_pid, Signal::SIGCONT).unwrap();
-    let fenced = wait_for(
-        "the stale primary to be fenced",
-        Duration::from_secs(60),
-        || async {
-            let s = http::get(&format!("{}/pg/status", primary.api()))
-                .await?
-                .json();
-            (s["state"] == "fenced").then_some(s)
-        },
-    )
-    .await;
-    assert_eq!(fenced["postgres_up"], false, "{fenced}");
+    // Without an archive, pg_rewind may miss recycled WAL of the old timeline: then the
+    // instance stays fenced and says why (replication.rewind_failure = fence).
+    let settled = wait_fenced_or_readmitted(&primary, &replica, 5).await;
+    if settled["state"] == "fenced" {
+        assert!(
+            settled["replication"]["role"] == "primary"
+                || settled["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("rewind_failure")),
+            "{settled}"
+        );
+    }
     let s = coordinator.status().await.unwrap();
     assert_eq!(
         s["last_action"]["decision"]["action"]["kind"], "fence",
@@ -437,7 +394,7 @@ async fn postgres_down_fences_then_promotes(version: PgVersion) {
     let replica_manager = replica.spawn();
     replica_manager.wait_ready(READY).await;
     let dir = ScratchDir::new();
-    let coordinator = Coordinator::start(
+    let coordinator = start_coordinator(
         &dir,
         "pgdown",
         &format!(
@@ -483,14 +440,40 @@ async fn postgres_down_fences_then_promotes(version: PgVersion) {
             .contains("postgres down"),
         "{status}"
     );
-    let old = primary_manager.status().await;
-    assert_eq!(old["state"], "fenced", "{old}");
-    assert_eq!(old["postgres_up"], false, "{old}");
+    let settled = wait_fenced_or_readmitted(&primary, &replica, 2).await;
+    if settled["state"] == "fenced" {
+        assert!(
+            settled["replication"]["role"] == "primary"
+                || settled["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("rewind_failure")),
+            "{settled}"
+        );
+    }
     let new = replica_manager.status().await;
     assert_eq!(new["replication"]["role"], "primary", "{new}");
     exec(replica.pg_port, "INSERT INTO t VALUES (1)")
         .await
         .unwrap();
+}
+
+/// Wait until the old primary is fenced or re-admitted (see `wait_readmitted`); its status.
+async fn wait_fenced_or_readmitted(old: &Instance, new: &Instance, term: u64) -> Value {
+    let upstream = format!("127.0.0.1:{}", new.pg_port);
+    wait_for(
+        "the stale primary fenced or re-admitted",
+        Duration::from_secs(90),
+        || async {
+            let s = http::get(&format!("{}/pg/status", old.api())).await?.json();
+            let r = &s["replication"];
+            let readmitted = r["role"] == "replica"
+                && r["term"] == term
+                && r["upstream"] == upstream.as_str()
+                && s["postgres_up"] == true;
+            (readmitted || s["state"] == "fenced").then_some(s)
+        },
+    )
+    .await
 }
 
 macro_rules! for_each_version {

@@ -4,7 +4,8 @@
 //! multi-host connection string (`target_session_attrs=read-write`); the scenario itself is
 //! `pgsteward_testkit::faults::run`. Faults on the primary: kill -9 of the postmaster alone;
 //! kill -9 of manager and postgres together; SIGSTOP of both (a hang, SIGCONT after the
-//! failover). After each: exactly one primary, every acknowledged commit present on it,
+//! failover); the primary's network namespace cut off its bridge (each member in its own
+//! namespace, `ip netns` and veth pairs; reconnected after the failover). After each: exactly one primary, every acknowledged commit present on it,
 //! writes acknowledged again within the deadline, and the old primary not a second primary
 //! (fenced by the coordinator; back as a standby once re-admission exists).
 
@@ -41,12 +42,13 @@ fn pgsteward_bin() -> PathBuf {
 }
 
 async fn fault_then_recover(version: PgVersion, fault: Fault) {
-    let mut cluster = Cluster::start(ClusterOptions::new(
+    let mut options = ClusterOptions::new(
         &pgsteward_bin(),
         Path::new(env!("CARGO_BIN_EXE_pgsteward-coordinator")),
         version,
-    ))
-    .await;
+    );
+    options.network_namespaces = fault == Fault::Isolate;
+    let mut cluster = Cluster::start(options).await;
     let outcome = match faults::run(&mut cluster, fault, Duration::from_millis(5)).await {
         Ok(o) => o,
         Err(e) => panic!(
@@ -92,6 +94,10 @@ async fn hang(version: PgVersion) {
     fault_then_recover(version, Fault::Hang).await
 }
 
+async fn isolate(version: PgVersion) {
+    fault_then_recover(version, Fault::Isolate).await
+}
+
 macro_rules! for_each_version {
     ($name:ident) => {
         mod $name {
@@ -111,3 +117,4 @@ macro_rules! for_each_version {
 for_each_version!(kill_postmaster);
 for_each_version!(kill_manager_and_postgres);
 for_each_version!(hang);
+for_each_version!(isolate);

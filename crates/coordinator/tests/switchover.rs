@@ -54,7 +54,8 @@ async fn cluster(version: PgVersion) -> Cluster {
 
 /// Wait until member `name` is a replica of `term` streaming from member `upstream`.
 async fn wait_streams_from(cluster: &Cluster, name: &str, upstream: &str, term: u64) -> Value {
-    let address = format!("127.0.0.1:{}", cluster.member(upstream).instance.pg_port);
+    let up = &cluster.member(upstream).instance;
+    let address = format!("{}:{}", up.options.host, up.pg_port);
     let deadline = Instant::now() + DEADLINE;
     loop {
         let s = cluster.member_status(name).await.unwrap_or(Value::Null);
@@ -140,9 +141,8 @@ async fn switchover_under_writes(version: PgVersion) {
         body["elapsed_ms"],
         report.errors_since(at)
     );
-    let present = ids_on(cluster.member("b").instance.pg_port, PASSWORD)
-        .await
-        .unwrap();
+    let b = &cluster.member("b").instance;
+    let present = ids_on(&b.options.host, b.pg_port, PASSWORD).await.unwrap();
     let missing = report.missing(&present);
     assert!(
         missing.is_empty(),

@@ -83,6 +83,64 @@ async fn manager_bootstraps_by_point_in_time_recovery(version: PgVersion) {
     assert_eq!(source_manager.wait_exit(EXIT).await, 0);
 }
 
+/// `recovery.action: standby` with the source's primary configured: the restored instance stays
+/// a standby, replays the archive, then streams from the primary (its slot created there).
+async fn manager_bootstraps_a_standby_that_streams(version: PgVersion) {
+    let source = source(version).await;
+    let mut opts = options(version);
+    opts.args = s3_archive_args(&source.s3, source.creds.path(), PREFIX, SOURCE);
+    let instance = Instance::new(opts);
+    let password_file = instance.dir.join("superuser.pw");
+    let mut instance = instance;
+    instance.options.args.extend([
+        "--set=bootstrap.method=recovery".to_owned(),
+        format!("--set=bootstrap.recovery.source.server_name={SOURCE}"),
+        "--set=bootstrap.recovery.action=standby".to_owned(),
+        "--set=bootstrap.basebackup.host=127.0.0.1".to_owned(),
+        format!(
+            "--set=bootstrap.basebackup.port={}",
+            source.instance.pg_port
+        ),
+        format!(
+            "--set=bootstrap.basebackup.password_file={}",
+            password_file.display()
+        ),
+    ]);
+    let mut manager = instance.spawn();
+    manager.wait_ready(READY).await;
+    let status = manager.status().await;
+    assert_eq!(status["replication"]["role"], "replica", "{status}");
+    assert_eq!(
+        query(&instance, "SELECT pg_is_in_recovery()::text").await,
+        "true"
+    );
+    // Written on the primary after the backup: arrives by the archive or by streaming.
+    query(&source.instance, "INSERT INTO t VALUES ('later'); SELECT 1").await;
+    wait_for("the standby to stream from the primary", READY, || async {
+        let s = http::get(&format!("{}/pg/status", instance.api()))
+            .await?
+            .json();
+        (s["replication"]["receiver"]["wal_receiver_status"] == "streaming").then_some(())
+    })
+    .await;
+    wait_for("the new row on the standby", READY, || async {
+        let rows = pgsteward_testkit::sql_value(
+            instance.pg_port,
+            PASSWORD,
+            "SELECT count(*)::text FROM t WHERE v = 'later'",
+        )
+        .await
+        .ok()?;
+        (rows == "1").then_some(())
+    })
+    .await;
+    manager.signal(Signal::SIGTERM).await;
+    assert_eq!(manager.wait_exit(EXIT).await, 0);
+    let mut source_manager = source.manager;
+    source_manager.signal(Signal::SIGTERM).await;
+    assert_eq!(source_manager.wait_exit(EXIT).await, 0);
+}
+
 async fn drills_check_backups_and_report_corruption(version: PgVersion) {
     // The manager drills every 5 s (the first ones fail: no backup yet).
     let source = source_with(version, &["--set=archive.drill.interval=5s"], |_| {
@@ -157,4 +215,5 @@ async fn drills_check_backups_and_report_corruption(version: PgVersion) {
 }
 
 for_each_version!(manager_bootstraps_by_point_in_time_recovery);
+for_each_version!(manager_bootstraps_a_standby_that_streams);
 for_each_version!(drills_check_backups_and_report_corruption);

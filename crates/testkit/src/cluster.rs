@@ -2,7 +2,8 @@
 //! `cargo xtask demo`: member `a` is initialised with initdb and starts as the primary, `b` and
 //! `c` are cloned from it (`bootstrap.method: basebackup`), all three archive to one file://
 //! store, and one coordinator watches them with `synchronous: {method: any, number: 1,
-//! data_durability: required}` and a short poll interval and failure threshold.
+//! data_durability: required}` and a short poll interval and failure threshold. Optionally
+//! each member lives in its own network namespace (`netns`) so it can be cut off.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,6 +13,7 @@ use serde_json::Value;
 use crate::coordinator::Coordinator;
 use crate::fsutil::ScratchDir;
 use crate::manager::{Instance, Manager, PASSWORD};
+use crate::netns::Network;
 use crate::{wait_for, ManagerOptions, PgVersion};
 
 /// Member names, in order; `a` starts as the primary.
@@ -35,6 +37,9 @@ pub struct ClusterOptions {
     pub manager_args: Vec<String>,
     /// How long an instance may take to become ready.
     pub ready_timeout: Duration,
+    /// Put each member in its own network namespace on a bridge (`netns::Network`), so a
+    /// partition can be made; otherwise all on 127.0.0.1.
+    pub network_namespaces: bool,
 }
 
 impl ClusterOptions {
@@ -48,6 +53,7 @@ impl ClusterOptions {
             failure_threshold: Duration::from_millis(1500),
             manager_args: Vec::new(),
             ready_timeout: Duration::from_secs(120),
+            network_namespaces: false,
         }
     }
 }
@@ -69,6 +75,8 @@ pub struct Cluster {
     pub archive: PathBuf,
     pub members: Vec<Member>,
     pub coordinator: Coordinator,
+    /// The namespaces (dropped last, after the managers).
+    pub network: Option<Network>,
 }
 
 impl Cluster {
@@ -76,6 +84,15 @@ impl Cluster {
     /// healthy and a `synchronous_standby_names` naming real standbys.
     pub async fn start(options: ClusterOptions) -> Self {
         let dir = ScratchDir::new();
+        let network = options
+            .network_namespaces
+            .then(|| Network::create(NAMES.len()));
+        let place = |opts: &mut ManagerOptions, i: usize| {
+            if let Some(network) = &network {
+                opts.host = network.members[i].address.clone();
+                opts.netns = Some(network.members[i].netns.clone());
+            }
+        };
         let archive = dir.mkdir("archive", 0o700);
         let mut common = vec![
             format!("--set=archive.destination=file://{}", archive.display()),
@@ -86,6 +103,7 @@ impl Cluster {
         let mut primary_options =
             ManagerOptions::new(&options.pgsteward.display().to_string(), options.version);
         primary_options.args.clone_from(&common);
+        place(&mut primary_options, 0);
         let primary = Instance::new(primary_options);
         let primary_manager = primary.spawn();
         primary_manager.wait_ready(options.ready_timeout).await;
@@ -95,16 +113,18 @@ impl Cluster {
             manager: Some(primary_manager),
         }];
         let primary_port = members[0].instance.pg_port;
-        for name in &NAMES[1..] {
+        let primary_host = members[0].instance.options.host.clone();
+        for (i, name) in NAMES.iter().enumerate().skip(1) {
             let mut opts =
                 ManagerOptions::new(&options.pgsteward.display().to_string(), options.version);
             opts.args.clone_from(&common);
+            place(&mut opts, i);
             let instance = Instance::new(opts);
             let password_file = instance.dir.join("superuser.pw");
             let mut instance = instance;
             instance.options.args.extend([
                 "--set=bootstrap.method=basebackup".to_owned(),
-                "--set=bootstrap.basebackup.host=127.0.0.1".to_owned(),
+                format!("--set=bootstrap.basebackup.host={primary_host}"),
                 format!("--set=bootstrap.basebackup.port={primary_port}"),
                 format!(
                     "--set=bootstrap.basebackup.password_file={}",
@@ -133,6 +153,7 @@ impl Cluster {
             archive,
             members,
             coordinator,
+            network,
         };
         let ready = cluster.options.ready_timeout;
         wait_for(
@@ -164,9 +185,15 @@ impl Cluster {
             .iter()
             .map(|m| m.instance.pg_port.to_string())
             .collect();
+        let hosts: Vec<&str> = self
+            .members
+            .iter()
+            .map(|m| m.instance.options.host.as_str())
+            .collect();
         format!(
-            "host=127.0.0.1,127.0.0.1,127.0.0.1 port={} user=postgres password={PASSWORD} \
+            "host={} port={} user=postgres password={PASSWORD} \
              dbname=postgres target_session_attrs=read-write connect_timeout=1",
+            hosts.join(","),
             ports.join(",")
         )
     }
@@ -247,8 +274,10 @@ impl Cluster {
 
     /// Run one statement on member `name`'s postgres.
     pub async fn sql(&self, name: &str, query: &str) -> anyhow::Result<Vec<Vec<Option<String>>>> {
-        crate::sql(
-            self.member(name).instance.pg_port,
+        let instance = &self.member(name).instance;
+        crate::sql_at(
+            &instance.options.host,
+            instance.pg_port,
             "postgres",
             PASSWORD,
             "postgres",
@@ -272,10 +301,11 @@ fn coordinator_yaml(options: &ClusterOptions, dir: &Path, members: &[Member]) ->
     for member in members {
         let i = &member.instance;
         yaml.push_str(&format!(
-            "- name: {}\n  url: {}\n  token_file: {}\n  postgres: 127.0.0.1:{}\n",
+            "- name: {}\n  url: {}\n  token_file: {}\n  postgres: {}:{}\n",
             member.name,
             i.api(),
             i.dir.join("api.token").display(),
+            i.options.host,
             i.pg_port
         ));
     }

@@ -1,5 +1,6 @@
 //! One fault against a running `cluster::Cluster` under the acknowledged-commit writer, shared
-//! by the fault tests and `cargo xtask bench failover`: start the writer, inject the fault on
+//! by the fault tests and `cargo xtask bench failover`: start the writer, inject the fault
+//! (kill -9, SIGSTOP, a network partition, or a switchover) on
 //! the primary, wait for the first acknowledged write after it and for the coordinator's
 //! primary, resume or restart the old primary, write some more, stop, and measure: RTO,
 //! acknowledged commits missing on the primary, the members answering as primary, and what
@@ -25,15 +26,19 @@ pub enum Fault {
     KillManagerAndPostgres,
     /// SIGSTOP of the manager and of postgres; SIGCONT once another member is primary.
     Hang,
+    /// The primary's network namespace cut off the bridge; reconnected once another member
+    /// is primary (needs a cluster with `network_namespaces`).
+    Isolate,
     /// `POST /switchover` on the coordinator (planned; not a fault).
     Switchover,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 4] = [
+    pub const ALL: [Fault; 5] = [
         Fault::KillPostmaster,
         Fault::KillManagerAndPostgres,
         Fault::Hang,
+        Fault::Isolate,
         Fault::Switchover,
     ];
 
@@ -43,6 +48,7 @@ impl Fault {
             Fault::KillPostmaster => "kill -9 postmaster",
             Fault::KillManagerAndPostgres => "kill -9 manager+postgres",
             Fault::Hang => "SIGSTOP manager+postgres",
+            Fault::Isolate => "network partition (primary's netns cut off)",
             Fault::Switchover => "switchover",
         }
     }
@@ -100,6 +106,13 @@ async fn wait_acks(writer: &Writer, n: usize) -> Result<()> {
     })
 }
 
+fn index(name: &str) -> Result<usize> {
+    NAMES
+        .iter()
+        .position(|n| *n == name)
+        .ok_or_else(|| anyhow!("no member {name}"))
+}
+
 /// Members whose postgres answers `pg_is_in_recovery() = false`.
 pub async fn primaries(cluster: &Cluster) -> Vec<&'static str> {
     let mut found = Vec::new();
@@ -148,6 +161,13 @@ pub async fn run(cluster: &mut Cluster, fault: Fault, pause: Duration) -> Result
             kill(manager_pid, Signal::SIGSTOP)?;
             signal_tree(postmaster, Signal::SIGSTOP);
         }
+        Fault::Isolate => {
+            let network = cluster
+                .network
+                .as_ref()
+                .ok_or_else(|| anyhow!("Isolate needs a cluster with network namespaces"))?;
+            network.isolate(index(&old)?)?;
+        }
         Fault::Switchover => {
             let answer = cluster
                 .switchover(candidate)
@@ -162,11 +182,23 @@ pub async fn run(cluster: &mut Cluster, fault: Fault, pause: Duration) -> Result
             }
         }
     }
+    // A fault takes effect once injected: an insert acknowledged while the signals were being
+    // sent was acknowledged by the old primary. A switchover's window starts at the request.
+    let at = if fault == Fault::Switchover {
+        at
+    } else {
+        Instant::now()
+    };
     let result = after_fault(cluster, &writer, fault, &old, at).await;
     // Whatever happened, never leave a stopped process behind.
     if fault == Fault::Hang {
         signal_tree(postmaster, Signal::SIGCONT);
         let _ = kill(manager_pid, Signal::SIGCONT);
+    }
+    if fault == Fault::Isolate {
+        if let Some(network) = &cluster.network {
+            network.heal(index(&old)?)?;
+        }
     }
     let (new_primary, promoted_after) = result?;
     wait_acks(&writer, writer.acked() + 20).await?;
@@ -190,7 +222,8 @@ pub async fn run(cluster: &mut Cluster, fault: Fault, pause: Duration) -> Result
         format!("{} ({})", s["state"], s["replication"]["role"])
     };
     let primaries = primaries(cluster).await;
-    let present = ids_on(cluster.member(&new_primary).instance.pg_port, PASSWORD).await?;
+    let instance = &cluster.member(&new_primary).instance;
+    let present = ids_on(&instance.options.host, instance.pg_port, PASSWORD).await?;
     Ok(Outcome {
         fault,
         old_primary: old,

@@ -11,6 +11,7 @@ pub mod faults;
 pub mod fsutil;
 pub mod http;
 pub mod manager;
+pub mod netns;
 pub mod proc;
 pub mod s3;
 pub mod tls_proxy;
@@ -106,9 +107,21 @@ pub async fn sql(
     dbname: &str,
     query: &str,
 ) -> anyhow::Result<Vec<Vec<Option<String>>>> {
+    sql_at("127.0.0.1", port, user, password, dbname, query).await
+}
+
+/// Run SQL over TCP on `host:port` as `user` with `password`; every row's columns as text.
+pub async fn sql_at(
+    host: &str,
+    port: u16,
+    user: &str,
+    password: &str,
+    dbname: &str,
+    query: &str,
+) -> anyhow::Result<Vec<Vec<Option<String>>>> {
     let mut config = tokio_postgres::Config::new();
     config
-        .host("127.0.0.1")
+        .host(host)
         .port(port)
         .user(user)
         .password(password)

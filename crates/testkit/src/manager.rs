@@ -33,6 +33,11 @@ pub struct ManagerOptions {
     pub extra_yaml: String,
     /// Extra `postgres.parameters` entries.
     pub parameters: Vec<(String, String)>,
+    /// Address postgres, the API and the metrics listen on (127.0.0.1 unless in a network
+    /// namespace).
+    pub host: String,
+    /// Run the manager inside this network namespace (`ip netns exec`).
+    pub netns: Option<String>,
 }
 
 impl ManagerOptions {
@@ -44,6 +49,8 @@ impl ManagerOptions {
             args: Vec::new(),
             extra_yaml: String::new(),
             parameters: Vec::new(),
+            host: "127.0.0.1".to_owned(),
+            netns: None,
         }
     }
 }
@@ -97,10 +104,10 @@ impl Instance {
             "instance_name: test-{port}\n\
              pgdata: {pgdata}\n\
              bin_dir: {bin}\n\
-             postgres:\n  port: {port}\n  listen_addresses: 127.0.0.1\n  socket_dir: {sock}\n  parameters:\n    shared_buffers: 16MB\n    max_connections: \"30\"\n{parameters}\
+             postgres:\n  port: {port}\n  listen_addresses: {host}\n  socket_dir: {sock}\n  parameters:\n    shared_buffers: 16MB\n    max_connections: \"30\"\n{parameters}\
              bootstrap:\n  initdb:\n    superuser_password_file: {pw}\n\
-             http:\n  listen: 127.0.0.1:{api}\n  token_file: {token}\n\
-             metrics:\n  listen: 127.0.0.1:{metrics}\n\
+             http:\n  listen: {host}:{api}\n  token_file: {token}\n\
+             metrics:\n  listen: {host}:{metrics}\n\
              shutdown:\n  smart_shutdown_timeout: 10s\n  stop_delay: 30s\n\
              {extra}",
             port = self.pg_port,
@@ -112,6 +119,7 @@ impl Instance {
             token = self.dir.join("api.token").display(),
             metrics = self.metrics_port,
             extra = self.options.extra_yaml,
+            host = self.options.host,
         );
         let name = self
             .config_path
@@ -123,12 +131,12 @@ impl Instance {
 
     /// Base URL of the API.
     pub fn api(&self) -> String {
-        format!("http://127.0.0.1:{}", self.api_port)
+        format!("http://{}:{}", self.options.host, self.api_port)
     }
 
     /// Base URL of the metrics listener.
     pub fn metrics(&self) -> String {
-        format!("http://127.0.0.1:{}", self.metrics_port)
+        format!("http://{}:{}", self.options.host, self.metrics_port)
     }
 
     /// Start a manager on this instance; its output goes to `<dir>/manager-<n>.log`.
@@ -154,7 +162,11 @@ impl Instance {
         ];
         args.extend(self.options.args.iter().cloned());
         args.extend(extra_args.iter().cloned());
-        let mut command = if self.options.pid_namespace {
+        let mut command = if let Some(netns) = &self.options.netns {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", netns]).arg(&self.options.binary);
+            c
+        } else if self.options.pid_namespace {
             let mut c = Command::new("unshare");
             c.args(["--pid", "--fork", "--mount-proc"])
                 .arg(&self.options.binary);

@@ -295,8 +295,9 @@ async fn run(
 }
 
 /// Every id in the writer's table on the server at `port` (through one plain connection).
-pub async fn ids_on(port: u16, password: &str) -> anyhow::Result<BTreeSet<i64>> {
-    let rows = crate::sql(
+pub async fn ids_on(host: &str, port: u16, password: &str) -> anyhow::Result<BTreeSet<i64>> {
+    let rows = crate::sql_at(
+        host,
         port,
         "postgres",
         password,

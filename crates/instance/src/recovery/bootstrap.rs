@@ -75,6 +75,14 @@ pub async fn run(
     let recovered = recovered.context("replaying archived WAL")?;
     stopped.context("stopping the recovery postgres")?;
     finish(pgdata)?;
+    if !recovered.promoted {
+        // A standby that will stream once it has replayed the archive: its slot on the
+        // upstream must exist (a clone creates it with pg_basebackup; a restore cannot).
+        let state = crate::replication::role::load_or_init(pgdata)?;
+        if let Some(upstream) = crate::replication::standby::upstream(config, &state) {
+            crate::replication::rewind::ensure_slot(config, &upstream).await;
+        }
+    }
     std::fs::remove_file(pgdata.join(crate::bootstrap::MARKER))
         .context("removing the bootstrap marker")?;
     tracing::info!(

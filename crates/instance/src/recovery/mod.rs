@@ -38,6 +38,12 @@ const SOURCE_ONLY: &[&str] = &[
     "standby.signal",
     "postmaster.pid",
     "postmaster.opts",
+    // The source's role, term, fence and synchronous settings belong to the source: the
+    // restored instance starts from its signal file (a primary of term 1, or a standby).
+    crate::replication::role::ROLE_FILE,
+    crate::replication::demote::DEMOTE_FILE,
+    crate::replication::fence::FENCE_FILE,
+    crate::replication::synchronous::SYNC_FILE,
 ];
 
 /// Why recovery failed, in the terms an operator acts on.
