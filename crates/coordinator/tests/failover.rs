@@ -27,28 +27,11 @@ use serde_json::Value;
 const READY: Duration = Duration::from_secs(90);
 const THRESHOLD: Duration = Duration::from_secs(2);
 
-/// The pgsteward binary next to this test's target directory (`cargo build -p pgsteward`
-/// first), or `PGSTEWARD_BIN`.
-fn pgsteward_bin() -> String {
-    if let Ok(path) = std::env::var("PGSTEWARD_BIN") {
-        return path;
-    }
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("pgsteward"))
-        .unwrap();
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build -p pgsteward` first (or set PGSTEWARD_BIN)",
-        path.display()
-    );
-    path.display().to_string()
-}
-
 fn replica_of(version: PgVersion, primary_port: u16) -> Instance {
-    let mut replica = Instance::new(ManagerOptions::new(&pgsteward_bin(), version));
+    let mut replica = Instance::new(ManagerOptions::new(
+        &pgsteward_testkit::pgsteward_bin().display().to_string(),
+        version,
+    ));
     let password_file = replica.dir.join("superuser.pw");
     replica.options.args = vec![
         "--set=bootstrap.method=basebackup".into(),
@@ -87,7 +70,10 @@ async fn exec(port: u16, statement: &str) -> anyhow::Result<()> {
 }
 
 async fn refuse_then_fail_over(version: PgVersion) {
-    let primary = Instance::new(ManagerOptions::new(&pgsteward_bin(), version));
+    let primary = Instance::new(ManagerOptions::new(
+        &pgsteward_testkit::pgsteward_bin().display().to_string(),
+        version,
+    ));
     let primary_manager = primary.spawn();
     primary_manager.wait_ready(READY).await;
     exec(primary.pg_port, "CREATE TABLE t (id int PRIMARY KEY)")
@@ -281,7 +267,10 @@ async fn refuse_then_fail_over(version: PgVersion) {
 }
 
 async fn hang_fails_over_then_fences_the_stale_primary(version: PgVersion) {
-    let primary = Instance::new(ManagerOptions::new(&pgsteward_bin(), version));
+    let primary = Instance::new(ManagerOptions::new(
+        &pgsteward_testkit::pgsteward_bin().display().to_string(),
+        version,
+    ));
     let primary_manager = primary.spawn();
     primary_manager.wait_ready(READY).await;
     exec(primary.pg_port, "CREATE TABLE t (id int PRIMARY KEY)")
@@ -381,7 +370,10 @@ async fn hang_fails_over_then_fences_the_stale_primary(version: PgVersion) {
 }
 
 async fn postgres_down_fences_then_promotes(version: PgVersion) {
-    let mut options = ManagerOptions::new(&pgsteward_bin(), version);
+    let mut options = ManagerOptions::new(
+        &pgsteward_testkit::pgsteward_bin().display().to_string(),
+        version,
+    );
     // The manager waits a minute before restarting a crashed postmaster.
     options.args = vec!["--set=restart.initial_backoff=60s".into()];
     let primary = Instance::new(options);
@@ -476,22 +468,6 @@ async fn wait_fenced_or_readmitted(old: &Instance, new: &Instance, term: u64) ->
     .await
 }
 
-macro_rules! for_each_version {
-    ($name:ident) => {
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn pg15() {
-                super::$name(PgVersion::V15).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn pg18() {
-                super::$name(PgVersion::V18).await
-            }
-        }
-    };
-}
-
-for_each_version!(refuse_then_fail_over);
-for_each_version!(hang_fails_over_then_fences_the_stale_primary);
-for_each_version!(postgres_down_fences_then_promotes);
+pgsteward_testkit::for_each_version!(refuse_then_fail_over);
+pgsteward_testkit::for_each_version!(hang_fails_over_then_fences_the_stale_primary);
+pgsteward_testkit::for_each_version!(postgres_down_fences_then_promotes);

@@ -11,7 +11,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use pgsteward_testkit::cluster::{Cluster, ClusterOptions};
@@ -21,29 +21,9 @@ use pgsteward_testkit::PgVersion;
 /// RTO bound for the tests (the benchmark measures the real figures).
 const RTO_BOUND: Duration = Duration::from_secs(10);
 
-/// The pgsteward binary next to this test's target directory (`cargo build -p pgsteward`
-/// first), or `PGSTEWARD_BIN`.
-fn pgsteward_bin() -> PathBuf {
-    if let Ok(path) = std::env::var("PGSTEWARD_BIN") {
-        return PathBuf::from(path);
-    }
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("pgsteward"))
-        .unwrap();
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build -p pgsteward` first (or set PGSTEWARD_BIN)",
-        path.display()
-    );
-    path
-}
-
 async fn fault_then_recover(version: PgVersion, fault: Fault) {
     let mut options = ClusterOptions::new(
-        &pgsteward_bin(),
+        &pgsteward_testkit::pgsteward_bin(),
         Path::new(env!("CARGO_BIN_EXE_pgsteward-coordinator")),
         version,
     );
@@ -98,23 +78,7 @@ async fn isolate(version: PgVersion) {
     fault_then_recover(version, Fault::Isolate).await
 }
 
-macro_rules! for_each_version {
-    ($name:ident) => {
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn pg15() {
-                super::$name(PgVersion::V15).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn pg18() {
-                super::$name(PgVersion::V18).await
-            }
-        }
-    };
-}
-
-for_each_version!(kill_postmaster);
-for_each_version!(kill_manager_and_postgres);
-for_each_version!(hang);
-for_each_version!(isolate);
+pgsteward_testkit::for_each_version!(kill_postmaster);
+pgsteward_testkit::for_each_version!(kill_manager_and_postgres);
+pgsteward_testkit::for_each_version!(hang);
+pgsteward_testkit::for_each_version!(isolate);

@@ -10,7 +10,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -23,29 +23,9 @@ use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// The pgsteward binary next to this test's target directory (`cargo build -p pgsteward`
-/// first), or `PGSTEWARD_BIN`.
-fn pgsteward_bin() -> PathBuf {
-    if let Ok(path) = std::env::var("PGSTEWARD_BIN") {
-        return PathBuf::from(path);
-    }
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("pgsteward"))
-        .unwrap();
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build -p pgsteward` first (or set PGSTEWARD_BIN)",
-        path.display()
-    );
-    path
-}
-
 async fn cluster(version: PgVersion) -> Cluster {
     Cluster::start(ClusterOptions::new(
-        &pgsteward_bin(),
+        &pgsteward_testkit::pgsteward_bin(),
         Path::new(env!("CARGO_BIN_EXE_pgsteward-coordinator")),
         version,
     ))
@@ -296,22 +276,6 @@ async fn backup_prefers_a_standby(version: PgVersion) {
     assert_eq!(status, 400);
 }
 
-macro_rules! for_each_version {
-    ($name:ident) => {
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn pg15() {
-                super::$name(PgVersion::V15).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn pg18() {
-                super::$name(PgVersion::V18).await
-            }
-        }
-    };
-}
-
-for_each_version!(switchover_under_writes);
-for_each_version!(old_primary_is_readmitted);
-for_each_version!(backup_prefers_a_standby);
+pgsteward_testkit::for_each_version!(switchover_under_writes);
+pgsteward_testkit::for_each_version!(old_primary_is_readmitted);
+pgsteward_testkit::for_each_version!(backup_prefers_a_standby);

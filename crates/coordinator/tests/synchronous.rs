@@ -5,33 +5,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use pgsteward_testkit::cluster::{Cluster, ClusterOptions};
 use pgsteward_testkit::{wait_for, PgVersion};
 
 const DEADLINE: Duration = Duration::from_secs(60);
-
-/// The pgsteward binary next to this test's target directory (`cargo build -p pgsteward`
-/// first), or `PGSTEWARD_BIN`.
-fn pgsteward_bin() -> PathBuf {
-    if let Ok(path) = std::env::var("PGSTEWARD_BIN") {
-        return PathBuf::from(path);
-    }
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("pgsteward"))
-        .unwrap();
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build -p pgsteward` first",
-        path.display()
-    );
-    path
-}
 
 /// Wait until the primary `a` runs with synchronous standby names satisfying `check`.
 async fn wait_names(cluster: &Cluster, what: &str, check: impl Fn(&str) -> bool) -> String {
@@ -47,7 +27,7 @@ async fn wait_names(cluster: &Cluster, what: &str, check: impl Fn(&str) -> bool)
 
 async fn required_names_follow_the_standbys(version: PgVersion) {
     let mut cluster = Cluster::start(ClusterOptions::new(
-        &pgsteward_bin(),
+        &pgsteward_testkit::pgsteward_bin(),
         Path::new(env!("CARGO_BIN_EXE_pgsteward-coordinator")),
         version,
     ))
@@ -112,20 +92,4 @@ async fn required_names_follow_the_standbys(version: PgVersion) {
     );
 }
 
-macro_rules! for_each_version {
-    ($name:ident) => {
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn pg15() {
-                super::$name(PgVersion::V15).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn pg18() {
-                super::$name(PgVersion::V18).await
-            }
-        }
-    };
-}
-
-for_each_version!(required_names_follow_the_standbys);
+pgsteward_testkit::for_each_version!(required_names_follow_the_standbys);

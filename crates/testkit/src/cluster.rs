@@ -131,7 +131,11 @@ impl Cluster {
                     password_file.display()
                 ),
             ]);
+            // One clone at a time: two concurrent pg_basebackup runs against the fresh primary
+            // sometimes lose their stream ("terminating connection due to administrator
+            // command"; not understood yet), which failed cluster starts.
             let manager = instance.spawn();
+            manager.wait_ready(options.ready_timeout).await;
             members.push(Member {
                 name,
                 instance,

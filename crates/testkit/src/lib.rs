@@ -150,3 +150,39 @@ pub async fn sql_value(port: u16, password: &str, query: &str) -> anyhow::Result
         .and_then(|r| r.first().cloned().flatten())
         .ok_or_else(|| anyhow::anyhow!("{query} returned no value"))
 }
+
+/// The `pgsteward` binary for tests of other crates: `PGSTEWARD_BIN`, or the one in the
+/// target directory of the running test (`cargo build -p pgsteward` first; panics saying so).
+pub fn pgsteward_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("PGSTEWARD_BIN") {
+        return PathBuf::from(path);
+    }
+    let path = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("pgsteward")))
+        .unwrap_or_else(|| PathBuf::from("pgsteward"));
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build -p pgsteward` first (or set PGSTEWARD_BIN)",
+        path.display()
+    );
+    path
+}
+
+/// Defines `mod NAME { pg15, pg18 }`: the async test body `NAME(PgVersion)` run once per
+/// supported postgres major version, each on a two-worker runtime.
+#[macro_export]
+macro_rules! for_each_version {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn pg15() {
+                super::$name($crate::PgVersion::V15).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn pg18() {
+                super::$name($crate::PgVersion::V18).await
+            }
+        }
+    };
+}
