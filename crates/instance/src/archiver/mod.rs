@@ -206,6 +206,8 @@ impl Archiver {
             let result = this.upload(&name).await;
             this.record(&name, &result);
             let _ = tx.send(Some(result));
+            // A slot is free: start the next `.ready` segment now, not at the next tick.
+            this.wake.notify_one();
         });
         rx
     }
