@@ -70,7 +70,14 @@ pub fn render(config: &Config, ctx: &RenderContext) -> RenderedConfig {
 
 fn include_body(config: &Config, ctx: &RenderContext) -> String {
     let major = ctx.major;
-    let mut out = String::from("\n# User parameters\n");
+    // Defaults that differ from postgres's; a user parameter below overrides them (the
+    // last setting in the file wins). A standby whose primary restarted after a crash
+    // reconnects within 1 s instead of 5 s (commits wait for it under synchronous
+    // replication).
+    let mut out = String::from(
+        "\n# Defaults (postgres.parameters overrides them)\nwal_retrieve_retry_interval = '1s'\n",
+    );
+    out.push_str("\n# User parameters\n");
     for (name, value) in &config.postgres.parameters {
         out.push_str(&format!("{name} = {}\n", quote(&value.as_conf_string())));
     }
