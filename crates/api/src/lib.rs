@@ -2,11 +2,13 @@
 //! CLI: the instance status JSON, request bodies, and the one error body every HTTP error uses.
 //! This crate does no I/O; it only describes what crosses the wire.
 
+mod ha;
 mod replication;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use ha::{ClusterView, HaStatus};
 pub use replication::{
     DemoteResponse, FenceResponse, FollowAction, FollowResponse, PromoteRequest, PromoteResponse,
     ReceiverStatus, ReplicationRole, ReplicationStatus, RoleChangeRequest, SlotStatus,
@@ -38,11 +40,15 @@ pub enum InstanceState {
     /// Postgres is stopped on request (`POST /pg/fence`) and stays stopped, across manager
     /// restarts, until `POST /pg/unfence`; the manager keeps serving.
     Fenced,
+    /// Postgres is stopped until the coordinator confirms this former primary as the
+    /// primary of the current term (`ha.coordinator_url`): at start on a primary's data
+    /// directory, or after it lost the coordinator and every peer for `ha.isolation_timeout`.
+    AwaitingRole,
 }
 
 impl InstanceState {
     /// Every state, in declaration order (for metrics and docs).
-    pub const ALL: [InstanceState; 10] = [
+    pub const ALL: [InstanceState; 11] = [
         InstanceState::Initializing,
         InstanceState::Bootstrapping,
         InstanceState::Starting,
@@ -53,6 +59,7 @@ impl InstanceState {
         InstanceState::Stopped,
         InstanceState::Failed,
         InstanceState::Fenced,
+        InstanceState::AwaitingRole,
     ];
 
     /// The snake_case name used in JSON and metric labels.
@@ -68,6 +75,7 @@ impl InstanceState {
             InstanceState::Stopped => "stopped",
             InstanceState::Failed => "failed",
             InstanceState::Fenced => "fenced",
+            InstanceState::AwaitingRole => "awaiting_role",
         }
     }
 }
@@ -142,6 +150,10 @@ pub struct InstanceStatus {
     /// Restore drills (`pgsteward drill`, `archive.drill`), once one ran or is scheduled.
     #[serde(default)]
     pub drill: Option<DrillStatus>,
+    /// High availability checks (`ha.coordinator_url`): contact with the coordinator and the
+    /// peers, self-fencing, waiting for the role.
+    #[serde(default)]
+    pub ha: Option<HaStatus>,
 }
 
 /// Restore drills: the latest backup restored into a scratch directory, the archived WAL

@@ -96,6 +96,10 @@ pub struct PromoteRequest {
     /// The new term: greater than the instance's current term (or equal, to retry a promotion
     /// this instance already performed or started for that term).
     pub term: u64,
+    /// `synchronous_standby_names` the new primary must have from its first commit (the
+    /// coordinator's computed value), set before the promotion; absent: keep what it has.
+    #[serde(default)]
+    pub synchronous_standby_names: Option<String>,
 }
 
 /// `POST /pg/promote` response.

@@ -133,16 +133,15 @@ impl Client {
         base: &str,
         token: Option<&str>,
         term: u64,
+        synchronous_standby_names: Option<&str>,
         timeout: Duration,
     ) -> Result<Value, ClientError> {
-        self.post(
-            base,
-            "/pg/promote",
-            token,
-            Some(json!({ "term": term })),
-            timeout,
-        )
-        .await
+        let body = match synchronous_standby_names {
+            Some(names) => json!({ "term": term, "synchronous_standby_names": names }),
+            None => json!({ "term": term }),
+        };
+        self.post(base, "/pg/promote", token, Some(body), timeout)
+            .await
     }
 
     /// `POST /pg/demote {"term", "primary": {"host", "port"}}`: the answer carries the

@@ -174,7 +174,8 @@ pub fn decide(input: &Input, policy: &Policy) -> Decision {
         .unwrap_or(0);
     let term = input.term.max(observed_term);
     let primary = current_primary(input);
-    let sync_names = |primary: Option<&str>| synchronous_standby_names(input, policy, primary);
+    let sync_names =
+        |primary: Option<&str>| synchronous_standby_names(input, policy, primary, true);
 
     let failed_primary = match primary {
         Some(p) => {
@@ -354,7 +355,18 @@ pub fn decide(input: &Input, policy: &Policy) -> Decision {
                 best.name
             ),
         },
-        synchronous_standby_names: sync_names(Some(&best.name)),
+        // The new primary has these from its first commit (`POST /pg/promote` carries them).
+        // Under `required`, every healthy replica is named, streaming or not (each is
+        // repointed to the new primary at once): commits wait for a real standby rather than
+        // a placeholder. `preferred` names only streaming ones, so writes never wait.
+        synchronous_standby_names: synchronous_standby_names(
+            input,
+            policy,
+            Some(&best.name),
+            policy
+                .synchronous
+                .is_none_or(|s| s.data_durability != Durability::Required),
+        ),
     }
 }
 
@@ -415,9 +427,15 @@ fn eligible(m: &MemberView, term: u64) -> bool {
         })
 }
 
-/// `synchronous_standby_names` for `primary`: the healthy, streaming replicas (by instance
-/// name, in member order), with placeholders for missing ones under `required`.
-pub fn synchronous_standby_names(input: &Input, policy: &Policy, primary: Option<&str>) -> String {
+/// `synchronous_standby_names` for `primary`: the healthy replicas (by instance name, in
+/// member order; only those streaming when `streaming_only`), with placeholders for missing
+/// ones under `required`.
+pub fn synchronous_standby_names(
+    input: &Input,
+    policy: &Policy,
+    primary: Option<&str>,
+    streaming_only: bool,
+) -> String {
     let Some(sync) = policy.synchronous.filter(|s| s.number > 0) else {
         return String::new();
     };
@@ -428,7 +446,7 @@ pub fn synchronous_standby_names(input: &Input, policy: &Policy, primary: Option
         .filter_map(|m| {
             m.last
                 .as_ref()
-                .filter(|o| o.role == MemberRole::Replica && o.streaming)
+                .filter(|o| o.role == MemberRole::Replica && (o.streaming || !streaming_only))
                 .map(|o| quote(&o.instance_name))
         })
         .collect();

@@ -383,6 +383,22 @@ fn failover_names_exclude_the_candidate() {
     );
     assert_eq!(failover_to(&d).0, "b");
     assert_eq!(d.synchronous_standby_names, r#"ANY 1 ("c")"#);
+    // A replica whose stream broke with the old primary is repointed to the new one at once:
+    // it is named too (the new primary waits for it instead of a placeholder).
+    let mut broken = replica("c", "0/5", "0/5");
+    if let Some(o) = broken.last.as_mut() {
+        o.streaming = false;
+    }
+    let d = decide(
+        &input(vec![
+            down(primary("a", 1), T),
+            replica("b", "0/6", "0/6"),
+            broken,
+        ]),
+        &policy(sync(SyncMethod::Any, 1, Durability::Required)),
+    );
+    assert_eq!(failover_to(&d).0, "b");
+    assert_eq!(d.synchronous_standby_names, r#"ANY 1 ("c")"#);
 }
 
 #[test]

@@ -48,6 +48,11 @@ pub struct DecisionRecord {
 pub struct StatusReport {
     pub term: u64,
     pub primary: Option<String>,
+    /// `instance_name` of the primary, as its manager reports it (managers look for
+    /// themselves here: `ha.coordinator_url`).
+    pub primary_instance: Option<String>,
+    /// Term the primary holds (the new term right after a failover).
+    pub primary_term: Option<u64>,
     pub synchronous_standby_names: String,
     pub failovers: u64,
     pub members: Vec<MemberReport>,
@@ -81,6 +86,8 @@ impl Shared {
             report: Mutex::new(StatusReport {
                 term,
                 primary: None,
+                primary_instance: None,
+                primary_term: None,
                 synchronous_standby_names: String::new(),
                 failovers: 0,
                 members: Vec::new(),
@@ -272,7 +279,10 @@ impl Coordinator {
                 term,
                 fence,
                 ..
-            } => Some(self.failover(candidate, *term, fence).await),
+            } => Some(
+                self.failover(candidate, *term, fence, &decision.synchronous_standby_names)
+                    .await,
+            ),
             Action::Fence { members, .. } => {
                 let mut outcome = String::new();
                 for name in members {
@@ -449,8 +459,15 @@ impl Coordinator {
         }
     }
 
-    /// Persist `term`, promote `candidate`, fence `fence`, repoint the others.
-    async fn failover(&mut self, candidate: &str, term: u64, fence: &[String]) -> String {
+    /// Persist `term`, promote `candidate` (with the synchronous standby names it must have
+    /// from its first commit), fence `fence`, repoint the others.
+    async fn failover(
+        &mut self,
+        candidate: &str,
+        term: u64,
+        fence: &[String],
+        names: &str,
+    ) -> String {
         let Some(member) = self.member(candidate).cloned() else {
             return format!("unknown candidate {candidate}");
         };
@@ -484,6 +501,7 @@ impl Coordinator {
                 &member.url,
                 token.as_deref(),
                 term,
+                (!names.is_empty()).then_some(names),
                 self.config.action_timeout,
             )
             .await;
@@ -582,18 +600,32 @@ impl Coordinator {
                 .with_label_values(&[m.name.as_str()])
                 .set(i64::from(m.healthy));
         }
+        let (primary, promoted_term) = match &decision.action {
+            Action::Failover {
+                candidate, term, ..
+            } if outcome
+                .as_deref()
+                .is_some_and(|o| o.starts_with("promoted")) =>
+            {
+                (Some(candidate.clone()), Some(*term))
+            }
+            _ => (decision.primary.clone(), None),
+        };
+        let observed = primary.as_deref().and_then(|name| {
+            self.config
+                .members
+                .iter()
+                .zip(&self.trackers)
+                .find(|(m, _)| m.name == name)
+                .and_then(|(_, t)| t.last.as_ref())
+        });
+        let primary_instance = observed.map(|o| o.instance_name.clone());
+        let primary_term = promoted_term.or_else(|| observed.map(|o| o.term));
         let mut report = self.shared.lock();
         report.term = self.state.term.max(decision.term);
-        report.primary = match &decision.action {
-            Action::Failover { candidate, .. }
-                if outcome
-                    .as_deref()
-                    .is_some_and(|o| o.starts_with("promoted")) =>
-            {
-                Some(candidate.clone())
-            }
-            _ => decision.primary.clone(),
-        };
+        report.primary = primary;
+        report.primary_instance = primary_instance;
+        report.primary_term = primary_term;
         report.synchronous_standby_names = decision.synchronous_standby_names.clone();
         report.members = members;
         report.readmissions = self

@@ -185,6 +185,7 @@ impl Coordinator {
                 &candidate_config.url,
                 token.as_deref(),
                 term,
+                None,
                 self.config.action_timeout,
             )
             .await
@@ -267,7 +268,13 @@ impl Coordinator {
         let token = self.token(old);
         match self
             .client
-            .promote(&old.url, token.as_deref(), term, self.config.action_timeout)
+            .promote(
+                &old.url,
+                token.as_deref(),
+                term,
+                None,
+                self.config.action_timeout,
+            )
             .await
         {
             Ok(_) => SwitchoverError::Failed(format!(

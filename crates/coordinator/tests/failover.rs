@@ -229,9 +229,20 @@ async fn refuse_then_fail_over(version: PgVersion) {
     );
     assert_eq!(replica_status["replication"]["term"], 2);
     assert_eq!(replica_status["timeline"], 2);
-    exec(replica.pg_port, "INSERT INTO t VALUES (101)")
-        .await
-        .unwrap();
+    // b is alone under `required`: it was promoted with the placeholder standby name, so a
+    // normal commit waits for a standby (tests/synchronous.rs); this one commits locally.
+    assert!(
+        replica_status["replication"]["synchronous_standby_names"]
+            .as_str()
+            .is_some_and(|n| n.contains("pgsteward_no_standby")),
+        "{replica_status}"
+    );
+    exec(
+        replica.pg_port,
+        "SET synchronous_commit = local; INSERT INTO t VALUES (101)",
+    )
+    .await
+    .unwrap();
     let count = pgsteward_testkit::sql_value(replica.pg_port, PASSWORD, "SELECT count(*) FROM t")
         .await
         .unwrap();

@@ -28,6 +28,11 @@ async fn fault_then_recover(version: PgVersion, fault: Fault) {
         version,
     );
     options.network_namespaces = fault == Fault::Isolate;
+    // The managers' HA checks on for the faults that leave a former primary to come back
+    // (isolated, or restarted after kill -9): it must fence itself or wait for its role.
+    if matches!(fault, Fault::Isolate | Fault::KillManagerAndPostgres) {
+        options.ha_isolation_timeout = Some(Duration::from_millis(1500));
+    }
     let mut cluster = Cluster::start(options).await;
     let outcome = match faults::run(&mut cluster, fault, Duration::from_millis(5)).await {
         Ok(o) => o,

@@ -10,6 +10,7 @@ pub mod bootstrap;
 pub mod cli;
 pub mod config;
 pub mod drill;
+pub mod ha;
 pub mod http;
 pub mod logs;
 pub mod metrics;

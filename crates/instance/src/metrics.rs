@@ -43,6 +43,8 @@ pub struct Metrics {
     pub replication: crate::replication::metrics::ReplicationMetrics,
     /// Restore drills.
     pub drill: DrillMetrics,
+    /// HA checks and self-fencing.
+    pub ha: crate::ha::metrics::HaMetrics,
 }
 
 /// Metrics of the scheduled retention runs.
@@ -240,6 +242,7 @@ impl Metrics {
             manager_state.with_label_values(&[state.as_str()]).set(0.0);
         }
         let drill = DrillMetrics::new(namespace, &registry)?;
+        let ha = crate::ha::metrics::HaMetrics::register(&registry, namespace)?;
         Ok(Metrics {
             registry,
             collector_up,
@@ -264,6 +267,7 @@ impl Metrics {
             retention,
             replication,
             drill,
+            ha,
         })
     }
 

@@ -169,11 +169,14 @@ async fn manage(config: Config, sources: ConfigSources, os_user: String) -> Resu
         archiver: std::sync::OnceLock::new(),
         backups: crate::backups::Backups::default(),
         drill: Mutex::new(None),
+        ha: Mutex::new(None),
     });
     shared.reload_token(&config);
     spawn_signal_forwarder(shared.clone())?;
     crate::http::server::serve_api(shared.clone()).await?;
     crate::http::metrics_server::serve(shared.clone()).await?;
+    let initialised_now = matches!(kind, DataDirKind::Missing | DataDirKind::Empty)
+        && config.bootstrap.method == BootstrapMethod::Initdb;
     if matches!(kind, DataDirKind::Missing | DataDirKind::Empty) {
         state.transition(InstanceState::Bootstrapping, "empty data directory");
         let result = match config.bootstrap.method {
@@ -198,7 +201,9 @@ async fn manage(config: Config, sources: ConfigSources, os_user: String) -> Resu
     crate::logs::pg_tail::spawn(pgdata.clone());
     crate::supervisor::reload::spawn_file_watcher(shared.clone());
     crate::drill::schedule::spawn(shared.clone(), reaper.clone());
+    crate::ha::spawn(shared.clone());
     let code = Supervisor::new(shared, reaper, catalog, commands_rx)
+        .initialised_now(initialised_now)
         .run()
         .await;
     tracing::info!(exit_code = code, "pgsteward exiting");

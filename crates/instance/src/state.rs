@@ -28,6 +28,9 @@ pub fn is_allowed(from: InstanceState, to: InstanceState) -> bool {
         (CrashBackoff, Starting) => true,
         (Initializing | Starting | Running | Restarting | CrashBackoff, Fenced) => true,
         (Fenced, Starting) => true,
+        // A former primary waits for the coordinator (at start, or after isolation).
+        (Initializing | Starting | Running | Restarting | CrashBackoff, AwaitingRole) => true,
+        (AwaitingRole, Starting | Fenced | Restarting) => true,
         (ShuttingDown, Stopped) => true,
         _ => false,
     }
@@ -57,6 +60,11 @@ impl StateMachine {
             tx: Arc::new(tx),
             metrics,
         }
+    }
+
+    /// A receiver that sees every change.
+    pub fn subscribe(&self) -> watch::Receiver<InstanceState> {
+        self.tx.subscribe()
     }
 
     /// The current state.
@@ -132,6 +140,17 @@ mod tests {
             );
         }
         assert!(!is_allowed(Running, Bootstrapping));
+        for pair in [
+            (Initializing, AwaitingRole),
+            (AwaitingRole, Starting),
+            (Running, AwaitingRole),
+            (AwaitingRole, Fenced),
+            (AwaitingRole, ShuttingDown),
+        ] {
+            assert!(is_allowed(pair.0, pair.1), "{:?} -> {:?}", pair.0, pair.1);
+        }
+        assert!(!is_allowed(AwaitingRole, Running));
+        assert!(!is_allowed(Fenced, AwaitingRole));
         assert!(!is_allowed(ShuttingDown, Running));
     }
 

@@ -85,6 +85,7 @@ pub async fn collect(shared: &Shared) -> InstanceStatus {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone(),
+        ha: shared.ha.lock().unwrap_or_else(|p| p.into_inner()).clone(),
     }
 }
 

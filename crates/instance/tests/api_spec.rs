@@ -48,6 +48,7 @@ fn offline_state() -> Arc<Shared> {
         archiver: std::sync::OnceLock::new(),
         backups: pgsteward::backups::Backups::default(),
         drill: Mutex::new(None),
+        ha: Mutex::new(None),
     })
 }
 

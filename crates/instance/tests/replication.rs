@@ -307,8 +307,31 @@ async fn replica_streams_and_promotes(version: PgVersion) {
         "replica"
     );
 
-    let (code, body) = post(&replica, "/pg/promote", Some(TOKEN), r#"{"term":2}"#).await;
+    let (code, body) = post(
+        &replica,
+        "/pg/promote",
+        Some(TOKEN),
+        r#"{"term":2,"synchronous_standby_names":"ANY 1 (nobody)"}"#,
+    )
+    .await;
+    assert_eq!(code, 400, "unquoted names: {body}");
+    assert_eq!(
+        status(&replica).await.unwrap_or_default()["replication"]["term"],
+        1
+    );
+    // The coordinator's names come with the promotion: in effect from the first commit.
+    let (code, body) = post(
+        &replica,
+        "/pg/promote",
+        Some(TOKEN),
+        r#"{"term":2,"synchronous_standby_names":"ANY 1 (\"nobody\")"}"#,
+    )
+    .await;
     assert_eq!(code, 200, "{body}\n{}", replica_manager.log());
+    assert_eq!(
+        query(&replica, "SHOW synchronous_standby_names").await,
+        r#"ANY 1 ("nobody")"#
+    );
     assert_eq!(body["term"], 2);
     assert_eq!(body["timeline"], 2);
     assert_eq!(body["promoted"], true);
@@ -319,8 +342,13 @@ async fn replica_streams_and_promotes(version: PgVersion) {
     let (code, body) = post(&replica, "/pg/promote", Some(TOKEN), r#"{"term":3}"#).await;
     assert_eq!(code, 409, "a primary of term 2 asked for term 3: {body}");
 
-    // The promoted instance takes writes on timeline 2.
-    exec(&replica, "INSERT INTO t VALUES (503, 2)").await;
+    // The promoted instance takes writes on timeline 2 (acknowledged locally: its only
+    // synchronous standby, "nobody", does not exist).
+    exec(
+        &replica,
+        "SET synchronous_commit = local; INSERT INTO t VALUES (503, 2)",
+    )
+    .await;
     assert_eq!(count_rows(&replica).await, Some(503));
     assert_eq!(
         query(&replica, "SELECT timeline_id FROM pg_control_checkpoint()").await,
@@ -359,7 +387,16 @@ async fn replica_streams_and_promotes(version: PgVersion) {
     assert_eq!(restarted["role"], "primary", "{restarted}");
     assert_eq!(restarted["replication"]["term"], 2, "{restarted}");
     assert!(!replica.pgdata.join("standby.signal").exists());
-    exec(&replica, "INSERT INTO t VALUES (504, 2)").await;
+    // ... and so do the synchronous standby names it was promoted with.
+    assert_eq!(
+        query(&replica, "SHOW synchronous_standby_names").await,
+        r#"ANY 1 ("nobody")"#
+    );
+    exec(
+        &replica,
+        "SET synchronous_commit = local; INSERT INTO t VALUES (504, 2)",
+    )
+    .await;
     drop(replica_manager);
     drop(primary_manager);
 }

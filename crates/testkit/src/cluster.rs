@@ -40,6 +40,10 @@ pub struct ClusterOptions {
     /// Put each member in its own network namespace on a bridge (`netns::Network`), so a
     /// partition can be made; otherwise all on 127.0.0.1.
     pub network_namespaces: bool,
+    /// Give every manager an `ha` section (the coordinator's URL, the other members as
+    /// peers, this isolation timeout) so that isolated primaries fence themselves and a
+    /// restarted former primary waits for its role; None: no `ha` section.
+    pub ha_isolation_timeout: Option<Duration>,
 }
 
 impl ClusterOptions {
@@ -54,6 +58,7 @@ impl ClusterOptions {
             manager_args: Vec::new(),
             ready_timeout: Duration::from_secs(120),
             network_namespaces: false,
+            ha_isolation_timeout: None,
         }
     }
 }
@@ -104,24 +109,16 @@ impl Cluster {
             ManagerOptions::new(&options.pgsteward.display().to_string(), options.version);
         primary_options.args.clone_from(&common);
         place(&mut primary_options, 0);
-        let primary = Instance::new(primary_options);
-        let primary_manager = primary.spawn();
-        primary_manager.wait_ready(options.ready_timeout).await;
-        let mut members = vec![Member {
-            name: NAMES[0],
-            instance: primary,
-            manager: Some(primary_manager),
-        }];
-        let primary_port = members[0].instance.pg_port;
-        let primary_host = members[0].instance.options.host.clone();
-        for (i, name) in NAMES.iter().enumerate().skip(1) {
+        let mut instances = vec![Instance::new(primary_options)];
+        let primary_port = instances[0].pg_port;
+        let primary_host = instances[0].options.host.clone();
+        for i in 1..NAMES.len() {
             let mut opts =
                 ManagerOptions::new(&options.pgsteward.display().to_string(), options.version);
             opts.args.clone_from(&common);
             place(&mut opts, i);
-            let instance = Instance::new(opts);
+            let mut instance = Instance::new(opts);
             let password_file = instance.dir.join("superuser.pw");
-            let mut instance = instance;
             instance.options.args.extend([
                 "--set=bootstrap.method=basebackup".to_owned(),
                 format!("--set=bootstrap.basebackup.host={primary_host}"),
@@ -131,9 +128,36 @@ impl Cluster {
                     password_file.display()
                 ),
             ]);
-            // One clone at a time: two concurrent pg_basebackup runs against the fresh primary
-            // sometimes lose their stream ("terminating connection due to administrator
-            // command"; not understood yet), which failed cluster starts.
+            instances.push(instance);
+        }
+        let coordinator_host = network
+            .as_ref()
+            .map_or_else(|| "127.0.0.1".to_owned(), |n| n.gateway.clone());
+        let coordinator_port = crate::free_port();
+        if let Some(isolation) = options.ha_isolation_timeout {
+            let apis: Vec<String> = instances.iter().map(Instance::api).collect();
+            for (i, instance) in instances.iter_mut().enumerate() {
+                let peers: Vec<String> = apis
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, a)| format!("    - {a}\n"))
+                    .collect();
+                instance.options.extra_yaml.push_str(&format!(
+                    "ha:\n  coordinator_url: http://{coordinator_host}:{coordinator_port}\n  \
+                     isolation_timeout: {}ms\n  check_interval: 250ms\n  request_timeout: 400ms\n  \
+                     peers:\n{}",
+                    isolation.as_millis(),
+                    peers.concat()
+                ));
+                instance.write_config("");
+            }
+        }
+        let mut members = Vec::new();
+        // One clone at a time: two concurrent pg_basebackup runs against the fresh primary
+        // sometimes lose their stream ("terminating connection due to administrator
+        // command"; not understood yet), which failed cluster starts.
+        for (name, instance) in NAMES.iter().zip(instances) {
             let manager = instance.spawn();
             manager.wait_ready(options.ready_timeout).await;
             members.push(Member {
@@ -142,15 +166,16 @@ impl Cluster {
                 manager: Some(manager),
             });
         }
-        for member in &members[1..] {
-            if let Some(manager) = &member.manager {
-                manager.wait_ready(options.ready_timeout).await;
-            }
-        }
         dir.write("coordinator.token", COORDINATOR_TOKEN);
         let yaml = coordinator_yaml(&options, dir.path(), &members);
-        let coordinator =
-            Coordinator::start(&options.coordinator, dir.path(), "coordinator", &yaml);
+        let coordinator = Coordinator::start_at(
+            &options.coordinator,
+            dir.path(),
+            "coordinator",
+            &yaml,
+            &coordinator_host,
+            coordinator_port,
+        );
         let cluster = Cluster {
             options,
             dir,
@@ -256,6 +281,22 @@ impl Cluster {
             &format!("{{\"to\":\"{to}\"}}"),
         )
         .await
+    }
+
+    /// Start the coordinator again (after `coordinator.stop()`) on the same address and
+    /// state file.
+    pub fn restart_coordinator(&mut self) {
+        self.coordinator.stop();
+        let yaml = coordinator_yaml(&self.options, self.dir.path(), &self.members);
+        let (host, port) = (self.coordinator.host.clone(), self.coordinator.port);
+        self.coordinator = Coordinator::start_at(
+            &self.options.coordinator,
+            self.dir.path(),
+            "coordinator",
+            &yaml,
+            &host,
+            port,
+        );
     }
 
     /// Start (again) the manager of `name` on its existing data directory.

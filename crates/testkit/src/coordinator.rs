@@ -15,6 +15,7 @@ use crate::{free_port, http};
 #[derive(Debug)]
 pub struct Coordinator {
     child: Child,
+    pub host: String,
     pub port: u16,
     pub log: PathBuf,
 }
@@ -22,9 +23,21 @@ pub struct Coordinator {
 impl Coordinator {
     /// Start `binary` with `<dir>/<name>.yaml` = `listen: ...` followed by `yaml`.
     pub fn start(binary: &Path, dir: &Path, name: &str, yaml: &str) -> Self {
-        let port = free_port();
+        Self::start_at(binary, dir, name, yaml, "127.0.0.1", free_port())
+    }
+
+    /// Start it listening on `host:port` (a bridge address, so that members in network
+    /// namespaces reach it; the same port again after a stop).
+    pub fn start_at(
+        binary: &Path,
+        dir: &Path,
+        name: &str,
+        yaml: &str,
+        host: &str,
+        port: u16,
+    ) -> Self {
         let config = dir.join(format!("{name}.yaml"));
-        std::fs::write(&config, format!("listen: 127.0.0.1:{port}\n{yaml}"))
+        std::fs::write(&config, format!("listen: {host}:{port}\n{yaml}"))
             .unwrap_or_else(|e| panic!("writing {}: {e}", config.display()));
         let log = dir.join(format!("{name}.log"));
         let out = std::fs::File::create(&log)
@@ -38,12 +51,17 @@ impl Coordinator {
             .stdin(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
-        Coordinator { child, port, log }
+        Coordinator {
+            child,
+            host: host.to_owned(),
+            port,
+            log,
+        }
     }
 
     /// URL of `path` on the coordinator's API.
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        format!("http://{}:{}{path}", self.host, self.port)
     }
 
     /// `GET /status`, None when it does not answer.

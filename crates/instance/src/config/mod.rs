@@ -3,6 +3,7 @@
 
 pub mod backup;
 pub mod gucs;
+pub mod ha;
 pub mod layers;
 pub mod recovery;
 pub mod render;
@@ -38,6 +39,7 @@ pub struct Config {
     pub log: LogConfig,
     pub archive: ArchiveConfig,
     pub replication: replication::ReplicationConfig,
+    pub ha: ha::HaConfig,
 }
 
 impl Default for Config {
@@ -55,6 +57,7 @@ impl Default for Config {
             log: LogConfig::default(),
             archive: ArchiveConfig::default(),
             replication: replication::ReplicationConfig::default(),
+            ha: ha::HaConfig::default(),
         }
     }
 }

@@ -106,6 +106,7 @@ pub fn validate(config: &Config, catalog: &GucCatalog) -> Result<(), ConfigProbl
     }
     check_archive(&mut problems, config);
     super::replication::check(&mut problems, config);
+    super::ha::check(&mut problems, &config.ha);
     check_parameters(&mut problems, config, catalog);
     if problems.is_empty() {
         Ok(())

@@ -102,11 +102,17 @@ async fn healthz(State(shared): State<AppState>) -> impl IntoResponse {
 
 async fn startupz(State(shared): State<AppState>) -> impl IntoResponse {
     let state = shared.state.current();
-    let started = shared.started_once.load(Ordering::SeqCst) && state != InstanceState::Failed;
+    // A manager that keeps postgres stopped on purpose (fenced, or awaiting its role) has
+    // finished starting: a startup probe must not restart it in a loop.
+    let waiting = matches!(state, InstanceState::AwaitingRole | InstanceState::Fenced);
+    let started =
+        (shared.started_once.load(Ordering::SeqCst) || waiting) && state != InstanceState::Failed;
     probe_response(
         started,
         state,
-        if started {
+        if waiting {
+            "the manager keeps postgres stopped on purpose (see /pg/status)"
+        } else if started {
             "postgres started"
         } else {
             "postgres has not started yet"

@@ -267,6 +267,8 @@ async fn send(
 #[serde(deny_unknown_fields)]
 struct PromoteBody {
     term: Option<u64>,
+    #[serde(default)]
+    synchronous_standby_names: Option<String>,
 }
 
 async fn promote_handler(
@@ -278,10 +280,20 @@ async fn promote_handler(
             "the body must carry the new term: {\"term\": N}".into(),
         ));
     };
-    let request = PromoteRequest { term };
-    tracing::info!(term = request.term, "promotion requested through the API");
-    match promote::promote(&shared, request.term).await {
+    let request = PromoteRequest {
+        term,
+        synchronous_standby_names: body.synchronous_standby_names,
+    };
+    tracing::info!(term = request.term, synchronous_standby_names = ?request.synchronous_standby_names, "promotion requested through the API");
+    match promote::promote(
+        &shared,
+        request.term,
+        request.synchronous_standby_names.as_deref(),
+    )
+    .await
+    {
         Ok(response) => Ok(Json(response)),
+        Err(PromoteError::Invalid(message)) => Err(ApiError::BadRequest(message)),
         Err(PromoteError::Conflict { message, .. }) => Err(ApiError::Conflict(message)),
         Err(PromoteError::Failed(message)) => Err(ApiError::Internal(message)),
     }

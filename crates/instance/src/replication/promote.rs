@@ -25,6 +25,9 @@ pub enum PromoteError {
     /// Wrong role, stale term, postgres not running: nothing was changed.
     #[error("{message}")]
     Conflict { message: String, current_term: u64 },
+    /// The request is invalid (synchronous standby names): nothing was changed.
+    #[error("{0}")]
+    Invalid(String),
     #[error("{0}")]
     Failed(String),
 }
@@ -33,7 +36,17 @@ pub enum PromoteError {
 pub(crate) static ROLE_CHANGE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Promote this instance to primary of `term`.
-pub async fn promote(shared: &Shared, term: u64) -> Result<PromoteResponse, PromoteError> {
+/// With `names`, `synchronous_standby_names` is persisted for `term` and in effect before the
+/// promotion, so that no commit of the new primary is acknowledged without a standby.
+pub async fn promote(
+    shared: &Shared,
+    term: u64,
+    names: Option<&str>,
+) -> Result<PromoteResponse, PromoteError> {
+    let names = names
+        .map(super::synchronous::validate)
+        .transpose()
+        .map_err(PromoteError::Invalid)?;
     let _guard = ROLE_CHANGE.lock().await;
     let failed = |e: anyhow::Error| PromoteError::Failed(format!("{e:#}"));
     let mut state = role::load_or_init(&shared.pgdata).map_err(failed)?;
@@ -76,6 +89,18 @@ pub async fn promote(shared: &Shared, term: u64) -> Result<PromoteResponse, Prom
     state.term = term;
     state.promoting = true;
     role::write(&shared.pgdata, &state).map_err(failed)?;
+    if let Some(names) = names {
+        super::synchronous::store_for(&shared.pgdata, term, &names).map_err(failed)?;
+        // Rendered while still a standby (where it has no effect) and reloaded, so the first
+        // commit of the new primary already waits for its standbys.
+        if standby::write(&shared.config(), &state, &shared.pgdata).map_err(failed)? {
+            client
+                .batch_execute("SELECT pg_reload_conf()")
+                .await
+                .context("reloading the synchronous standby names")
+                .map_err(failed)?;
+        }
+    }
     tracing::info!(term, "promoting this standby");
     let started = std::time::Instant::now();
     let in_recovery: bool = client

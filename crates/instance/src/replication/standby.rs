@@ -88,6 +88,19 @@ pub fn render(config: &Config, state: &RoleState, pgdata: &Path) -> String {
         }
         return out;
     }
+    if state.promoting {
+        // Names given with the promotion under way (no effect on a standby; in effect from
+        // the promotion on).
+        if let Some(sync) =
+            super::synchronous::load(pgdata).filter(|s| s.term == state.term && !s.names.is_empty())
+        {
+            out.push_str(&format!(
+                "# given with the promotion to term {} (pgsteward.synchronous.json)\nsynchronous_standby_names = {}\n",
+                sync.term,
+                quote(&sync.names)
+            ));
+        }
+    }
     out.push_str("recovery_target_timeline = 'latest'\n");
     if let Some(upstream) = upstream(config, state) {
         let passfile = config

@@ -102,6 +102,17 @@ pub fn load(pgdata: &Path) -> Option<SyncState> {
     }
 }
 
+/// Persist `names` (already validated) for the promotion to `term`.
+pub fn store_for(pgdata: &Path, term: u64, names: &str) -> Result<()> {
+    store(
+        pgdata,
+        &SyncState {
+            term,
+            names: names.to_owned(),
+        },
+    )
+}
+
 fn store(pgdata: &Path, state: &SyncState) -> Result<()> {
     let text = serde_json::to_string(state).context("encoding the synchronous standby names")?;
     crate::config::render::write_atomically(&pgdata.join(SYNC_FILE), &text)

@@ -2,6 +2,7 @@
 //! backoff after unexpected exits (and gives up after too many in a window), serves restart
 //! and reload commands, and performs the shutdown escalation when asked.
 
+pub mod ha;
 pub mod postmaster;
 pub mod reaper;
 pub mod reload;
@@ -53,6 +54,9 @@ pub struct Supervisor {
     commands: mpsc::Receiver<SupervisorCommand>,
     crashes: VecDeque<Instant>,
     restart_reply: Option<(Option<i32>, RestartReply)>,
+    /// The data directory was initialised (initdb) by this run: a new cluster's first
+    /// primary starts without waiting for the coordinator.
+    initialised_now: bool,
 }
 
 impl Supervisor {
@@ -69,7 +73,14 @@ impl Supervisor {
             commands,
             crashes: VecDeque::new(),
             restart_reply: None,
+            initialised_now: false,
         }
+    }
+
+    /// Record that this run initialised the data directory.
+    pub fn initialised_now(mut self, yes: bool) -> Self {
+        self.initialised_now = yes;
+        self
     }
 
     /// Run until shutdown or give-up; returns the process exit code.
@@ -99,6 +110,19 @@ impl Supervisor {
             self.shared
                 .state
                 .transition(InstanceState::Fenced, "fenced (pgsteward.fenced)");
+        }
+        if next_start.is_some() {
+            let config = self.shared.config();
+            if let Some(reason) =
+                ha::must_wait_for_role(&config, &self.shared.pgdata, self.initialised_now)
+            {
+                tracing::warn!(reason = %reason, "postgres is not started yet");
+                next_start = None;
+                self.shared.with_runtime(|r| r.last_error = Some(reason));
+                self.shared
+                    .state
+                    .transition(InstanceState::AwaitingRole, "waiting for the role");
+            }
         }
         let mut ready_tick = tokio::time::interval(Duration::from_millis(100));
         loop {
@@ -195,6 +219,21 @@ impl Supervisor {
                         fenced: true,
                         changed,
                     }));
+                }
+                Event::Command(Some(SupervisorCommand::Unfence { reply }))
+                    if state == InstanceState::AwaitingRole =>
+                {
+                    tracing::warn!("POST /pg/unfence while awaiting the role: starting postgres as the operator asked, without the coordinator's confirmation");
+                    self.shared.with_runtime(|r| r.last_error = None);
+                    next_start = Some(Instant::now());
+                    let _ = reply.send(Ok(pgsteward_api::FenceResponse {
+                        fenced: false,
+                        changed: true,
+                    }));
+                }
+                Event::Command(Some(SupervisorCommand::Ha(command))) => {
+                    self.ha_command(command, state, &mut postmaster, &mut next_start)
+                        .await;
                 }
                 Event::Command(Some(SupervisorCommand::Unfence { reply })) => {
                     if state != InstanceState::Fenced {

@@ -59,6 +59,20 @@ pub enum SupervisorCommand {
     /// Stop postgres (fast), run the work on the stopped data directory, then start postgres
     /// again or fence, as the work says (demote, follow).
     RoleChange(RoleChangeWork),
+    /// From the HA monitor (`crate::ha`).
+    Ha(HaCommand),
+}
+
+/// What the HA monitor tells the supervisor loop (each checked again against the state).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HaCommand {
+    /// Isolated primary: stop postgres and wait for the coordinator's confirmation.
+    AwaitRole { reason: String },
+    /// The coordinator names this instance the primary of `term`: start postgres.
+    Confirmed { term: u64 },
+    /// Another instance is the primary of a newer term: stop postgres and stay fenced (the
+    /// coordinator re-admits this instance as a standby).
+    Superseded { reason: String },
 }
 
 /// What the supervisor does after a role change's work.
@@ -124,6 +138,8 @@ pub struct Shared {
     pub backups: crate::backups::Backups,
     /// Restore drills run by this manager (None until one is scheduled or run).
     pub drill: Mutex<Option<pgsteward_api::DrillStatus>>,
+    /// The HA monitor's latest findings (None while `ha.coordinator_url` is unset).
+    pub ha: Mutex<Option<pgsteward_api::HaStatus>>,
 }
 
 impl Shared {

@@ -110,6 +110,8 @@ pub async fn stop(
                 }
                 // Dropping the work drops its reply channel: the caller hears "shutting down".
                 Some(SupervisorCommand::RoleChange(_)) => {}
+                // The HA monitor asks again at its next check.
+                Some(SupervisorCommand::Ha(_)) => {}
                 None => commands = None,
             },
         }
