@@ -473,6 +473,35 @@ pub fn synchronous_standby_names(
     format!("{method} {k} ({})", names.join(", "))
 }
 
+/// `synchronous_standby_names` for the candidate of a switchover, sent with its promotion:
+/// the demoted primary counts as a replica (it restarts as a standby of the candidate), and
+/// under `required` every healthy replica is named, streaming or not (the others are
+/// repointed right after the promotion).
+pub fn switchover_names(members: &[MemberView], policy: &Policy, old: &str, to: &str) -> String {
+    let members = members
+        .iter()
+        .cloned()
+        .map(|mut m| {
+            if m.name == old {
+                if let Some(o) = m.last.as_mut() {
+                    o.role = MemberRole::Replica;
+                    o.streaming = false;
+                }
+            }
+            m
+        })
+        .collect();
+    let input = Input {
+        term: 0,
+        uptime: Duration::ZERO,
+        members,
+    };
+    let streaming_only = policy
+        .synchronous
+        .is_none_or(|s| s.data_durability != Durability::Required);
+    synchronous_standby_names(&input, policy, Some(to), streaming_only)
+}
+
 fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }

@@ -452,3 +452,24 @@ fn stale_primary_back_after_failover_is_fenced() {
         other => panic!("expected a fence, got {other:?}"),
     }
 }
+
+#[test]
+fn switchover_names_count_the_demoted_primary() {
+    let members = vec![
+        primary("a", 1),
+        replica("b", "0/6", "0/6"),
+        replica("c", "0/5", "0/5"),
+    ];
+    let required = policy(sync(SyncMethod::Any, 1, Durability::Required));
+    assert_eq!(
+        switchover_names(&members, &required, "a", "b"),
+        r#"ANY 1 ("a", "c")"#
+    );
+    // `preferred` names only what streams now: c (a is restarting as a standby).
+    let preferred = policy(sync(SyncMethod::Any, 1, Durability::Preferred));
+    assert_eq!(
+        switchover_names(&members, &preferred, "a", "b"),
+        r#"ANY 1 ("c")"#
+    );
+    assert_eq!(switchover_names(&members, &policy(None), "a", "b"), "");
+}

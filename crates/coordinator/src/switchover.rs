@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::decide::{MemberRole, MemberView};
+use crate::decide::{switchover_names, MemberRole, MemberView};
 use crate::lsn::Lsn;
 use crate::run::Coordinator;
 use crate::state::{self, State};
@@ -179,13 +179,14 @@ impl Coordinator {
             return Err(self.roll_back(&primary_config, to, &why).await);
         }
         let token = self.token(&candidate_config);
+        let names = switchover_names(&members, &self.config.policy(), &primary.name, to);
         let promoted = self
             .client
             .promote(
                 &candidate_config.url,
                 token.as_deref(),
                 term,
-                None,
+                (!names.is_empty()).then_some(names.as_str()),
                 self.config.action_timeout,
             )
             .await

@@ -223,20 +223,34 @@ async fn post_backup(cluster: &Cluster, body: &str, token: Option<&str>) -> (u16
     )
 }
 
-/// Wait until member `name`'s last backup is `id` and succeeded.
+/// Wait until member `name`'s last backup is `id` and succeeded (on timeout: its status and
+/// the tail of its manager's log).
 async fn wait_backup_done(cluster: &Cluster, name: &str, id: &str) {
-    wait_for(
-        &format!("backup {id} on {name}"),
-        Duration::from_secs(120),
-        || async {
-            let s = cluster.member_status(name).await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = cluster.member_status(name).await;
+        if let Some(s) = &s {
             let last = &s["backup"]["last"];
-            (last["backup_id"] == id).then_some(())?;
-            assert_eq!(last["succeeded"], true, "{s}");
-            Some(())
-        },
-    )
-    .await;
+            if last["backup_id"] == id {
+                assert_eq!(last["succeeded"], true, "{s}");
+                return;
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            let log = cluster
+                .member(name)
+                .manager
+                .as_ref()
+                .map(|m| m.log())
+                .unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            panic!(
+                "backup {id} on {name} not done within 120 s; status {s:?}; log tail (newest first):\n{}",
+                tail.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn backup_prefers_a_standby(version: PgVersion) {

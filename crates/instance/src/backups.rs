@@ -144,7 +144,7 @@ impl Backups {
 }
 
 /// Start a backup in the background; returns its id.
-pub fn start(
+pub async fn start(
     shared: &Arc<Shared>,
     immediate_checkpoint: Option<bool>,
 ) -> Result<String, StartError> {
@@ -160,18 +160,33 @@ pub fn start(
     let data = config.archive.data.clone();
     let now = chrono::Utc::now();
     let progress = Arc::new(Progress::default());
+    let server = archiver.settings().server_name.clone();
+    // Ids are start times to the second (barman's format): a backup started in the same
+    // second as the previous one of this manager, or as one another member (sharing the
+    // destination) already wrote to the catalog, gets the next free second.
+    let previous = shared
+        .backups
+        .track(|t| t.status.last.as_ref().map(|l| l.backup_id.clone()));
+    let mut candidate = unused_backup_id(now, previous.as_deref());
+    let catalog = Catalog::new(Arc::clone(archiver.wal().store()), &server);
+    for _ in 0..ID_TRIES {
+        match catalog.read(&candidate).await {
+            Ok(Some(_)) => candidate = unused_backup_id(now, Some(&candidate)),
+            Ok(None) => break,
+            // The take reports an unreadable catalog with its cause.
+            Err(e) => {
+                tracing::warn!(error = %e, backup_id = %candidate, "checking the catalog for the backup id failed");
+                break;
+            }
+        }
+    }
     let id = shared.backups.track(|t| match &t.running {
         Some((running, _)) => Err(StartError::Running(running.clone())),
         None => {
-            // Ids are start times to the second (barman's format): a backup started in the
-            // same second as the previous one gets the next free second instead of colliding.
-            let previous = t.status.last.as_ref().map(|l| l.backup_id.as_str());
-            let id = unused_backup_id(now, previous);
-            t.running = Some((id.clone(), Arc::clone(&progress)));
-            Ok(id)
+            t.running = Some((candidate.clone(), Arc::clone(&progress)));
+            Ok(candidate.clone())
         }
     })?;
-    let server = archiver.settings().server_name.clone();
     let mut options = TakeOptions::new(&server, &shared.pgdata);
     options.gzip_level = data.gzip_level;
     options.compressors = data.compressor_threads();
@@ -245,6 +260,9 @@ pub fn start(
 
 /// The id for a backup starting at `now`: its time to the second, or the second after
 /// `previous` when that is not earlier.
+/// How many following seconds `start` tries when the catalog already holds the id.
+const ID_TRIES: usize = 30;
+
 fn unused_backup_id(now: chrono::DateTime<chrono::Utc>, previous: Option<&str>) -> String {
     let id = pgsteward_backup::info::backup_id_for(&now);
     let Some(previous) = previous else {

@@ -312,8 +312,21 @@ impl Drop for Manager {
     fn drop(&mut self) {
         if self.exit_code.is_none() {
             let launcher = self.child.id() as i32;
-            for pid in proc::children(launcher) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            let children = proc::children(launcher);
+            for pid in &children {
+                let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+            }
+            // Let the manager reap them before it dies: an orphan's zombie is never reaped
+            // where PID 1 does not reap (this sandbox), and a postmaster's zombie keeps its
+            // socket lock file "in use" for the next postmaster on that port. Bounded well
+            // below the manager's first restart backoff (500 ms).
+            let deadline = Instant::now() + Duration::from_millis(300);
+            while children
+                .iter()
+                .any(|pid| Path::new(&format!("/proc/{pid}")).exists())
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(5));
             }
             let _ = self.child.kill();
             let _ = self.child.wait();

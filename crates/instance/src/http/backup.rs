@@ -53,7 +53,7 @@ async fn start_backup(
     State(shared): State<AppState>,
     ApiJson(request): ApiJson<BackupRequest>,
 ) -> Result<(StatusCode, Json<BackupAccepted>), ApiError> {
-    match crate::backups::start(&shared, request.immediate_checkpoint) {
+    match crate::backups::start(&shared, request.immediate_checkpoint).await {
         Ok(backup_id) => Ok((StatusCode::ACCEPTED, Json(BackupAccepted { backup_id }))),
         Err(e @ (StartError::Running(_) | StartError::NotRunning)) => {
             Err(ApiError::Conflict(e.to_string()))
