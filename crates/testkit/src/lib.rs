@@ -87,9 +87,12 @@ where
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
-    // Walk a private range so parallel tests in one process never get the same port.
+    // Walk a private range so parallel tests in one process never get the same port, below
+    // Linux's ephemeral range (32768-60999): a port from that range can be taken, between
+    // this check and its use, as the local port of an outgoing connection ("Address already
+    // in use" when postgres or a manager binds it later).
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let base = 20000 + (std::process::id() % 200) as u16 * 100;
+    let base = 10000 + (std::process::id() % 200) as u16 * 100;
     loop {
         let offset = NEXT.fetch_add(1, Ordering::SeqCst) % 100;
         let port = base + offset;
