@@ -175,7 +175,7 @@ pub fn decide(input: &Input, policy: &Policy) -> Decision {
     let term = input.term.max(observed_term);
     let primary = current_primary(input);
     let sync_names =
-        |primary: Option<&str>| synchronous_standby_names(input, policy, primary, true);
+        |primary: Option<&str>| synchronous_standby_names(&input.members, policy, primary, true);
 
     let failed_primary = match primary {
         Some(p) => {
@@ -360,12 +360,10 @@ pub fn decide(input: &Input, policy: &Policy) -> Decision {
         // repointed to the new primary at once): commits wait for a real standby rather than
         // a placeholder. `preferred` names only streaming ones, so writes never wait.
         synchronous_standby_names: synchronous_standby_names(
-            input,
+            &input.members,
             policy,
             Some(&best.name),
-            policy
-                .synchronous
-                .is_none_or(|s| s.data_durability != Durability::Required),
+            names_only_streaming(policy),
         ),
     }
 }
@@ -431,7 +429,7 @@ fn eligible(m: &MemberView, term: u64) -> bool {
 /// member order; only those streaming when `streaming_only`), with placeholders for missing
 /// ones under `required`.
 pub fn synchronous_standby_names(
-    input: &Input,
+    members: &[MemberView],
     policy: &Policy,
     primary: Option<&str>,
     streaming_only: bool,
@@ -439,8 +437,7 @@ pub fn synchronous_standby_names(
     let Some(sync) = policy.synchronous.filter(|s| s.number > 0) else {
         return String::new();
     };
-    let mut names: Vec<String> = input
-        .members
+    let mut names: Vec<String> = members
         .iter()
         .filter(|m| Some(m.name.as_str()) != primary && m.healthy())
         .filter_map(|m| {
@@ -478,7 +475,7 @@ pub fn synchronous_standby_names(
 /// under `required` every healthy replica is named, streaming or not (the others are
 /// repointed right after the promotion).
 pub fn switchover_names(members: &[MemberView], policy: &Policy, old: &str, to: &str) -> String {
-    let members = members
+    let members: Vec<MemberView> = members
         .iter()
         .cloned()
         .map(|mut m| {
@@ -491,15 +488,15 @@ pub fn switchover_names(members: &[MemberView], policy: &Policy, old: &str, to: 
             m
         })
         .collect();
-    let input = Input {
-        term: 0,
-        uptime: Duration::ZERO,
-        members,
-    };
-    let streaming_only = policy
+    synchronous_standby_names(&members, policy, Some(to), names_only_streaming(policy))
+}
+
+/// Names for a new primary leave out replicas that do not stream yet, except under
+/// `required` (commits then wait for a real standby rather than a placeholder).
+fn names_only_streaming(policy: &Policy) -> bool {
+    policy
         .synchronous
-        .is_none_or(|s| s.data_durability != Durability::Required);
-    synchronous_standby_names(&input, policy, Some(to), streaming_only)
+        .is_none_or(|s| s.data_durability != Durability::Required)
 }
 
 fn quote(name: &str) -> String {

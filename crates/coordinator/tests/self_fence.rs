@@ -35,17 +35,6 @@ fn alive(pid: i32) -> bool {
     kill(Pid::from_raw(pid), None).is_ok()
 }
 
-/// The member's manager metric `name` (None when unreachable or absent).
-async fn metric(cluster: &Cluster, member: &str, name: &str) -> Option<f64> {
-    let url = format!("{}/metrics", cluster.member(member).instance.metrics());
-    let body = pgsteward_testkit::http::get(&url).await?.body;
-    body.lines().find_map(|l| {
-        l.strip_prefix(name)
-            .and_then(|rest| rest.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
-    })
-}
-
 async fn isolated_primary_fences_itself(version: PgVersion) {
     let mut opts = options(version);
     opts.network_namespaces = true;
@@ -78,7 +67,8 @@ async fn isolated_primary_fences_itself(version: PgVersion) {
     network.heal(0).unwrap();
 
     let fences = wait_for("a's self-fence counted", DEADLINE, || async {
-        metric(&cluster, "a", "pgsteward_ha_self_fences_total")
+        let metrics = cluster.member("a").instance.metrics();
+        pgsteward_testkit::http::metric(&metrics, "pgsteward_ha_self_fences_total")
             .await
             .filter(|n| *n >= 1.0)
     })

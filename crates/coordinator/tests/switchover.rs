@@ -237,16 +237,9 @@ async fn wait_backup_done(cluster: &Cluster, name: &str, id: &str) {
             }
         }
         if std::time::Instant::now() >= deadline {
-            let log = cluster
-                .member(name)
-                .manager
-                .as_ref()
-                .map(|m| m.log())
-                .unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(60).collect();
             panic!(
-                "backup {id} on {name} not done within 120 s; status {s:?}; log tail (newest first):\n{}",
-                tail.join("\n")
+                "backup {id} on {name} not done within 120 s; status {s:?}; log tail:\n{}",
+                log_tail(cluster, name)
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

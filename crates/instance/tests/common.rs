@@ -37,12 +37,7 @@ pub fn cluster_state(version: PgVersion, pgdata: &Path) -> String {
 
 /// The value of one metric line `name value` (exact name with labels).
 pub async fn metric(base: &str, name: &str) -> Option<f64> {
-    let body = http::get(&format!("{base}/metrics")).await?.body;
-    body.lines().find_map(|l| {
-        l.strip_prefix(name)
-            .and_then(|rest| rest.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
-    })
+    http::metric(base, name).await
 }
 
 /// Run `f` for PostgreSQL 15 and 18 as two tests.

@@ -71,12 +71,7 @@ impl Coordinator {
 
     /// One sample of the Prometheus text (`name` including labels).
     pub async fn metric(&self, name: &str) -> Option<f64> {
-        let body = http::get(&self.url("/metrics")).await?.body;
-        body.lines().find_map(|l| {
-            l.strip_prefix(name)
-                .and_then(|rest| rest.strip_prefix(' '))
-                .and_then(|v| v.trim().parse().ok())
-        })
+        http::metric(&self.url(""), name).await
     }
 
     /// Everything it logged so far.

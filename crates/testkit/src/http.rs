@@ -49,6 +49,17 @@ pub async fn request(
     })
 }
 
+/// One sample of the Prometheus text at `<base>/metrics` (`name` including labels); None
+/// when the listener does not answer or the sample is absent.
+pub async fn metric(base: &str, name: &str) -> Option<f64> {
+    let body = get(&format!("{base}/metrics")).await?.body;
+    body.lines().find_map(|l| {
+        l.strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
 /// GET `url`.
 pub async fn get(url: &str) -> Option<Response> {
     request("GET", url, &[], "").await

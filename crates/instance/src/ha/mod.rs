@@ -51,10 +51,11 @@ impl Monitor {
     async fn run(mut self) {
         let mut states = self.shared.state.subscribe();
         loop {
-            let ha = self.shared.config().ha;
+            let config = self.shared.config();
+            let ha = &config.ha;
             let interval = ha.check_interval.max(Duration::from_millis(50));
-            match ha.coordinator_url.clone() {
-                Some(url) => self.round(&url, &ha).await,
+            match &ha.coordinator_url {
+                Some(url) => self.round(url, ha, &config.instance_name).await,
                 None => *self.shared.ha.lock().unwrap_or_else(|p| p.into_inner()) = None,
             }
             tokio::select! {
@@ -64,14 +65,13 @@ impl Monitor {
         }
     }
 
-    async fn round(&mut self, url: &str, ha: &crate::config::ha::HaConfig) {
+    async fn round(&mut self, url: &str, ha: &crate::config::ha::HaConfig, me: &str) {
         let checked = self.prober.check(url, &ha.peers, ha.request_timeout).await;
         let now = Instant::now();
         let state = self.shared.state.current();
         if checked.contact() || !is_live(state) {
             self.last_contact = now;
         }
-        let me = self.shared.config().instance_name;
         let persisted = role::read(&self.shared.pgdata).ok().flatten();
         let primary_term = match &persisted {
             Some(s) if s.role == PersistedRole::Primary && !s.promoting => Some(s.term),
@@ -82,7 +82,7 @@ impl Monitor {
         let mut waiting_for = None;
         let command = match (state, primary_term) {
             (InstanceState::AwaitingRole, Some(term)) => match &checked.coordinator {
-                Ok(view) => match verdict::judge(view, &me, term) {
+                Ok(view) => match verdict::judge(view, me, term) {
                     Verdict::Confirmed { term } => Some(HaCommand::Confirmed { term }),
                     Verdict::Superseded(reason) => Some(HaCommand::Superseded { reason }),
                     Verdict::Undecided(why) => {
@@ -99,7 +99,7 @@ impl Monitor {
                 waiting_for = Some("the role file no longer says primary".into());
                 None
             }
-            (s, Some(term)) if is_live(s) => self.primary_check(&checked, ha, url, &me, term, now),
+            (s, Some(term)) if is_live(s) => self.primary_check(&checked, ha, url, me, term, now),
             _ => None,
         };
         self.publish(url, ha, &checked, now, waiting_for);
