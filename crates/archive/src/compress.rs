@@ -1,33 +1,98 @@
 //! gzip compression of WAL: one gzip member per file, as barman-cloud writes and reads,
 //! compressed whole-buffer by libdeflate (about twice zlib's speed at the same level on real
-//! WAL, similar size: `cargo xtask bench wal-archive` reports both); decompression by
+//! WAL, similar size: `cargo xtask bench wal-archive` reports both) with one compressor kept
+//! per thread and output into the caller's (pooled) buffer; decompression by
 //! libdeflate too, member after member, so multi-member files other tools wrote read back whole
 //! (about three times flate2's speed on real WAL).
 
+use std::cell::RefCell;
 use std::io::{Error, ErrorKind};
 
 use libdeflate_sys::{
-    libdeflate_alloc_decompressor, libdeflate_decompressor, libdeflate_free_decompressor,
-    libdeflate_gzip_decompress_ex, libdeflate_result_LIBDEFLATE_INSUFFICIENT_SPACE,
-    libdeflate_result_LIBDEFLATE_SUCCESS,
+    libdeflate_alloc_compressor, libdeflate_alloc_decompressor, libdeflate_compressor,
+    libdeflate_decompressor, libdeflate_free_compressor, libdeflate_free_decompressor,
+    libdeflate_gzip_compress, libdeflate_gzip_compress_bound, libdeflate_gzip_decompress_ex,
+    libdeflate_result_LIBDEFLATE_INSUFFICIENT_SPACE, libdeflate_result_LIBDEFLATE_SUCCESS,
 };
 
-/// Compress `data` as one gzip member at `level` (0-9, as gzip spells levels).
+/// Compress `data` as one gzip member at `level` (0-9, as gzip spells levels; higher is 9).
 pub fn gzip(data: &[u8], level: u32) -> std::io::Result<Vec<u8>> {
-    let level = libdeflater::CompressionLvl::new(level.min(9) as i32).map_err(|e| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("gzip level {level}: {e:?}"),
-        )
-    })?;
-    let mut compressor = libdeflater::Compressor::new(level);
-    let mut out = vec![0u8; compressor.gzip_compress_bound(data.len())];
-    let written = compressor
-        .gzip_compress(data, &mut out)
-        .map_err(|e| std::io::Error::other(format!("gzip: {e:?}")))?;
-    out.truncate(written);
+    let mut out = Vec::new();
+    gzip_into(data, level, &mut out)?;
     out.shrink_to_fit();
     Ok(out)
+}
+
+/// Compress `data` as one gzip member at `level` into `out` (replacing what it held; its
+/// capacity is reused, so a pooled buffer makes this allocation-free). The compressor is kept
+/// per thread and level: allocating one costs more than compressing a small file.
+pub fn gzip_into(data: &[u8], level: u32, out: &mut Vec<u8>) -> std::io::Result<()> {
+    thread_local! {
+        static COMPRESSOR: RefCell<Option<Compressor>> = const { RefCell::new(None) };
+    }
+    let level = level.min(9) as i32;
+    COMPRESSOR.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.as_ref().is_none_or(|c| c.level != level) {
+            *cached = Some(Compressor::new(level)?);
+        }
+        match cached.as_mut() {
+            Some(compressor) => compressor.gzip(data, out),
+            None => Err(Error::other("no gzip compressor")),
+        }
+    })
+}
+
+/// A libdeflate compressor for one level, freed on drop.
+struct Compressor {
+    raw: *mut libdeflate_compressor,
+    level: i32,
+}
+
+impl Compressor {
+    fn new(level: i32) -> std::io::Result<Self> {
+        // SAFETY: no preconditions; null means an invalid level or out of memory.
+        let raw = unsafe { libdeflate_alloc_compressor(level) };
+        if raw.is_null() {
+            return Err(Error::new(
+                ErrorKind::OutOfMemory,
+                format!("libdeflate compressor for gzip level {level}"),
+            ));
+        }
+        Ok(Compressor { raw, level })
+    }
+
+    fn gzip(&mut self, data: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
+        // SAFETY: the compressor is live (owned by self).
+        let bound = unsafe { libdeflate_gzip_compress_bound(self.raw, data.len()) };
+        out.clear();
+        out.reserve(bound);
+        let room = out.spare_capacity_mut();
+        // SAFETY: the compressor is live; `data` is valid for its length; `room` is valid for
+        // writes of `room.len()` (>= bound) bytes, and libdeflate only writes to the output.
+        let written = unsafe {
+            libdeflate_gzip_compress(
+                self.raw,
+                data.as_ptr().cast(),
+                data.len(),
+                room.as_mut_ptr().cast(),
+                room.len(),
+            )
+        };
+        if written == 0 || written > room.len() {
+            return Err(Error::other("gzip: libdeflate could not compress the data"));
+        }
+        // SAFETY: libdeflate initialised the first `written` bytes of the spare capacity.
+        unsafe { out.set_len(written) };
+        Ok(())
+    }
+}
+
+impl Drop for Compressor {
+    fn drop(&mut self) {
+        // SAFETY: allocated by libdeflate_alloc_compressor and freed only here.
+        unsafe { libdeflate_free_compressor(self.raw) }
+    }
 }
 
 /// A libdeflate decompressor, freed on drop.

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use thiserror::Error;
 use tokio::time::Instant;
 
+use crate::buffers::BufferPool;
 use crate::compress;
 use crate::layout::{Compression, Layout};
 use crate::retry::with_retry;
@@ -81,7 +82,18 @@ pub struct WalArchive {
     layout: Layout,
     compression: Compression,
     gzip_level: u32,
+    /// Buffers segments are read into (see `buffers`).
+    reads: Arc<BufferPool>,
+    /// Buffers segments are compressed into: apart from `reads`, so each stays only as large
+    /// as what it holds (a compressed segment rarely touches its whole 16 MiB).
+    compressed: Arc<BufferPool>,
+    /// Compressions that run at once: one per CPU. More uploads than that may be under way
+    /// (waiting on the network), but more compressions only take turns on the same cores.
+    compressing: Arc<tokio::sync::Semaphore>,
 }
+
+/// Buffers of each kind a `WalArchive` keeps for reuse unless told otherwise.
+const DEFAULT_POOLED_BUFFERS: usize = 1;
 
 impl WalArchive {
     pub fn new(
@@ -95,18 +107,52 @@ impl WalArchive {
             layout,
             compression,
             gzip_level,
+            reads: BufferPool::new(DEFAULT_POOLED_BUFFERS),
+            compressed: BufferPool::new(DEFAULT_POOLED_BUFFERS),
+            compressing: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            )),
         }
+    }
+
+    /// Keep up to `keep` read buffers and `keep` compressed ones for reuse: one of each per
+    /// upload that runs at once.
+    pub fn with_pooled_buffers(mut self, keep: usize) -> Self {
+        self.reads = BufferPool::new(keep);
+        self.compressed = BufferPool::new(keep);
+        self
+    }
+
+    /// The pool to read segments from disk with (`buffers().read_file(..)`), so their memory
+    /// is reused.
+    pub fn buffers(&self) -> &Arc<BufferPool> {
+        &self.reads
+    }
+
+    /// Free pooled buffers when none was used for `idle`.
+    pub fn release_idle_buffers(&self, idle: Duration) {
+        self.reads.release_idle(idle);
+        self.compressed.release_idle(idle);
     }
 
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
     }
 
-    /// Encode local content as it is stored.
-    pub fn encode(&self, content: &[u8]) -> std::io::Result<Vec<u8>> {
+    /// Encode local content as it is stored (into a pooled buffer).
+    pub fn encode(&self, content: &Bytes) -> std::io::Result<Bytes> {
         match self.compression {
-            Compression::Gzip => compress::gzip(content, self.gzip_level),
-            Compression::None => Ok(content.to_vec()),
+            Compression::Gzip => {
+                let mut out = self.compressed.take(0);
+                match compress::gzip_into(content, self.gzip_level, &mut out) {
+                    Ok(()) => Ok(self.compressed.freeze(out)),
+                    Err(e) => {
+                        self.compressed.give(out);
+                        Err(e)
+                    }
+                }
+            }
+            Compression::None => Ok(content.clone()),
         }
     }
 
@@ -124,19 +170,30 @@ impl WalArchive {
                 .await;
         }
         let this = self.clone();
-        let raw = content.clone();
-        let encoded = tokio::task::spawn_blocking(move || this.encode(&raw))
+        let raw_bytes = content.len() as u64;
+        // The segment's buffer goes back to its pool once compressed, not after the upload.
+        let permit = self
+            .compressing
+            .clone()
+            .acquire_owned()
             .await
-            .map_err(|e| StoreError::Permanent(format!("compression task failed: {e}")))?
-            .map_err(|e| StoreError::Permanent(format!("compressing {file}: {e}")))?;
+            .map_err(|e| StoreError::Permanent(format!("compression slots closed: {e}")))?;
+        let encoded = tokio::task::spawn_blocking(move || {
+            let encoded = this.encode(&content);
+            drop(permit);
+            encoded
+        })
+        .await
+        .map_err(|e| StoreError::Permanent(format!("compression task failed: {e}")))?
+        .map_err(|e| StoreError::Permanent(format!("compressing {file}: {e}")))?;
         let stored_bytes = encoded.len() as u64;
-        let body = Bytes::from(encoded);
+        let body = encoded;
         // The store confirms the body it kept: S3 checks the SHA-256 (or Content-MD5) sent with
         // it before storing, file:// fsyncs and renames; no second round trip is needed.
         with_retry("put", deadline, || self.store.put(&key, body.clone())).await?;
         Ok(ArchiveOutcome::Stored {
             key,
-            raw_bytes: content.len() as u64,
+            raw_bytes,
             stored_bytes,
         })
     }

@@ -2,10 +2,12 @@
 //! the store trust the CA that signed an nginx TLS proxy in front of s3s-fs; without it the
 //! same upload fails on the certificate (the CA is made fresh for the test, so no system or
 //! `SSL_CERT_FILE` bundle trusts it); an unusable CA file is refused when the store opens.
+//! Over HTTPS bodies are sent unsigned (their checksum still goes with them), PUT and multipart.
 
 use std::net::SocketAddr;
 
 use bytes::Bytes;
+use pgsteward_archive::store::MultipartOptions;
 use pgsteward_archive::{open, StoreError, StoreOptions};
 use pgsteward_testkit::s3::{write_credential_files, S3Server};
 use pgsteward_testkit::tls_proxy::TlsProxy;
@@ -37,6 +39,21 @@ async fn a_private_ca_is_trusted_only_when_configured() {
     assert_eq!(
         trusting.get("a/object").await.unwrap().as_deref(),
         Some(&b"over https"[..])
+    );
+    // Over HTTPS bodies go unsigned (UNSIGNED-PAYLOAD) with their checksum: single PUTs above
+    // and multipart parts here are accepted and read back whole.
+    let big: Vec<u8> = (0..6 * 1024 * 1024 + 123u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let mut upload = trusting
+        .put_multipart("a/multipart", MultipartOptions::default().normalized())
+        .await
+        .unwrap();
+    upload.write(Bytes::from(big.clone())).await.unwrap();
+    assert_eq!(upload.complete().await.unwrap().size, big.len() as u64);
+    assert!(
+        trusting.get("a/multipart").await.unwrap().as_deref() == Some(&big[..]),
+        "the multipart object read back differs"
     );
 
     let untrusting = open(&url, &options(None)).await.unwrap();

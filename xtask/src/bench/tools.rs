@@ -76,7 +76,7 @@ pub struct Setup {
     pub env: Vec<(String, String)>,
     /// For the report: the configuration in words (flags, config file settings).
     pub described: String,
-    /// A shell command started detached, as postgres, right after the clock starts (a tool's
+    /// A shell command started detached, as postgres, right when the clock starts (a tool's
     /// own background archiver); it must exit when the postmaster does.
     pub sidecar: Option<String>,
 }
@@ -447,7 +447,7 @@ fn pgsteward_archive_setup(ctx: &Ctx<'_>) -> Result<Availability> {
         described: format!(
             "`archive_command = 'pgsteward wal-archive --pgdata PGDATA %p'` with the manager's \
              archiver running beside postgres (`pgsteward archiver --pgdata PGDATA`, started when \
-             the clock starts; it uploads `.ready` segments ahead, {PARALLEL} at a time, and \
+             the clock starts, before archive_command is set; it uploads `.ready` segments ahead, {PARALLEL} at a time, and \
              answers each call once its segment is stored), settings rendered from the YAML `archive:` \
              section (gzip, gzip_level {GZIP_LEVEL}, max_parallel {PARALLEL}, endpoint \
              https://127.0.0.1:PORT, force_path_style) into PGDATA/pgsteward.archive.json, \

@@ -8,8 +8,9 @@
 //!    `PGSTEWARD_BENCH_SEGMENTS` (default 48, minimum 30) segments are `.ready`, then `VACUUM
 //!    (FREEZE, ANALYZE)`; clean shutdown. Autovacuum is off, so no run adds WAL of its own.
 //! 3. Archive, per tool: `cp -a` of that data directory (identical backlog), start postgres with
-//!    `archive_command = ''` (archiving paused, no retry sleeps), then `ALTER SYSTEM SET
-//!    archive_command` + `pg_reload_conf()` and time until no `.ready` file remains. CPU is the
+//!    `archive_command = ''` (archiving paused, no retry sleeps), start the clock, start the
+//!    tool's sidecar if it has one, then `ALTER SYSTEM SET archive_command` +
+//!    `pg_reload_conf()` and time until no `.ready` file remains. CPU is the
 //!    archiver's waited-for children (`cutime + cstime`: every archive_command and what it
 //!    waited for) plus detached processes (pgBackRest's async process and its workers), which
 //!    this process adopts as subreaper and reaps with `wait4`. Peak RSS is the largest `VmHWM`
@@ -104,8 +105,17 @@ fn bench(root: &Path, scratch: &Path, target: usize) -> Result<ExitCode> {
         started.elapsed()
     );
 
+    let selected = selected_tools()?;
     let mut archive = Vec::new();
     for tool in Tool::ALL {
+        if !selected.contains(&tool) {
+            archive.push(Row {
+                tool,
+                outcome: Outcome::NotAvailable("not selected by PGSTEWARD_BENCH_TOOLS".into()),
+                described: None,
+            });
+            continue;
+        }
         eprintln!("bench: archive with {}", tool.name());
         let row = archive_one(tool, &s3, &backlog, scratch, root);
         eprintln!("bench:   {}", row.outcome.summary());
@@ -140,6 +150,12 @@ fn bench(root: &Path, scratch: &Path, target: usize) -> Result<ExitCode> {
         eprintln!("bench: {failed} run(s) failed; docs/benchmarks.md left unchanged");
         return Ok(ExitCode::FAILURE);
     }
+    if selected.len() < Tool::ALL.len() {
+        eprintln!(
+            "bench: PGSTEWARD_BENCH_TOOLS selects a subset; docs/benchmarks.md left unchanged"
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let docs = root.join("docs/benchmarks.md");
     report::write_docs(&docs, &report.markdown())?;
     eprintln!(
@@ -148,6 +164,32 @@ fn bench(root: &Path, scratch: &Path, target: usize) -> Result<ExitCode> {
         started.elapsed()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The tools `PGSTEWARD_BENCH_TOOLS` names (comma-separated, e.g. `pgsteward,pgbackrest`; all
+/// when unset). A subset is for profiling: its results are printed, not written to the docs.
+fn selected_tools() -> Result<Vec<Tool>> {
+    let Ok(value) = std::env::var("PGSTEWARD_BENCH_TOOLS") else {
+        return Ok(Tool::ALL.to_vec());
+    };
+    let mut selected = Vec::new();
+    for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let tool = Tool::ALL
+            .into_iter()
+            .find(|t| t.prefix().eq_ignore_ascii_case(name) || t.name().eq_ignore_ascii_case(name))
+            .with_context(|| {
+                let known: Vec<&str> = Tool::ALL.iter().map(|t| t.prefix()).collect();
+                format!(
+                    "PGSTEWARD_BENCH_TOOLS: unknown tool {name:?} (known: {})",
+                    known.join(", ")
+                )
+            })?;
+        selected.push(tool);
+    }
+    if selected.is_empty() {
+        bail!("PGSTEWARD_BENCH_TOOLS={value:?} names no tool");
+    }
+    Ok(selected)
 }
 
 fn segment_size(backlog: &Backlog) -> Result<u64> {
@@ -273,6 +315,16 @@ fn archive_run(
     let sampler = procs::RssSampler::start(vec![archiver]);
 
     let started = Instant::now();
+    if let Some(sidecar) = &setup.sidecar {
+        // Started on the clock, before archive_command is set: a deployed manager runs before
+        // postgres archives anything (started after, its first call finds no manager and
+        // compresses that segment a second time). Detached through a shell that exits at once:
+        // the sidecar is adopted by this process (a subreaper) and its CPU and RSS are
+        // collected with the other orphans.
+        let mut command = procs::as_postgres("/bin/sh", &setup.env, &ctx.home)?;
+        command.arg("-c").arg(sidecar);
+        procs::run_ok(&mut command, Duration::from_secs(10))?;
+    }
     cluster.psql(&[
         &format!(
             "ALTER SYSTEM SET archive_command = '{}'",
@@ -280,13 +332,6 @@ fn archive_run(
         ),
         "SELECT pg_reload_conf()",
     ])?;
-    if let Some(sidecar) = &setup.sidecar {
-        // Detached through a shell that exits at once: the sidecar is adopted by this process
-        // (a subreaper) and its CPU and RSS are collected with the other orphans.
-        let mut command = procs::as_postgres("/bin/sh", &setup.env, &ctx.home)?;
-        command.arg("-c").arg(sidecar);
-        procs::run_ok(&mut command, Duration::from_secs(10))?;
-    }
     let mut left = segments.len();
     let mut progress_at = Instant::now();
     while left > 0 {

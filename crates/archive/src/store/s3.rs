@@ -42,6 +42,10 @@ pub struct S3Store {
     checksums: ChecksumMode,
     sse: ServerSideEncryption,
     kms_key_id: Option<String>,
+    /// Hash request bodies into the SigV4 signature: only over plain HTTP. Over HTTPS, TLS
+    /// protects the body in transit and the server checks it against the checksum sent with
+    /// it, so hashing it again for the signature (`UNSIGNED-PAYLOAD` instead) only costs CPU.
+    pub(super) sign_payload: bool,
     secrets: Secrets,
 }
 
@@ -53,6 +57,7 @@ impl fmt::Debug for S3Store {
             .field("prefix", &self.prefix)
             .field("checksums", &self.checksums)
             .field("sse", &self.sse)
+            .field("sign_payload", &self.sign_payload)
             .finish_non_exhaustive()
     }
 }
@@ -99,6 +104,7 @@ impl S3Store {
             checksums: options.checksums,
             sse: options.sse,
             kms_key_id: options.kms_key_id.clone(),
+            sign_payload: signs_payload(options.endpoint_url.as_deref()),
             secrets,
         })
     }
@@ -149,6 +155,15 @@ impl S3Store {
     }
 }
 
+/// Whether requests to `endpoint_url` sign their bodies: only plain HTTP (no endpoint means
+/// AWS, over HTTPS).
+fn signs_payload(endpoint_url: Option<&str>) -> bool {
+    endpoint_url
+        .map(str::trim)
+        .and_then(|e| e.get(..7))
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"))
+}
+
 #[async_trait]
 impl ObjectStore for S3Store {
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
@@ -189,12 +204,15 @@ impl ObjectStore for S3Store {
                 }
             }
         }
-        let output = request
+        let request = request
             .content_length(data.len() as i64)
-            .body(ByteStream::from(data))
-            .send()
-            .await
-            .map_err(|e| self.error("put", &object_key, &e).1)?;
+            .body(ByteStream::from(data));
+        let sent = if self.sign_payload {
+            request.send().await
+        } else {
+            request.customize().disable_payload_signing().send().await
+        };
+        let output = sent.map_err(|e| self.error("put", &object_key, &e).1)?;
         // The server checked the body against the digest; when it echoes one, it must be ours.
         if let (Some(sent), Some(echoed)) = (sent_sha256, output.checksum_sha256()) {
             if sent != echoed {
@@ -553,6 +571,15 @@ mod tests {
         assert_eq!(root.object_key("w/1").unwrap(), "w/1");
         assert!(root.object_key("../w").is_err());
         assert!(root.object_key("/w").is_err());
+    }
+
+    #[test]
+    fn only_plain_http_signs_bodies() {
+        assert!(signs_payload(Some("http://127.0.0.1:9000")));
+        assert!(signs_payload(Some(" HTTP://minio:9000")));
+        assert!(!signs_payload(Some("https://s3.example.com")));
+        assert!(!signs_payload(None), "no endpoint: AWS over HTTPS");
+        assert!(!signs_payload(Some("http")));
     }
 
     fn b64(bytes: &[u8]) -> String {

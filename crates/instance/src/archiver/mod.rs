@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use pgsteward_api::ArchiveStatus;
 use pgsteward_archive::{ArchiveOutcome, WalArchive, WalError, WalFile, WalKind};
 use tokio::sync::{watch, Notify, Semaphore};
@@ -26,6 +25,9 @@ use crate::metrics::Metrics;
 use settings::ArchiveSettings;
 
 type UploadResult = Option<Result<(), String>>;
+
+/// Pooled segment buffers are freed after this long without an upload.
+const RELEASE_BUFFERS_AFTER: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Default)]
 struct Tracking {
@@ -48,6 +50,7 @@ pub struct Archiver {
     uploads: Arc<Semaphore>,
     tracking: Mutex<Tracking>,
     wake: Notify,
+    destination_check: tokio::sync::Mutex<()>,
     pub(crate) prefetch: prefetch::Prefetcher,
 }
 
@@ -76,6 +79,7 @@ impl Archiver {
                 ..Tracking::default()
             }),
             wake: Notify::new(),
+            destination_check: tokio::sync::Mutex::new(()),
             prefetch,
         }))
     }
@@ -110,6 +114,7 @@ impl Archiver {
         tokio::spawn(async move {
             loop {
                 this.scan().await;
+                this.wal.release_idle_buffers(RELEASE_BUFFERS_AFTER);
                 let _ =
                     tokio::time::timeout(Duration::from_millis(250), this.wake.notified()).await;
             }
@@ -118,6 +123,12 @@ impl Archiver {
     }
 
     async fn ensure_destination(&self) -> Result<(), String> {
+        if self.track(|t| t.destination_ok) {
+            return Ok(());
+        }
+        // One check at a time: the first upload lists the destination and writes the marker,
+        // the ones waiting behind it then find `destination_ok` set.
+        let _checking = self.destination_check.lock().await;
         if self.track(|t| t.destination_ok) {
             return Ok(());
         }
@@ -217,16 +228,21 @@ impl Archiver {
         self.ensure_destination().await?;
         let _permit = self.uploads.acquire().await.map_err(|e| e.to_string())?;
         let path = self.pgdata.join("pg_wal").join(name);
-        let content = tokio::fs::read(&path)
-            .await
-            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        let buffers = self.wal.buffers().clone();
+        let size_hint = match file.kind() {
+            WalKind::Segment | WalKind::Partial => self.segment_bytes() as usize,
+            _ => 0,
+        };
+        let content = tokio::task::spawn_blocking(move || {
+            buffers
+                .read_file(&path, size_hint)
+                .map_err(|e| format!("reading {}: {e}", path.display()))
+        })
+        .await
+        .map_err(|e| format!("reading {name}: {e}"))??;
         let deadline = Instant::now() + self.settings.timeout();
         let started = Instant::now();
-        match self
-            .wal
-            .archive(&file, Bytes::from(content), deadline)
-            .await
-        {
+        match self.wal.archive(&file, content, deadline).await {
             Ok(ArchiveOutcome::Stored {
                 key,
                 raw_bytes,

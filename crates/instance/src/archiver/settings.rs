@@ -91,12 +91,14 @@ impl ArchiveSettings {
             WalCompression::Gzip => Compression::Gzip,
             WalCompression::None => Compression::None,
         };
+        // Each upload under way holds a segment buffer and a compressed one.
         Ok(WalArchive::new(
             Arc::clone(&store),
             Layout::new(&self.server_name),
             compression,
             self.gzip_level,
-        ))
+        )
+        .with_pooled_buffers(self.max_parallel.max(1)))
     }
 
     /// Write the settings into `pgdata` (or remove the file when `settings` is None).

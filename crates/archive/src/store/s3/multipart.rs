@@ -238,16 +238,19 @@ async fn upload_part(
             None
         }
     };
-    let output = request
+    let request = request
         .content_length(data.len() as i64)
-        .body(ByteStream::from(data))
-        .send()
-        .await
-        .map_err(|e| {
-            store
-                .error(&format!("upload part {number} of"), object_key, &e)
-                .1
-        })?;
+        .body(ByteStream::from(data));
+    let sent = if store.sign_payload {
+        request.send().await
+    } else {
+        request.customize().disable_payload_signing().send().await
+    };
+    let output = sent.map_err(|e| {
+        store
+            .error(&format!("upload part {number} of"), object_key, &e)
+            .1
+    })?;
     if let (Some(sent), Some(echoed)) = (&sent_sha256, output.checksum_sha256()) {
         if sent != echoed {
             return Err(StoreError::Integrity(format!(
