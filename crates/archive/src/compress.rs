@@ -111,27 +111,44 @@ impl Decompressor {
         Ok(Decompressor(raw))
     }
 
-    /// Decompress the first gzip member of `input` into `out`: Ok(Some((consumed, written))),
-    /// Ok(None) when `out` is too small, Err when the data is not a valid member.
-    fn member(&mut self, input: &[u8], out: &mut [u8]) -> std::io::Result<Option<(usize, usize)>> {
+    /// Decompress the first gzip member of `input`, appending at most `room` bytes to `out`:
+    /// Ok(Some(consumed)) with `out` grown by what it wrote, Ok(None) when `room` is too
+    /// small (`out` unchanged), Err when the data is not a valid member.
+    fn member(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        room: usize,
+    ) -> std::io::Result<Option<usize>> {
+        out.reserve(room);
+        let spare = out.spare_capacity_mut();
+        let room = room.min(spare.len());
         let mut consumed = 0usize;
         let mut written = 0usize;
-        // SAFETY: the decompressor is live (owned by self); both slices are valid for their
-        // lengths, libdeflate reads at most `input.len()` and writes at most `out.len()` bytes,
-        // and the two out-pointers are valid usize locations.
+        // SAFETY: the decompressor is live (owned by self); `input` is valid for its length and
+        // `spare` for writes of `room` bytes; libdeflate reads at most `input.len()` bytes,
+        // writes at most `room` (never reading the output it has not written), and the two
+        // out-pointers are valid usize locations.
         let result = unsafe {
             libdeflate_gzip_decompress_ex(
                 self.0,
                 input.as_ptr().cast(),
                 input.len(),
-                out.as_mut_ptr().cast(),
-                out.len(),
+                spare.as_mut_ptr().cast(),
+                room,
                 &mut consumed,
                 &mut written,
             )
         };
         if result == libdeflate_result_LIBDEFLATE_SUCCESS {
-            Ok(Some((consumed, written)))
+            if written > room {
+                return Err(Error::other(
+                    "libdeflate reported more output than it had room for",
+                ));
+            }
+            // SAFETY: libdeflate initialised `written` (<= room) bytes past the old length.
+            unsafe { out.set_len(out.len() + written) };
+            Ok(Some(consumed))
         } else if result == libdeflate_result_LIBDEFLATE_INSUFFICIENT_SPACE {
             Ok(None)
         } else {
@@ -161,6 +178,15 @@ fn first_guess(data: &[u8]) -> usize {
 
 /// Decompress a gzip stream (all members), refusing output larger than `limit` bytes.
 pub fn gunzip(data: &[u8], limit: u64) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    gunzip_into(data, limit, &mut out)?;
+    Ok(out)
+}
+
+/// `gunzip` into `out` (replacing what it held; its capacity is reused, so a pooled buffer
+/// does not page-fault in 16 MiB per segment).
+pub fn gunzip_into(data: &[u8], limit: u64, out: &mut Vec<u8>) -> std::io::Result<()> {
+    out.clear();
     if data.is_empty() {
         return Err(Error::new(ErrorKind::InvalidData, "empty gzip stream"));
     }
@@ -172,7 +198,6 @@ pub fn gunzip(data: &[u8], limit: u64) -> std::io::Result<Vec<u8>> {
         )
     };
     let mut decompressor = Decompressor::new()?;
-    let mut out: Vec<u8> = Vec::new();
     let mut rest = data;
     // A single member (what pgsteward and barman-cloud write) declares its exact size.
     let mut room = first_guess(data);
@@ -182,10 +207,8 @@ pub fn gunzip(data: &[u8], limit: u64) -> std::io::Result<Vec<u8>> {
         if available == 0 {
             return Err(too_large());
         }
-        out.resize(start + available, 0);
-        match decompressor.member(rest, &mut out[start..])? {
-            Some((consumed, written)) if consumed > 0 => {
-                out.truncate(start + written);
+        match decompressor.member(rest, out, available)? {
+            Some(consumed) if consumed > 0 => {
                 if out.len() > limit {
                     return Err(too_large());
                 }
@@ -194,7 +217,6 @@ pub fn gunzip(data: &[u8], limit: u64) -> std::io::Result<Vec<u8>> {
             }
             Some(_) => return Err(Error::new(ErrorKind::InvalidData, "empty gzip member")),
             None => {
-                out.truncate(start);
                 if start + available > limit {
                     return Err(too_large());
                 }
@@ -202,7 +224,7 @@ pub fn gunzip(data: &[u8], limit: u64) -> std::io::Result<Vec<u8>> {
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
