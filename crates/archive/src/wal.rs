@@ -17,7 +17,10 @@ use crate::compress;
 use crate::layout::{Compression, Layout};
 use crate::retry::with_retry;
 use crate::store::{ObjectMeta, ObjectStore, StoreError};
-use crate::walname::{InvalidWalName, WalFile, WalKind};
+use crate::walname::{InvalidWalName, WalFile};
+
+mod restore;
+pub use restore::{write_atomically, write_file, Durability};
 
 /// Compression suffixes barman-cloud can write that pgsteward cannot read (reported, not
 /// silently skipped).
@@ -87,9 +90,15 @@ pub struct WalArchive {
     /// Buffers segments are compressed into: apart from `reads`, so each stays only as large
     /// as what it holds (a compressed segment rarely touches its whole 16 MiB).
     compressed: Arc<BufferPool>,
-    /// Compressions that run at once: one per CPU. More uploads than that may be under way
-    /// (waiting on the network), but more compressions only take turns on the same cores.
+    /// Segments being read and compressed at once: one per CPU (see `cpu_slot`).
     compressing: Arc<tokio::sync::Semaphore>,
+}
+
+/// What to archive: content in memory, or a file to read when a CPU is free for it.
+#[derive(Debug)]
+enum Source {
+    Memory(Bytes),
+    File(PathBuf),
 }
 
 /// Buffers of each kind a `WalArchive` keeps for reuse unless told otherwise.
@@ -163,39 +172,94 @@ impl WalArchive {
         content: Bytes,
         deadline: Instant,
     ) -> Result<ArchiveOutcome, WalError> {
+        self.archive_from(file, Source::Memory(content), deadline)
+            .await
+    }
+
+    /// Archive the file at `path` as `file`: read into a pooled buffer only once a CPU is free
+    /// to compress it, so at most one uncompressed segment per CPU is held in memory however
+    /// many uploads are under way.
+    pub async fn archive_file(
+        &self,
+        file: &WalFile,
+        path: &Path,
+        deadline: Instant,
+    ) -> Result<ArchiveOutcome, WalError> {
+        self.archive_from(file, Source::File(path.to_path_buf()), deadline)
+            .await
+    }
+
+    async fn archive_from(
+        &self,
+        file: &WalFile,
+        source: Source,
+        deadline: Instant,
+    ) -> Result<ArchiveOutcome, WalError> {
         let key = self.layout.wal_key(file, self.compression);
-        if let Some(existing) = with_retry("head", deadline, || self.store.head(&key)).await? {
+        let existing = with_retry("head", deadline, || self.store.head(&key)).await?;
+        let permit = self.cpu_slot().await?;
+        if let Some(existing) = existing {
+            let content = self.load(source).await?;
+            drop(permit);
             return self
                 .compare_existing(&key, &existing, &content, deadline)
                 .await;
         }
         let this = self.clone();
-        let raw_bytes = content.len() as u64;
-        // The segment's buffer goes back to its pool once compressed, not after the upload.
-        let permit = self
-            .compressing
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|e| StoreError::Permanent(format!("compression slots closed: {e}")))?;
-        let encoded = tokio::task::spawn_blocking(move || {
+        let name = file.to_string();
+        let (raw_bytes, encoded) = tokio::task::spawn_blocking(move || {
+            let content = this.load_blocking(source)?;
+            let raw_bytes = content.len() as u64;
+            // The segment's buffer goes back to its pool here, before the upload.
             let encoded = this.encode(&content);
+            drop(content);
             drop(permit);
-            encoded
+            let encoded = encoded.map_err(|e| {
+                WalError::Store(StoreError::Permanent(format!("compressing {name}: {e}")))
+            })?;
+            Ok::<_, WalError>((raw_bytes, encoded))
         })
         .await
-        .map_err(|e| StoreError::Permanent(format!("compression task failed: {e}")))?
-        .map_err(|e| StoreError::Permanent(format!("compressing {file}: {e}")))?;
+        .map_err(|e| StoreError::Permanent(format!("compression task failed: {e}")))??;
         let stored_bytes = encoded.len() as u64;
-        let body = encoded;
         // The store confirms the body it kept: S3 checks the SHA-256 (or Content-MD5) sent with
         // it before storing, file:// fsyncs and renames; no second round trip is needed.
-        with_retry("put", deadline, || self.store.put(&key, body.clone())).await?;
+        with_retry("put", deadline, || self.store.put(&key, encoded.clone())).await?;
         Ok(ArchiveOutcome::Stored {
             key,
             raw_bytes,
             stored_bytes,
         })
+    }
+
+    /// One of the slots (one per CPU) for reading + compressing a segment: more uploads than
+    /// that may wait on the network, but more compressions at once would only take turns on
+    /// the same cores while holding more uncompressed segments in memory.
+    async fn cpu_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, WalError> {
+        Ok(self
+            .compressing
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| StoreError::Permanent(format!("CPU slots closed: {e}")))?)
+    }
+
+    /// The content of `source` (a file is read into a pooled buffer).
+    fn load_blocking(&self, source: Source) -> Result<Bytes, WalError> {
+        match source {
+            Source::Memory(content) => Ok(content),
+            Source::File(path) => self
+                .reads
+                .read_file(&path, 0)
+                .map_err(|source| WalError::Read { path, source }),
+        }
+    }
+
+    async fn load(&self, source: Source) -> Result<Bytes, WalError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.load_blocking(source))
+            .await
+            .map_err(|e| StoreError::Permanent(format!("reading task failed: {e}")))?
     }
 
     async fn compare_existing(
@@ -249,81 +313,6 @@ impl WalArchive {
         }
     }
 
-    /// Find and download `file` (or, for a segment, its `.partial`), decompressed.
-    pub async fn fetch(
-        &self,
-        file: &WalFile,
-        deadline: Instant,
-    ) -> Result<Option<(String, Bytes, bool)>, WalError> {
-        // The object this archive writes is the first choice of the listing below; asked for
-        // directly, a restore costs one request instead of two.
-        let key = self.layout.wal_key(file, self.compression);
-        if let Some(stored) = with_retry("get", deadline, || self.store.get(&key)).await? {
-            let data = self.decode(&key, self.compression, &stored)?;
-            return Ok(Some((key, data, false)));
-        }
-        let dir = self.layout.wal_dir(file);
-        let prefix = format!("{dir}{}", file.name());
-        let objects = with_retry("list", deadline, || self.store.list(&prefix)).await?;
-        let mut candidates: Vec<(&ObjectMeta, Option<Compression>, bool)> = Vec::new();
-        for object in &objects {
-            let Some(rest) = object.key.strip_prefix(&prefix) else {
-                continue;
-            };
-            let (suffix, partial) = match rest.strip_prefix(".partial") {
-                Some(after) if file.kind() == WalKind::Segment => (after, true),
-                Some(_) => continue,
-                None => (rest, false),
-            };
-            // Only `<name>[.partial]` plus a compression suffix; other files that share the
-            // prefix (`<segment>.<offset>.backup`) are not this file.
-            match Compression::from_suffix(suffix) {
-                Some(compression) => candidates.push((object, Some(compression), partial)),
-                None if OTHER_COMPRESSIONS.contains(&suffix) => {
-                    candidates.push((object, None, partial))
-                }
-                None => {}
-            }
-        }
-        // Full files first; within them our own compression first.
-        candidates.sort_by_key(|(_, compression, partial)| {
-            (*partial, *compression != Some(self.compression))
-        });
-        let Some((object, compression, partial)) = candidates.first() else {
-            return Ok(None);
-        };
-        let compression = compression.ok_or_else(|| WalError::UnsupportedCompression {
-            key: object.key.clone(),
-        })?;
-        let Some(stored) = with_retry("get", deadline, || self.store.get(&object.key)).await?
-        else {
-            return Ok(None);
-        };
-        let key = object.key.clone();
-        let data = self.decode(&key, compression, &stored)?;
-        Ok(Some((key, data, *partial)))
-    }
-
-    /// Download `file` into `dest` atomically (temporary file in the same directory, fsync,
-    /// rename).
-    pub async fn restore_to(
-        &self,
-        file: &WalFile,
-        dest: &Path,
-        deadline: Instant,
-    ) -> Result<RestoreOutcome, WalError> {
-        let Some((key, data, from_partial)) = self.fetch(file, deadline).await? else {
-            return Ok(RestoreOutcome::NotFound);
-        };
-        let bytes = data.len() as u64;
-        write_atomically(dest, data).await?;
-        Ok(RestoreOutcome::Restored {
-            key,
-            bytes,
-            from_partial,
-        })
-    }
-
     /// Every archived WAL file with its object, sorted by name.
     pub async fn list(&self, deadline: Instant) -> Result<Vec<(WalFile, ObjectMeta)>, WalError> {
         let prefix = self.layout.wals_prefix();
@@ -339,73 +328,6 @@ impl WalArchive {
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
-}
-
-/// Whether a written WAL file must reach the disk before the write counts as done.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Durability {
-    /// fsync the file and its directory (a restored file postgres may rely on).
-    Fsync,
-    /// Page cache only: for caches discarded at startup (the prefetch spool), which a crash
-    /// can leave torn but never serves afterwards.
-    Cache,
-}
-
-/// Write `data` to `dest` through a temporary file in the same directory.
-pub async fn write_atomically(dest: &Path, data: Bytes) -> Result<(), WalError> {
-    write_file(dest, data, Durability::Fsync).await
-}
-
-/// Write `data` to `dest` through a temporary file in the same directory, as durable as asked.
-pub async fn write_file(dest: &Path, data: Bytes, durability: Durability) -> Result<(), WalError> {
-    let dest = dest.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        use std::io::Write;
-        let dir = dest
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let name = dest
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let unique = SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = dir.join(format!(
-            ".{name}.pgsteward-tmp-{}-{unique}",
-            std::process::id()
-        ));
-        let write = |path: &Path| -> std::io::Result<()> {
-            let mut file = std::fs::File::create(path)?;
-            file.write_all(&data)?;
-            match durability {
-                Durability::Fsync => file.sync_all(),
-                Durability::Cache => Ok(()),
-            }
-        };
-        if let Err(source) = write(&tmp) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(WalError::Write { path: tmp, source });
-        }
-        if let Err(source) = std::fs::rename(&tmp, &dest) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(WalError::Write {
-                path: dest.clone(),
-                source,
-            });
-        }
-        if durability == Durability::Cache {
-            return Ok(());
-        }
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|source| WalError::Write {
-                path: dir.to_path_buf(),
-                source,
-            })
-    })
-    .await
-    .map_err(|e| WalError::Store(StoreError::Permanent(format!("write task failed: {e}"))))?
 }
 
 /// A deadline `timeout` from now.

@@ -502,11 +502,16 @@ async fn archive_recovery_and_slot_reuse(version: PgVersion) {
         (count_rows(&replica).await? == 1000).then_some(())
     })
     .await;
-    assert!(
-        replica_manager.log().contains("restored log file"),
-        "no WAL restored from the archive:\n{}",
-        replica_manager.log()
-    );
+    // The manager relays postgres's log a moment after postgres wrote it.
+    let relayed_by = std::time::Instant::now() + Duration::from_secs(10);
+    while !replica_manager.log().contains("restored log file") {
+        assert!(
+            std::time::Instant::now() < relayed_by,
+            "no WAL restored from the archive:\n{}",
+            replica_manager.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The slot is back: streaming resumes.
     exec(
         &primary,

@@ -228,21 +228,9 @@ impl Archiver {
         self.ensure_destination().await?;
         let _permit = self.uploads.acquire().await.map_err(|e| e.to_string())?;
         let path = self.pgdata.join("pg_wal").join(name);
-        let buffers = self.wal.buffers().clone();
-        let size_hint = match file.kind() {
-            WalKind::Segment | WalKind::Partial => self.segment_bytes() as usize,
-            _ => 0,
-        };
-        let content = tokio::task::spawn_blocking(move || {
-            buffers
-                .read_file(&path, size_hint)
-                .map_err(|e| format!("reading {}: {e}", path.display()))
-        })
-        .await
-        .map_err(|e| format!("reading {name}: {e}"))??;
         let deadline = Instant::now() + self.settings.timeout();
         let started = Instant::now();
-        match self.wal.archive(&file, content, deadline).await {
+        match self.wal.archive_file(&file, &path, deadline).await {
             Ok(ArchiveOutcome::Stored {
                 key,
                 raw_bytes,

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use pgsteward_archive::wal::{write_file, Durability};
-use pgsteward_archive::{RestoreOutcome, WalFile, WalKind};
+use pgsteward_archive::wal::Durability;
+use pgsteward_archive::{RestoreOutcome, WalError, WalFile, WalKind};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -169,15 +169,18 @@ impl Archiver {
             tokio::spawn(async move {
                 let permit = this.uploads.clone().acquire_owned().await;
                 let deadline = Instant::now() + this.settings.timeout();
-                match this.wal.fetch(&following, deadline).await {
-                    Ok(Some((_, data, false))) => {
-                        // The spool is discarded at startup, so it needs no fsync.
-                        let spooled = this.prefetch.spooled(&name);
-                        if let Err(e) = write_file(&spooled, data, Durability::Cache).await {
-                            tracing::warn!(wal = %name, error = %e, "prefetch spool write failed (disk full?); restores fall back to direct fetches");
-                        }
-                    }
+                // Full segments only (a `.partial` is served by a direct fetch); the spool is
+                // discarded at startup, so it needs no fsync.
+                let spooled = this.prefetch.spooled(&name);
+                match this
+                    .wal
+                    .fetch_to(&following, &spooled, Durability::Cache, true, deadline)
+                    .await
+                {
                     Ok(_) => {}
+                    Err(e @ WalError::Write { .. }) => {
+                        tracing::warn!(wal = %name, error = %e, "prefetch spool write failed (disk full?); restores fall back to direct fetches");
+                    }
                     Err(e) => tracing::debug!(wal = %name, error = %e, "prefetch failed"),
                 }
                 drop(permit);

@@ -1,0 +1,224 @@
+//! The restore side of the WAL archive: finding a file's object (the key this archive writes,
+//! else a listing: other compressions, a segment's `.partial`), decompressing it into a pooled
+//! buffer and writing it atomically (temporary file + rename, fsynced unless it is a cache).
+
+use std::path::Path;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::{WalArchive, WalError, OTHER_COMPRESSIONS};
+use crate::layout::Compression;
+use crate::retry::with_retry;
+use crate::store::{ObjectMeta, StoreError};
+use crate::walname::{WalFile, WalKind};
+use crate::RestoreOutcome;
+
+/// A stored object found for a WAL file.
+struct Found {
+    key: String,
+    stored: Bytes,
+    compression: Compression,
+    partial: bool,
+}
+
+impl WalArchive {
+    /// Find and download `file` (or, for a segment, its `.partial`), decompressed.
+    pub async fn fetch(
+        &self,
+        file: &WalFile,
+        deadline: Instant,
+    ) -> Result<Option<(String, Bytes, bool)>, WalError> {
+        let Some(found) = self.locate(file, deadline).await? else {
+            return Ok(None);
+        };
+        let this = self.clone();
+        let key = found.key.clone();
+        let data = tokio::task::spawn_blocking(move || {
+            this.decode(&found.key, found.compression, &found.stored)
+        })
+        .await
+        .map_err(|e| StoreError::Permanent(format!("decompression task failed: {e}")))??;
+        Ok(Some((key, data, found.partial)))
+    }
+
+    /// Download `file` into `dest` atomically (temporary file in the same directory, then a
+    /// rename; fsynced with `Durability::Fsync`). With `full_only`, a segment whose full file
+    /// is absent is `NotFound` even when its `.partial` exists (for a cache of full segments).
+    /// Decompression and the write run on a blocking thread.
+    pub async fn fetch_to(
+        &self,
+        file: &WalFile,
+        dest: &Path,
+        durability: Durability,
+        full_only: bool,
+        deadline: Instant,
+    ) -> Result<RestoreOutcome, WalError> {
+        let Some(found) = self.locate(file, deadline).await? else {
+            return Ok(RestoreOutcome::NotFound);
+        };
+        if full_only && found.partial {
+            return Ok(RestoreOutcome::NotFound);
+        }
+        let this = self.clone();
+        let dest = dest.to_path_buf();
+        // Not bounded by the CPU slots archiving uses: a restore waits on one segment after
+        // another, and decompressing the next ones in parallel (about 10 ms each) shortens
+        // every wait; the caller bounds how many downloads run.
+        tokio::task::spawn_blocking(move || {
+            let data = this.decode(&found.key, found.compression, &found.stored)?;
+            drop(found.stored);
+            let bytes = data.len() as u64;
+            write_blocking(&dest, &data, durability)?;
+            Ok(RestoreOutcome::Restored {
+                key: found.key,
+                bytes,
+                from_partial: found.partial,
+            })
+        })
+        .await
+        .map_err(|e| StoreError::Permanent(format!("restore task failed: {e}")))?
+    }
+
+    /// Download `file` into `dest` atomically and durably (temporary file in the same
+    /// directory, fsync, rename, fsync of the directory).
+    pub async fn restore_to(
+        &self,
+        file: &WalFile,
+        dest: &Path,
+        deadline: Instant,
+    ) -> Result<RestoreOutcome, WalError> {
+        self.fetch_to(file, dest, Durability::Fsync, false, deadline)
+            .await
+    }
+
+    /// The stored object for `file`: the key this archive writes (one GET), else the best of
+    /// a listing of `<dir>/<name>*` (a full file, our compression first, else a segment's
+    /// `.partial`).
+    async fn locate(&self, file: &WalFile, deadline: Instant) -> Result<Option<Found>, WalError> {
+        // The object this archive writes is the first choice of the listing below; asked for
+        // directly, a restore costs one request instead of two.
+        let key = self.layout.wal_key(file, self.compression);
+        if let Some(stored) = with_retry("get", deadline, || self.store.get(&key)).await? {
+            return Ok(Some(Found {
+                key,
+                stored,
+                compression: self.compression,
+                partial: false,
+            }));
+        }
+        let dir = self.layout.wal_dir(file);
+        let prefix = format!("{dir}{}", file.name());
+        let objects = with_retry("list", deadline, || self.store.list(&prefix)).await?;
+        let mut candidates: Vec<(&ObjectMeta, Option<Compression>, bool)> = Vec::new();
+        for object in &objects {
+            let Some(rest) = object.key.strip_prefix(&prefix) else {
+                continue;
+            };
+            let (suffix, partial) = match rest.strip_prefix(".partial") {
+                Some(after) if file.kind() == WalKind::Segment => (after, true),
+                Some(_) => continue,
+                None => (rest, false),
+            };
+            // Only `<name>[.partial]` plus a compression suffix; other files that share the
+            // prefix (`<segment>.<offset>.backup`) are not this file.
+            match Compression::from_suffix(suffix) {
+                Some(compression) => candidates.push((object, Some(compression), partial)),
+                None if OTHER_COMPRESSIONS.contains(&suffix) => {
+                    candidates.push((object, None, partial))
+                }
+                None => {}
+            }
+        }
+        // Full files first; within them our own compression first.
+        candidates.sort_by_key(|(_, compression, partial)| {
+            (*partial, *compression != Some(self.compression))
+        });
+        let Some((object, compression, partial)) = candidates.first() else {
+            return Ok(None);
+        };
+        let compression = compression.ok_or_else(|| WalError::UnsupportedCompression {
+            key: object.key.clone(),
+        })?;
+        let Some(stored) = with_retry("get", deadline, || self.store.get(&object.key)).await?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(Found {
+            key: object.key.clone(),
+            stored,
+            compression,
+            partial: *partial,
+        }))
+    }
+}
+
+/// Whether a written WAL file must reach the disk before the write counts as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync the file and its directory (a restored file postgres may rely on).
+    Fsync,
+    /// Page cache only: for caches discarded at startup (the prefetch spool), which a crash
+    /// can leave torn but never serves afterwards.
+    Cache,
+}
+
+/// Write `data` to `dest` through a temporary file in the same directory.
+pub async fn write_atomically(dest: &Path, data: Bytes) -> Result<(), WalError> {
+    write_file(dest, data, Durability::Fsync).await
+}
+
+/// Write `data` to `dest` through a temporary file in the same directory, as durable as asked.
+pub async fn write_file(dest: &Path, data: Bytes, durability: Durability) -> Result<(), WalError> {
+    let dest = dest.to_path_buf();
+    tokio::task::spawn_blocking(move || write_blocking(&dest, &data, durability))
+        .await
+        .map_err(|e| WalError::Store(StoreError::Permanent(format!("write task failed: {e}"))))?
+}
+
+/// `write_file` on the calling thread.
+fn write_blocking(dest: &Path, data: &[u8], durability: Durability) -> Result<(), WalError> {
+    use std::io::Write;
+    let dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let unique = SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(
+        ".{name}.pgsteward-tmp-{}-{unique}",
+        std::process::id()
+    ));
+    let write = |path: &Path| -> std::io::Result<()> {
+        let mut file = std::fs::File::create(path)?;
+        file.write_all(data)?;
+        match durability {
+            Durability::Fsync => file.sync_all(),
+            Durability::Cache => Ok(()),
+        }
+    };
+    if let Err(source) = write(&tmp) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(WalError::Write { path: tmp, source });
+    }
+    if let Err(source) = std::fs::rename(&tmp, dest) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(WalError::Write {
+            path: dest.to_path_buf(),
+            source,
+        });
+    }
+    if durability == Durability::Cache {
+        return Ok(());
+    }
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| WalError::Write {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
