@@ -42,9 +42,10 @@ pub struct S3Store {
     checksums: ChecksumMode,
     sse: ServerSideEncryption,
     kms_key_id: Option<String>,
-    /// Hash request bodies into the SigV4 signature: only over plain HTTP. Over HTTPS, TLS
-    /// protects the body in transit and the server checks it against the checksum sent with
-    /// it, so hashing it again for the signature (`UNSIGNED-PAYLOAD` instead) only costs CPU.
+    /// Hash request bodies into the SigV4 signature: over plain HTTP, and for older servers
+    /// (`checksums: when_required`). Over HTTPS, TLS protects the body in transit and the
+    /// server checks it against the (signed) checksum header sent with it, so hashing it again
+    /// for the signature (`UNSIGNED-PAYLOAD` instead) only costs CPU.
     pub(super) sign_payload: bool,
     secrets: Secrets,
 }
@@ -104,7 +105,7 @@ impl S3Store {
             checksums: options.checksums,
             sse: options.sse,
             kms_key_id: options.kms_key_id.clone(),
-            sign_payload: signs_payload(options.endpoint_url.as_deref()),
+            sign_payload: signs_payload(options.endpoint_url.as_deref(), options.checksums),
             secrets,
         })
     }
@@ -155,13 +156,15 @@ impl S3Store {
     }
 }
 
-/// Whether requests to `endpoint_url` sign their bodies: only plain HTTP (no endpoint means
-/// AWS, over HTTPS).
-fn signs_payload(endpoint_url: Option<&str>) -> bool {
-    endpoint_url
+/// Whether requests sign their bodies: over plain HTTP (no endpoint means AWS, over HTTPS),
+/// and with `checksums: when_required`, the mode for older S3-compatible servers, which may
+/// not accept `UNSIGNED-PAYLOAD` either.
+fn signs_payload(endpoint_url: Option<&str>, checksums: ChecksumMode) -> bool {
+    let plain_http = endpoint_url
         .map(str::trim)
         .and_then(|e| e.get(..7))
-        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"))
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"));
+    plain_http || checksums == ChecksumMode::WhenRequired
 }
 
 #[async_trait]
@@ -574,12 +577,19 @@ mod tests {
     }
 
     #[test]
-    fn only_plain_http_signs_bodies() {
-        assert!(signs_payload(Some("http://127.0.0.1:9000")));
-        assert!(signs_payload(Some(" HTTP://minio:9000")));
-        assert!(!signs_payload(Some("https://s3.example.com")));
-        assert!(!signs_payload(None), "no endpoint: AWS over HTTPS");
-        assert!(!signs_payload(Some("http")));
+    fn bodies_are_signed_over_http_and_for_older_servers() {
+        let supported = ChecksumMode::WhenSupported;
+        assert!(signs_payload(Some("http://127.0.0.1:9000"), supported));
+        assert!(signs_payload(Some(" HTTP://minio:9000"), supported));
+        assert!(!signs_payload(Some("https://s3.example.com"), supported));
+        assert!(
+            !signs_payload(None, supported),
+            "no endpoint: AWS over HTTPS"
+        );
+        assert!(!signs_payload(Some("http"), supported));
+        let required = ChecksumMode::WhenRequired;
+        assert!(signs_payload(Some("https://s3.example.com"), required));
+        assert!(signs_payload(None, required));
     }
 
     fn b64(bytes: &[u8]) -> String {
