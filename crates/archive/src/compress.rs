@@ -10,10 +10,21 @@ use std::io::{Error, ErrorKind};
 
 use libdeflate_sys::{
     libdeflate_alloc_compressor, libdeflate_alloc_decompressor, libdeflate_compressor,
-    libdeflate_decompressor, libdeflate_free_compressor, libdeflate_free_decompressor,
-    libdeflate_gzip_compress, libdeflate_gzip_compress_bound, libdeflate_gzip_decompress_ex,
+    libdeflate_crc32, libdeflate_decompressor, libdeflate_deflate_compress,
+    libdeflate_free_compressor, libdeflate_free_decompressor, libdeflate_gzip_compress,
+    libdeflate_gzip_compress_bound, libdeflate_gzip_decompress_ex,
     libdeflate_result_LIBDEFLATE_INSUFFICIENT_SPACE, libdeflate_result_LIBDEFLATE_SUCCESS,
 };
+
+/// gzip's header and trailer around the deflate stream (10 + 8 bytes).
+const GZIP_HEADER_BYTES: usize = 10;
+const GZIP_TRAILER_BYTES: usize = 8;
+
+/// The CRC-32 gzip uses, continued from `crc` (0 to start) over `data`.
+pub fn crc32(crc: u32, data: &[u8]) -> u32 {
+    // SAFETY: `data` is valid for reads of its length.
+    unsafe { libdeflate_crc32(crc, data.as_ptr().cast(), data.len()) }
+}
 
 /// Compress `data` as one gzip member at `level` (0-9, as gzip spells levels; higher is 9).
 pub fn gzip(data: &[u8], level: u32) -> std::io::Result<Vec<u8>> {
@@ -27,6 +38,25 @@ pub fn gzip(data: &[u8], level: u32) -> std::io::Result<Vec<u8>> {
 /// capacity is reused, so a pooled buffer makes this allocation-free). The compressor is kept
 /// per thread and level: allocating one costs more than compressing a small file.
 pub fn gzip_into(data: &[u8], level: u32, out: &mut Vec<u8>) -> std::io::Result<()> {
+    with_compressor(level, |compressor| compressor.gzip(data, out))
+}
+
+/// `gzip_into` for data whose CRC-32 the caller already has (computed while the data was read,
+/// when it was in cache: a second pass over 16 MiB costs more than the CRC itself). The output
+/// is byte for byte what `gzip_into` writes when `crc` is right.
+pub fn gzip_into_with_crc(
+    data: &[u8],
+    crc: u32,
+    level: u32,
+    out: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    with_compressor(level, |compressor| compressor.gzip_with_crc(data, crc, out))
+}
+
+fn with_compressor<T>(
+    level: u32,
+    f: impl FnOnce(&mut Compressor) -> std::io::Result<T>,
+) -> std::io::Result<T> {
     thread_local! {
         static COMPRESSOR: RefCell<Option<Compressor>> = const { RefCell::new(None) };
     }
@@ -37,7 +67,7 @@ pub fn gzip_into(data: &[u8], level: u32, out: &mut Vec<u8>) -> std::io::Result<
             *cached = Some(Compressor::new(level)?);
         }
         match cached.as_mut() {
-            Some(compressor) => compressor.gzip(data, out),
+            Some(compressor) => f(compressor),
             None => Err(Error::other("no gzip compressor")),
         }
     })
@@ -84,6 +114,46 @@ impl Compressor {
         }
         // SAFETY: libdeflate initialised the first `written` bytes of the spare capacity.
         unsafe { out.set_len(written) };
+        Ok(())
+    }
+}
+
+impl Compressor {
+    /// One gzip member as libdeflate writes it (no name, no mtime, XFL from the level, OS
+    /// unknown) around a raw deflate stream of `data`, with the caller's CRC.
+    fn gzip_with_crc(&mut self, data: &[u8], crc: u32, out: &mut Vec<u8>) -> std::io::Result<()> {
+        // gzip's ISIZE is the length modulo 2^32.
+        let isize_field = (data.len() as u64 & 0xffff_ffff) as u32;
+        // SAFETY: the compressor is live (owned by self).
+        let bound = unsafe { libdeflate_gzip_compress_bound(self.raw, data.len()) };
+        out.clear();
+        out.reserve(bound);
+        let xfl = match self.level {
+            0 | 1 => 4, // fastest
+            8.. => 2,   // slowest
+            _ => 0,
+        };
+        out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, xfl, 0xff]);
+        let room = out.spare_capacity_mut();
+        let avail = room.len().saturating_sub(GZIP_TRAILER_BYTES);
+        // SAFETY: as in `gzip`: `room` is valid for writes of `avail` bytes, and libdeflate
+        // only writes to the output.
+        let written = unsafe {
+            libdeflate_deflate_compress(
+                self.raw,
+                data.as_ptr().cast(),
+                data.len(),
+                room.as_mut_ptr().cast(),
+                avail,
+            )
+        };
+        if written == 0 || written > avail {
+            return Err(Error::other("gzip: libdeflate could not compress the data"));
+        }
+        // SAFETY: libdeflate initialised `written` bytes past the header.
+        unsafe { out.set_len(GZIP_HEADER_BYTES + written) };
+        out.extend_from_slice(&crc.to_le_bytes());
+        out.extend_from_slice(&isize_field.to_le_bytes());
         Ok(())
     }
 }
@@ -254,6 +324,29 @@ mod tests {
         assert_eq!(gunzip(&gzip(b"", 6).unwrap(), 10).unwrap(), b"");
         assert!(gunzip(b"", 10).is_err());
         assert!(gunzip(&packed[..packed.len() - 9], 1 << 30).is_err());
+    }
+
+    #[test]
+    fn a_crc_given_by_the_caller_writes_the_same_member() {
+        let text: Vec<u8> = (0..300_000u32)
+            .map(|i| b"pg_wal segment "[(i % 15) as usize] ^ (i % 7) as u8)
+            .collect();
+        for data in [&text[..], b"", b"x"] {
+            for level in [0, 1, 5, 6, 9] {
+                let mut plain = Vec::new();
+                gzip_into(data, level, &mut plain).unwrap();
+                // Chained over uneven chunks, as a reader computes it.
+                let crc = data.chunks(7_777).fold(0, |crc, chunk| crc32(crc, chunk));
+                let mut with_crc = Vec::new();
+                gzip_into_with_crc(data, crc, level, &mut with_crc).unwrap();
+                assert!(plain == with_crc, "level {level}, {} bytes", data.len());
+                assert_eq!(gunzip(&with_crc, 1 << 30).unwrap(), data);
+            }
+        }
+        // A wrong CRC is caught by every reader, ours included.
+        let mut wrong = Vec::new();
+        gzip_into_with_crc(&text, crc32(0, &text) ^ 1, 6, &mut wrong).unwrap();
+        assert!(gunzip(&wrong, 1 << 30).is_err());
     }
 
     #[test]

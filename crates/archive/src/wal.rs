@@ -165,6 +165,18 @@ impl WalArchive {
         }
     }
 
+    /// `encode` of gzip content whose CRC-32 is known.
+    fn encode_with_crc(&self, content: &Bytes, crc: u32) -> std::io::Result<Bytes> {
+        let mut out = self.compressed.take(0);
+        match compress::gzip_into_with_crc(content, crc, self.gzip_level, &mut out) {
+            Ok(()) => Ok(self.compressed.freeze(out)),
+            Err(e) => {
+                self.compressed.give(out);
+                Err(e)
+            }
+        }
+    }
+
     /// Archive `content` as `file`, finishing before `deadline` (transient errors are retried).
     pub async fn archive(
         &self,
@@ -208,10 +220,23 @@ impl WalArchive {
         let this = self.clone();
         let name = file.to_string();
         let (raw_bytes, encoded) = tokio::task::spawn_blocking(move || {
-            let content = this.load_blocking(source)?;
+            let (content, crc) = match source {
+                // gzip's CRC taken while reading, when the data is in cache.
+                Source::File(path) if this.compression == Compression::Gzip => {
+                    let (content, crc) = this
+                        .reads
+                        .read_file_with_crc(&path)
+                        .map_err(|source| WalError::Read { path, source })?;
+                    (content, Some(crc))
+                }
+                other => (this.load_blocking(other)?, None),
+            };
             let raw_bytes = content.len() as u64;
             // The segment's buffer goes back to its pool here, before the upload.
-            let encoded = this.encode(&content);
+            let encoded = match crc {
+                Some(crc) => this.encode_with_crc(&content, crc),
+                None => this.encode(&content),
+            };
             drop(content);
             drop(permit);
             let encoded = encoded.map_err(|e| {
