@@ -3,16 +3,15 @@
 //! Buffers come back when the last `Bytes` made from them drops; at most `keep` wait in the
 //! pool, and [`BufferPool::release_idle`] frees them once the pool has not been used for a while,
 //! so an idle manager does not sit on memory it needed for a burst. Files are read into them
-//! whole, optionally with their gzip CRC-32 computed on the way in.
+//! whole, with their gzip CRC-32 computed on the way in.
 
-use std::io::Read;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-/// Bytes read (and checksummed) at a time by `read_file_with_crc`: small enough to stay in a
+/// Bytes read (and checksummed) at a time by `read_file`: small enough to stay in a
 /// core's L2 cache between the copy and the CRC.
 const READ_CHUNK: usize = 256 << 10;
 
@@ -82,22 +81,10 @@ impl BufferPool {
         })
     }
 
-    /// Read the whole file at `path` into a pooled buffer (`size_hint`: its expected length).
-    pub fn read_file(self: &Arc<Self>, path: &Path, size_hint: usize) -> std::io::Result<Bytes> {
-        let mut buffer = self.take(size_hint);
-        let read = std::fs::File::open(path).and_then(|mut file| file.read_to_end(&mut buffer));
-        match read {
-            Ok(_) => Ok(self.freeze(buffer)),
-            Err(e) => {
-                self.give(buffer);
-                Err(e)
-            }
-        }
-    }
-
-    /// `read_file`, also returning the file's gzip CRC-32, computed chunk by chunk right after
-    /// each chunk is read (while it is in cache, instead of a second pass over the buffer).
-    pub fn read_file_with_crc(self: &Arc<Self>, path: &Path) -> std::io::Result<(Bytes, u32)> {
+    /// Read the whole file at `path` into a pooled buffer, with its gzip CRC-32 computed chunk
+    /// by chunk right after each chunk is read (while it is in cache: a second pass over 16 MiB
+    /// costs more than the CRC itself).
+    pub fn read_file(self: &Arc<Self>, path: &Path) -> std::io::Result<(Bytes, u32)> {
         use std::os::fd::AsRawFd;
         let file = std::fs::File::open(path)?;
         let expected = file.metadata()?.len() as usize;
@@ -204,13 +191,11 @@ mod tests {
         let content: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
         std::fs::write(&path, &content).unwrap();
         let pool = BufferPool::new(4);
-        // A wrong size hint only costs a reallocation.
-        for hint in [0, 10, content.len(), 1 << 20] {
-            assert_eq!(&pool.read_file(&path, hint).unwrap()[..], &content[..]);
+        // Read twice: the second time into the pooled buffer of the first.
+        for _ in 0..2 {
+            assert_eq!(&pool.read_file(&path).unwrap().0[..], &content[..]);
         }
-        let missing = pool.read_file(&dir.path().join("absent"), 16).unwrap_err();
-        assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
-        // With the CRC: the same bytes, the CRC of all of them (several chunks).
+        // The same bytes, the CRC of all of them (several chunks).
         let big: Vec<u8> = (0..(3 * READ_CHUNK + 17) as u32)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
             .collect();
@@ -218,20 +203,18 @@ mod tests {
         std::fs::write(&big_path, &big).unwrap();
         for path in [&path, &big_path] {
             let expected = std::fs::read(path).unwrap();
-            let (bytes, crc) = pool.read_file_with_crc(path).unwrap();
+            let (bytes, crc) = pool.read_file(path).unwrap();
             assert!(bytes[..] == expected[..]);
             assert_eq!(crc, crate::compress::crc32(0, &expected));
         }
         let (empty_bytes, empty_crc) = {
             let empty = dir.path().join("empty");
             std::fs::write(&empty, b"").unwrap();
-            pool.read_file_with_crc(&empty).unwrap()
+            pool.read_file(&empty).unwrap()
         };
         assert!(empty_bytes.is_empty() && empty_crc == 0);
         drop(empty_bytes);
-        let missing = pool
-            .read_file_with_crc(&dir.path().join("absent"))
-            .unwrap_err();
+        let missing = pool.read_file(&dir.path().join("absent")).unwrap_err();
         assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
         assert!(pool.pooled() >= 1);
     }

@@ -11,9 +11,9 @@ use std::io::{Error, ErrorKind};
 use libdeflate_sys::{
     libdeflate_alloc_compressor, libdeflate_alloc_decompressor, libdeflate_compressor,
     libdeflate_crc32, libdeflate_decompressor, libdeflate_deflate_compress,
-    libdeflate_free_compressor, libdeflate_free_decompressor, libdeflate_gzip_compress,
-    libdeflate_gzip_compress_bound, libdeflate_gzip_decompress_ex,
-    libdeflate_result_LIBDEFLATE_INSUFFICIENT_SPACE, libdeflate_result_LIBDEFLATE_SUCCESS,
+    libdeflate_free_compressor, libdeflate_free_decompressor, libdeflate_gzip_compress_bound,
+    libdeflate_gzip_decompress_ex, libdeflate_result_LIBDEFLATE_INSUFFICIENT_SPACE,
+    libdeflate_result_LIBDEFLATE_SUCCESS,
 };
 
 /// gzip's header and trailer around the deflate stream (10 + 8 bytes).
@@ -38,25 +38,18 @@ pub fn gzip(data: &[u8], level: u32) -> std::io::Result<Vec<u8>> {
 /// capacity is reused, so a pooled buffer makes this allocation-free). The compressor is kept
 /// per thread and level: allocating one costs more than compressing a small file.
 pub fn gzip_into(data: &[u8], level: u32, out: &mut Vec<u8>) -> std::io::Result<()> {
-    with_compressor(level, |compressor| compressor.gzip(data, out))
+    gzip_into_with_crc(data, crc32(0, data), level, out)
 }
 
 /// `gzip_into` for data whose CRC-32 the caller already has (computed while the data was read,
-/// when it was in cache: a second pass over 16 MiB costs more than the CRC itself). The output
-/// is byte for byte what `gzip_into` writes when `crc` is right.
+/// when it was in cache: a second pass over 16 MiB costs more than the CRC itself). The member
+/// is byte for byte what libdeflate's own gzip writer makes when `crc` is right (tested).
 pub fn gzip_into_with_crc(
     data: &[u8],
     crc: u32,
     level: u32,
     out: &mut Vec<u8>,
 ) -> std::io::Result<()> {
-    with_compressor(level, |compressor| compressor.gzip_with_crc(data, crc, out))
-}
-
-fn with_compressor<T>(
-    level: u32,
-    f: impl FnOnce(&mut Compressor) -> std::io::Result<T>,
-) -> std::io::Result<T> {
     thread_local! {
         static COMPRESSOR: RefCell<Option<Compressor>> = const { RefCell::new(None) };
     }
@@ -67,7 +60,7 @@ fn with_compressor<T>(
             *cached = Some(Compressor::new(level)?);
         }
         match cached.as_mut() {
-            Some(compressor) => f(compressor),
+            Some(compressor) => compressor.gzip_with_crc(data, crc, out),
             None => Err(Error::other("no gzip compressor")),
         }
     })
@@ -92,33 +85,6 @@ impl Compressor {
         Ok(Compressor { raw, level })
     }
 
-    fn gzip(&mut self, data: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
-        // SAFETY: the compressor is live (owned by self).
-        let bound = unsafe { libdeflate_gzip_compress_bound(self.raw, data.len()) };
-        out.clear();
-        out.reserve(bound);
-        let room = out.spare_capacity_mut();
-        // SAFETY: the compressor is live; `data` is valid for its length; `room` is valid for
-        // writes of `room.len()` (>= bound) bytes, and libdeflate only writes to the output.
-        let written = unsafe {
-            libdeflate_gzip_compress(
-                self.raw,
-                data.as_ptr().cast(),
-                data.len(),
-                room.as_mut_ptr().cast(),
-                room.len(),
-            )
-        };
-        if written == 0 || written > room.len() {
-            return Err(Error::other("gzip: libdeflate could not compress the data"));
-        }
-        // SAFETY: libdeflate initialised the first `written` bytes of the spare capacity.
-        unsafe { out.set_len(written) };
-        Ok(())
-    }
-}
-
-impl Compressor {
     /// One gzip member as libdeflate writes it (no name, no mtime, XFL from the level, OS
     /// unknown) around a raw deflate stream of `data`, with the caller's CRC.
     fn gzip_with_crc(&mut self, data: &[u8], crc: u32, out: &mut Vec<u8>) -> std::io::Result<()> {
@@ -136,8 +102,8 @@ impl Compressor {
         out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, xfl, 0xff]);
         let room = out.spare_capacity_mut();
         let avail = room.len().saturating_sub(GZIP_TRAILER_BYTES);
-        // SAFETY: as in `gzip`: `room` is valid for writes of `avail` bytes, and libdeflate
-        // only writes to the output.
+        // SAFETY: the compressor is live; `data` is valid for its length; `room` is valid for
+        // writes of `avail` bytes, and libdeflate only writes to the output.
         let written = unsafe {
             libdeflate_deflate_compress(
                 self.raw,
@@ -333,8 +299,27 @@ mod tests {
             .collect();
         for data in [&text[..], b"", b"x"] {
             for level in [0, 1, 5, 6, 9] {
-                let mut plain = Vec::new();
-                gzip_into(data, level, &mut plain).unwrap();
+                // What libdeflate's own gzip writer makes of it.
+                let mut plain = vec![0u8; data.len() + 1024];
+                // SAFETY: a fresh compressor, freed below; both buffers valid for their lengths.
+                let written = unsafe {
+                    let raw = libdeflate_alloc_compressor(level as i32);
+                    assert!(!raw.is_null());
+                    let n = libdeflate_sys::libdeflate_gzip_compress(
+                        raw,
+                        data.as_ptr().cast(),
+                        data.len(),
+                        plain.as_mut_ptr().cast(),
+                        plain.len(),
+                    );
+                    libdeflate_free_compressor(raw);
+                    n
+                };
+                assert!(written > 0);
+                plain.truncate(written);
+                let mut ours = Vec::new();
+                gzip_into(data, level, &mut ours).unwrap();
+                assert!(plain == ours, "level {level}, {} bytes", data.len());
                 // Chained over uneven chunks, as a reader computes it.
                 let crc = data.chunks(7_777).fold(0, crc32);
                 let mut with_crc = Vec::new();

@@ -1,6 +1,7 @@
 //! pgsteward-archive: object storage (S3 through aws-sdk-s3, and `file://` as the embedded
 //! default), the barman-cloud object layout, WAL segment names, gzip compression (with a pool
-//! of reusable segment buffers), and WAL archive/restore with the no-overwrite rule. No knowledge of HTTP or of the supervisor.
+//! of reusable segment buffers), and WAL archive/restore with the no-overwrite rule. No
+//! knowledge of HTTP or of the supervisor.
 
 pub mod buffers;
 pub mod compress;

@@ -124,18 +124,12 @@ impl WalArchive {
         }
     }
 
-    /// Keep up to `keep` read buffers and `keep` compressed ones for reuse: one of each per
-    /// upload that runs at once.
+    /// Keep up to `keep` read buffers and `keep` compressed ones for reuse (`keep`: the uploads
+    /// that run at once).
     pub fn with_pooled_buffers(mut self, keep: usize) -> Self {
         self.reads = BufferPool::new(keep);
         self.compressed = BufferPool::new(keep);
         self
-    }
-
-    /// The pool to read segments from disk with (`buffers().read_file(..)`), so their memory
-    /// is reused.
-    pub fn buffers(&self) -> &Arc<BufferPool> {
-        &self.reads
     }
 
     /// Free pooled buffers when none was used for `idle`.
@@ -148,25 +142,13 @@ impl WalArchive {
         &self.store
     }
 
-    /// Encode local content as it is stored (into a pooled buffer).
-    pub fn encode(&self, content: &Bytes) -> std::io::Result<Bytes> {
-        match self.compression {
-            Compression::Gzip => {
-                let mut out = self.compressed.take(0);
-                match compress::gzip_into(content, self.gzip_level, &mut out) {
-                    Ok(()) => Ok(self.compressed.freeze(out)),
-                    Err(e) => {
-                        self.compressed.give(out);
-                        Err(e)
-                    }
-                }
-            }
-            Compression::None => Ok(content.clone()),
+    /// Encode local content as it is stored, into a pooled buffer (`crc`: gzip's CRC-32 of
+    /// `content` when the reader computed it).
+    fn encode(&self, content: &Bytes, crc: Option<u32>) -> std::io::Result<Bytes> {
+        if self.compression == Compression::None {
+            return Ok(content.clone());
         }
-    }
-
-    /// `encode` of gzip content whose CRC-32 is known.
-    fn encode_with_crc(&self, content: &Bytes, crc: u32) -> std::io::Result<Bytes> {
+        let crc = crc.unwrap_or_else(|| compress::crc32(0, content));
         let mut out = self.compressed.take(0);
         match compress::gzip_into_with_crc(content, crc, self.gzip_level, &mut out) {
             Ok(()) => Ok(self.compressed.freeze(out)),
@@ -220,23 +202,10 @@ impl WalArchive {
         let this = self.clone();
         let name = file.to_string();
         let (raw_bytes, encoded) = tokio::task::spawn_blocking(move || {
-            let (content, crc) = match source {
-                // gzip's CRC taken while reading, when the data is in cache.
-                Source::File(path) if this.compression == Compression::Gzip => {
-                    let (content, crc) = this
-                        .reads
-                        .read_file_with_crc(&path)
-                        .map_err(|source| WalError::Read { path, source })?;
-                    (content, Some(crc))
-                }
-                other => (this.load_blocking(other)?, None),
-            };
+            let (content, crc) = this.load_blocking(source)?;
             let raw_bytes = content.len() as u64;
             // The segment's buffer goes back to its pool here, before the upload.
-            let encoded = match crc {
-                Some(crc) => this.encode_with_crc(&content, crc),
-                None => this.encode(&content),
-            };
+            let encoded = this.encode(&content, crc);
             drop(content);
             drop(permit);
             let encoded = encoded.map_err(|e| {
@@ -269,20 +238,20 @@ impl WalArchive {
             .map_err(|e| StoreError::Permanent(format!("CPU slots closed: {e}")))?)
     }
 
-    /// The content of `source` (a file is read into a pooled buffer).
-    fn load_blocking(&self, source: Source) -> Result<Bytes, WalError> {
+    /// The content of `source`; a file is read into a pooled buffer, with its CRC-32.
+    fn load_blocking(&self, source: Source) -> Result<(Bytes, Option<u32>), WalError> {
         match source {
-            Source::Memory(content) => Ok(content),
-            Source::File(path) => self
-                .reads
-                .read_file(&path, 0)
-                .map_err(|source| WalError::Read { path, source }),
+            Source::Memory(content) => Ok((content, None)),
+            Source::File(path) => match self.reads.read_file(&path) {
+                Ok((content, crc)) => Ok((content, Some(crc))),
+                Err(source) => Err(WalError::Read { path, source }),
+            },
         }
     }
 
     async fn load(&self, source: Source) -> Result<Bytes, WalError> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.load_blocking(source))
+        tokio::task::spawn_blocking(move || this.load_blocking(source).map(|(content, _)| content))
             .await
             .map_err(|e| StoreError::Permanent(format!("reading task failed: {e}")))?
     }

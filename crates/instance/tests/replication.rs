@@ -503,15 +503,17 @@ async fn archive_recovery_and_slot_reuse(version: PgVersion) {
     })
     .await;
     // The manager relays postgres's log a moment after postgres wrote it.
-    let relayed_by = std::time::Instant::now() + Duration::from_secs(10);
-    while !replica_manager.log().contains("restored log file") {
-        assert!(
-            std::time::Instant::now() < relayed_by,
-            "no WAL restored from the archive:\n{}",
-            replica_manager.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(
+        "'restored log file' (WAL restored from the archive) in the replica's log",
+        Duration::from_secs(10),
+        || async {
+            replica_manager
+                .log()
+                .contains("restored log file")
+                .then_some(())
+        },
+    )
+    .await;
     // The slot is back: streaming resumes.
     exec(
         &primary,

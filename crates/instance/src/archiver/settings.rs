@@ -91,7 +91,8 @@ impl ArchiveSettings {
             WalCompression::Gzip => Compression::Gzip,
             WalCompression::None => Compression::None,
         };
-        // Each upload under way holds a segment buffer and a compressed one.
+        // One compressed buffer per upload under way; read buffers are in use only while a
+        // segment is compressed (one per CPU), the pool keeps as many as uploads at most.
         Ok(WalArchive::new(
             Arc::clone(&store),
             Layout::new(&self.server_name),
