@@ -20,7 +20,7 @@ use crate::store::{ObjectMeta, ObjectStore, StoreError};
 use crate::walname::{InvalidWalName, WalFile};
 
 mod restore;
-pub use restore::{write_atomically, write_file, Durability};
+pub use restore::{write_atomically, write_file, Durability, DOWNLOAD_PART_BYTES};
 
 /// Compression suffixes barman-cloud can write that pgsteward cannot read (reported, not
 /// silently skipped).
@@ -74,6 +74,9 @@ pub enum WalError {
     UnsupportedCompression { key: String },
     #[error("{key} is corrupt: {message}")]
     Corrupt { key: String, message: String },
+    /// The caller's condition for storing anything (`archive_file`'s `allowed`) did not hold.
+    #[error("{0}")]
+    NotAllowed(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -99,6 +102,20 @@ pub struct WalArchive {
 enum Source {
     Memory(Bytes),
     File(PathBuf),
+}
+
+/// A segment ready to be stored, or the object already at its key with the local content.
+enum Prepared {
+    Existing {
+        key: String,
+        meta: ObjectMeta,
+        content: Bytes,
+    },
+    Encoded {
+        key: String,
+        raw_bytes: u64,
+        encoded: Bytes,
+    },
 }
 
 /// Buffers of each kind a `WalArchive` keeps for reuse unless told otherwise.
@@ -172,15 +189,23 @@ impl WalArchive {
 
     /// Archive the file at `path` as `file`: read into a pooled buffer only once a CPU is free
     /// to compress it, so at most one uncompressed segment per CPU is held in memory however
-    /// many uploads are under way.
-    pub async fn archive_file(
+    /// many uploads are under way. Nothing is stored unless `allowed`, which runs while the
+    /// segment is looked up, read and compressed, answers Ok: a check that needs a round trip
+    /// of its own (the destination rule before a first archive) then adds no time.
+    pub async fn archive_file<F>(
         &self,
         file: &WalFile,
         path: &Path,
         deadline: Instant,
-    ) -> Result<ArchiveOutcome, WalError> {
-        self.archive_from(file, Source::File(path.to_path_buf()), deadline)
-            .await
+        allowed: F,
+    ) -> Result<ArchiveOutcome, WalError>
+    where
+        F: std::future::Future<Output = Result<(), String>>,
+    {
+        let prepare = self.prepare(file, Source::File(path.to_path_buf()), deadline);
+        let (allowed, prepared) = tokio::join!(allowed, prepare);
+        allowed.map_err(WalError::NotAllowed)?;
+        self.finish(prepared?, deadline).await
     }
 
     async fn archive_from(
@@ -189,15 +214,53 @@ impl WalArchive {
         source: Source,
         deadline: Instant,
     ) -> Result<ArchiveOutcome, WalError> {
+        let prepared = self.prepare(file, source, deadline).await?;
+        self.finish(prepared, deadline).await
+    }
+
+    /// Stores a prepared segment, or compares it with the object already there.
+    async fn finish(
+        &self,
+        prepared: Prepared,
+        deadline: Instant,
+    ) -> Result<ArchiveOutcome, WalError> {
+        match prepared {
+            Prepared::Existing { key, meta, content } => {
+                self.compare_existing(&key, &meta, &content, deadline).await
+            }
+            Prepared::Encoded {
+                key,
+                raw_bytes,
+                encoded,
+            } => {
+                let stored_bytes = encoded.len() as u64;
+                // The store confirms the body it kept: S3 checks the SHA-256 (or Content-MD5)
+                // sent with it before storing, file:// fsyncs and renames; no second round
+                // trip is needed.
+                with_retry("put", deadline, || self.store.put(&key, encoded.clone())).await?;
+                Ok(ArchiveOutcome::Stored {
+                    key,
+                    raw_bytes,
+                    stored_bytes,
+                })
+            }
+        }
+    }
+
+    /// Looks the key up and reads the content; encodes it when no object is there yet.
+    async fn prepare(
+        &self,
+        file: &WalFile,
+        source: Source,
+        deadline: Instant,
+    ) -> Result<Prepared, WalError> {
         let key = self.layout.wal_key(file, self.compression);
         let existing = with_retry("head", deadline, || self.store.head(&key)).await?;
         let permit = self.cpu_slot().await?;
-        if let Some(existing) = existing {
+        if let Some(meta) = existing {
             let content = self.load(source).await?;
             drop(permit);
-            return self
-                .compare_existing(&key, &existing, &content, deadline)
-                .await;
+            return Ok(Prepared::Existing { key, meta, content });
         }
         let this = self.clone();
         let name = file.to_string();
@@ -215,14 +278,10 @@ impl WalArchive {
         })
         .await
         .map_err(|e| StoreError::Permanent(format!("compression task failed: {e}")))??;
-        let stored_bytes = encoded.len() as u64;
-        // The store confirms the body it kept: S3 checks the SHA-256 (or Content-MD5) sent with
-        // it before storing, file:// fsyncs and renames; no second round trip is needed.
-        with_retry("put", deadline, || self.store.put(&key, encoded.clone())).await?;
-        Ok(ArchiveOutcome::Stored {
+        Ok(Prepared::Encoded {
             key,
             raw_bytes,
-            stored_bytes,
+            encoded,
         })
     }
 
@@ -370,6 +429,39 @@ mod tests {
             }
         ));
         assert_eq!(std::fs::read(&restored).unwrap(), content);
+    }
+
+    #[tokio::test]
+    async fn archive_file_stores_nothing_unless_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = archive(&dir.path().join("store"));
+        let file = WalFile::parse("000000010000000000000002").unwrap();
+        let path = dir.path().join("segment");
+        std::fs::write(&path, vec![3u8; 1 << 20]).unwrap();
+        let deadline = deadline_in(Duration::from_secs(10));
+        let stored = dir
+            .path()
+            .join("store/srv/wals/0000000100000000/000000010000000000000002.gz");
+        let refused = wal
+            .archive_file(&file, &path, deadline, async {
+                Err("destination refused".to_owned())
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&refused, WalError::NotAllowed(m) if m == "destination refused"),
+            "{refused}"
+        );
+        assert!(!stored.exists());
+        let outcome = wal
+            .archive_file(&file, &path, deadline, async { Ok(()) })
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcome, ArchiveOutcome::Stored { .. }),
+            "{outcome:?}"
+        );
+        assert!(stored.is_file());
     }
 
     #[tokio::test]

@@ -38,6 +38,8 @@ struct Tracking {
     retry_after: HashMap<String, Instant>,
     status: ArchiveStatus,
     destination_ok: bool,
+    /// The destination check failed at least once (later uploads check before compressing).
+    destination_refused: bool,
 }
 
 /// The archiver; share it with `Arc`.
@@ -137,7 +139,10 @@ impl Archiver {
                 self.track(|t| t.destination_ok = true);
                 Ok(())
             }
-            Err(e) => Err(format!("{e:#}")),
+            Err(e) => {
+                self.track(|t| t.destination_refused = true);
+                Err(format!("{e:#}"))
+            }
         }
     }
 
@@ -225,12 +230,17 @@ impl Archiver {
 
     async fn upload(&self, name: &str) -> Result<(), String> {
         let file = WalFile::parse(name).map_err(|e| e.to_string())?;
-        self.ensure_destination().await?;
+        // Until the destination was accepted once, check it first after a refusal (no
+        // compressing segments that cannot be stored), else while the segment is compressed.
+        if self.track(|t| t.destination_refused) {
+            self.ensure_destination().await?;
+        }
         let _permit = self.uploads.acquire().await.map_err(|e| e.to_string())?;
         let path = self.pgdata.join("pg_wal").join(name);
         let deadline = Instant::now() + self.settings.timeout();
         let started = Instant::now();
-        match self.wal.archive_file(&file, &path, deadline).await {
+        let allowed = self.ensure_destination();
+        match self.wal.archive_file(&file, &path, deadline, allowed).await {
             Ok(ArchiveOutcome::Stored {
                 key,
                 raw_bytes,
