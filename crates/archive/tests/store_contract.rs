@@ -20,6 +20,7 @@ use pgsteward_archive::{
     open, ArchiveOutcome, Layout, ObjectStore, RestoreOutcome, StoreError, StoreOptions,
     WalArchive, WalError, WalFile,
 };
+use pgsteward_testkit::fsutil::pseudo_random;
 use pgsteward_testkit::s3::{write_credential_files, write_credentials, S3Server};
 
 /// One store backend: a directory or an s3s-fs server, with the files behind it.
@@ -105,19 +106,6 @@ impl Backend {
             Backend::File { .. } => panic!("not an S3 backend"),
         }
     }
-}
-
-/// Deterministic, incompressible-ish bytes.
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
 }
 
 fn keys(objects: &[pgsteward_archive::ObjectMeta]) -> Vec<&str> {

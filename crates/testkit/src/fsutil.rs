@@ -1,5 +1,6 @@
-//! Scratch directories owned by the postgres user, and snapshots of a directory tree (paths,
-//! modes, sizes, content hashes) to prove that bad input left data byte-for-byte untouched.
+//! Scratch directories owned by the postgres user, snapshots of a directory tree (paths,
+//! modes, sizes, content hashes) to prove that bad input left data byte-for-byte untouched, and
+//! incompressible test data.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -130,4 +131,18 @@ pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Entry> {
         );
     }
     out
+}
+
+/// `len` deterministic bytes that do not compress (xorshift from `seed`): test data whose
+/// gzip is about as large as itself.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
 }

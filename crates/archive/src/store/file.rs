@@ -128,6 +128,33 @@ impl ObjectStore for FileStore {
         }
     }
 
+    async fn get_range(
+        &self,
+        key: &str,
+        start: u64,
+        len: u64,
+        _if_match: Option<&str>,
+    ) -> Result<Option<super::RangeRead>, StoreError> {
+        // Objects are replaced only by a rename, so one open file is one version.
+        let path = self.path(key)?;
+        let read = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || read_range(&path, start, len))
+        };
+        match read
+            .await
+            .map_err(|e| StoreError::Permanent(format!("reading task failed: {e}")))?
+        {
+            Ok((data, total)) => Ok(Some(super::RangeRead {
+                data: Bytes::from(data),
+                total,
+                etag: None,
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_error("reading", &path, e)),
+        }
+    }
+
     async fn get_stream(
         &self,
         key: &str,
@@ -184,4 +211,15 @@ impl ObjectStore for FileStore {
     fn describe(&self) -> String {
         format!("file://{}", self.root.display())
     }
+}
+
+/// Up to `len` bytes of the file at `path` from `start`, and the file's size.
+fn read_range(path: &Path, start: u64, len: u64) -> std::io::Result<(Vec<u8>, u64)> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(path)?;
+    let total = file.metadata()?.len();
+    let want = len.min(total.saturating_sub(start));
+    let mut data = vec![0; usize::try_from(want).map_err(std::io::Error::other)?];
+    file.read_exact_at(&mut data, start)?;
+    Ok((data, total))
 }

@@ -26,6 +26,18 @@ pub struct ObjectMeta {
     pub size: u64,
 }
 
+/// Part of an object, read by [`ObjectStore::get_range`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeRead {
+    /// The bytes from the requested start (fewer than asked at the object's end).
+    pub data: Bytes,
+    /// The size of the whole object.
+    pub total: u64,
+    /// The object's version tag where the store has one (S3's ETag), to pass as `if_match`
+    /// when the rest is read.
+    pub etag: Option<String>,
+}
+
 /// An object store error; callers branch on the kind.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum StoreError {
@@ -68,6 +80,30 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
             .get(key)
             .await?
             .map(|data| Box::new(stream::MemoryReader::new(data)) as Box<dyn stream::ObjectReader>))
+    }
+    /// `len` bytes of the object from `start` (fewer at its end) with the object's size, or
+    /// None when it does not exist. With `if_match`, a store with version tags refuses
+    /// (`Integrity`) to read an object that is no longer that version, so parts read one by
+    /// one belong to one object. Stores without ranged reads slice the whole object.
+    async fn get_range(
+        &self,
+        key: &str,
+        start: u64,
+        len: u64,
+        if_match: Option<&str>,
+    ) -> Result<Option<RangeRead>, StoreError> {
+        let _ = if_match;
+        let Some(data) = self.get(key).await? else {
+            return Ok(None);
+        };
+        let total = data.len() as u64;
+        let from = start.min(total) as usize;
+        let to = start.saturating_add(len).min(total) as usize;
+        Ok(Some(RangeRead {
+            data: data.slice(from..to),
+            total,
+            etag: None,
+        }))
     }
     /// The object's metadata, or None when it does not exist.
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError>;

@@ -21,6 +21,7 @@ mod client;
 mod credentials;
 mod errors;
 mod multipart;
+mod range;
 
 use client::sdk_config;
 pub use client::DEFAULT_REGION;
@@ -156,6 +157,30 @@ impl S3Store {
     }
 }
 
+impl S3Store {
+    /// A reader of a GET's body that checks its length against `expected` and maps body
+    /// errors (a checksum mismatch → `Integrity`) with credentials redacted.
+    fn body_reader(
+        &self,
+        object_key: &str,
+        body: ByteStream,
+        expected: Option<u64>,
+    ) -> super::stream::S3Reader {
+        let location = self.location(object_key);
+        let secrets = self.secrets.clone();
+        let where_ = location.clone();
+        let map_error = Box::new(move |e: &aws_smithy_types::byte_stream::error::Error| {
+            let message = secrets.redact(format!("get {where_}: reading the body: {}", chain(e)));
+            if is_checksum_mismatch(e) {
+                StoreError::Integrity(message)
+            } else {
+                StoreError::Transient(message)
+            }
+        });
+        super::stream::S3Reader::new(body, location, expected, map_error)
+    }
+}
+
 /// Whether requests sign their bodies: over plain HTTP (no endpoint means AWS, over HTTPS),
 /// and with `checksums: when_required`, the mode for older S3-compatible servers, which may
 /// not accept `UNSIGNED-PAYLOAD` either.
@@ -264,23 +289,21 @@ impl ObjectStore for S3Store {
             }
         };
         let expected = output.content_length().and_then(|n| u64::try_from(n).ok());
-        let location = self.location(&object_key);
-        let secrets = self.secrets.clone();
-        let where_ = location.clone();
-        let map_error = Box::new(move |e: &aws_smithy_types::byte_stream::error::Error| {
-            let message = secrets.redact(format!("get {where_}: reading the body: {}", chain(e)));
-            if is_checksum_mismatch(e) {
-                StoreError::Integrity(message)
-            } else {
-                StoreError::Transient(message)
-            }
-        });
-        Ok(Some(Box::new(super::stream::S3Reader::new(
+        Ok(Some(Box::new(self.body_reader(
+            &object_key,
             output.body,
-            location,
             expected,
-            map_error,
         ))))
+    }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        start: u64,
+        len: u64,
+        if_match: Option<&str>,
+    ) -> Result<Option<super::RangeRead>, StoreError> {
+        self.read_range(key, start, len, if_match).await
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {

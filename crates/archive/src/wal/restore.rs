@@ -54,12 +54,29 @@ impl WalArchive {
         full_only: bool,
         deadline: Instant,
     ) -> Result<RestoreOutcome, WalError> {
+        self.fetch_to_then(file, dest, durability, full_only, deadline, || {})
+            .await
+    }
+
+    /// `fetch_to`, calling `found` as soon as the object is downloaded, before it is
+    /// decompressed and written (a restore in order starts fetching the next files then).
+    pub async fn fetch_to_then(
+        &self,
+        file: &WalFile,
+        dest: &Path,
+        durability: Durability,
+        full_only: bool,
+        deadline: Instant,
+        found: impl FnOnce(),
+    ) -> Result<RestoreOutcome, WalError> {
+        let on_found = found;
         let Some(found) = self.locate(file, deadline).await? else {
             return Ok(RestoreOutcome::NotFound);
         };
         if full_only && found.partial {
             return Ok(RestoreOutcome::NotFound);
         }
+        on_found();
         let this = self.clone();
         let dest = dest.to_path_buf();
         // Not bounded by the CPU slots archiving uses: a restore waits on one segment after
@@ -99,7 +116,7 @@ impl WalArchive {
         // The object this archive writes is the first choice of the listing below; asked for
         // directly, a restore costs one request instead of two.
         let key = self.layout.wal_key(file, self.compression);
-        if let Some(stored) = with_retry("get", deadline, || self.store.get(&key)).await? {
+        if let Some(stored) = self.download(&key, self.compression, deadline).await? {
             return Ok(Some(Found {
                 key,
                 stored,
@@ -140,8 +157,7 @@ impl WalArchive {
         let compression = compression.ok_or_else(|| WalError::UnsupportedCompression {
             key: object.key.clone(),
         })?;
-        let Some(stored) = with_retry("get", deadline, || self.store.get(&object.key)).await?
-        else {
+        let Some(stored) = self.download(&object.key, compression, deadline).await? else {
             return Ok(None);
         };
         Ok(Some(Found {
@@ -152,6 +168,108 @@ impl WalArchive {
         }))
     }
 }
+
+impl WalArchive {
+    /// The object at `key`, or None. A large gzip object is read as parts of
+    /// `DOWNLOAD_PART_BYTES`, `PARTS_IN_FLIGHT` at a time, each tied to the first part's
+    /// version (`If-Match`): one GET is bounded by one connection's throughput, while a restore
+    /// waits on every byte. Only gzip: its CRC-32 and size then check the assembled whole, also
+    /// on servers that ignore `If-Match` on GET; anything else is one GET.
+    async fn download(
+        &self,
+        key: &str,
+        compression: Compression,
+        deadline: Instant,
+    ) -> Result<Option<Bytes>, WalError> {
+        if compression != Compression::Gzip {
+            return Ok(with_retry("get", deadline, || self.store.get(key)).await?);
+        }
+        let first = with_retry("get", deadline, || {
+            self.store.get_range(key, 0, DOWNLOAD_PART_BYTES, None)
+        })
+        .await?;
+        let Some(first) = first else {
+            return Ok(None);
+        };
+        let total = first.total;
+        let mut next = first.data.len() as u64;
+        if next >= total {
+            return Ok(Some(first.data));
+        }
+        if total > MAX_STORED_BYTES {
+            return Err(WalError::Corrupt {
+                key: key.to_owned(),
+                message: format!("{total} bytes stored, more than any WAL file compresses to"),
+            });
+        }
+        if next == 0 {
+            return Err(StoreError::Transient(format!("get {key}: an empty first part")).into());
+        }
+        let mut starts = Vec::new();
+        while next < total {
+            starts.push(next);
+            next = next.saturating_add(DOWNLOAD_PART_BYTES);
+        }
+        let mut parts: Vec<Option<Bytes>> = vec![None; starts.len()];
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut launched = 0;
+        while launched < starts.len() || !tasks.is_empty() {
+            while launched < starts.len() && tasks.len() < PARTS_IN_FLIGHT {
+                let (index, start) = (launched, starts[launched]);
+                let len = DOWNLOAD_PART_BYTES.min(total - start);
+                let store = self.store.clone();
+                let key = key.to_owned();
+                let etag = first.etag.clone();
+                tasks.spawn(async move {
+                    let part = with_retry("get", deadline, || {
+                        store.get_range(&key, start, len, etag.as_deref())
+                    })
+                    .await;
+                    (index, len, part)
+                });
+                launched += 1;
+            }
+            let Some(joined) = tasks.join_next().await else {
+                break;
+            };
+            let (index, len, part) =
+                joined.map_err(|e| StoreError::Permanent(format!("download task failed: {e}")))?;
+            let part = part?.ok_or_else(|| {
+                StoreError::Transient(format!("{key} vanished while it was read in parts"))
+            })?;
+            if part.data.len() as u64 != len || part.total != total {
+                return Err(StoreError::Transient(format!(
+                    "{key} changed while it was read in parts ({} of {len} bytes, size {} then {total})",
+                    part.data.len(),
+                    part.total
+                ))
+                .into());
+            }
+            parts[index] = Some(part.data);
+        }
+        let mut whole = bytes::BytesMut::with_capacity(total as usize);
+        whole.extend_from_slice(&first.data);
+        for part in parts.into_iter().flatten() {
+            whole.extend_from_slice(&part);
+        }
+        if whole.len() as u64 != total {
+            return Err(StoreError::Transient(format!(
+                "{key}: assembled {} of {total} bytes",
+                whole.len()
+            ))
+            .into());
+        }
+        Ok(Some(whole.freeze()))
+    }
+}
+
+/// Size of the parts a large stored WAL file is downloaded in (a typical compressed segment
+/// fits in one).
+pub const DOWNLOAD_PART_BYTES: u64 = 2 << 20;
+/// Parts of one object downloaded at once.
+const PARTS_IN_FLIGHT: usize = 4;
+/// No stored WAL file is larger: deflate's worst case on a 1 GiB segment, with room to spare.
+const MAX_STORED_BYTES: u64 = (1 << 30) + (1 << 24);
 
 /// Whether a written WAL file must reach the disk before the write counts as done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

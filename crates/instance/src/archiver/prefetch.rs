@@ -111,12 +111,19 @@ impl Archiver {
             self.schedule_prefetch(&file);
             return Response::success(format!("{name} restored from the prefetch spool"));
         }
-        match self.wal.restore_to(&file, dest, deadline).await {
+        // Not spooled: fetch it here, and once it is known to exist start prefetching the files
+        // after it (a file that is not there starts nothing: a standby asks again and again).
+        let fetched = self
+            .wal
+            .fetch_to_then(&file, dest, Durability::Fsync, false, deadline, || {
+                self.schedule_prefetch(&file)
+            })
+            .await;
+        match fetched {
             Ok(RestoreOutcome::Restored {
                 key, from_partial, ..
             }) => {
                 self.metrics.wal_restored.inc();
-                self.schedule_prefetch(&file);
                 let partial = if from_partial {
                     " (from its .partial)"
                 } else {
