@@ -234,20 +234,58 @@ pub fn run_measured(command: &mut Command, timeout: Duration) -> Result<(i32, Us
     // The std handle is dropped without waiting; wait4 below reaps the child.
     drop(child);
     let deadline = Instant::now() + timeout;
+    // Woken the moment the child exits (a pidfd turns readable), not at the next poll: a
+    // polling interval would add to every call a tool makes.
+    let exit = PidFd::open(pid);
     let mut pause = Duration::from_micros(200);
     loop {
         if let Some(result) = try_wait4(pid)? {
             return Ok(result);
         }
-        if Instant::now() >= deadline {
+        let now = Instant::now();
+        if now >= deadline {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             while try_wait4(pid)?.is_none() {
                 std::thread::sleep(Duration::from_millis(5));
             }
             bail!("`{shown}` did not finish within {timeout:?}; killed");
         }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(2));
+        match &exit {
+            Some(exit) => exit.wait(deadline - now),
+            None => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(2));
+            }
+        }
+    }
+}
+
+/// A pidfd (Linux 5.3+): readable once the process exits.
+struct PidFd(std::os::fd::OwnedFd);
+
+impl PidFd {
+    fn open(pid: i32) -> Option<PidFd> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+        // SAFETY: the descriptor was just returned to us and is owned by nobody else.
+        Some(PidFd(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Waits up to `timeout` (at most a second at a time) for the process to exit.
+    fn wait(&self, timeout: Duration) {
+        use std::os::fd::AsRawFd;
+        let mut poll = libc::pollfd {
+            fd: self.0.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = timeout.as_millis().clamp(1, 1000) as libc::c_int;
+        // SAFETY: one valid pollfd; an interrupted or failed poll just returns early.
+        unsafe {
+            libc::poll(&mut poll, 1, ms);
+        }
     }
 }
 
@@ -307,8 +345,8 @@ fn vm_hwm_kb(pid: i32) -> Option<u64> {
         .and_then(|kb| kb.parse().ok())
 }
 
-/// Samples the peak `VmHWM` of every process below the roots (not the roots themselves) and of
-/// every adopted orphan's tree, every 5 ms until stopped.
+/// Samples the peak `VmHWM` of every process below the roots (not the roots themselves) every
+/// 5 ms until stopped (adopted orphans are measured by `wait4` when they are reaped).
 pub struct RssSampler {
     stop: Arc<AtomicBool>,
     peak_kb: Arc<AtomicU64>,
@@ -327,11 +365,11 @@ impl RssSampler {
                 while !stop.load(Ordering::Relaxed) {
                     pids.clear();
                     // The roots (the archiver) are not the tool's: only their descendants.
+                    // Adopted orphans are not sampled: `wait4` reports their peak exactly
+                    // (their own or any descendant's they waited for), and each sample costs
+                    // CPU the measured tool could have used.
                     for root in &roots {
                         descendants(*root, &mut pids);
-                    }
-                    for orphan in adopted_orphans() {
-                        tree(orphan, &mut pids);
                     }
                     for pid in &pids {
                         if let Some(kb) = vm_hwm_kb(*pid) {

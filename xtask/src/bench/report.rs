@@ -240,8 +240,9 @@ impl Report {
              restore_command called for every segment in order, as postgres's startup process \
              does (prefetch where the tool uses it here: {PARALLEL} segments for barman-cloud, \
              pgBackRest's async archive-get queue, {PARALLEL} segments for pgsteward's \
-             archiver spool); every restored segment checked \
-             byte-identical to the original.\n"
+             archiver spool); after each call the benchmark reads the restored segment, checks \
+             it byte-identical to the original and removes it, on the clock, as postgres reads \
+             (replays) each restored segment and unlinks `RECOVERYXLOG` before the next call.\n"
         );
         out.push_str(&markdown_table(&self.restore, false));
         out.push('\n');

@@ -16,8 +16,10 @@
 //!    this process adopts as subreaper and reaps with `wait4`. Peak RSS is the largest `VmHWM`
 //!    of any tool process, sampled every 5 ms, or from `wait4` for detached ones.
 //! 4. Restore, per tool: call its restore_command as postgres would (`%f %p`, `%p` =
-//!    `pg_wal/RECOVERYXLOG`) for every segment in order, timing the whole sequence with each
-//!    call's `wait4` rusage; then check every restored segment is byte-identical to the original.
+//!    `pg_wal/RECOVERYXLOG`) for every segment in order, and after each call read the restored
+//!    segment, check it is byte-identical to the original and remove it, as postgres reads
+//!    (replays) a restored segment and unlinks it before the next call; the clock covers the
+//!    whole sequence, CPU is each call's `wait4` rusage plus detached processes.
 //!
 //! Deadlines bound every wait; scratch files and processes go away on exit
 //! (`PGSTEWARD_BENCH_KEEP=1` keeps the scratch directory for inspection).
@@ -426,6 +428,7 @@ fn restore_run(
     *described = Some(setup.described.clone());
     let target = cluster.data.join("pg_wal").join("RECOVERYXLOG");
     let target_str = target.display().to_string();
+    let mut compare = SegmentCompare::new();
 
     let started = Instant::now();
     if let Some(sidecar) = &setup.sidecar {
@@ -449,9 +452,20 @@ fn restore_run(
         if code != 0 {
             bail!("restore_command for {segment} exited with {code}: {command}");
         }
-        let kept = restored.join(segment);
-        std::fs::rename(&target, &kept)
-            .with_context(|| format!("{segment}: restore_command left no {}", target.display()))?;
+        // As postgres does: read the whole segment (replay), then remove it before the next
+        // call (RestoreArchivedFile unlinks RECOVERYXLOG before running restore_command).
+        let original = backlog.cluster.data.join("pg_wal").join(segment);
+        if !compare.same(&original, &target)? {
+            let kept = restored.join(segment);
+            let _ = std::fs::rename(&target, &kept);
+            bail!(
+                "{segment} restored by {} differs from the original (kept as {})",
+                tool.name(),
+                kept.display()
+            );
+        }
+        std::fs::remove_file(&target)
+            .with_context(|| format!("{segment}: removing {}", target.display()))?;
     }
     let elapsed = started.elapsed();
     if setup.sidecar.is_some() {
@@ -461,19 +475,6 @@ fn restore_run(
     let (detached, detached_count) = procs::reap_orphans(ORPHAN_DEADLINE)?;
     usage.add(detached);
 
-    for segment in &backlog.segments {
-        let original = backlog.cluster.data.join("pg_wal").join(segment);
-        let copy = restored.join(segment);
-        let same = std::fs::read(&original)
-            .with_context(|| format!("reading {}", original.display()))?
-            == std::fs::read(&copy).with_context(|| format!("reading {}", copy.display()))?;
-        if !same {
-            bail!(
-                "{segment} restored by {} differs from the original",
-                tool.name()
-            );
-        }
-    }
     let _ = std::fs::remove_dir_all(&restored);
     remove_data(&cluster.data);
     Ok(Outcome::Measured(Measured {
@@ -483,6 +484,78 @@ fn restore_run(
         stored_bytes: 0,
         detached: detached_count,
     }))
+}
+
+/// Compares two files by mapping both (no copy of either into this process's memory: every
+/// restore_command is forked from this process, and a child's peak RSS, what the table
+/// reports, starts from this process's own).
+struct SegmentCompare;
+
+impl SegmentCompare {
+    fn new() -> Self {
+        SegmentCompare
+    }
+
+    /// Whether `a` and `b` have the same bytes.
+    fn same(&mut self, a: &Path, b: &Path) -> Result<bool> {
+        let open = |path: &Path| {
+            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))
+        };
+        let (fa, fb) = (open(a)?, open(b)?);
+        let len = fa.metadata()?.len();
+        if len != fb.metadata()?.len() {
+            return Ok(false);
+        }
+        let len = usize::try_from(len).context("file too large to map")?;
+        if len == 0 {
+            return Ok(true);
+        }
+        let ma = Mapped::new(&fa, len).with_context(|| format!("mapping {}", a.display()))?;
+        let mb = Mapped::new(&fb, len).with_context(|| format!("mapping {}", b.display()))?;
+        Ok(ma.bytes() == mb.bytes())
+    }
+}
+
+/// A read-only, populated mapping of a whole file, unmapped on drop.
+struct Mapped {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+impl Mapped {
+    fn new(file: &std::fs::File, len: usize) -> std::io::Result<Self> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a fresh private read-only mapping of an open file; checked for failure.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_POPULATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Mapped { ptr, len })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: the mapping is `len` readable bytes and lives as long as `self`; nobody
+        // truncates these files while the benchmark compares them.
+        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `new` mapped.
+        unsafe {
+            libc::munmap(self.ptr, self.len);
+        }
+    }
 }
 
 /// Removes the WAL segments (and their archive status) from a copied data directory.
