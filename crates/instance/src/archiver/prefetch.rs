@@ -179,9 +179,20 @@ impl Archiver {
                 // Full segments only (a `.partial` is served by a direct fetch); the spool is
                 // discarded at startup, so it needs no fsync.
                 let spooled = this.prefetch.spooled(&name);
+                // The transfer slot is free once the object is downloaded: the next download
+                // starts while this one is decompressed and written (how many of those run is
+                // bounded by the prefetch depth).
+                let downloaded = move || drop(permit);
                 match this
                     .wal
-                    .fetch_to(&following, &spooled, Durability::Cache, true, deadline)
+                    .fetch_to_then(
+                        &following,
+                        &spooled,
+                        Durability::Cache,
+                        true,
+                        deadline,
+                        downloaded,
+                    )
                     .await
                 {
                     Ok(_) => {}
@@ -190,7 +201,6 @@ impl Archiver {
                     }
                     Err(e) => tracing::debug!(wal = %name, error = %e, "prefetch failed"),
                 }
-                drop(permit);
                 let done = this
                     .prefetch
                     .inflight
