@@ -183,7 +183,8 @@ impl WalArchive {
         content: Bytes,
         deadline: Instant,
     ) -> Result<ArchiveOutcome, WalError> {
-        self.archive_from(file, Source::Memory(content), deadline)
+        let allowed = std::future::ready(Ok(()));
+        self.archive_from(file, Source::Memory(content), deadline, allowed)
             .await
     }
 
@@ -202,20 +203,23 @@ impl WalArchive {
     where
         F: std::future::Future<Output = Result<(), String>>,
     {
-        let prepare = self.prepare(file, Source::File(path.to_path_buf()), deadline);
-        let (allowed, prepared) = tokio::join!(allowed, prepare);
-        allowed.map_err(WalError::NotAllowed)?;
-        self.finish(prepared?, deadline).await
+        self.archive_from(file, Source::File(path.to_path_buf()), deadline, allowed)
+            .await
     }
 
-    async fn archive_from(
+    async fn archive_from<F>(
         &self,
         file: &WalFile,
         source: Source,
         deadline: Instant,
-    ) -> Result<ArchiveOutcome, WalError> {
-        let prepared = self.prepare(file, source, deadline).await?;
-        self.finish(prepared, deadline).await
+        allowed: F,
+    ) -> Result<ArchiveOutcome, WalError>
+    where
+        F: std::future::Future<Output = Result<(), String>>,
+    {
+        let (allowed, prepared) = tokio::join!(allowed, self.prepare(file, source, deadline));
+        allowed.map_err(WalError::NotAllowed)?;
+        self.finish(prepared?, deadline).await
     }
 
     /// Stores a prepared segment, or compares it with the object already there.

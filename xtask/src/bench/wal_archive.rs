@@ -428,8 +428,6 @@ fn restore_run(
     *described = Some(setup.described.clone());
     let target = cluster.data.join("pg_wal").join("RECOVERYXLOG");
     let target_str = target.display().to_string();
-    let mut compare = SegmentCompare::new();
-
     let started = Instant::now();
     if let Some(sidecar) = &setup.sidecar {
         let mut command = procs::as_postgres("/bin/sh", &setup.env, &ctx.home)?;
@@ -455,7 +453,7 @@ fn restore_run(
         // As postgres does: read the whole segment (replay), then remove it before the next
         // call (RestoreArchivedFile unlinks RECOVERYXLOG before running restore_command).
         let original = backlog.cluster.data.join("pg_wal").join(segment);
-        if !compare.same(&original, &target)? {
+        if !same_content(&original, &target)? {
             let kept = restored.join(segment);
             let _ = std::fs::rename(&target, &kept);
             bail!(
@@ -486,34 +484,25 @@ fn restore_run(
     }))
 }
 
-/// Compares two files by mapping both (no copy of either into this process's memory: every
-/// restore_command is forked from this process, and a child's peak RSS, what the table
-/// reports, starts from this process's own).
-struct SegmentCompare;
-
-impl SegmentCompare {
-    fn new() -> Self {
-        SegmentCompare
+/// Whether `a` and `b` have the same bytes, compared by mapping both (no copy into this
+/// process's memory: every restore_command is forked from this process, and a child's peak
+/// RSS, what the table reports, starts from this process's own).
+fn same_content(a: &Path, b: &Path) -> Result<bool> {
+    let open = |path: &Path| {
+        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))
+    };
+    let (fa, fb) = (open(a)?, open(b)?);
+    let len = fa.metadata()?.len();
+    if len != fb.metadata()?.len() {
+        return Ok(false);
     }
-
-    /// Whether `a` and `b` have the same bytes.
-    fn same(&mut self, a: &Path, b: &Path) -> Result<bool> {
-        let open = |path: &Path| {
-            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))
-        };
-        let (fa, fb) = (open(a)?, open(b)?);
-        let len = fa.metadata()?.len();
-        if len != fb.metadata()?.len() {
-            return Ok(false);
-        }
-        let len = usize::try_from(len).context("file too large to map")?;
-        if len == 0 {
-            return Ok(true);
-        }
-        let ma = Mapped::new(&fa, len).with_context(|| format!("mapping {}", a.display()))?;
-        let mb = Mapped::new(&fb, len).with_context(|| format!("mapping {}", b.display()))?;
-        Ok(ma.bytes() == mb.bytes())
+    let len = usize::try_from(len).context("file too large to map")?;
+    if len == 0 {
+        return Ok(true);
     }
+    let ma = Mapped::new(&fa, len).with_context(|| format!("mapping {}", a.display()))?;
+    let mb = Mapped::new(&fb, len).with_context(|| format!("mapping {}", b.display()))?;
+    Ok(ma.bytes() == mb.bytes())
 }
 
 /// A read-only, populated mapping of a whole file, unmapped on drop.

@@ -90,9 +90,8 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
         key: &str,
         start: u64,
         len: u64,
-        if_match: Option<&str>,
+        _if_match: Option<&str>,
     ) -> Result<Option<RangeRead>, StoreError> {
-        let _ = if_match;
         let Some(data) = self.get(key).await? else {
             return Ok(None);
         };

@@ -3,6 +3,7 @@
 //! buffer and writing it atomically (temporary file + rename, fsynced unless it is a cache).
 
 use std::path::Path;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::time::Instant;
@@ -58,7 +59,7 @@ impl WalArchive {
             .await
     }
 
-    /// `fetch_to`, calling `found` as soon as the object is downloaded, before it is
+    /// `fetch_to`, calling `on_found` as soon as the object is downloaded, before it is
     /// decompressed and written (a restore in order starts fetching the next files then).
     pub async fn fetch_to_then(
         &self,
@@ -67,9 +68,8 @@ impl WalArchive {
         durability: Durability,
         full_only: bool,
         deadline: Instant,
-        found: impl FnOnce(),
+        on_found: impl FnOnce(),
     ) -> Result<RestoreOutcome, WalError> {
-        let on_found = found;
         let Some(found) = self.locate(file, deadline).await? else {
             return Ok(RestoreOutcome::NotFound);
         };
@@ -192,8 +192,8 @@ impl WalArchive {
             return Ok(None);
         };
         let total = first.total;
-        let mut next = first.data.len() as u64;
-        if next >= total {
+        let first_len = first.data.len() as u64;
+        if first_len >= total {
             return Ok(Some(first.data));
         }
         if total > MAX_STORED_BYTES {
@@ -202,36 +202,35 @@ impl WalArchive {
                 message: format!("{total} bytes stored, more than any WAL file compresses to"),
             });
         }
-        if next == 0 {
+        if first_len == 0 {
             return Err(StoreError::Transient(format!("get {key}: an empty first part")).into());
         }
-        let mut starts = Vec::new();
-        while next < total {
-            starts.push(next);
-            next = next.saturating_add(DOWNLOAD_PART_BYTES);
-        }
-        let mut parts: Vec<Option<Bytes>> = vec![None; starts.len()];
+        // Every part is a task waiting for one of the slots; dropping the set (an error) aborts
+        // the rest.
+        let slots = Arc::new(tokio::sync::Semaphore::new(PARTS_IN_FLIGHT));
         let mut tasks = tokio::task::JoinSet::new();
-        let mut launched = 0;
-        while launched < starts.len() || !tasks.is_empty() {
-            while launched < starts.len() && tasks.len() < PARTS_IN_FLIGHT {
-                let (index, start) = (launched, starts[launched]);
-                let len = DOWNLOAD_PART_BYTES.min(total - start);
-                let store = self.store.clone();
-                let key = key.to_owned();
-                let etag = first.etag.clone();
-                tasks.spawn(async move {
-                    let part = with_retry("get", deadline, || {
-                        store.get_range(&key, start, len, etag.as_deref())
-                    })
-                    .await;
-                    (index, len, part)
-                });
-                launched += 1;
-            }
-            let Some(joined) = tasks.join_next().await else {
-                break;
-            };
+        for (index, start) in (first_len..total)
+            .step_by(DOWNLOAD_PART_BYTES as usize)
+            .enumerate()
+        {
+            let len = DOWNLOAD_PART_BYTES.min(total - start);
+            let (store, slots, key, etag) = (
+                self.store.clone(),
+                slots.clone(),
+                key.to_owned(),
+                first.etag.clone(),
+            );
+            tasks.spawn(async move {
+                let _slot = slots.acquire_owned().await;
+                let part = with_retry("get", deadline, || {
+                    store.get_range(&key, start, len, etag.as_deref())
+                })
+                .await;
+                (index, len, part)
+            });
+        }
+        let mut parts: Vec<Option<Bytes>> = vec![None; tasks.len()];
+        while let Some(joined) = tasks.join_next().await {
             let (index, len, part) =
                 joined.map_err(|e| StoreError::Permanent(format!("download task failed: {e}")))?;
             let part = part?.ok_or_else(|| {
@@ -247,17 +246,11 @@ impl WalArchive {
             }
             parts[index] = Some(part.data);
         }
+        // Each part had its exact length, so together they are the whole object.
         let mut whole = bytes::BytesMut::with_capacity(total as usize);
         whole.extend_from_slice(&first.data);
         for part in parts.into_iter().flatten() {
             whole.extend_from_slice(&part);
-        }
-        if whole.len() as u64 != total {
-            return Err(StoreError::Transient(format!(
-                "{key}: assembled {} of {total} bytes",
-                whole.len()
-            ))
-            .into());
         }
         Ok(Some(whole.freeze()))
     }

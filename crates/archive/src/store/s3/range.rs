@@ -1,5 +1,6 @@
-//! Ranged GETs (`Range: bytes=a-b`, optionally `If-Match`): a large object read as parts in
-//! parallel, each part's length checked against what the server announced.
+//! `get_range` on S3: one ranged GET (`Range: bytes=a-b`, optionally `If-Match`), its body's
+//! length checked against what the server announced; the WAL restore reads large objects as
+//! such parts in parallel.
 
 use bytes::BytesMut;
 
@@ -66,18 +67,16 @@ impl S3Store {
                 ))
             })?;
         let etag = output.e_tag().map(str::to_owned);
-        // A server that ignores Range answers 200 with the whole object.
-        let (total, skip) = match output.content_range() {
-            Some(range) => (
-                content_range_total(range).ok_or_else(|| {
-                    StoreError::Transient(format!(
-                        "get {}: malformed Content-Range {range:?}",
-                        self.location(&object_key)
-                    ))
-                })?,
-                0,
-            ),
-            None => (announced, start.min(announced)),
+        // A server that ignores Range answers 200 with the whole object, which is then sliced.
+        let whole = output.content_range().is_none();
+        let total = match output.content_range() {
+            Some(range) => content_range_total(range).ok_or_else(|| {
+                StoreError::Transient(format!(
+                    "get {}: malformed Content-Range {range:?}",
+                    self.location(&object_key)
+                ))
+            })?,
+            None => announced,
         };
         let capacity = announced.min(64 << 20) as usize;
         let mut reader = self.body_reader(&object_key, output.body, Some(announced));
@@ -86,9 +85,9 @@ impl S3Store {
             data.extend_from_slice(&chunk);
         }
         let mut data = data.freeze();
-        if skip > 0 || data.len() as u64 > len {
-            let from = skip as usize;
-            let to = skip.saturating_add(len).min(data.len() as u64) as usize;
+        if whole {
+            let from = start.min(total) as usize;
+            let to = start.saturating_add(len).min(total) as usize;
             data = data.slice(from..to);
         }
         Ok(Some(RangeRead { data, total, etag }))
