@@ -112,6 +112,18 @@ pub fn spawn(command: &mut Command, pdeathsig: Option<Signal>) -> Result<Child> 
 
 /// Runs a command to completion within `timeout` (killed after it); fails unless it exits 0.
 /// Returns its stdout.
+/// Wait until `path` exists (a socket a started process binds), polling every millisecond.
+pub fn wait_for_path(path: &Path, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !path.exists() {
+        if Instant::now() >= deadline {
+            bail!("{} did not appear within {timeout:?}", path.display());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
 pub fn run_ok(command: &mut Command, timeout: Duration) -> Result<String> {
     let shown = describe(command);
     command.stdout(Stdio::piped()).stderr(Stdio::piped());

@@ -266,9 +266,11 @@ impl Report {
              pgbench runs (full-page images) until the target number of segments is `.ready`; \
              clean shutdown. Each tool gets a `cp -a` copy of that data directory.\n\
              - Archive timing: postgres starts with `archive_command = ''` (archiving paused); \
-             the clock starts, the tool's sidecar (if it has one) is started, then `ALTER SYSTEM \
-             SET archive_command = '<tool>'` and `pg_reload_conf()`; the clock runs until no \
-             `.ready` file is left in `pg_wal/archive_status`.\n\
+             the clock starts, the tool's sidecar (if it has one) is started and, once its \
+             socket is up, `ALTER SYSTEM SET archive_command = '<tool>'` and \
+             `pg_reload_conf()`; the clock runs until no `.ready` file is left in \
+             `pg_wal/archive_status`. Restore timing: the clock starts, the sidecar (if any) is \
+             started, and the first restore_command runs once its socket is up.\n\
              - CPU: the archiver's `cutime + cstime` (every archive_command and whatever it \
              waited for) plus processes the tool detached (pgBackRest's async process and its \
              workers), adopted by the benchmark as child subreaper and reaped with `wait4`. \

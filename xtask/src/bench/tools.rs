@@ -76,9 +76,20 @@ pub struct Setup {
     pub env: Vec<(String, String)>,
     /// For the report: the configuration in words (flags, config file settings).
     pub described: String,
-    /// A shell command started detached, as postgres, right when the clock starts (a tool's
-    /// own background archiver); it must exit when the postmaster does.
-    pub sidecar: Option<String>,
+    /// A tool's own background process, started right when the clock starts.
+    pub sidecar: Option<Sidecar>,
+}
+
+/// A background process a tool runs beside postgres (pgsteward's archiver).
+#[derive(Debug, Clone)]
+pub struct Sidecar {
+    /// A shell command started detached, as postgres; it must exit when the postmaster does
+    /// (or on SIGTERM when there is no postmaster).
+    pub command: String,
+    /// A path that exists once the sidecar answers (its socket): the benchmark waits for it, on
+    /// the clock, before postgres's first call, as a deployed manager is up before postgres
+    /// archives or restores anything.
+    pub ready: PathBuf,
 }
 
 pub enum Availability {
@@ -358,10 +369,9 @@ pub(crate) fn pgsteward_has(binary: &Path, subcommand: &str) -> std::result::Res
 
 /// The settings `pgsteward wal-archive`/`wal-restore` read: the manager's YAML (`archive:`
 /// section, credentials in files) is loaded with pgsteward's own loader and rendered into
-/// `PGDATA/pgsteward.archive.json`, exactly as the manager does. No manager runs, so its socket
-/// (in this run's directory) does not exist and every call uploads/downloads by itself.
-/// Returns the environment for postgres.
-fn pgsteward_config(ctx: &Ctx<'_>) -> Result<Vec<(String, String)>> {
+/// `PGDATA/pgsteward.archive.json`, exactly as the manager does. Returns the socket the
+/// archiver sidecar serves (in this run's directory), which `wal-archive`/`wal-restore` ask.
+fn pgsteward_config(ctx: &Ctx<'_>) -> Result<PathBuf> {
     use pgsteward::archiver::settings::{ArchiveSettings, FILE};
     use pgsteward::config::layers::{load, ConfigSources};
 
@@ -419,7 +429,7 @@ archive:
     let user = procs::postgres_user()?;
     nix::unistd::chown(&written, Some(user.uid), Some(user.gid))
         .with_context(|| format!("chown {}", written.display()))?;
-    Ok(Vec::new())
+    Ok(settings.socket)
 }
 
 fn pgsteward_archive_setup(ctx: &Ctx<'_>) -> Result<Availability> {
@@ -430,24 +440,27 @@ fn pgsteward_archive_setup(ctx: &Ctx<'_>) -> Result<Availability> {
     if let Err(reason) = pgsteward_has(&binary, "wal-archive") {
         return Ok(Availability::NotAvailable(reason));
     }
-    let env = pgsteward_config(ctx)?;
+    let socket = pgsteward_config(ctx)?;
     Ok(Availability::Ready(Setup {
-        sidecar: Some(format!(
-            "{} archiver --pgdata {} >> {}/archiver.log 2>&1 &",
-            binary.display(),
-            ctx.data.display(),
-            ctx.run_dir.display()
-        )),
+        sidecar: Some(Sidecar {
+            command: format!(
+                "{} archiver --pgdata {} >> {}/archiver.log 2>&1 &",
+                binary.display(),
+                ctx.data.display(),
+                ctx.run_dir.display()
+            ),
+            ready: socket,
+        }),
         command: format!(
             "{} wal-archive --pgdata {} %p",
             binary.display(),
             ctx.data.display()
         ),
-        env,
+        env: Vec::new(),
         described: format!(
             "`archive_command = 'pgsteward wal-archive --pgdata PGDATA %p'` with the manager's \
              archiver running beside postgres (`pgsteward archiver --pgdata PGDATA`, started when \
-             the clock starts, before archive_command is set; it uploads `.ready` segments ahead, {PARALLEL} at a time, and \
+             the clock starts; archive_command is set once its socket is up; it uploads `.ready` segments ahead, {PARALLEL} at a time, and \
              answers each call once its segment is stored), settings rendered from the YAML `archive:` \
              section (gzip, gzip_level {GZIP_LEVEL}, max_parallel {PARALLEL}, endpoint \
              https://127.0.0.1:PORT, force_path_style) into PGDATA/pgsteward.archive.json, \
@@ -465,26 +478,29 @@ fn pgsteward_restore_setup(ctx: &Ctx<'_>) -> Result<Availability> {
     if let Err(reason) = pgsteward_has(&binary, "wal-restore") {
         return Ok(Availability::NotAvailable(reason));
     }
-    let env = pgsteward_config(ctx)?;
+    let socket = pgsteward_config(ctx)?;
     Ok(Availability::Ready(Setup {
-        sidecar: Some(format!(
-            "{} archiver --pgdata {} >> {}/archiver.log 2>&1 &",
-            binary.display(),
-            ctx.data.display(),
-            ctx.run_dir.display()
-        )),
+        sidecar: Some(Sidecar {
+            command: format!(
+                "{} archiver --pgdata {} >> {}/archiver.log 2>&1 &",
+                binary.display(),
+                ctx.data.display(),
+                ctx.run_dir.display()
+            ),
+            ready: socket,
+        }),
         command: format!(
             "{} wal-restore --pgdata {} %f %p",
             binary.display(),
             ctx.data.display()
         ),
-        env,
+        env: Vec::new(),
         described: format!(
             "`restore_command = 'pgsteward wal-restore --pgdata PGDATA %f %p'` with `pgsteward \
-             archiver --pgdata PGDATA` running (started when the clock starts, stopped and counted \
-             when it stops): each call is answered from its prefetch spool, which fetches the next \
-             {PARALLEL} segments in parallel after every request (the first call, before the spool \
-             warms, fetches directly), same settings"
+             archiver --pgdata PGDATA` running (started when the clock starts, the first call made \
+             once its socket is up, stopped and counted when it stops): each call is answered from \
+             its prefetch spool, which fetches the next {PARALLEL} segments in parallel after every \
+             request (the first request, before the spool warms, is fetched directly), same settings"
         ),
     }))
 }

@@ -9,17 +9,18 @@
 //!    (FREEZE, ANALYZE)`; clean shutdown. Autovacuum is off, so no run adds WAL of its own.
 //! 3. Archive, per tool: `cp -a` of that data directory (identical backlog), start postgres with
 //!    `archive_command = ''` (archiving paused, no retry sleeps), start the clock, start the
-//!    tool's sidecar if it has one, then `ALTER SYSTEM SET archive_command` +
-//!    `pg_reload_conf()` and time until no `.ready` file remains. CPU is the
+//!    tool's sidecar if it has one and wait for its socket, then `ALTER SYSTEM SET
+//!    archive_command` + `pg_reload_conf()` and time until no `.ready` file remains. CPU is the
 //!    archiver's waited-for children (`cutime + cstime`: every archive_command and what it
 //!    waited for) plus detached processes (pgBackRest's async process and its workers), which
 //!    this process adopts as subreaper and reaps with `wait4`. Peak RSS is the largest `VmHWM`
 //!    of any tool process, sampled every 5 ms, or from `wait4` for detached ones.
-//! 4. Restore, per tool: call its restore_command as postgres would (`%f %p`, `%p` =
-//!    `pg_wal/RECOVERYXLOG`) for every segment in order, and after each call read the restored
-//!    segment, check it is byte-identical to the original and remove it, as postgres reads
-//!    (replays) a restored segment and unlinks it before the next call; the clock covers the
-//!    whole sequence, CPU is each call's `wait4` rusage plus detached processes.
+//! 4. Restore, per tool: start the clock and the sidecar (waiting for its socket), then call
+//!    its restore_command as postgres would (`%f %p`, `%p` = `pg_wal/RECOVERYXLOG`) for every
+//!    segment in order, and after each call read the restored segment, check it is
+//!    byte-identical to the original and remove it, as postgres reads (replays) a restored
+//!    segment and unlinks it before the next call; the clock covers the whole sequence, CPU is
+//!    each call's `wait4` rusage plus detached processes.
 //!
 //! Deadlines bound every wait; scratch files and processes go away on exit
 //! (`PGSTEWARD_BENCH_KEEP=1` keeps the scratch directory for inspection).
@@ -47,6 +48,8 @@ const STALL: Duration = Duration::from_secs(75);
 const GENERATE_DEADLINE: Duration = Duration::from_secs(1200);
 /// How long detached processes get to finish after a run.
 const ORPHAN_DEADLINE: Duration = Duration::from_secs(60);
+/// How long a tool's sidecar may take to start answering.
+const SIDECAR_DEADLINE: Duration = Duration::from_secs(10);
 
 /// The backlog every tool starts from.
 struct Backlog {
@@ -318,14 +321,15 @@ fn archive_run(
 
     let started = Instant::now();
     if let Some(sidecar) = &setup.sidecar {
-        // Started on the clock, before archive_command is set: a deployed manager runs before
-        // postgres archives anything (started after, its first call finds no manager and
-        // compresses that segment a second time). Detached through a shell that exits at once:
-        // the sidecar is adopted by this process (a subreaper) and its CPU and RSS are
-        // collected with the other orphans.
+        // Started on the clock, and archive_command set once it answers: a deployed manager
+        // runs before postgres archives anything (started after, its first call finds no
+        // manager and compresses that segment a second time). Detached through a shell that
+        // exits at once: the sidecar is adopted by this process (a subreaper) and its CPU and
+        // RSS are collected with the other orphans.
         let mut command = procs::as_postgres("/bin/sh", &setup.env, &ctx.home)?;
-        command.arg("-c").arg(sidecar);
+        command.arg("-c").arg(&sidecar.command);
         procs::run_ok(&mut command, Duration::from_secs(10))?;
+        procs::wait_for_path(&sidecar.ready, SIDECAR_DEADLINE)?;
     }
     cluster.psql(&[
         &format!(
@@ -430,9 +434,11 @@ fn restore_run(
     let target_str = target.display().to_string();
     let started = Instant::now();
     if let Some(sidecar) = &setup.sidecar {
+        // Like a deployed manager, up before postgres asks for the first file.
         let mut command = procs::as_postgres("/bin/sh", &setup.env, &ctx.home)?;
-        command.arg("-c").arg(sidecar);
+        command.arg("-c").arg(&sidecar.command);
         procs::run_ok(&mut command, Duration::from_secs(10))?;
+        procs::wait_for_path(&sidecar.ready, SIDECAR_DEADLINE)?;
     }
     let mut usage = Usage::default();
     for segment in &backlog.segments {
