@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pgsteward_archive::layout::Compression;
-use pgsteward_archive::store::{ChecksumMode, MultipartOptions, ServerSideEncryption};
+use pgsteward_archive::store::{
+    ChecksumAlgorithm, ChecksumMode, MultipartOptions, ServerSideEncryption,
+};
 use pgsteward_archive::wal::deadline_in;
 use pgsteward_archive::{
     open, ArchiveOutcome, Layout, ObjectStore, RestoreOutcome, StoreError, StoreOptions,
@@ -912,6 +914,12 @@ async fn s3_corrupted_object_fails_checksum_validation() {
 #[tokio::test]
 async fn s3_multipart_with_when_required_checksums() {
     let backend = Backend::s3_with(|o| o.checksums = ChecksumMode::WhenRequired).await;
+    multipart_uploads_stream_and_abort(backend).await;
+}
+
+#[tokio::test]
+async fn s3_multipart_with_sha256_checksums() {
+    let backend = Backend::s3_with(|o| o.checksum_algorithm = ChecksumAlgorithm::Sha256).await;
     multipart_uploads_stream_and_abort(backend).await;
 }
 

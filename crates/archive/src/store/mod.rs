@@ -132,6 +132,19 @@ pub enum ChecksumMode {
     WhenRequired,
 }
 
+/// The checksum an upload carries for the server to verify (with `ChecksumMode::WhenSupported`).
+/// Either detects a body damaged on its way; the object's content is never compared through it
+/// (archiving compares bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChecksumAlgorithm {
+    /// CRC-32 (`x-amz-checksum-crc32`, default, as in the AWS SDKs): cheap on both sides.
+    #[default]
+    Crc32,
+    /// SHA-256 (`x-amz-checksum-sha256`), for policies that ask for a cryptographic digest.
+    Sha256,
+}
+
 /// Server-side encryption.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -157,6 +170,7 @@ pub struct StoreOptions {
     pub sse: ServerSideEncryption,
     pub kms_key_id: Option<String>,
     pub checksums: ChecksumMode,
+    pub checksum_algorithm: ChecksumAlgorithm,
     /// A PEM file of CA certificates trusted for the endpoint, besides the system's roots
     /// (a private MinIO's CA, say).
     pub ca_file: Option<PathBuf>,

@@ -2,8 +2,8 @@
 //! timeouts (connect 5 s, 60 s per attempt, at most 2 SDK retries; callers add a deadline
 //! through `retry::with_retry`), credentials from files (re-read every few minutes, so rotated
 //! Kubernetes secrets take effect) or the default AWS chain, optional SSE, and server-verified
-//! uploads: SHA-256 (`x-amz-checksum-sha256`) by default, `Content-MD5` with
-//! `checksums: when_required` for older S3-compatible servers. SDK errors are mapped onto
+//! uploads: CRC-32 (`x-amz-checksum-crc32`) by default or SHA-256 (`checksum_algorithm`),
+//! `Content-MD5` with `checksums: when_required` for older S3-compatible servers. SDK errors are mapped onto
 //! `StoreError` kinds (network, timeouts, throttling, 5xx → Transient; digest mismatches →
 //! Integrity; the rest → Permanent) with credentials redacted from every message.
 
@@ -14,9 +14,9 @@ use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
-use base64::Engine as _;
 use bytes::Bytes;
 
+mod checksum;
 mod client;
 mod credentials;
 mod errors;
@@ -29,8 +29,8 @@ use credentials::Secrets;
 use errors::{chain, classify, is_checksum_mismatch, Kind};
 
 use super::{
-    check_key, ChecksumMode, MultipartOptions, MultipartWriter, ObjectMeta, ObjectStore,
-    ServerSideEncryption, StoreError, StoreOptions,
+    check_key, ChecksumAlgorithm, ChecksumMode, MultipartOptions, MultipartWriter, ObjectMeta,
+    ObjectStore, ServerSideEncryption, StoreError, StoreOptions,
 };
 
 /// An S3 bucket and prefix (cheap to clone: the client is shared).
@@ -41,6 +41,7 @@ pub struct S3Store {
     /// Without leading or trailing slashes; empty for the bucket's root.
     prefix: String,
     checksums: ChecksumMode,
+    checksum_algorithm: ChecksumAlgorithm,
     sse: ServerSideEncryption,
     kms_key_id: Option<String>,
     /// Hash request bodies into the SigV4 signature: over plain HTTP, and for older servers
@@ -104,6 +105,7 @@ impl S3Store {
             bucket,
             prefix,
             checksums: options.checksums,
+            checksum_algorithm: options.checksum_algorithm,
             sse: options.sse,
             kms_key_id: options.kms_key_id.clone(),
             sign_payload: signs_payload(options.endpoint_url.as_deref(), options.checksums),
@@ -201,23 +203,11 @@ impl ObjectStore for S3Store {
             .put_object()
             .bucket(&self.bucket)
             .key(&object_key);
-        let sent_sha256 = match self.checksums {
-            ChecksumMode::WhenSupported => {
-                use sha2::Digest as _;
-                let digest =
-                    base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&data));
-                request = request.checksum_sha256(digest.clone());
-                Some(digest)
-            }
-            ChecksumMode::WhenRequired => {
-                use md5::Digest as _;
-                let digest = md5::Md5::digest(&data);
-                request = request.content_md5(
-                    base64::engine::general_purpose::STANDARD.encode(digest.as_slice()),
-                );
-                None
-            }
-        };
+        let digest = checksum::BodyDigest::of(self.checksums, self.checksum_algorithm, &data);
+        request = request
+            .set_checksum_crc32(digest.crc32.clone())
+            .set_checksum_sha256(digest.sha256.clone())
+            .set_content_md5(digest.content_md5.clone());
         match self.sse {
             ServerSideEncryption::None => {}
             ServerSideEncryption::Aes256 => {
@@ -242,13 +232,11 @@ impl ObjectStore for S3Store {
         };
         let output = sent.map_err(|e| self.error("put", &object_key, &e).1)?;
         // The server checked the body against the digest; when it echoes one, it must be ours.
-        if let (Some(sent), Some(echoed)) = (sent_sha256, output.checksum_sha256()) {
-            if sent != echoed {
-                return Err(StoreError::Integrity(format!(
-                    "put {}: the server reports SHA-256 {echoed}, {sent} was sent",
-                    self.location(&object_key)
-                )));
-            }
+        if let Some(mismatch) = digest.mismatch(output.checksum_crc32(), output.checksum_sha256()) {
+            return Err(StoreError::Integrity(format!(
+                "put {}: {mismatch}",
+                self.location(&object_key)
+            )));
         }
         Ok(())
     }

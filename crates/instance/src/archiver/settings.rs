@@ -71,6 +71,7 @@ impl ArchiveSettings {
             sse: self.s3.sse,
             kms_key_id: self.s3.kms_key_id.clone(),
             checksums: self.s3.checksums,
+            checksum_algorithm: self.s3.checksum_algorithm,
             ca_file: self.s3.ca_file.clone(),
         }
     }
@@ -129,5 +130,46 @@ impl ArchiveSettings {
             )
         })?;
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgsteward_archive::store::{ChecksumAlgorithm, ChecksumMode};
+
+    fn settings_from(s3_yaml: &str) -> Result<ArchiveSettings> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("pgsteward.yaml");
+        std::fs::write(
+            &file,
+            format!("archive:\n  destination: s3://b/p\n  s3:\n{s3_yaml}"),
+        )?;
+        let config = crate::config::layers::load(&crate::config::layers::ConfigSources {
+            file: Some(file),
+            env: Vec::new(),
+            overrides: Vec::new(),
+        })?;
+        ArchiveSettings::from_config(&config).context("no archive settings")
+    }
+
+    #[test]
+    fn upload_checksums_reach_the_store_and_survive_the_settings_file() -> Result<()> {
+        let default = settings_from("    region: eu-west-1\n")?.store_options();
+        assert_eq!(default.checksums, ChecksumMode::WhenSupported);
+        assert_eq!(default.checksum_algorithm, ChecksumAlgorithm::Crc32);
+
+        let sha = settings_from("    checksum_algorithm: sha256\n")?;
+        assert_eq!(
+            sha.store_options().checksum_algorithm,
+            ChecksumAlgorithm::Sha256
+        );
+        let pgdata = tempfile::tempdir()?;
+        ArchiveSettings::write(pgdata.path(), Some(&sha))?;
+        assert_eq!(ArchiveSettings::read(pgdata.path())?, sha);
+
+        let unknown = settings_from("    checksum_algorithm: md4\n").unwrap_err();
+        assert!(format!("{unknown:#}").contains("md4"), "{unknown:#}");
+        Ok(())
     }
 }

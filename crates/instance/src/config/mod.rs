@@ -385,6 +385,8 @@ pub struct S3Config {
     pub kms_key_id: Option<String>,
     /// `when_supported` (default: a checksum with every upload) or `when_required`.
     pub checksums: pgsteward_archive::store::ChecksumMode,
+    /// The checksum sent with `when_supported`: `crc32` (default) or `sha256`.
+    pub checksum_algorithm: pgsteward_archive::store::ChecksumAlgorithm,
     /// A PEM file of CA certificates to trust for an HTTPS endpoint (besides the system's).
     pub ca_file: Option<PathBuf>,
 }

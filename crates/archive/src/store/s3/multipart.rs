@@ -1,14 +1,13 @@
 //! Streaming uploads to S3: CreateMultipartUpload, UploadPart (parts of a fixed size, the last
 //! one shorter, a few in flight at once, each with the digest `put` sends, which the server
-//! verifies: SHA-256 by default, giving the object a composite SHA-256 checksum, Content-MD5
-//! with `checksums: when_required`) and CompleteMultipartUpload with the parts' checksums.
+//! verifies: CRC-32 by default or SHA-256, giving the object a composite checksum of that
+//! algorithm, Content-MD5 with `checksums: when_required`) and CompleteMultipartUpload with the parts' checksums.
 //! The upload starts lazily: an object smaller than one part is a single PutObject. Any
 //! failure, `abort` or dropping the writer aborts the multipart upload so no object and no
 //! stored parts remain.
 
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
-use base64::Engine as _;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
 use tokio::task::JoinSet;
 
@@ -80,9 +79,10 @@ impl S3Upload {
             .create_multipart_upload()
             .bucket(&store.bucket)
             .key(&self.object_key);
-        if store.checksums == super::super::ChecksumMode::WhenSupported {
-            request = request.checksum_algorithm(ChecksumAlgorithm::Sha256);
-        }
+        request = request.set_checksum_algorithm(super::checksum::multipart_algorithm(
+            store.checksums,
+            store.checksum_algorithm,
+        ));
         match store.sse {
             ServerSideEncryption::None => {}
             ServerSideEncryption::Aes256 => {
@@ -215,29 +215,18 @@ async fn upload_part(
     number: i32,
     data: Bytes,
 ) -> Result<CompletedPart, StoreError> {
-    let mut request = store
+    let request = store
         .client
         .upload_part()
         .bucket(&store.bucket)
         .key(object_key)
         .upload_id(upload_id)
         .part_number(number);
-    let sent_sha256 = match store.checksums {
-        super::super::ChecksumMode::WhenSupported => {
-            use sha2::Digest as _;
-            let digest =
-                base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&data));
-            request = request.checksum_sha256(digest.clone());
-            Some(digest)
-        }
-        super::super::ChecksumMode::WhenRequired => {
-            use md5::Digest as _;
-            let digest = md5::Md5::digest(&data);
-            request = request
-                .content_md5(base64::engine::general_purpose::STANDARD.encode(digest.as_slice()));
-            None
-        }
-    };
+    let digest = super::checksum::BodyDigest::of(store.checksums, store.checksum_algorithm, &data);
+    let request = request
+        .set_checksum_crc32(digest.crc32.clone())
+        .set_checksum_sha256(digest.sha256.clone())
+        .set_content_md5(digest.content_md5.clone());
     let request = request
         .content_length(data.len() as i64)
         .body(ByteStream::from(data));
@@ -251,13 +240,11 @@ async fn upload_part(
             .error(&format!("upload part {number} of"), object_key, &e)
             .1
     })?;
-    if let (Some(sent), Some(echoed)) = (&sent_sha256, output.checksum_sha256()) {
-        if sent != echoed {
-            return Err(StoreError::Integrity(format!(
-                "upload part {number} of {}: the server reports SHA-256 {echoed}, {sent} was sent",
-                store.location(object_key)
-            )));
-        }
+    if let Some(mismatch) = digest.mismatch(output.checksum_crc32(), output.checksum_sha256()) {
+        return Err(StoreError::Integrity(format!(
+            "upload part {number} of {}: {mismatch}",
+            store.location(object_key)
+        )));
     }
     let etag = output.e_tag().ok_or_else(|| {
         StoreError::Permanent(format!(
@@ -268,7 +255,8 @@ async fn upload_part(
     Ok(CompletedPart::builder()
         .part_number(number)
         .e_tag(etag)
-        .set_checksum_sha256(sent_sha256)
+        .set_checksum_crc32(digest.crc32)
+        .set_checksum_sha256(digest.sha256)
         .build())
 }
 

@@ -6,6 +6,7 @@ use super::*;
 use aws_sdk_s3::operation::put_object::PutObjectError;
 use aws_sdk_s3::primitives::SdkBody;
 use aws_smithy_types::error::ErrorMetadata;
+use base64::Engine as _;
 
 fn service_error(status: u16, code: Option<&str>) -> SdkError<PutObjectError, HttpResponse> {
     let mut meta = ErrorMetadata::builder().message("details");
@@ -178,7 +179,11 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-async fn store_on(server: &pgsteward_testkit::s3::S3Server, checksums: ChecksumMode) -> S3Store {
+async fn store_on(
+    server: &pgsteward_testkit::s3::S3Server,
+    checksums: ChecksumMode,
+    checksum_algorithm: ChecksumAlgorithm,
+) -> S3Store {
     let (id, secret) = pgsteward_testkit::s3::write_credential_files(server.scratch());
     let options = StoreOptions {
         endpoint_url: Some(server.endpoint()),
@@ -186,6 +191,7 @@ async fn store_on(server: &pgsteward_testkit::s3::S3Server, checksums: ChecksumM
         access_key_id_file: Some(id),
         secret_access_key_file: Some(secret),
         checksums,
+        checksum_algorithm,
         ..Default::default()
     };
     S3Store::new(server.bucket().to_owned(), "p".into(), &options)
@@ -211,7 +217,43 @@ async fn uploads_carry_a_digest_the_server_verifies() {
     let server = pgsteward_testkit::s3::S3Server::new().await;
     let data = Bytes::from_static(b"wal bytes");
 
-    let store = store_on(&server, ChecksumMode::WhenSupported).await;
+    // The default: CRC-32 only (the SDK adds no checksum of its own).
+    let store = store_on(
+        &server,
+        ChecksumMode::WhenSupported,
+        ChecksumAlgorithm::default(),
+    )
+    .await;
+    store.put("k0", data.clone()).await.unwrap();
+    let info = recorded(&server, "p/k0");
+    let crc = b64(&crate::compress::crc32(0, &data).to_be_bytes());
+    assert!(
+        info.contains(&format!("\"checksum_crc32\":\"{crc}\"")),
+        "{info}"
+    );
+    assert!(
+        !info.contains("sha") && !info.contains("crc32c") && !info.contains("crc64"),
+        "another checksum was sent: {info}"
+    );
+    let err = store
+        .client
+        .put_object()
+        .bucket(&store.bucket)
+        .key("p/k0b")
+        .checksum_crc32(b64(&crate::compress::crc32(0, b"other").to_be_bytes()))
+        .body(ByteStream::from(data.clone()))
+        .send()
+        .await
+        .unwrap_err();
+    let (kind, mapped) = store.error("put", "p/k0b", &err);
+    assert_eq!(kind, Kind::Integrity, "{mapped}");
+
+    let store = store_on(
+        &server,
+        ChecksumMode::WhenSupported,
+        ChecksumAlgorithm::Sha256,
+    )
+    .await;
     store.put("k1", data.clone()).await.unwrap();
     let info = recorded(&server, "p/k1");
     let sha = b64(&sha2::Sha256::digest(&data));
@@ -242,7 +284,12 @@ async fn uploads_carry_a_digest_the_server_verifies() {
         "{mapped}"
     );
 
-    let store = store_on(&server, ChecksumMode::WhenRequired).await;
+    let store = store_on(
+        &server,
+        ChecksumMode::WhenRequired,
+        ChecksumAlgorithm::Sha256,
+    )
+    .await;
     store.put("k3", data.clone()).await.unwrap();
     let info = recorded(&server, "p/k3");
     assert!(
