@@ -7,7 +7,8 @@
 //!
 //! Modules: `cluster` (postgres as the postgres user), `s3` (s3s-fs + TLS proxy), `procs`
 //! (spawning, deadlines, CPU/RSS accounting), `tools` (each tool's configuration, and the
-//! pgsteward hook), `report` (tables and the docs section). `failover` (in `failover`) measures
+//! pgsteward hook), `report` (tables and the docs section), `rounds` (repeated rounds of
+//! `wal-archive`: medians, round-by-round ratios). `failover` (in `failover`) measures
 //! write unavailability and lost commits across faults on a three-instance cluster.
 
 mod backup;
@@ -15,6 +16,7 @@ mod cluster;
 pub(crate) mod failover;
 pub(crate) mod procs;
 mod report;
+mod rounds;
 mod s3;
 mod table;
 mod tools;

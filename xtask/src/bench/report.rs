@@ -27,6 +27,8 @@ pub struct Measured {
     pub stored_bytes: u64,
     /// Detached processes adopted and reaped (pgBackRest's async processes).
     pub detached: usize,
+    /// Seconds of every round, in order (filled in by `rounds::combine`).
+    pub round_seconds: Vec<f64>,
 }
 
 impl Measured {
@@ -41,6 +43,16 @@ impl Measured {
     pub fn rss_mb(&self) -> f64 {
         self.usage.max_rss_kb as f64 / 1024.0
     }
+
+    /// Every round's seconds, "3.50 3.89 3.61".
+    pub fn rounds_text(&self) -> String {
+        let rounds: Vec<String> = self
+            .round_seconds
+            .iter()
+            .map(|s| format!("{s:.2}"))
+            .collect();
+        rounds.join(" ")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -54,7 +66,7 @@ impl Outcome {
     pub fn summary(&self) -> String {
         match self {
             Outcome::Measured(m) => format!(
-                "{} segments in {:.2}s: {:.2} segments/s, {:.1} CPU ms/segment, peak RSS {:.1} MB{}",
+                "{} segments in {:.2}s: {:.2} segments/s, {:.1} CPU ms/segment, peak RSS {:.1} MB{}{}",
                 m.segments,
                 m.elapsed.as_secs_f64(),
                 m.per_second(),
@@ -63,6 +75,10 @@ impl Outcome {
                 match m.detached {
                     0 => String::new(),
                     n => format!(" ({n} detached processes included)"),
+                },
+                match m.round_seconds.len() {
+                    0 | 1 => String::new(),
+                    _ => format!("; median of rounds of {} s", m.rounds_text()),
                 }
             ),
             Outcome::NotAvailable(reason) => format!("not available: {reason}"),
@@ -160,6 +176,8 @@ impl Environment {
 
 pub struct Report {
     pub segments: usize,
+    /// Rounds each tool ran (see `rounds`).
+    pub rounds: usize,
     pub wal_bytes: u64,
     pub archive: Vec<Row>,
     pub restore: Vec<Row>,
@@ -205,8 +223,9 @@ impl Report {
         let _ = writeln!(
             out,
             "Command: `cargo xtask bench wal-archive` (as root; {} segments, set with \
-             `PGSTEWARD_BENCH_SEGMENTS`, at least 30).\n",
-            self.segments
+             `PGSTEWARD_BENCH_SEGMENTS`, at least 30; {} rounds, set with \
+             `PGSTEWARD_BENCH_ROUNDS`).\n",
+            self.segments, self.rounds
         );
         let _ = writeln!(
             out,
@@ -278,7 +297,13 @@ impl Report {
              - Peak RSS: the largest `VmHWM` of any single tool process (sampled every 5 ms for \
              archive_command processes; exact from `wait4` for restore calls and detached \
              processes).\n\
-             - Stored MiB: the size of the archived segment objects in the bucket.\n",
+             - Stored MiB: the size of the archived segment objects in the bucket.\n\
+             - Rounds: each round archives with every tool, then restores with every tool, \
+             back to back (each archive into an emptied prefix, each run in fresh \
+             directories), so a slow spell of this shared virtual machine falls on all the \
+             tools of a round. A row is the tool's median round (its seconds and segments/s; \
+             CPU is the median of the rounds, peak RSS the largest); the ratios are those of \
+             the rows, and round by round in parentheses.\n",
         );
         let _ = writeln!(out, "{END}");
         out
@@ -289,6 +314,7 @@ fn cells_of(m: &Measured, archive: bool) -> Vec<String> {
     let mut cells = vec![
         m.segments.to_string(),
         format!("{:.2}", m.elapsed.as_secs_f64()),
+        m.rounds_text(),
         format!("{:.2}", m.per_second()),
         format!("{:.1}", m.cpu_ms_per_segment()),
         format!("{:.1}", m.rss_mb()),
@@ -304,6 +330,7 @@ fn headers(archive: bool) -> Vec<&'static str> {
         "tool",
         "segments",
         "seconds",
+        "seconds per round",
         "segments/s",
         "CPU ms/segment",
         "peak RSS MB",
@@ -351,8 +378,15 @@ fn ratios(rows: &[Row], bullet: &str) -> String {
     let find = |tool: Tool| measured.iter().find(|(t, _)| *t == tool).map(|(_, m)| *m);
     let mut out = String::new();
     let line = |a: Tool, ma: &Measured, b: Tool, mb: &Measured| {
+        let speedups = super::rounds::per_round_speedups(ma, mb);
+        let by_round = if speedups.len() > 1 {
+            let each: Vec<String> = speedups.iter().map(|x| format!("{x:.2}x")).collect();
+            format!(" (round by round: {})", each.join(", "))
+        } else {
+            String::new()
+        };
         format!(
-            "{bullet}{} vs {}: {:.2}x segments/s, {:.2}x CPU per segment, {:.2}x peak RSS\n",
+            "{bullet}{} vs {}: {:.2}x segments/s{by_round}, {:.2}x CPU per segment, {:.2}x peak RSS\n",
             a.name(),
             b.name(),
             ma.per_second() / mb.per_second().max(1e-9),
@@ -436,6 +470,7 @@ mod tests {
             },
             stored_bytes: 10 << 20,
             detached: 0,
+            round_seconds: vec![secs as f64],
         })
     }
 
@@ -489,11 +524,11 @@ mod tests {
         let table = markdown_table(&rows(), true);
         assert_eq!(table.lines().count(), 5, "{table}");
         assert!(
-            table.contains("| barman-cloud | 40 | 20.00 | 2.00 | 100.0 | 60.0 | 10.0 |"),
+            table.contains("| barman-cloud | 40 | 20.00 | 20.00 | 2.00 | 100.0 | 60.0 | 10.0 |"),
             "{table}"
         );
         assert!(
-            table.contains("| pgsteward | not available: not yet | | | | |"),
+            table.contains("| pgsteward | not available: not yet | | | | | |"),
             "{table}"
         );
     }

@@ -463,7 +463,8 @@ fn pgsteward_archive_setup(ctx: &Ctx<'_>) -> Result<Availability> {
              the clock starts; archive_command is set once its socket is up; it uploads `.ready` segments ahead, {PARALLEL} at a time, and \
              answers each call once its segment is stored), settings rendered from the YAML `archive:` \
              section (gzip, gzip_level {GZIP_LEVEL}, max_parallel {PARALLEL}, endpoint \
-             https://127.0.0.1:PORT, force_path_style) into PGDATA/pgsteward.archive.json, \
+             https://127.0.0.1:PORT, force_path_style, upload checksum CRC-32, the default) into \
+             PGDATA/pgsteward.archive.json, \
              ca_file <proxy CA>; {}",
             pgsteward_origin()
         ),

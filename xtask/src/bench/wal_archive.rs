@@ -21,6 +21,8 @@
 //!    byte-identical to the original and remove it, as postgres reads (replays) a restored
 //!    segment and unlinks it before the next call; the clock covers the whole sequence, CPU is
 //!    each call's `wait4` rusage plus detached processes.
+//! 5. Steps 3 and 4 run `PGSTEWARD_BENCH_ROUNDS` times (default 3; each round archives with
+//!    every tool, then restores with every tool); a tool's row is its median round (`rounds`).
 //!
 //! Deadlines bound every wait; scratch files and processes go away on exit
 //! (`PGSTEWARD_BENCH_KEEP=1` keeps the scratch directory for inspection).
@@ -35,6 +37,7 @@ use anyhow::{bail, Context, Result};
 use super::cluster::{self, mkdir_postgres, Cluster};
 use super::procs::{self, Usage};
 use super::report::{self, Measured, Outcome, Report, Row};
+use super::rounds;
 use super::s3::{self, S3};
 use super::tools::{self, Availability, Ctx, Tool};
 
@@ -111,39 +114,62 @@ fn bench(root: &Path, scratch: &Path, target: usize) -> Result<ExitCode> {
     );
 
     let selected = selected_tools()?;
-    let mut archive = Vec::new();
-    for tool in Tool::ALL {
-        if !selected.contains(&tool) {
-            archive.push(Row {
-                tool,
-                outcome: Outcome::NotAvailable("not selected by PGSTEWARD_BENCH_TOOLS".into()),
-                described: None,
-            });
-            continue;
-        }
-        eprintln!("bench: archive with {}", tool.name());
-        let row = archive_one(tool, &s3, &backlog, scratch, root);
-        eprintln!("bench:   {}", row.outcome.summary());
-        archive.push(row);
-    }
-    let mut restore = Vec::new();
-    for (tool, archived) in Tool::ALL.into_iter().zip(&archive) {
-        let row = if matches!(archived.outcome, Outcome::Measured(_)) {
-            eprintln!("bench: restore with {}", tool.name());
-            restore_one(tool, &s3, &backlog, scratch, root)
-        } else {
-            Row {
-                tool,
-                outcome: Outcome::NotAvailable("nothing archived to restore".into()),
-                described: None,
+    let rounds = rounds::wanted()?;
+    // Per tool, its outcome in every round: archive, then restore from that archive.
+    let mut archived: Vec<Vec<Outcome>> = vec![Vec::new(); Tool::ALL.len()];
+    let mut restored: Vec<Vec<Outcome>> = vec![Vec::new(); Tool::ALL.len()];
+    let mut described: Vec<[Option<String>; 2]> = vec![[None, None]; Tool::ALL.len()];
+    for round in 1..=rounds {
+        for (i, tool) in Tool::ALL.into_iter().enumerate() {
+            if !selected.contains(&tool) {
+                archived[i].push(Outcome::NotAvailable(
+                    "not selected by PGSTEWARD_BENCH_TOOLS".into(),
+                ));
+                continue;
             }
-        };
-        eprintln!("bench:   {}", row.outcome.summary());
-        restore.push(row);
+            eprintln!(
+                "bench: round {round}/{rounds}: archive with {}",
+                tool.name()
+            );
+            let row = archive_one(tool, round, &s3, &backlog, scratch, root);
+            eprintln!("bench:   {}", row.outcome.summary());
+            described[i][0] = described[i][0].take().or(row.described);
+            archived[i].push(row.outcome);
+        }
+        for (i, tool) in Tool::ALL.into_iter().enumerate() {
+            let outcome = if matches!(archived[i].last(), Some(Outcome::Measured(_))) {
+                eprintln!(
+                    "bench: round {round}/{rounds}: restore with {}",
+                    tool.name()
+                );
+                let row = restore_one(tool, round, &s3, &backlog, scratch, root);
+                described[i][1] = described[i][1].take().or(row.described);
+                row.outcome
+            } else {
+                Outcome::NotAvailable("nothing archived to restore".into())
+            };
+            eprintln!("bench:   {}", outcome.summary());
+            restored[i].push(outcome);
+        }
     }
+    let rows = |phase: Vec<Vec<Outcome>>, which: usize| -> Vec<Row> {
+        Tool::ALL
+            .into_iter()
+            .zip(phase)
+            .zip(&described)
+            .map(|((tool, outcomes), described)| Row {
+                tool,
+                outcome: rounds::combine(outcomes),
+                described: described[which].clone(),
+            })
+            .collect()
+    };
+    let archive = rows(archived, 0);
+    let restore = rows(restored, 1);
 
     let report = Report {
         segments: backlog.segments.len(),
+        rounds,
         wal_bytes,
         archive,
         restore,
@@ -279,22 +305,38 @@ fn one_row(tool: Tool, run: impl FnOnce(&mut Option<String>) -> Result<Outcome>)
     }
 }
 
-fn archive_one(tool: Tool, s3: &S3, backlog: &Backlog, scratch: &Path, root: &Path) -> Row {
+fn archive_one(
+    tool: Tool,
+    round: usize,
+    s3: &S3,
+    backlog: &Backlog,
+    scratch: &Path,
+    root: &Path,
+) -> Row {
     one_row(tool, |described| {
-        archive_run(tool, s3, backlog, scratch, root, described)
+        archive_run(tool, round, s3, backlog, scratch, root, described)
     })
 }
 
 fn archive_run(
     tool: Tool,
+    round: usize,
     s3: &S3,
     backlog: &Backlog,
     scratch: &Path,
     root: &Path,
     described: &mut Option<String>,
 ) -> Result<Outcome> {
-    let run_dir = scratch.join(format!("archive-{}", tool.prefix()));
+    // Fresh directories every round (no spool or status file of an earlier round), and the
+    // tool's prefix emptied: every round archives the whole backlog.
+    let run_dir = scratch.join(format!("archive-{}-{round}", tool.prefix()));
     mkdir_postgres(&run_dir)?;
+    let prefix = s3.prefix_dir(tool.prefix());
+    match std::fs::remove_dir_all(&prefix) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("emptying {}", prefix.display())),
+    }
     let cluster = backlog.cluster.copy_to(&run_dir.join("data"))?;
     // Archiving paused: with an empty archive_command the archiver just waits for a reload.
     cluster.append_conf("archive_command = ''\n")?;
@@ -393,24 +435,33 @@ fn archive_run(
         usage,
         stored_bytes,
         detached: detached_count,
+        round_seconds: Vec::new(),
     }))
 }
 
-fn restore_one(tool: Tool, s3: &S3, backlog: &Backlog, scratch: &Path, root: &Path) -> Row {
+fn restore_one(
+    tool: Tool,
+    round: usize,
+    s3: &S3,
+    backlog: &Backlog,
+    scratch: &Path,
+    root: &Path,
+) -> Row {
     one_row(tool, |described| {
-        restore_run(tool, s3, backlog, scratch, root, described)
+        restore_run(tool, round, s3, backlog, scratch, root, described)
     })
 }
 
 fn restore_run(
     tool: Tool,
+    round: usize,
     s3: &S3,
     backlog: &Backlog,
     scratch: &Path,
     root: &Path,
     described: &mut Option<String>,
 ) -> Result<Outcome> {
-    let run_dir = scratch.join(format!("restore-{}", tool.prefix()));
+    let run_dir = scratch.join(format!("restore-{}-{round}", tool.prefix()));
     mkdir_postgres(&run_dir)?;
     // A data directory like the one a restore starts from: pg_control (pgBackRest reads it),
     // an empty pg_wal.
@@ -487,6 +538,7 @@ fn restore_run(
         usage,
         stored_bytes: 0,
         detached: detached_count,
+        round_seconds: Vec::new(),
     }))
 }
 
