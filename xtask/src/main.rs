@@ -37,6 +37,9 @@ Commands:
   demo               Start three local instances, the coordinator and a file:// archive (as
                      root; postgres runs as the postgres user), print how to connect and how
                      to trigger a failover or switchover, run until Ctrl-C, clean up.
+  s3-server ROOT PORT ACCESS_KEY SECRET_KEY
+                     Serve ROOT as S3 on 127.0.0.1:PORT (the s3s-fs crate with TCP_NODELAY;
+                     the benchmarks start it), until killed.
   help               Print this text.
 ";
 
@@ -83,6 +86,10 @@ fn run(raw_args: Vec<OsString>) -> Result<ExitCode> {
         ["ci"] => ci::ci(&root),
         ["bench", "failover", rest @ ..] => bench::failover::run(&root, rest),
         ["demo"] => demo::run(&root),
+        ["s3-server", dir, port, access_key, secret_key] => {
+            bench::s3_server::run(dir, port, access_key, secret_key)?;
+            Ok(ExitCode::SUCCESS)
+        }
         ["bench", name] => match bench::run(&root, name) {
             Some(result) => result,
             None => Ok(usage_error(&format!(

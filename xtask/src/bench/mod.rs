@@ -5,7 +5,8 @@
 //! backups and their restores of the same three tools on one pgbench database run by the
 //! pgsteward manager.
 //!
-//! Modules: `cluster` (postgres as the postgres user), `s3` (s3s-fs + TLS proxy), `procs`
+//! Modules: `cluster` (postgres as the postgres user), `s3` (the S3 server, `s3_server`:
+//! s3s-fs with TCP_NODELAY, + TLS proxy), `procs`
 //! (spawning, deadlines, CPU/RSS accounting), `tools` (each tool's configuration, and the
 //! pgsteward hook), `report` (tables and the docs section), `rounds` (repeated rounds of
 //! `wal-archive`: medians, round-by-round ratios). `failover` (in `failover`) measures
@@ -18,6 +19,7 @@ pub(crate) mod procs;
 mod report;
 mod rounds;
 mod s3;
+pub(crate) mod s3_server;
 mod table;
 mod tools;
 mod wal_archive;

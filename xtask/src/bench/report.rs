@@ -146,11 +146,6 @@ impl Environment {
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0);
-        let s3s_fs = std::env::var_os("HOME")
-            .map(|h| Path::new(&h).join(".cargo/bin/s3s-fs"))
-            .filter(|p| p.is_file())
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "s3s-fs".into());
         Environment {
             date: first_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
             cores: std::thread::available_parallelism()
@@ -169,7 +164,7 @@ impl Environment {
             ),
             pgbackrest: first_line("pgbackrest", &["version"]),
             nginx: first_line("/usr/sbin/nginx", &["-v"]),
-            s3s_fs: first_line(&s3s_fs, &["--version"]),
+            s3s_fs: super::s3_server::DESCRIPTION.into(),
         }
     }
 }
@@ -298,6 +293,10 @@ impl Report {
              archive_command processes; exact from `wait4` for restore calls and detached \
              processes).\n\
              - Stored MiB: the size of the archived segment objects in the bucket.\n\
+             - The S3 server: the `s3s-fs` crate, served by `cargo xtask s3-server` with \
+             `TCP_NODELAY` (the `s3s-fs` 0.14.1 binary leaves Nagle's algorithm on, which \
+             delays the end of a response by up to 40 ms, a delay production S3 servers do not \
+             add).\n\
              - Rounds: each round archives with every tool, then restores with every tool, \
              back to back (each archive into an emptied prefix, each run in fresh \
              directories), so a slow spell of this shared virtual machine falls on all the \

@@ -1,7 +1,8 @@
-//! The benchmark's S3 server: `s3s-fs` (crates.io, installed by `cargo xtask prereqs`) on a free
-//! loopback port with fixed credentials and one bucket, behind the testkit's nginx TLS proxy
-//! (pgBackRest only speaks HTTPS to S3, so every tool goes through the proxy). Both processes
-//! are stopped on drop, and get a signal if the benchmark dies first.
+//! The benchmarks' S3 server: the `s3s-fs` crate served by this program (`cargo xtask
+//! s3-server`, see `s3_server`: with `TCP_NODELAY`) on a free loopback port with fixed
+//! credentials and one bucket, behind the testkit's nginx TLS proxy (pgBackRest only speaks
+//! HTTPS to S3, so every tool goes through the proxy). Both processes are stopped on drop, and
+//! get a signal if the benchmark dies first.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpStream};
@@ -29,10 +30,10 @@ pub struct S3 {
 }
 
 impl S3 {
-    /// Starts s3s-fs serving `dir/root` (bucket `BUCKET` created) and the TLS proxy in
+    /// Starts the S3 server on `dir/root` (bucket `BUCKET` created) and the TLS proxy in
     /// `dir/tls`.
-    pub fn start(dir: &Path) -> Result<Self> {
-        let binary = s3s_fs_binary()?;
+    pub fn start(dir: &Path, workspace: &Path) -> Result<Self> {
+        let binary = super::s3_server::optimized_binary(workspace)?;
         let root = dir.join("root");
         std::fs::create_dir_all(root.join(BUCKET))
             .with_context(|| format!("mkdir {}", root.display()))?;
@@ -41,10 +42,9 @@ impl S3 {
         let port = pgsteward_testkit::free_port();
         let mut command = Command::new(&binary);
         command
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .arg("s3-server")
             .arg(&root)
-            .env("RUST_LOG", "warn")
+            .args([&port.to_string(), ACCESS_KEY, SECRET_KEY])
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
@@ -91,29 +91,6 @@ impl Drop for S3 {
         self.proxy.stop();
         procs::stop_child(&mut self.server, Signal::SIGKILL, Duration::from_secs(5));
     }
-}
-
-/// `PGSTEWARD_TEST_S3S_FS`, else `s3s-fs` on PATH, else `~/.cargo/bin/s3s-fs`.
-fn s3s_fs_binary() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("PGSTEWARD_TEST_S3S_FS") {
-        return Ok(PathBuf::from(path));
-    }
-    let on_path = std::env::var_os("PATH")
-        .map(|paths| {
-            std::env::split_paths(&paths)
-                .map(|d| d.join("s3s-fs"))
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
-    let in_cargo_home = std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo/bin/s3s-fs"));
-    on_path
-        .into_iter()
-        .chain(in_cargo_home)
-        .find(|candidate| candidate.is_file())
-        .context(
-            "s3s-fs is not installed: run `cargo xtask prereqs` (or `cargo install \
-             s3s-fs@0.14.1 --features binary --locked`), or set PGSTEWARD_TEST_S3S_FS",
-        )
 }
 
 /// The archived segments below `dir`: segment name (the first 24 hex digits of the object's

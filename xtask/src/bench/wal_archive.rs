@@ -98,7 +98,7 @@ fn segments_target() -> Result<usize> {
 
 fn bench(root: &Path, scratch: &Path, target: usize) -> Result<ExitCode> {
     let started = Instant::now();
-    let s3 = S3::start(&scratch.join("s3"))?;
+    let s3 = S3::start(&scratch.join("s3"), root)?;
     eprintln!(
         "bench: s3s-fs behind nginx TLS at {} (CA {})",
         s3.proxy.endpoint(),
@@ -502,7 +502,9 @@ fn restore_run(
             .arg(&command)
             .stdout(std::process::Stdio::null());
         let remaining = RUN_DEADLINE.saturating_sub(started.elapsed());
+        let call_started = Instant::now();
         let (code, call) = procs::run_measured(&mut sh, remaining.max(Duration::from_secs(1)))?;
+        let call_took = call_started.elapsed();
         usage.add(call);
         if code != 0 {
             bail!("restore_command for {segment} exited with {code}: {command}");
@@ -521,6 +523,14 @@ fn restore_run(
         }
         std::fs::remove_file(&target)
             .with_context(|| format!("{segment}: removing {}", target.display()))?;
+        if trace_calls() {
+            eprintln!(
+                "bench:     {segment} at {:>7.1} ms: call {:>6.1} ms, read + compare + remove {:>5.1} ms",
+                call_started.duration_since(started).as_secs_f64() * 1e3,
+                call_took.as_secs_f64() * 1e3,
+                (call_started.elapsed() - call_took).as_secs_f64() * 1e3
+            );
+        }
     }
     let elapsed = started.elapsed();
     if setup.sidecar.is_some() {
@@ -540,6 +550,11 @@ fn restore_run(
         detached: detached_count,
         round_seconds: Vec::new(),
     }))
+}
+
+/// Whether `PGSTEWARD_BENCH_TRACE` asks for every restore_command's timing (for profiling).
+fn trace_calls() -> bool {
+    std::env::var_os("PGSTEWARD_BENCH_TRACE").is_some_and(|v| !v.is_empty())
 }
 
 /// Whether `a` and `b` have the same bytes, compared by mapping both (no copy into this

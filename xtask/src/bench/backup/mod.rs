@@ -102,7 +102,7 @@ struct Database {
 fn bench(root: &Path, scratch: &Path, scale: u32, barman_timeout: Duration) -> Result<ExitCode> {
     let started = Instant::now();
     let load_before = load_average();
-    let s3 = S3::start(&scratch.join("s3"))?;
+    let s3 = S3::start(&scratch.join("s3"), root)?;
     eprintln!("bench: s3s-fs behind nginx TLS at {}", s3.proxy.endpoint());
     let home = scratch.join("home");
     mkdir_postgres(&home)?;
