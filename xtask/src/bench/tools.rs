@@ -432,6 +432,20 @@ archive:
     Ok(settings.socket)
 }
 
+/// `pgsteward archiver` beside postgres, logging into the run's directory; ready once its
+/// socket exists.
+fn archiver_sidecar(binary: &Path, ctx: &Ctx<'_>, socket: PathBuf) -> Sidecar {
+    Sidecar {
+        command: format!(
+            "{} archiver --pgdata {} >> {}/archiver.log 2>&1 &",
+            binary.display(),
+            ctx.data.display(),
+            ctx.run_dir.display()
+        ),
+        ready: socket,
+    }
+}
+
 fn pgsteward_archive_setup(ctx: &Ctx<'_>) -> Result<Availability> {
     let binary = match pgsteward_binary(ctx)? {
         Ok(binary) => binary,
@@ -442,15 +456,7 @@ fn pgsteward_archive_setup(ctx: &Ctx<'_>) -> Result<Availability> {
     }
     let socket = pgsteward_config(ctx)?;
     Ok(Availability::Ready(Setup {
-        sidecar: Some(Sidecar {
-            command: format!(
-                "{} archiver --pgdata {} >> {}/archiver.log 2>&1 &",
-                binary.display(),
-                ctx.data.display(),
-                ctx.run_dir.display()
-            ),
-            ready: socket,
-        }),
+        sidecar: Some(archiver_sidecar(&binary, ctx, socket)),
         command: format!(
             "{} wal-archive --pgdata {} %p",
             binary.display(),
@@ -481,15 +487,7 @@ fn pgsteward_restore_setup(ctx: &Ctx<'_>) -> Result<Availability> {
     }
     let socket = pgsteward_config(ctx)?;
     Ok(Availability::Ready(Setup {
-        sidecar: Some(Sidecar {
-            command: format!(
-                "{} archiver --pgdata {} >> {}/archiver.log 2>&1 &",
-                binary.display(),
-                ctx.data.display(),
-                ctx.run_dir.display()
-            ),
-            ready: socket,
-        }),
+        sidecar: Some(archiver_sidecar(&binary, ctx, socket)),
         command: format!(
             "{} wal-restore --pgdata {} %f %p",
             binary.display(),

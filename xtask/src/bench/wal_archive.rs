@@ -54,6 +54,18 @@ const ORPHAN_DEADLINE: Duration = Duration::from_secs(60);
 /// How long a tool's sidecar may take to start answering.
 const SIDECAR_DEADLINE: Duration = Duration::from_secs(10);
 
+/// What the runs of one round share.
+#[derive(Clone, Copy)]
+struct Round<'a> {
+    /// From 1.
+    number: usize,
+    s3: &'a S3,
+    backlog: &'a Backlog,
+    scratch: &'a Path,
+    /// The workspace.
+    root: &'a Path,
+}
+
 /// The backlog every tool starts from.
 struct Backlog {
     cluster: Cluster,
@@ -120,6 +132,13 @@ fn bench(root: &Path, scratch: &Path, target: usize) -> Result<ExitCode> {
     let mut restored: Vec<Vec<Outcome>> = vec![Vec::new(); Tool::ALL.len()];
     let mut described: Vec<[Option<String>; 2]> = vec![[None, None]; Tool::ALL.len()];
     for round in 1..=rounds {
+        let this_round = Round {
+            number: round,
+            s3: &s3,
+            backlog: &backlog,
+            scratch,
+            root,
+        };
         for (i, tool) in Tool::ALL.into_iter().enumerate() {
             if !selected.contains(&tool) {
                 archived[i].push(Outcome::NotAvailable(
@@ -131,7 +150,7 @@ fn bench(root: &Path, scratch: &Path, target: usize) -> Result<ExitCode> {
                 "bench: round {round}/{rounds}: archive with {}",
                 tool.name()
             );
-            let row = archive_one(tool, round, &s3, &backlog, scratch, root);
+            let row = archive_one(tool, &this_round);
             eprintln!("bench:   {}", row.outcome.summary());
             described[i][0] = described[i][0].take().or(row.described);
             archived[i].push(row.outcome);
@@ -142,7 +161,7 @@ fn bench(root: &Path, scratch: &Path, target: usize) -> Result<ExitCode> {
                     "bench: round {round}/{rounds}: restore with {}",
                     tool.name()
                 );
-                let row = restore_one(tool, round, &s3, &backlog, scratch, root);
+                let row = restore_one(tool, &this_round);
                 described[i][1] = described[i][1].take().or(row.described);
                 row.outcome
             } else {
@@ -305,31 +324,21 @@ fn one_row(tool: Tool, run: impl FnOnce(&mut Option<String>) -> Result<Outcome>)
     }
 }
 
-fn archive_one(
-    tool: Tool,
-    round: usize,
-    s3: &S3,
-    backlog: &Backlog,
-    scratch: &Path,
-    root: &Path,
-) -> Row {
-    one_row(tool, |described| {
-        archive_run(tool, round, s3, backlog, scratch, root, described)
-    })
+fn archive_one(tool: Tool, round: &Round<'_>) -> Row {
+    one_row(tool, |described| archive_run(tool, round, described))
 }
 
-fn archive_run(
-    tool: Tool,
-    round: usize,
-    s3: &S3,
-    backlog: &Backlog,
-    scratch: &Path,
-    root: &Path,
-    described: &mut Option<String>,
-) -> Result<Outcome> {
+fn archive_run(tool: Tool, round: &Round<'_>, described: &mut Option<String>) -> Result<Outcome> {
+    let Round {
+        number,
+        s3,
+        backlog,
+        scratch,
+        root,
+    } = *round;
     // Fresh directories every round (no spool or status file of an earlier round), and the
     // tool's prefix emptied: every round archives the whole backlog.
-    let run_dir = scratch.join(format!("archive-{}-{round}", tool.prefix()));
+    let run_dir = scratch.join(format!("archive-{}-{number}", tool.prefix()));
     mkdir_postgres(&run_dir)?;
     let prefix = s3.prefix_dir(tool.prefix());
     match std::fs::remove_dir_all(&prefix) {
@@ -439,29 +448,19 @@ fn archive_run(
     }))
 }
 
-fn restore_one(
-    tool: Tool,
-    round: usize,
-    s3: &S3,
-    backlog: &Backlog,
-    scratch: &Path,
-    root: &Path,
-) -> Row {
-    one_row(tool, |described| {
-        restore_run(tool, round, s3, backlog, scratch, root, described)
-    })
+fn restore_one(tool: Tool, round: &Round<'_>) -> Row {
+    one_row(tool, |described| restore_run(tool, round, described))
 }
 
-fn restore_run(
-    tool: Tool,
-    round: usize,
-    s3: &S3,
-    backlog: &Backlog,
-    scratch: &Path,
-    root: &Path,
-    described: &mut Option<String>,
-) -> Result<Outcome> {
-    let run_dir = scratch.join(format!("restore-{}-{round}", tool.prefix()));
+fn restore_run(tool: Tool, round: &Round<'_>, described: &mut Option<String>) -> Result<Outcome> {
+    let Round {
+        number,
+        s3,
+        backlog,
+        scratch,
+        root,
+    } = *round;
+    let run_dir = scratch.join(format!("restore-{}-{number}", tool.prefix()));
     mkdir_postgres(&run_dir)?;
     // A data directory like the one a restore starts from: pg_control (pgBackRest reads it),
     // an empty pg_wal.
