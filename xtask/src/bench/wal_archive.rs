@@ -66,6 +66,18 @@ struct Round<'a> {
     root: &'a Path,
 }
 
+impl Round<'_> {
+    /// A fresh directory for `tool`'s `phase` run in this round (no spool, status or log file
+    /// of an earlier round).
+    fn run_dir(&self, phase: &str, tool: Tool) -> Result<PathBuf> {
+        let dir = self
+            .scratch
+            .join(format!("{phase}-{}-{}", tool.prefix(), self.number));
+        mkdir_postgres(&dir)?;
+        Ok(dir)
+    }
+}
+
 /// The backlog every tool starts from.
 struct Backlog {
     cluster: Cluster,
@@ -329,17 +341,9 @@ fn archive_one(tool: Tool, round: &Round<'_>) -> Row {
 }
 
 fn archive_run(tool: Tool, round: &Round<'_>, described: &mut Option<String>) -> Result<Outcome> {
-    let Round {
-        number,
-        s3,
-        backlog,
-        scratch,
-        root,
-    } = *round;
-    // Fresh directories every round (no spool or status file of an earlier round), and the
-    // tool's prefix emptied: every round archives the whole backlog.
-    let run_dir = scratch.join(format!("archive-{}-{number}", tool.prefix()));
-    mkdir_postgres(&run_dir)?;
+    let (s3, backlog) = (round.s3, round.backlog);
+    // The tool's prefix emptied: every round archives the whole backlog.
+    let run_dir = round.run_dir("archive", tool)?;
     let prefix = s3.prefix_dir(tool.prefix());
     match std::fs::remove_dir_all(&prefix) {
         Ok(()) => {}
@@ -354,7 +358,7 @@ fn archive_run(tool: Tool, round: &Round<'_>, described: &mut Option<String>) ->
         run_dir: run_dir.clone(),
         data: cluster.data.clone(),
         home: cluster.home.clone(),
-        workspace: root,
+        workspace: round.root,
     };
     let setup = match tools::archive_setup(tool, &ctx)? {
         Availability::Ready(setup) => setup,
@@ -453,15 +457,8 @@ fn restore_one(tool: Tool, round: &Round<'_>) -> Row {
 }
 
 fn restore_run(tool: Tool, round: &Round<'_>, described: &mut Option<String>) -> Result<Outcome> {
-    let Round {
-        number,
-        s3,
-        backlog,
-        scratch,
-        root,
-    } = *round;
-    let run_dir = scratch.join(format!("restore-{}-{number}", tool.prefix()));
-    mkdir_postgres(&run_dir)?;
+    let (s3, backlog) = (round.s3, round.backlog);
+    let run_dir = round.run_dir("restore", tool)?;
     // A data directory like the one a restore starts from: pg_control (pgBackRest reads it),
     // an empty pg_wal.
     let cluster = backlog.cluster.copy_to(&run_dir.join("data"))?;
@@ -473,7 +470,7 @@ fn restore_run(tool: Tool, round: &Round<'_>, described: &mut Option<String>) ->
         run_dir: run_dir.clone(),
         data: cluster.data.clone(),
         home: cluster.home.clone(),
-        workspace: root,
+        workspace: round.root,
     };
     let setup = match tools::restore_setup(tool, &ctx)? {
         Availability::Ready(setup) => setup,
