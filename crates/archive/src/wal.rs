@@ -238,7 +238,7 @@ impl WalArchive {
                 encoded,
             } => {
                 let stored_bytes = encoded.len() as u64;
-                // The store confirms the body it kept: S3 checks the SHA-256 (or Content-MD5)
+                // The store confirms the body it kept: S3 checks the checksum (or Content-MD5)
                 // sent with it before storing, file:// fsyncs and renames; no second round
                 // trip is needed.
                 with_retry("put", deadline, || self.store.put(&key, encoded.clone())).await?;

@@ -112,6 +112,27 @@ pub fn spawn(command: &mut Command, pdeathsig: Option<Signal>) -> Result<Child> 
 
 /// Runs a command to completion within `timeout` (killed after it); fails unless it exits 0.
 /// Returns its stdout.
+/// `cargo build --release --quiet ARGS` in `workspace` (stdout discarded); the error says why
+/// it failed, for a benchmark to report.
+pub fn cargo_build_release(workspace: &Path, args: &[&str]) -> std::result::Result<(), String> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "--quiet"])
+        .args(args)
+        .current_dir(workspace)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status();
+    match status {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(format!(
+            "`cargo build --release {}` exited with {status}",
+            args.join(" ")
+        )),
+        Err(err) => Err(format!("cannot run cargo: {err}")),
+    }
+}
+
 /// Wait until `path` exists (a socket a started process binds), polling every millisecond.
 pub fn wait_for_path(path: &Path, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;

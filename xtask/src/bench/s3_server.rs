@@ -32,19 +32,8 @@ pub fn optimized_binary(workspace: &Path) -> Result<PathBuf> {
     static BUILT: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
     let built = BUILT.get_or_init(|| {
         eprintln!("bench: building the S3 server (cargo build --release -p xtask)");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args(["build", "--release", "--quiet", "-p", "xtask"])
-            .current_dir(workspace)
-            .stdin(std::process::Stdio::null())
-            .status();
-        match status {
-            Ok(status) if status.success() => Ok(workspace.join("target/release/xtask")),
-            Ok(status) => Err(format!(
-                "`cargo build --release -p xtask` exited with {status}"
-            )),
-            Err(err) => Err(format!("cannot run cargo: {err}")),
-        }
+        super::procs::cargo_build_release(workspace, &["-p", "xtask"])
+            .map(|()| workspace.join("target/release/xtask"))
     });
     built.clone().map_err(anyhow::Error::msg)
 }

@@ -306,27 +306,8 @@ pub(crate) fn pgsteward_binary(ctx: &Ctx<'_>) -> Result<std::result::Result<Path
             return Ok(PathBuf::from(path));
         }
         eprintln!("bench: building pgsteward (cargo build --release -p pgsteward --bin pgsteward)");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "pgsteward",
-                "--bin",
-                "pgsteward",
-            ])
-            .current_dir(ctx.workspace)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .status();
-        match status {
-            Ok(status) if status.success() => Ok(ctx.workspace.join("target/release/pgsteward")),
-            Ok(status) => Err(format!(
-                "`cargo build --release -p pgsteward` exited with {status}"
-            )),
-            Err(err) => Err(format!("cannot run cargo: {err}")),
-        }
+        procs::cargo_build_release(ctx.workspace, &["-p", "pgsteward", "--bin", "pgsteward"])
+            .map(|()| ctx.workspace.join("target/release/pgsteward"))
     });
     let source = match built {
         Ok(path) => path.clone(),

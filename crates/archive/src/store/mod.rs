@@ -38,6 +38,20 @@ pub struct RangeRead {
     pub etag: Option<String>,
 }
 
+impl RangeRead {
+    /// The range `start..start + len` of a whole object `data` (shorter at its end).
+    pub fn of_whole(data: Bytes, start: u64, len: u64, etag: Option<String>) -> Self {
+        let total = data.len() as u64;
+        let from = start.min(total) as usize;
+        let to = start.saturating_add(len).min(total) as usize;
+        RangeRead {
+            data: data.slice(from..to),
+            total,
+            etag,
+        }
+    }
+}
+
 /// An object store error; callers branch on the kind.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum StoreError {
@@ -92,17 +106,10 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
         len: u64,
         _if_match: Option<&str>,
     ) -> Result<Option<RangeRead>, StoreError> {
-        let Some(data) = self.get(key).await? else {
-            return Ok(None);
-        };
-        let total = data.len() as u64;
-        let from = start.min(total) as usize;
-        let to = start.saturating_add(len).min(total) as usize;
-        Ok(Some(RangeRead {
-            data: data.slice(from..to),
-            total,
-            etag: None,
-        }))
+        Ok(self
+            .get(key)
+            .await?
+            .map(|data| RangeRead::of_whole(data, start, len, None)))
     }
     /// The object's metadata, or None when it does not exist.
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError>;

@@ -246,13 +246,7 @@ impl ObjectStore for S3Store {
         let Some(mut reader) = self.get_stream(key).await? else {
             return Ok(None);
         };
-        // The announced size only sizes the buffer (bounded: it comes from the server).
-        let capacity = reader.size().unwrap_or(0).min(64 << 20) as usize;
-        let mut data = bytes::BytesMut::with_capacity(capacity);
-        while let Some(chunk) = reader.next_chunk().await? {
-            data.extend_from_slice(&chunk);
-        }
-        Ok(Some(data.freeze()))
+        Ok(Some(super::stream::read_all(reader.as_mut()).await?))
     }
 
     async fn get_stream(

@@ -26,6 +26,17 @@ pub trait ObjectReader: Send + fmt::Debug {
     fn size(&self) -> Option<u64>;
 }
 
+/// The rest of `reader`'s content in one buffer (sized by the announced size, bounded: it
+/// comes from the store).
+pub async fn read_all(reader: &mut dyn ObjectReader) -> Result<Bytes, StoreError> {
+    let capacity = reader.size().unwrap_or(0).min(64 << 20) as usize;
+    let mut data = bytes::BytesMut::with_capacity(capacity);
+    while let Some(chunk) = reader.next_chunk().await? {
+        data.extend_from_slice(&chunk);
+    }
+    Ok(data.freeze())
+}
+
 /// A reader over content already in memory (the default `get_stream` of stores without a
 /// streaming download).
 #[derive(Debug)]

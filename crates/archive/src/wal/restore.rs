@@ -167,9 +167,7 @@ impl WalArchive {
             partial: *partial,
         }))
     }
-}
 
-impl WalArchive {
     /// The object at `key`, or None. A large gzip object is read as parts of
     /// `DOWNLOAD_PART_BYTES`, `PARTS_IN_FLIGHT` at a time, each tied to the first part's
     /// version (`If-Match`): one GET is bounded by one connection's throughput, while a restore
@@ -261,8 +259,9 @@ impl WalArchive {
 pub const DOWNLOAD_PART_BYTES: u64 = 2 << 20;
 /// Parts of one object downloaded at once.
 const PARTS_IN_FLIGHT: usize = 4;
-/// No stored WAL file is larger: deflate's worst case on a 1 GiB segment, with room to spare.
-const MAX_STORED_BYTES: u64 = (1 << 30) + (1 << 24);
+/// No stored WAL file is larger: deflate's worst case on the largest segment, with room to
+/// spare.
+const MAX_STORED_BYTES: u64 = super::MAX_WAL_BYTES + (1 << 24);
 
 /// Whether a written WAL file must reach the disk before the write counts as done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,11 +2,9 @@
 //! length checked against what the server announced; the WAL restore reads large objects as
 //! such parts in parallel.
 
-use bytes::BytesMut;
-
 use super::errors::Kind;
 use super::S3Store;
-use crate::store::stream::ObjectReader as _;
+use crate::store::stream::read_all;
 use crate::store::{ObjectStore as _, RangeRead, StoreError};
 
 impl S3Store {
@@ -40,13 +38,10 @@ impl S3Store {
                 return match self.error("get", &object_key, &e) {
                     (Kind::NotFound, _) => Ok(None),
                     // An empty object has no byte 0: read it whole.
-                    _ if start == 0 && is_code(&e, "InvalidRange") => {
-                        Ok(self.get(key).await?.map(|data| RangeRead {
-                            total: data.len() as u64,
-                            data,
-                            etag: None,
-                        }))
-                    }
+                    _ if start == 0 && is_code(&e, "InvalidRange") => Ok(self
+                        .get(key)
+                        .await?
+                        .map(|data| RangeRead::of_whole(data, start, len, None))),
                     // The object changed since the first part was read.
                     (_, StoreError::Permanent(message)) if is_code(&e, "PreconditionFailed") => {
                         Err(StoreError::Integrity(format!(
@@ -67,30 +62,22 @@ impl S3Store {
                 ))
             })?;
         let etag = output.e_tag().map(str::to_owned);
-        // A server that ignores Range answers 200 with the whole object, which is then sliced.
-        let whole = output.content_range().is_none();
         let total = match output.content_range() {
-            Some(range) => content_range_total(range).ok_or_else(|| {
+            Some(range) => Some(content_range_total(range).ok_or_else(|| {
                 StoreError::Transient(format!(
                     "get {}: malformed Content-Range {range:?}",
                     self.location(&object_key)
                 ))
-            })?,
-            None => announced,
+            })?),
+            None => None,
         };
-        let capacity = announced.min(64 << 20) as usize;
         let mut reader = self.body_reader(&object_key, output.body, Some(announced));
-        let mut data = BytesMut::with_capacity(capacity);
-        while let Some(chunk) = reader.next_chunk().await? {
-            data.extend_from_slice(&chunk);
-        }
-        let mut data = data.freeze();
-        if whole {
-            let from = start.min(total) as usize;
-            let to = start.saturating_add(len).min(total) as usize;
-            data = data.slice(from..to);
-        }
-        Ok(Some(RangeRead { data, total, etag }))
+        let data = read_all(&mut reader).await?;
+        Ok(Some(match total {
+            Some(total) => RangeRead { data, total, etag },
+            // A server that ignores Range answers 200 with the whole object.
+            None => RangeRead::of_whole(data, start, len, etag),
+        }))
     }
 }
 
