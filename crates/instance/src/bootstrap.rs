@@ -120,6 +120,10 @@ async fn post_init(
         ("logging_collector", "off".to_owned()),
         ("log_statement", "none".to_owned()),
         ("log_destination", "stderr".to_owned()),
+        // Archiving paused: the WAL commands' settings are written when the manager's archiver
+        // starts, after the bootstrap. Postgres keeps the segments `.ready` (an empty
+        // archive_command with archive_mode on), and the running instance archives them.
+        ("archive_command", String::new()),
     ];
     let mut postmaster = Postmaster::spawn(reaper, bins, pgdata, &settings)?;
     let target = LocalTarget::new(

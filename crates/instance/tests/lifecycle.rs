@@ -1,5 +1,6 @@
 //! Bootstrap of an empty data directory, restart on existing data, JSON logs and clean
-//! shutdown, against real PostgreSQL 15 and 18.
+//! shutdown, and a bootstrap with archiving configured (no failed archive_command, WAL
+//! archived from the first segment), against real PostgreSQL 15 and 18.
 
 mod common;
 
@@ -187,3 +188,58 @@ async fn bootstrap_then_restart_on_existing_data(version: PgVersion) {
     assert_eq!(cluster_state(version, &instance.pgdata), "shut down");
 }
 for_each_version!(bootstrap_then_restart_on_existing_data);
+
+/// A bootstrap that runs postgres before the manager (application database) with archiving
+/// configured: that postgres keeps its WAL for later instead of calling an archive_command
+/// whose settings do not exist yet, and every segment from the first is archived once the
+/// instance runs.
+async fn bootstrap_with_archiving_defers_the_first_segments(version: PgVersion) {
+    let scratch = pgsteward_testkit::fsutil::ScratchDir::new();
+    let store = scratch.mkdir("store", 0o700);
+    let mut opts = options(version);
+    opts.args = vec![
+        format!("--set=archive.destination=file://{}", store.display()),
+        "--set=archive.server_name=bootstrap".into(),
+        "--set=bootstrap.initdb.database=app".into(),
+        "--set=bootstrap.initdb.owner=app".into(),
+    ];
+    let instance = Instance::new(opts);
+    let mut manager = instance.spawn();
+    manager.wait_ready(READY).await;
+    let switched = sql_value(
+        instance.pg_port,
+        PASSWORD,
+        "SELECT pg_walfile_name(pg_switch_wal())",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("switching WAL: {e}"));
+    let first = "000000010000000000000001";
+    wait_for("the switched segment in the archive", READY, || async {
+        let status = http::get(&format!("{}/pg/status", instance.api()))
+            .await?
+            .json();
+        let last = status["archive"]["last_archived_wal"].as_str()?.to_owned();
+        (last >= switched).then_some(())
+    })
+    .await;
+    let check = std::process::Command::new("runuser")
+        .args(["-u", "postgres", "--", env!("CARGO_BIN_EXE_pgsteward")])
+        .args(["wal", "check", "--pgdata"])
+        .arg(&instance.pgdata)
+        .output()
+        .unwrap_or_else(|e| panic!("pgsteward wal check: {e}"));
+    let report = String::from_utf8_lossy(&check.stdout).into_owned();
+    assert_eq!(check.status.code(), Some(0), "{report}");
+    let first_object = store.join(format!("bootstrap/wals/{}/{first}.gz", &first[..16]));
+    assert!(first_object.is_file(), "{first} is not archived: {report}");
+    let log = manager.log();
+    for failure in ["archive command failed", "pgsteward.archive.json"] {
+        assert!(
+            !log.lines().any(|l| l.contains(failure)),
+            "the bootstrap logged {failure:?}:\n{log}"
+        );
+    }
+    manager.signal(Signal::SIGTERM).await;
+    assert_eq!(manager.wait_exit(EXIT).await, 0, "{}", manager.log());
+}
+for_each_version!(bootstrap_with_archiving_defers_the_first_segments);
