@@ -3,6 +3,7 @@
 //! of reusable segment buffers), and WAL archive/restore with the no-overwrite rule. No
 //! knowledge of HTTP or of the supervisor.
 
+pub mod atomic_file;
 pub mod buffers;
 pub mod compress;
 pub mod layout;

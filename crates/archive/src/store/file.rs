@@ -2,7 +2,6 @@
 //! the same directory, are fsynced, renamed into place, and the directory is fsynced, so an
 //! object is either absent or whole.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -10,6 +9,7 @@ use bytes::Bytes;
 
 use super::file_multipart::FileUpload;
 use super::{check_key, MultipartOptions, MultipartWriter, ObjectMeta, ObjectStore, StoreError};
+use crate::atomic_file::{self, WriteOptions};
 
 /// A directory used as an object store.
 #[derive(Debug, Clone)]
@@ -51,25 +51,8 @@ fn write_atomically(path: &Path, data: &[u8]) -> Result<(), StoreError> {
         .parent()
         .ok_or_else(|| StoreError::Config(format!("{} has no parent", path.display())))?;
     std::fs::create_dir_all(dir).map_err(|e| io_error("creating", dir, e))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp).map_err(|e| io_error("creating", &tmp, e))?;
-        file.write_all(data)
-            .map_err(|e| io_error("writing", &tmp, e))?;
-        file.sync_all().map_err(|e| io_error("syncing", &tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| io_error("renaming into", path, e))?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io_error("syncing directory", dir, e))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    atomic_file::write(path, data, WriteOptions::DURABLE)
+        .map_err(|e| io_error(e.action, &e.path, e.source))
 }
 
 fn list_below(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {

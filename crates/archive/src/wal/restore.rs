@@ -9,6 +9,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::{WalArchive, WalError, OTHER_COMPRESSIONS};
+use crate::atomic_file::{self, WriteOptions};
 use crate::layout::Compression;
 use crate::retry::with_retry;
 use crate::store::{ObjectMeta, StoreError};
@@ -288,47 +289,12 @@ pub async fn write_file(dest: &Path, data: Bytes, durability: Durability) -> Res
 
 /// `write_file` on the calling thread.
 fn write_blocking(dest: &Path, data: &[u8], durability: Durability) -> Result<(), WalError> {
-    use std::io::Write;
-    let dir = dest
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let unique = SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = dir.join(format!(
-        ".{name}.pgsteward-tmp-{}-{unique}",
-        std::process::id()
-    ));
-    let write = |path: &Path| -> std::io::Result<()> {
-        let mut file = std::fs::File::create(path)?;
-        file.write_all(data)?;
-        match durability {
-            Durability::Fsync => file.sync_all(),
-            Durability::Cache => Ok(()),
-        }
+    let options = WriteOptions {
+        durable: durability == Durability::Fsync,
+        mode: None,
     };
-    if let Err(source) = write(&tmp) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(WalError::Write { path: tmp, source });
-    }
-    if let Err(source) = std::fs::rename(&tmp, dest) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(WalError::Write {
-            path: dest.to_path_buf(),
-            source,
-        });
-    }
-    if durability == Durability::Cache {
-        return Ok(());
-    }
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| WalError::Write {
-            path: dir.to_path_buf(),
-            source,
-        })
+    atomic_file::write(dest, data, options).map_err(|e| WalError::Write {
+        path: e.path,
+        source: e.source,
+    })
 }

@@ -3,7 +3,6 @@
 //! `pg_ident.conf`. Files are written atomically and only when their content changes.
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -211,39 +210,16 @@ fn write_if_changed(path: &Path, content: &str) -> Result<bool> {
     Ok(true)
 }
 
-/// Write through a temporary file in the same directory, fsync, rename. The temporary name is
-/// unique to this process and call, so concurrent writers (the manager's uploads and a
-/// fallback `wal-archive`, say) each rename a whole file and the last one wins.
+/// Write through a temporary file in the same directory (mode 0600), fsync, rename, fsync the
+/// directory (`pgsteward_archive::atomic_file`): concurrent writers each rename a whole file
+/// and the last one wins.
 pub fn write_atomically(path: &Path, content: &str) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let dir = path.parent().context("path has no parent directory")?;
-    let file_name = path.file_name().context("path has no file name")?;
-    let tmp = dir.join(format!(
-        ".{}.pgsteward-tmp-{}-{}",
-        file_name.to_string_lossy(),
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let written = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            // A leftover of a crashed run with the same pid (PID 1 in a container) is replaced.
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
-        file.write_all(content.as_bytes())
-            .and_then(|()| file.sync_all())
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))
-    })();
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    written
+    let options = pgsteward_archive::atomic_file::WriteOptions {
+        durable: true,
+        mode: Some(0o600),
+    };
+    pgsteward_archive::atomic_file::write(path, content.as_bytes(), options)?;
+    Ok(())
 }
 
 #[cfg(test)]
