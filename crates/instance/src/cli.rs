@@ -50,6 +50,10 @@ pub enum Command {
         /// Serve the archiver's Prometheus metrics (`GET /metrics`) on this address.
         #[arg(long, value_name = "ADDR")]
         metrics_listen: Option<std::net::SocketAddr>,
+        /// Log filter, as `log.level` in the manager's configuration (`debug`,
+        /// `info,aws_smithy_runtime=debug`, ...).
+        #[arg(long, value_name = "FILTER", default_value = "info")]
+        log_level: String,
     },
     /// Take a base backup through the local manager (`POST /pg/backup`), or work on the
     /// backup catalog: verify, list, show, delete, retention.
@@ -302,7 +306,8 @@ pub fn dispatch(cli: Cli) -> i32 {
         Command::Archiver {
             pgdata,
             metrics_listen,
-        } => crate::archiver::sidecar::run(&pgdata, metrics_listen),
+            log_level,
+        } => crate::archiver::sidecar::run(&pgdata, metrics_listen, &log_level),
         Command::Restore(args) => crate::restore_cmd::run(*args),
         Command::Drill(args) => crate::drill::cmd::run(args),
         Command::Version => {

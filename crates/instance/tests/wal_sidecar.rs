@@ -2,8 +2,9 @@
 //! (started with pg_ctl, as on a VM with its own service manager): `archive_command =
 //! 'pgsteward wal-archive'` calls are answered by the sidecar, every closed segment reaches the
 //! store, the sidecar's `/metrics` count them, a second archiver cannot take its socket over,
-//! another data directory's request on that socket is refused, and the sidecar exits when its
-//! postmaster stops.
+//! another data directory's request on that socket is refused, `--log-level` filters per target
+//! (and a filter that does not parse is refused), and the sidecar exits when its postmaster
+//! stops.
 
 // Test code: the shared async test body is not a `#[test]` function clippy exempts.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -96,6 +97,8 @@ async fn sidecar_archives_beside_an_unsupervised_postgres(version: PgVersion) {
         .args(["archiver", "--pgdata"])
         .arg(&data)
         .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+        // One target quieter than the rest: the filter is applied per target.
+        .args(["--log-level", "info,pgsteward::archiver::sidecar=warn"])
         .stdout(std::fs::File::create(scratch.join("sidecar.log")).unwrap())
         .stderr(std::fs::File::create(scratch.join("sidecar.err")).unwrap())
         .spawn()
@@ -151,6 +154,26 @@ async fn sidecar_archives_beside_an_unsupervised_postgres(version: PgVersion) {
         Some(0.0),
         "{}",
         logs()
+    );
+
+    let sidecar_log = std::fs::read_to_string(scratch.join("sidecar.log")).unwrap_or_default();
+    assert!(
+        sidecar_log.contains("WAL archive socket listening")
+            && !sidecar_log.contains("archiver sidecar running"),
+        "--log-level not applied per target: {sidecar_log}"
+    );
+    // A log filter that does not parse is refused before anything starts.
+    let bad_filter = as_postgres(std::path::Path::new(binary))
+        .args(["archiver", "--pgdata"])
+        .arg(&data)
+        .args(["--log-level", "pgsteward=loud"])
+        .output()
+        .unwrap();
+    assert_eq!(bad_filter.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&bad_filter.stderr);
+    assert!(
+        stderr.contains("--log-level") && stderr.contains("pgsteward=loud"),
+        "{stderr}"
     );
 
     // A second archiver for the same socket refuses to start instead of taking it over.

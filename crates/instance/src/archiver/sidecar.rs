@@ -71,9 +71,9 @@ async fn serve_metrics(listen: SocketAddr, metrics: Metrics) -> Result<()> {
 }
 
 /// Run the sidecar; returns the exit code.
-pub fn run(pgdata: &Path, metrics_listen: Option<SocketAddr>) -> i32 {
-    if let Err(e) = crate::logs::init("info") {
-        eprintln!("pgsteward archiver: {e:#}");
+pub fn run(pgdata: &Path, metrics_listen: Option<SocketAddr>, log_level: &str) -> i32 {
+    if let Err(e) = crate::logs::init(log_level) {
+        eprintln!("pgsteward archiver: --log-level: {e:#}");
         return 1;
     }
     crate::cli::block_on("archiver", crate::cli::CommandRuntime::TwoWorkers, async {

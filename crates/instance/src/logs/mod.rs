@@ -12,7 +12,7 @@ use tracing_subscriber::EnvFilter;
 /// Install the JSON `tracing` subscriber writing to stdout. `filter` is a `tracing` directive.
 pub fn init(filter: &str) -> Result<()> {
     let filter = EnvFilter::try_new(filter)
-        .map_err(|e| anyhow::anyhow!("invalid log.level {filter:?}: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("invalid log level filter {filter:?}: {e}"))?;
     tracing_subscriber::fmt()
         .json()
         .flatten_event(true)
