@@ -2,7 +2,7 @@
 //! print the backup id, and with `--wait` follow `backup` in `/pg/status` (progress: bytes
 //! read of total, rate) until the backup ends; the exit code says whether it succeeded.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use http_body_util::{BodyExt, Full};
@@ -68,6 +68,12 @@ async fn request_backup(args: &BackupTakeArgs) -> Result<BackupAccepted> {
     serde_json::from_str(&text).context("unexpected response JSON")
 }
 
+/// How often `--wait` asks the manager (a local request): the command ends this soon after
+/// the backup does.
+const POLL_EVERY: Duration = Duration::from_millis(200);
+/// Progress lines at most this often.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
@@ -79,8 +85,9 @@ async fn take(args: &BackupTakeArgs) -> Result<i32> {
         return Ok(0);
     }
     let mut last_line = String::new();
+    let mut last_printed: Option<Instant> = None;
     loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(POLL_EVERY).await;
         let (_, status) = crate::status_cmd::fetch(&args.url).await?;
         let Some(backup) = status.backup else {
             bail!("the manager reports no backup status");
@@ -95,9 +102,11 @@ async fn take(args: &BackupTakeArgs) -> Result<i32> {
                 mib(running.rate_bytes_per_second as u64),
                 mib(running.bytes_uploaded),
             );
-            if line != last_line {
+            let due = last_printed.is_none_or(|at| at.elapsed() >= PROGRESS_EVERY);
+            if due && line != last_line {
                 println!("{line}");
                 last_line = line;
+                last_printed = Some(Instant::now());
             }
             continue;
         }

@@ -375,7 +375,7 @@ fn backup_one(
         Tool::Pgsteward => {
             *described = Some(format!(
                 "the manager (`pgsteward run`) takes the backup on `pgsteward backup --wait` \
-                 (`POST /pg/backup`, then status polled every second) with `archive.data: \
+                 (`POST /pg/backup`, then status polled every 200 ms) with `archive.data: \
                  {{gzip_level: {GZIP_LEVEL}, immediate_checkpoint: true}}` and the other \
                  archive.data settings at their defaults (compressors: one per CPU, readers: 2, \
                  16 MiB parts, 3 in flight), endpoint https://127.0.0.1:PORT, force_path_style, \

@@ -291,7 +291,7 @@ impl Report {
         out.push_str(
             "\n### Method\n\n\
              - Seconds: wall clock of the command a user runs (`pgsteward backup --wait`, which \
-             polls the manager's status every second, so up to 1 s of its time is polling; the \
+             polls the manager's status every 200 ms, so up to 0.2 s of its time is polling; the \
              engine's own duration is in the notes below), `pgbackrest backup`, \
              `barman-cloud-backup`, and each restore command.\n\
              - MiB/s: the data directory's size (pg_wal excluded, the same for every tool) over \
