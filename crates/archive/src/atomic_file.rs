@@ -2,7 +2,8 @@
 //! destination's directory, named for this process and call (so concurrent writers of one
 //! destination, in this process or another, never share it), which is then renamed over the
 //! destination. A durable write fsyncs the file before the rename and the directory after it.
-//! Used by the `file://` store, restored WAL files and the manager's rendered configuration.
+//! Used by the `file://` store (whole objects, and streamed uploads through `temporary_path` and
+//! `commit`), restored WAL files and the manager's rendered configuration.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -36,30 +37,39 @@ pub struct AtomicWriteError {
     pub source: std::io::Error,
 }
 
-/// Write `data` to `dest` atomically (see the module doc). The directory must exist.
-pub fn write(dest: &Path, data: &[u8], options: WriteOptions) -> Result<(), AtomicWriteError> {
+/// The temporary file a write of `dest` goes through: hidden, in `dest`'s directory, named for
+/// this process and call.
+pub fn temporary_path(dest: &Path) -> PathBuf {
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let dir = dest
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
     let name = dest
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(
+    directory_of(dest).join(format!(
         ".{name}.pgsteward-tmp-{}-{}",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let failed = |action, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| AtomicWriteError {
-            action,
-            path,
-            source,
-        }
-    };
+    ))
+}
+
+fn directory_of(dest: &Path) -> &Path {
+    dest.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+fn failed(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> AtomicWriteError {
+    let path = path.to_path_buf();
+    move |source| AtomicWriteError {
+        action,
+        path,
+        source,
+    }
+}
+
+/// Write `data` to `dest` atomically (see the module doc). The directory must exist.
+pub fn write(dest: &Path, data: &[u8], options: WriteOptions) -> Result<(), AtomicWriteError> {
+    let tmp = temporary_path(dest);
     let written = (|| {
         let mut file = std::fs::OpenOptions::new()
             .write(true)
@@ -71,20 +81,29 @@ pub fn write(dest: &Path, data: &[u8], options: WriteOptions) -> Result<(), Atom
             .map_err(failed("creating", &tmp))?;
         file.write_all(data).map_err(failed("writing", &tmp))?;
         if options.durable {
-            file.sync_all().map_err(failed("syncing", &tmp))?;
+            commit(file, &tmp, dest)
+        } else {
+            drop(file);
+            std::fs::rename(&tmp, dest).map_err(failed("renaming into", dest))
         }
-        std::fs::rename(&tmp, dest).map_err(failed("renaming into", dest))
     })();
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
-        return written;
     }
-    if options.durable {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(failed("syncing directory", dir))?;
-    }
-    Ok(())
+    written
+}
+
+/// Make a fully written temporary `file` (at `tmp`, from [`temporary_path`]) the durable
+/// content of `dest`: fsync it, rename it over `dest`, fsync the directory. On an error the
+/// caller removes `tmp`.
+pub fn commit(file: std::fs::File, tmp: &Path, dest: &Path) -> Result<(), AtomicWriteError> {
+    file.sync_all().map_err(failed("syncing", tmp))?;
+    drop(file);
+    std::fs::rename(tmp, dest).map_err(failed("renaming into", dest))?;
+    let dir = directory_of(dest);
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(failed("syncing directory", dir))
 }
 
 #[cfg(test)]

@@ -4,16 +4,13 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::file::io_error;
 use super::{MultipartWriter, ObjectMeta, StoreError};
-
-/// Distinguishes concurrent uploads of one process to one key.
-static UPLOAD_COUNTER: AtomicU64 = AtomicU64::new(0);
+use crate::atomic_file;
 
 /// An upload in progress to `path` through `tmp`.
 #[derive(Debug)]
@@ -32,15 +29,7 @@ impl FileUpload {
             .parent()
             .ok_or_else(|| StoreError::Config(format!("{} has no parent", path.display())))?
             .to_path_buf();
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = dir.join(format!(
-            ".{name}.upload-{}-{}",
-            std::process::id(),
-            UPLOAD_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
+        let tmp = atomic_file::temporary_path(&path);
         let tmp_for_task = tmp.clone();
         let file = tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&dir).map_err(|e| io_error("creating", &dir, e))?;
@@ -68,15 +57,7 @@ impl FileUpload {
 }
 
 fn finish(file: std::fs::File, tmp: &Path, path: &Path) -> Result<(), StoreError> {
-    file.sync_all().map_err(|e| io_error("syncing", tmp, e))?;
-    drop(file);
-    std::fs::rename(tmp, path).map_err(|e| io_error("renaming into", path, e))?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io_error("syncing directory", dir, e))?;
-    }
-    Ok(())
+    atomic_file::commit(file, tmp, path).map_err(|e| io_error(e.action, &e.path, e.source))
 }
 
 #[async_trait]
