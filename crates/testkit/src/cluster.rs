@@ -44,6 +44,8 @@ pub struct ClusterOptions {
     /// peers, this isolation timeout) so that isolated primaries fence themselves and a
     /// restarted former primary waits for its role; None: no `ha` section.
     pub ha_isolation_timeout: Option<Duration>,
+    /// The coordinator's `switchover_timeout` (None: its default).
+    pub switchover_timeout: Option<Duration>,
 }
 
 impl ClusterOptions {
@@ -59,6 +61,7 @@ impl ClusterOptions {
             ready_timeout: Duration::from_secs(120),
             network_namespaces: false,
             ha_isolation_timeout: None,
+            switchover_timeout: None,
         }
     }
 }
@@ -336,13 +339,17 @@ fn coordinator_yaml(options: &ClusterOptions, dir: &Path, members: &[Member]) ->
     let mut yaml = format!(
         "state_file: {}\napi_token_file: {}\npoll_interval: {}ms\nrequest_timeout: {}ms\n\
          failure_threshold: {}ms\n\
-         synchronous:\n  method: any\n  number: 1\n  data_durability: required\nmembers:\n",
+         synchronous:\n  method: any\n  number: 1\n  data_durability: required\n",
         dir.join("state.json").display(),
         dir.join("coordinator.token").display(),
         options.poll_interval.as_millis(),
         options.request_timeout.as_millis(),
         options.failure_threshold.as_millis(),
     );
+    if let Some(timeout) = options.switchover_timeout {
+        yaml.push_str(&format!("switchover_timeout: {}ms\n", timeout.as_millis()));
+    }
+    yaml.push_str("members:\n");
     for member in members {
         let i = &member.instance;
         yaml.push_str(&format!(
