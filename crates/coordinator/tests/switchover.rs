@@ -1,12 +1,16 @@
 //! Switchover and re-admission against a three-instance cluster (PG15 and PG18) built by
-//! `pgsteward_testkit::cluster` (`ANY 1` synchronous replication, `data_durability:
-//! required`), with the acknowledged-commit writer inserting through a libpq multi-host
-//! connection string. Switchover under writes: no acknowledged commit lost, the old primary
-//! streams from the new one, the term goes up; refusals (unknown member 404, the primary itself
-//! 409, no token 401, a wrong token 403); and a switchover back. Re-admission: after a
-//! failover (the primary's manager and postgres killed with SIGKILL), the old primary's
-//! restarted manager is told to follow the new primary and streams from it. Backups through
-//! the coordinator: `prefer-standby` runs on a streaming standby, `primary` on the primary.
+//! `pgsteward_testkit::cluster` (`ANY 1` synchronous replication, `data_durability: required`),
+//! with the acknowledged-commit writer inserting through a libpq multi-host connection string.
+//! Switchover under writes: no acknowledged commit lost, the old primary streams from the new
+//! one, the term goes up; refusals (unknown member 404, the primary itself 409, no token 401, a
+//! wrong token 403); and a switchover back. Roll-back: with the candidate's walreceiver stopped
+//! (SIGSTOP), it still reports streaming but never receives the shutdown checkpoint; after
+//! `switchover_timeout` the old primary is promoted back with a newer term, the request fails
+//! saying so, no acknowledged commit is lost and both standbys stream from it again.
+//! Re-admission: after a failover (the primary's manager and postgres killed with SIGKILL), the
+//! old primary's restarted manager is told to follow the new primary and streams from it.
+//! Backups through the coordinator: `prefer-standby` runs on a streaming standby, `primary` on
+//! the primary.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -67,6 +71,22 @@ fn log_tail(cluster: &Cluster, name: &str) -> String {
         .unwrap_or_default();
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// Resumes a stopped process when dropped, so a failed assertion leaves nothing stopped.
+struct Stopped(Pid);
+
+impl Stopped {
+    fn stop(pid: i32) -> Self {
+        kill(Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
+        Stopped(Pid::from_raw(pid))
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = kill(self.0, Signal::SIGCONT);
+    }
 }
 
 async fn wait_acks(writer: &Writer, n: usize) {
@@ -157,6 +177,73 @@ async fn switchover_under_writes(version: PgVersion) {
     assert_eq!(back.json()["term"], 3);
     wait_streams_from(&cluster, "b", "a", 3).await;
     wait_streams_from(&cluster, "c", "a", 3).await;
+}
+
+async fn switchover_is_rolled_back_when_the_candidate_cannot_catch_up(version: PgVersion) {
+    let mut options = ClusterOptions::new(
+        &pgsteward_testkit::pgsteward_bin(),
+        Path::new(env!("CARGO_BIN_EXE_pgsteward-coordinator")),
+        version,
+    );
+    options.switchover_timeout = Some(Duration::from_secs(3));
+    // The old primary's shutdown waits for its walsenders to flush to their standbys; the one
+    // of the stopped receiver gives up after this.
+    options.manager_args = vec!["--set=postgres.parameters.wal_sender_timeout=2s".into()];
+    let cluster = Cluster::start(options).await;
+    let writer = Writer::start(&cluster.conninfo(), Duration::from_millis(5))
+        .await
+        .unwrap();
+    wait_acks(&writer, 100).await;
+
+    let receiver = cluster
+        .sql("b", "SELECT pid FROM pg_stat_wal_receiver")
+        .await
+        .unwrap();
+    let pid: i32 = receiver[0][0].as_deref().unwrap().parse().unwrap();
+    let stopped = Stopped::stop(pid);
+    let at = Instant::now();
+    let answer = cluster.switchover("b").await.unwrap();
+    drop(stopped);
+    assert_eq!(
+        answer.status,
+        500,
+        "{}\n{}",
+        answer.body,
+        cluster.coordinator.log()
+    );
+    assert!(
+        answer.body.contains("abandoned") && answer.body.contains("a is primary again with term 3"),
+        "{}",
+        answer.body
+    );
+
+    wait_acks(&writer, writer.acked() + 100).await;
+    let report = writer.stop().await;
+    eprintln!(
+        "{version:?}: rolled-back switchover: write pause {} ms, {} errors",
+        report.longest_gap_since(at).unwrap().as_millis(),
+        report.errors_since(at)
+    );
+    let a = &cluster.member("a").instance;
+    let present = ids_on(&a.options.host, a.pg_port, PASSWORD).await.unwrap();
+    let missing = report.missing(&present);
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged commits missing on a: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(20)]
+    );
+    wait_for(
+        "the coordinator to name a primary in term 3",
+        DEADLINE,
+        || async {
+            let s = cluster.coordinator.status().await?;
+            (s["primary"] == "a" && s["term"] == 3).then_some(())
+        },
+    )
+    .await;
+    wait_streams_from(&cluster, "c", "a", 3).await;
+    wait_streams_from(&cluster, "b", "a", 3).await;
 }
 
 async fn old_primary_is_readmitted(version: PgVersion) {
@@ -284,5 +371,6 @@ async fn backup_prefers_a_standby(version: PgVersion) {
 }
 
 pgsteward_testkit::for_each_version!(switchover_under_writes);
+pgsteward_testkit::for_each_version!(switchover_is_rolled_back_when_the_candidate_cannot_catch_up);
 pgsteward_testkit::for_each_version!(old_primary_is_readmitted);
 pgsteward_testkit::for_each_version!(backup_prefers_a_standby);
