@@ -18,6 +18,15 @@ pub const READY: Duration = Duration::from_secs(90);
 /// Bound for a manager to exit after a signal.
 pub const EXIT: Duration = Duration::from_secs(60);
 
+/// Run this build's `pgsteward` with `args` as the postgres user; its output.
+pub fn pgsteward(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("runuser")
+        .args(["-u", "postgres", "--", env!("CARGO_BIN_EXE_pgsteward")])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("pgsteward {args:?}: {e}"))
+}
+
 /// `Database cluster state` from pg_controldata.
 pub fn cluster_state(version: PgVersion, pgdata: &Path) -> String {
     let output = std::process::Command::new(version.bin_dir().join("pg_controldata"))

@@ -222,12 +222,8 @@ async fn bootstrap_with_archiving_defers_the_first_segments(version: PgVersion) 
         (last >= switched).then_some(())
     })
     .await;
-    let check = std::process::Command::new("runuser")
-        .args(["-u", "postgres", "--", env!("CARGO_BIN_EXE_pgsteward")])
-        .args(["wal", "check", "--pgdata"])
-        .arg(&instance.pgdata)
-        .output()
-        .unwrap_or_else(|e| panic!("pgsteward wal check: {e}"));
+    let pgdata = instance.pgdata.display().to_string();
+    let check = pgsteward(&["wal", "check", "--pgdata", &pgdata]);
     let report = String::from_utf8_lossy(&check.stdout).into_owned();
     assert_eq!(check.status.code(), Some(0), "{report}");
     let first_object = store.join(format!("bootstrap/wals/{}/{first}.gz", &first[..16]));

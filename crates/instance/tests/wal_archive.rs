@@ -26,14 +26,6 @@ fn pgbench(version: PgVersion, port: u16, args: &[&str]) {
     assert!(status.success(), "pgbench {args:?} failed");
 }
 
-fn pgsteward(args: &[&str]) -> std::process::Output {
-    Command::new("runuser")
-        .args(["-u", "postgres", "--", env!("CARGO_BIN_EXE_pgsteward")])
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"))
-}
-
 fn archive_options(version: PgVersion, destination: &str) -> ManagerOptions {
     let mut opts = options(version);
     opts.args = vec![

@@ -110,8 +110,6 @@ pub fn spawn(command: &mut Command, pdeathsig: Option<Signal>) -> Result<Child> 
     Ok(child)
 }
 
-/// Runs a command to completion within `timeout` (killed after it); fails unless it exits 0.
-/// Returns its stdout.
 /// `cargo build --release --quiet ARGS` in `workspace` (stdout discarded); the error says why
 /// it failed, for a benchmark to report.
 pub fn cargo_build_release(workspace: &Path, args: &[&str]) -> std::result::Result<(), String> {
@@ -145,6 +143,8 @@ pub fn wait_for_path(path: &Path, timeout: Duration) -> Result<()> {
     Ok(())
 }
 
+/// Runs a command to completion within `timeout` (killed after it); fails unless it exits 0.
+/// Returns its stdout.
 pub fn run_ok(command: &mut Command, timeout: Duration) -> Result<String> {
     let shown = describe(command);
     command.stdout(Stdio::piped()).stderr(Stdio::piped());

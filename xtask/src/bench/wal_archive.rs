@@ -479,6 +479,7 @@ fn restore_run(tool: Tool, round: &Round<'_>, described: &mut Option<String>) ->
     *described = Some(setup.described.clone());
     let target = cluster.data.join("pg_wal").join("RECOVERYXLOG");
     let target_str = target.display().to_string();
+    let trace = trace_calls();
     let started = Instant::now();
     if let Some(sidecar) = &setup.sidecar {
         // Like a deployed manager, up before postgres asks for the first file.
@@ -519,7 +520,7 @@ fn restore_run(tool: Tool, round: &Round<'_>, described: &mut Option<String>) ->
         }
         std::fs::remove_file(&target)
             .with_context(|| format!("{segment}: removing {}", target.display()))?;
-        if trace_calls() {
+        if trace {
             eprintln!(
                 "bench:     {segment} at {:>7.1} ms: call {:>6.1} ms, read + compare + remove {:>5.1} ms",
                 call_started.duration_since(started).as_secs_f64() * 1e3,
