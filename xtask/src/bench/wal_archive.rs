@@ -26,6 +26,8 @@
 //!
 //! Deadlines bound every wait; scratch files and processes go away on exit
 //! (`PGSTEWARD_BENCH_KEEP=1` keeps the scratch directory for inspection).
+//! `PGSTEWARD_BENCH_BACKLOG=DIR` skips step 2 and copies a kept run's `source/data` instead
+//! (for profiling: the docs are then left unchanged).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -128,7 +130,11 @@ fn bench(root: &Path, scratch: &Path, target: usize) -> Result<ExitCode> {
         s3.proxy.endpoint(),
         s3.proxy.ca_file().display()
     );
-    let backlog = generate_backlog(scratch, target)?;
+    let reused = std::env::var_os("PGSTEWARD_BENCH_BACKLOG").filter(|v| !v.is_empty());
+    let backlog = match &reused {
+        Some(dir) => reuse_backlog(scratch, Path::new(dir))?,
+        None => generate_backlog(scratch, target)?,
+    };
     let wal_bytes = backlog.segments.len() as u64 * segment_size(&backlog)?;
     eprintln!(
         "bench: backlog of {} segments ({} MiB) in {:.0?}",
@@ -218,6 +224,12 @@ fn bench(root: &Path, scratch: &Path, target: usize) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
+    if reused.is_some() {
+        eprintln!(
+            "bench: PGSTEWARD_BENCH_BACKLOG reuses a backlog; docs/benchmarks.md left unchanged"
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let docs = root.join("docs/benchmarks.md");
     report::write_docs(&docs, &report.markdown())?;
     eprintln!(
@@ -260,6 +272,48 @@ fn segment_size(backlog: &Backlog) -> Result<u64> {
     Ok(std::fs::metadata(&path)
         .with_context(|| format!("stat {}", path.display()))?
         .len())
+}
+
+/// The backlog of a kept earlier run (`PGSTEWARD_BENCH_BACKLOG`, its stopped `source/data`),
+/// copied into this run's scratch directory with this run's port and socket directory.
+fn reuse_backlog(scratch: &Path, kept: &Path) -> Result<Backlog> {
+    if !kept.join("PG_VERSION").is_file() {
+        bail!(
+            "PGSTEWARD_BENCH_BACKLOG={}: not a data directory (expected a kept run's source/data)",
+            kept.display()
+        );
+    }
+    if kept.join("postmaster.pid").exists() {
+        bail!(
+            "PGSTEWARD_BENCH_BACKLOG={}: a postmaster.pid is present; stop that postgres first",
+            kept.display()
+        );
+    }
+    for dir in [scratch.join("sock"), scratch.join("home")] {
+        mkdir_postgres(&dir)?;
+    }
+    let kept = Cluster {
+        data: kept.to_path_buf(),
+        port: pgsteward_testkit::free_port(),
+        socket_dir: scratch.join("sock"),
+        home: scratch.join("home"),
+    };
+    let cluster = kept.copy_to(&scratch.join("source").join("data"))?;
+    cluster.append_conf(&format!(
+        "\n# PGSTEWARD_BENCH_BACKLOG\nport = {}\nunix_socket_directories = '{}'\n",
+        cluster.port,
+        cluster::quote_conf(&cluster.socket_dir.display().to_string())
+    ))?;
+    let segments = cluster.ready_segments()?;
+    if segments.len() < MIN_SEGMENTS {
+        bail!(
+            "PGSTEWARD_BENCH_BACKLOG={}: only {} segments are .ready",
+            kept.data.display(),
+            segments.len()
+        );
+    }
+    eprintln!("bench: reusing the backlog in {}", kept.data.display());
+    Ok(Backlog { cluster, segments })
 }
 
 /// Builds the source cluster and its `.ready` backlog (see the module doc).
