@@ -147,6 +147,7 @@ mod tests {
                 timeline: Some(1),
                 received_lsn: None,
                 replayed_lsn: Some(Lsn(replayed)),
+                current_lsn: None,
                 postgres_up: true,
                 streaming,
                 fenced: false,

@@ -1,6 +1,6 @@
 //! The coordinator's YAML configuration: its listen address and state file, the members
-//! (name, manager API URL, token file), poll interval, timeouts, failure threshold and
-//! synchronous replication settings.
+//! (name, manager API URL, token file), poll interval, timeouts, failure threshold,
+//! switchover limits and synchronous replication settings.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -58,6 +58,10 @@ pub struct Config {
     /// checkpoint before it gives the primary role back.
     #[serde(default = "default_switchover_timeout", with = "humantime_serde")]
     pub switchover_timeout: Duration,
+    /// A switchover is refused while the candidate has received this many bytes less than
+    /// the primary has written: writes stop from the demotion until it has caught up.
+    #[serde(default = "default_switchover_max_lag_bytes")]
+    pub switchover_max_lag_bytes: u64,
     pub members: Vec<MemberConfig>,
 }
 
@@ -75,6 +79,10 @@ fn default_action_timeout() -> Duration {
 }
 fn default_switchover_timeout() -> Duration {
     Duration::from_secs(30)
+}
+/// One WAL segment.
+fn default_switchover_max_lag_bytes() -> u64 {
+    16 << 20
 }
 fn default_threshold() -> Duration {
     Duration::from_secs(3)
@@ -162,6 +170,7 @@ mod tests {
         .unwrap();
         assert_eq!(config.poll_interval, Duration::from_millis(500));
         assert_eq!(config.failure_threshold, Duration::from_secs(3));
+        assert_eq!(config.switchover_max_lag_bytes, 16 << 20);
         assert!(config.check().is_ok());
         let twice: Config = serde_yaml::from_str(
             "state_file: s\nmembers:\n- {name: a, url: 'http://x'}\n- {name: a, url: 'http://y'}\n",

@@ -64,6 +64,9 @@ pub struct Observed {
     pub timeline: Option<u32>,
     pub received_lsn: Option<Lsn>,
     pub replayed_lsn: Option<Lsn>,
+    /// Its current WAL (insert) position (primaries).
+    #[serde(default)]
+    pub current_lsn: Option<Lsn>,
     pub postgres_up: bool,
     /// The WAL receiver streams (replicas).
     pub streaming: bool,

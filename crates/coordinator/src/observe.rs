@@ -57,6 +57,9 @@ pub fn observe(status: &InstanceStatus) -> Observed {
                 .then(|| parse(status.current_lsn.as_ref()))
                 .flatten()
         }),
+        current_lsn: (role == MemberRole::Primary)
+            .then(|| parse(status.current_lsn.as_ref()))
+            .flatten(),
         postgres_up: status.postgres_up,
         streaming: receiver
             .and_then(|r| r.wal_receiver_status.as_deref())

@@ -114,6 +114,7 @@ mod tests {
                 timeline: Some(1),
                 received_lsn: None,
                 replayed_lsn: None,
+                current_lsn: None,
                 postgres_up: !fenced,
                 streaming: false,
                 fenced,

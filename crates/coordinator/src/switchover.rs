@@ -1,5 +1,6 @@
 //! Switchover (`POST /switchover {"to": NAME}`, `pgsteward-coordinator switchover --to`): the
-//! next term persisted, the primary demoted to a standby of the candidate (checkpoint, fast
+//! candidate checked (a healthy streaming replica at most `switchover_max_lag_bytes` behind),
+//! the next term persisted, the primary demoted to a standby of the candidate (checkpoint, fast
 //! shutdown: connected standbys receive everything up to the shutdown checkpoint), the
 //! candidate watched until it has received that checkpoint, then promoted, and the other
 //! standbys repointed. Zero loss by construction: the candidate holds every byte the old
@@ -61,10 +62,12 @@ impl SwitchoverError {
 /// How often the candidate's position is polled while waiting for the checkpoint.
 const CATCH_UP_POLL: Duration = Duration::from_millis(20);
 
-/// Checks that `to` can take over from the current primary: (primary, candidate).
+/// Checks that `to` can take over from the current primary, and is at most `max_lag` bytes
+/// behind it: (primary, candidate).
 fn choose<'a>(
     members: &'a [MemberView],
     to: &str,
+    max_lag: u64,
 ) -> Result<(&'a MemberView, &'a MemberView), SwitchoverError> {
     let candidate = members
         .iter()
@@ -112,14 +115,43 @@ fn choose<'a>(
             "{to} does not stream from the primary: it could not receive the shutdown checkpoint"
         )));
     }
+    check_lag(primary, candidate, max_lag)?;
     Ok((primary, candidate))
+}
+
+/// Refuses a candidate that has received more than `max_lag` bytes less than the primary has
+/// written, as both answered the poll just before: from the demotion on, writes wait until it
+/// has received everything, or for the roll-back if it never does (a stalled WAL receiver
+/// still reports "streaming"). Unknown positions are not refused: the roll-back covers them.
+fn check_lag(
+    primary: &MemberView,
+    candidate: &MemberView,
+    max_lag: u64,
+) -> Result<(), SwitchoverError> {
+    let written = primary.last.as_ref().and_then(|o| o.current_lsn);
+    let received = candidate.last.as_ref().and_then(|o| o.received_lsn);
+    let (Some(written), Some(received)) = (written, received) else {
+        return Ok(());
+    };
+    let lag = written.0.saturating_sub(received.0);
+    if lag <= max_lag {
+        return Ok(());
+    }
+    Err(SwitchoverError::NotEligible(format!(
+        "{to} is {lag} bytes ({mib:.1} MiB) behind {from} (received {received}, {from} at \
+         {written}; switchover_max_lag_bytes {max_lag}): writes would stop until it caught up. \
+         Retry once it has caught up; if its position does not move, its WAL receiver is stalled",
+        to = candidate.name,
+        from = primary.name,
+        mib = lag as f64 / f64::from(1u32 << 20),
+    )))
 }
 
 impl Coordinator {
     /// Switch the primary role over to `to`.
     pub async fn switchover(&mut self, to: &str) -> Result<SwitchoverAnswer, SwitchoverError> {
         let members = self.poll_now().await;
-        let (primary, candidate) = choose(&members, to)?;
+        let (primary, candidate) = choose(&members, to, self.config.switchover_max_lag_bytes)?;
         let (primary, candidate) = (primary.clone(), candidate.clone());
         let candidate_config = self
             .member(&candidate.name)
@@ -323,6 +355,7 @@ mod tests {
                 timeline: Some(1),
                 received_lsn: None,
                 replayed_lsn: None,
+                current_lsn: None,
                 postgres_up: true,
                 streaming,
                 fenced: false,
@@ -340,13 +373,50 @@ mod tests {
             member("b", MemberRole::Replica, true),
             member("c", MemberRole::Replica, false),
         ];
-        let (p, c) = choose(&members, "b").unwrap();
+        let (p, c) = choose(&members, "b", MAX_LAG).unwrap();
         assert_eq!((p.name.as_str(), c.name.as_str()), ("a", "b"));
-        assert_eq!(choose(&members, "x").unwrap_err().status(), 404);
-        assert_eq!(choose(&members, "a").unwrap_err().status(), 409);
-        assert_eq!(choose(&members, "c").unwrap_err().status(), 409);
+        assert_eq!(choose(&members, "x", MAX_LAG).unwrap_err().status(), 404);
+        assert_eq!(choose(&members, "a", MAX_LAG).unwrap_err().status(), 409);
+        assert_eq!(choose(&members, "c", MAX_LAG).unwrap_err().status(), 409);
         let mut down = members.clone();
         down[0].reachable = false;
-        assert_eq!(choose(&down, "b").unwrap_err().status(), 409);
+        assert_eq!(choose(&down, "b", MAX_LAG).unwrap_err().status(), 409);
+    }
+
+    const MAX_LAG: u64 = 16 << 20;
+
+    fn positions(written: Option<u64>, received: Option<u64>) -> Vec<MemberView> {
+        let mut members = vec![
+            member("a", MemberRole::Primary, false),
+            member("b", MemberRole::Replica, true),
+        ];
+        members[0].last.as_mut().unwrap().current_lsn = written.map(Lsn);
+        members[1].last.as_mut().unwrap().received_lsn = received.map(Lsn);
+        members
+    }
+
+    #[test]
+    fn a_candidate_further_behind_than_the_limit_is_refused() {
+        let base = 0x3_0000_0000;
+        // At the limit, or ahead of the primary's last answer (it kept writing): chosen.
+        for received in [base - MAX_LAG, base, base + 4096] {
+            let members = positions(Some(base), Some(received));
+            assert!(choose(&members, "b", MAX_LAG).is_ok(), "{received:x}");
+        }
+        let members = positions(Some(base), Some(base - MAX_LAG - 1));
+        let refused = choose(&members, "b", MAX_LAG).unwrap_err();
+        assert_eq!(refused.status(), 409);
+        let text = refused.to_string();
+        assert!(
+            text.contains("b is 16777217 bytes (16.0 MiB) behind a")
+                && text.contains("received 2/FEFFFFFF, a at 3/0")
+                && text.contains("switchover_max_lag_bytes 16777216"),
+            "{text}"
+        );
+        // Unknown positions are left to the roll-back.
+        for (written, received) in [(None, Some(0)), (Some(base), None)] {
+            let members = positions(written, received);
+            assert!(choose(&members, "b", MAX_LAG).is_ok());
+        }
     }
 }

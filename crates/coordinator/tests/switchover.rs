@@ -3,8 +3,10 @@
 //! with the acknowledged-commit writer inserting through a libpq multi-host connection string.
 //! Switchover under writes: no acknowledged commit lost, the old primary streams from the new
 //! one, the term goes up; refusals (unknown member 404, the primary itself 409, no token 401, a
-//! wrong token 403); and a switchover back. Roll-back: with the candidate's walreceiver stopped
-//! (SIGSTOP), it still reports streaming but never receives the shutdown checkpoint; after
+//! wrong token 403); and a switchover back. Lag guard: with the candidate's walreceiver stopped
+//! (SIGSTOP) and 40+ MiB written meanwhile, the switchover is refused (409) without a new term.
+//! Roll-back: with the candidate's walreceiver stopped again right before the request, it
+//! still reports streaming but never receives the shutdown checkpoint; after
 //! `switchover_timeout` the old primary is promoted back with a newer term, the request fails
 //! saying so, no acknowledged commit is lost and both standbys stream from it again.
 //! Re-admission: after a failover (the primary's manager and postgres killed with SIGKILL), the
@@ -179,7 +181,7 @@ async fn switchover_under_writes(version: PgVersion) {
     wait_streams_from(&cluster, "c", "a", 3).await;
 }
 
-async fn switchover_is_rolled_back_when_the_candidate_cannot_catch_up(version: PgVersion) {
+async fn switchover_refuses_a_lagging_candidate_and_rolls_back_a_stalled_one(version: PgVersion) {
     let mut options = ClusterOptions::new(
         &pgsteward_testkit::pgsteward_bin(),
         Path::new(env!("CARGO_BIN_EXE_pgsteward-coordinator")),
@@ -195,12 +197,55 @@ async fn switchover_is_rolled_back_when_the_candidate_cannot_catch_up(version: P
         .unwrap();
     wait_acks(&writer, 100).await;
 
-    let receiver = cluster
-        .sql("b", "SELECT pid FROM pg_stat_wal_receiver")
+    // Far behind (more than switchover_max_lag_bytes, 16 MiB by default): refused before
+    // anything is demoted, so writes go on and the term stays.
+    let stopped = Stopped::stop(wal_receiver_pid(&cluster, "b").await);
+    cluster
+        .sql(
+            "a",
+            "CREATE TABLE bulk AS SELECT g, repeat('x', 200) AS t FROM generate_series(1, 200000) g",
+        )
         .await
         .unwrap();
-    let pid: i32 = receiver[0][0].as_deref().unwrap().parse().unwrap();
-    let stopped = Stopped::stop(pid);
+    let refused = cluster.switchover("b").await.unwrap();
+    assert_eq!(
+        refused.status,
+        409,
+        "{}\n{}",
+        refused.body,
+        cluster.coordinator.log()
+    );
+    assert!(
+        refused.body.contains("behind a") && refused.body.contains("switchover_max_lag_bytes"),
+        "{}",
+        refused.body
+    );
+    let s = cluster.coordinator.status().await.unwrap();
+    assert!(s["primary"] == "a" && s["term"] == 1, "{s}");
+    drop(stopped);
+    let written = cluster
+        .sql("a", "SELECT pg_current_wal_lsn()::text")
+        .await
+        .unwrap();
+    let written = written[0][0].clone().unwrap();
+    wait_for(
+        "b to catch up after its WAL receiver resumed",
+        DEADLINE,
+        || async {
+            let rows = cluster
+                .sql(
+                    "b",
+                    &format!("SELECT pg_last_wal_receive_lsn() >= '{written}'::pg_lsn"),
+                )
+                .await
+                .ok()?;
+            (rows.first()?.first()?.as_deref() == Some("t")).then_some(())
+        },
+    )
+    .await;
+
+    // Close enough, but it never receives the shutdown checkpoint: rolled back.
+    let stopped = Stopped::stop(wal_receiver_pid(&cluster, "b").await);
     let at = Instant::now();
     let answer = cluster.switchover("b").await.unwrap();
     drop(stopped);
@@ -244,6 +289,21 @@ async fn switchover_is_rolled_back_when_the_candidate_cannot_catch_up(version: P
     .await;
     wait_streams_from(&cluster, "c", "a", 3).await;
     wait_streams_from(&cluster, "b", "a", 3).await;
+}
+
+/// The pid of `name`'s WAL receiver, once it has one.
+async fn wal_receiver_pid(cluster: &Cluster, name: &str) -> i32 {
+    wait_for("a WAL receiver", DEADLINE, || async {
+        let rows = cluster
+            .sql(
+                name,
+                "SELECT pid FROM pg_stat_wal_receiver WHERE status = 'streaming'",
+            )
+            .await
+            .ok()?;
+        rows.first()?.first()?.as_deref()?.parse().ok()
+    })
+    .await
 }
 
 async fn old_primary_is_readmitted(version: PgVersion) {
@@ -371,6 +431,8 @@ async fn backup_prefers_a_standby(version: PgVersion) {
 }
 
 pgsteward_testkit::for_each_version!(switchover_under_writes);
-pgsteward_testkit::for_each_version!(switchover_is_rolled_back_when_the_candidate_cannot_catch_up);
+pgsteward_testkit::for_each_version!(
+    switchover_refuses_a_lagging_candidate_and_rolls_back_a_stalled_one
+);
 pgsteward_testkit::for_each_version!(old_primary_is_readmitted);
 pgsteward_testkit::for_each_version!(backup_prefers_a_standby);
