@@ -251,6 +251,13 @@ async fn replica_streams_and_promotes(version: PgVersion) {
         metric(&primary.metrics(), "pgsteward_pg_replication_in_recovery").await,
         Some(0.0)
     );
+    let slot_active = format!("pgsteward_pg_replication_slot_active{{slot_name=\"{slot}\"}}");
+    let slot_retained =
+        format!("pgsteward_pg_replication_slot_retained_bytes{{slot_name=\"{slot}\"}}");
+    assert_eq!(metric(&primary.metrics(), &slot_active).await, Some(1.0));
+    assert!(metric(&primary.metrics(), &slot_retained)
+        .await
+        .is_some_and(|b| b >= 0.0));
 
     // A restarted replica manager stays a standby of the same primary.
     replica_manager.signal(Signal::SIGTERM).await;
@@ -490,6 +497,9 @@ async fn archive_recovery_and_slot_reuse(version: PgVersion) {
         &format!("SELECT pg_drop_replication_slot('{slot}')"),
     )
     .await;
+    // A dropped slot's series go away.
+    let slot_active = format!("pgsteward_pg_replication_slot_active{{slot_name=\"{slot}\"}}");
+    assert_eq!(metric(&primary.metrics(), &slot_active).await, None);
     exec(
         &primary,
         "INSERT INTO t SELECT g, 1 FROM generate_series(1, 1000) g",

@@ -1,8 +1,13 @@
 //! Replication metrics, named so that with the `cnpg` namespace they match CloudNativePG's
 //! (`cnpg_pg_replication_lag`, `_in_recovery`, `_is_wal_receiver_up`,
-//! `_streaming_replicas`), plus the replay lag in bytes and the term.
+//! `_streaming_replicas`), plus the replay lag in bytes, the term, and per physical slot the
+//! WAL it retains and whether it is in use (an inactive slot keeps WAL without bound).
 
-use prometheus::{Gauge, IntGauge, Opts, Registry};
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use pgsteward_api::SlotStatus;
+use prometheus::{Gauge, GaugeVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// Gauges refreshed with every status or metrics collection.
 #[derive(Clone)]
@@ -18,6 +23,11 @@ pub struct ReplicationMetrics {
     pub lag_bytes: Gauge,
     /// Standbys streaming from this instance.
     pub streaming_replicas: IntGauge,
+    /// Per physical slot (`slot_name`): WAL bytes it retains, and 1 while a standby uses it.
+    slot_retained_bytes: GaugeVec,
+    slot_active: IntGaugeVec,
+    /// The slots the gauges were last set for, so a dropped slot's series go away.
+    slots_shown: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl ReplicationMetrics {
@@ -49,6 +59,21 @@ impl ReplicationMetrics {
                 "pg_replication_streaming_replicas",
                 "Standbys streaming from this instance",
             ))?,
+            slot_retained_bytes: GaugeVec::new(
+                opts(
+                    "pg_replication_slot_retained_bytes",
+                    "WAL bytes a physical replication slot keeps (current position - restart_lsn)",
+                ),
+                &["slot_name"],
+            )?,
+            slot_active: IntGaugeVec::new(
+                opts(
+                    "pg_replication_slot_active",
+                    "1 if a standby uses the physical replication slot, 0 if it is inactive",
+                ),
+                &["slot_name"],
+            )?,
+            slots_shown: Arc::default(),
         };
         for gauge in [
             &metrics.is_replica,
@@ -60,6 +85,79 @@ impl ReplicationMetrics {
         }
         registry.register(Box::new(metrics.lag_seconds.clone()))?;
         registry.register(Box::new(metrics.lag_bytes.clone()))?;
+        registry.register(Box::new(metrics.slot_retained_bytes.clone()))?;
+        registry.register(Box::new(metrics.slot_active.clone()))?;
         Ok(metrics)
+    }
+
+    /// Show exactly `slots` (the series of slots no longer listed are removed).
+    pub fn set_slots(&self, slots: &[SlotStatus]) {
+        let mut shown = self.slots_shown.lock().unwrap_or_else(|p| p.into_inner());
+        let now: BTreeSet<String> = slots.iter().map(|s| s.slot_name.clone()).collect();
+        for gone in shown.difference(&now) {
+            let _ = self.slot_retained_bytes.remove_label_values(&[gone]);
+            let _ = self.slot_active.remove_label_values(&[gone]);
+        }
+        for slot in slots {
+            let name = [slot.slot_name.as_str()];
+            self.slot_retained_bytes
+                .with_label_values(&name)
+                .set(slot.retained_bytes.unwrap_or(0) as f64);
+            self.slot_active
+                .with_label_values(&name)
+                .set(i64::from(slot.active));
+        }
+        *shown = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(registry: &Registry) -> String {
+        use prometheus::Encoder;
+        let mut buffer = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&registry.gather(), &mut buffer)
+            .unwrap();
+        String::from_utf8(buffer).unwrap()
+    }
+
+    fn slot(name: &str, active: bool, retained: u64) -> SlotStatus {
+        SlotStatus {
+            slot_name: name.into(),
+            active,
+            restart_lsn: None,
+            wal_status: None,
+            retained_bytes: Some(retained),
+        }
+    }
+
+    #[test]
+    fn slot_series_follow_the_slots() {
+        let registry = Registry::new();
+        let metrics = ReplicationMetrics::register(&registry, "t").unwrap();
+        metrics.set_slots(&[slot("b", true, 10), slot("c", false, 5 << 30)]);
+        let text = encode(&registry);
+        assert!(
+            text.contains("t_pg_replication_slot_retained_bytes{slot_name=\"c\"} 5368709120"),
+            "{text}"
+        );
+        assert!(
+            text.contains("t_pg_replication_slot_active{slot_name=\"c\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("t_pg_replication_slot_active{slot_name=\"b\"} 1"),
+            "{text}"
+        );
+        metrics.set_slots(&[slot("b", true, 20)]);
+        let text = encode(&registry);
+        assert!(!text.contains("slot_name=\"c\""), "{text}");
+        assert!(
+            text.contains("t_pg_replication_slot_retained_bytes{slot_name=\"b\"} 20"),
+            "{text}"
+        );
     }
 }

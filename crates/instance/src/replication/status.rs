@@ -178,4 +178,5 @@ fn update_metrics(shared: &Shared, status: &ReplicationStatus) {
             .filter(|s| s.state.as_deref() == Some("streaming"))
             .count() as i64,
     );
+    m.set_slots(&status.slots);
 }
