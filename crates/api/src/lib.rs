@@ -10,9 +10,10 @@ use serde::{Deserialize, Serialize};
 
 pub use ha::{ClusterView, HaStatus};
 pub use replication::{
-    DemoteResponse, FenceResponse, FollowAction, FollowResponse, PromoteRequest, PromoteResponse,
-    ReceiverStatus, ReplicationRole, ReplicationStatus, RoleChangeRequest, SlotStatus,
-    StandbyStatus, SynchronousRequest, SynchronousResponse, UpstreamAddress,
+    ConfirmStandby, DemoteRequest, DemoteResponse, FenceResponse, FollowAction, FollowResponse,
+    PromoteRequest, PromoteResponse, ReceiverStatus, ReplicationRole, ReplicationStatus,
+    RoleChangeRequest, SlotStatus, StandbyStatus, SynchronousRequest, SynchronousResponse,
+    UpstreamAddress,
 };
 
 /// The instance manager's lifecycle state (see the state machine in `crates/instance/README.md`).

@@ -163,6 +163,30 @@ pub struct RoleChangeRequest {
     pub primary: UpstreamAddress,
 }
 
+/// `POST /pg/demote` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DemoteRequest {
+    /// The term of the new primary: at least the instance's current term.
+    pub term: u64,
+    /// The new primary this instance becomes a standby of.
+    pub primary: UpstreamAddress,
+    /// Before shutting down, wait for this standby to confirm the CHECKPOINT's WAL; without
+    /// the confirmation nothing is changed (409) and the instance stays primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm_standby: Option<ConfirmStandby>,
+}
+
+/// A standby that must be receiving before a demotion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmStandby {
+    /// Its `application_name` in `pg_stat_replication` (a pgsteward standby's `instance_name`).
+    pub application_name: String,
+    /// How long to wait for its `flush_lsn` to reach the position after the CHECKPOINT.
+    pub timeout_ms: u64,
+}
+
 /// `POST /pg/demote` response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct DemoteResponse {

@@ -144,8 +144,9 @@ impl Client {
             .await
     }
 
-    /// `POST /pg/demote {"term", "primary": {"host", "port"}}`: the answer carries the
-    /// shutdown checkpoint's LSN and timeline.
+    /// `POST /pg/demote {"term", "primary": {"host", "port"}, "confirm_standby"}`: the answer
+    /// carries the shutdown checkpoint's LSN and timeline.
+    #[allow(clippy::too_many_arguments)]
     pub async fn demote(
         &self,
         base: &str,
@@ -153,9 +154,13 @@ impl Client {
         term: u64,
         host: &str,
         port: u16,
+        confirm: Option<pgsteward_api::ConfirmStandby>,
         timeout: Duration,
     ) -> Result<pgsteward_api::DemoteResponse, ClientError> {
-        let body = json!({ "term": term, "primary": { "host": host, "port": port } });
+        let mut body = json!({ "term": term, "primary": { "host": host, "port": port } });
+        if let Some(confirm) = confirm {
+            body["confirm_standby"] = json!(confirm);
+        }
         let answer = self
             .post(base, "/pg/demote", token, Some(body), timeout)
             .await?;

@@ -62,6 +62,15 @@ pub struct Config {
     /// the primary has written: writes stop from the demotion until it has caught up.
     #[serde(default = "default_switchover_max_lag_bytes")]
     pub switchover_max_lag_bytes: u64,
+    /// Before shutting down, the primary waits this long for the candidate to confirm the WAL
+    /// written up to its CHECKPOINT, and the switchover is refused (nothing demoted) when it
+    /// does not: a stalled candidate would otherwise hold writes for `wal_sender_timeout` and
+    /// `switchover_timeout`. 0 skips the check.
+    #[serde(
+        default = "default_switchover_confirm_timeout",
+        with = "humantime_serde"
+    )]
+    pub switchover_confirm_timeout: Duration,
     pub members: Vec<MemberConfig>,
 }
 
@@ -79,6 +88,9 @@ fn default_action_timeout() -> Duration {
 }
 fn default_switchover_timeout() -> Duration {
     Duration::from_secs(30)
+}
+fn default_switchover_confirm_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 /// One WAL segment.
 fn default_switchover_max_lag_bytes() -> u64 {
@@ -171,6 +183,7 @@ mod tests {
         assert_eq!(config.poll_interval, Duration::from_millis(500));
         assert_eq!(config.failure_threshold, Duration::from_secs(3));
         assert_eq!(config.switchover_max_lag_bytes, 16 << 20);
+        assert_eq!(config.switchover_confirm_timeout, Duration::from_secs(5));
         assert!(config.check().is_ok());
         let twice: Config = serde_yaml::from_str(
             "state_file: s\nmembers:\n- {name: a, url: 'http://x'}\n- {name: a, url: 'http://y'}\n",

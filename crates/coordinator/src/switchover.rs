@@ -1,7 +1,9 @@
 //! Switchover (`POST /switchover {"to": NAME}`, `pgsteward-coordinator switchover --to`): the
 //! candidate checked (a healthy streaming replica at most `switchover_max_lag_bytes` behind),
-//! the next term persisted, the primary demoted to a standby of the candidate (checkpoint, fast
-//! shutdown: connected standbys receive everything up to the shutdown checkpoint), the
+//! the next term persisted, the primary demoted to a standby of the candidate (checkpoint; the
+//! candidate must confirm it within `switchover_confirm_timeout`, else the primary refuses and
+//! nothing changes; fast shutdown: connected standbys receive everything up to the shutdown
+//! checkpoint), the
 //! candidate watched until it has received that checkpoint, then promoted, and the other
 //! standbys repointed. Zero loss by construction: the candidate holds every byte the old
 //! primary wrote before it is promoted. If it never receives the checkpoint, the old primary
@@ -12,6 +14,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use pgsteward_api::ConfirmStandby;
+
+use crate::client::ClientError;
 use crate::decide::{switchover_names, MemberRole, MemberView};
 use crate::lsn::Lsn;
 use crate::run::Coordinator;
@@ -119,6 +124,15 @@ fn choose<'a>(
     Ok((primary, candidate))
 }
 
+/// The message of a manager's JSON error body (`{"error": {"code", "message"}}`), else the
+/// body.
+fn error_message(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("error")?.get("message")?.as_str().map(str::to_owned))
+        .unwrap_or_else(|| body.to_owned())
+}
+
 /// Refuses a candidate that has received more than `max_lag` bytes less than the primary has
 /// written, as both answered the poll just before: from the demotion on, writes wait until it
 /// has received everything, or for the roll-back if it never does (a stalled WAL receiver
@@ -178,6 +192,14 @@ impl Coordinator {
 
         let started = Instant::now();
         let token = self.token(&primary_config);
+        let confirm = candidate
+            .last
+            .as_ref()
+            .filter(|_| !self.config.switchover_confirm_timeout.is_zero())
+            .map(|o| ConfirmStandby {
+                application_name: o.instance_name.clone(),
+                timeout_ms: self.config.switchover_confirm_timeout.as_millis() as u64,
+            });
         let demoted = self
             .client
             .demote(
@@ -186,15 +208,25 @@ impl Coordinator {
                 term,
                 &host,
                 port,
+                confirm,
                 self.config.action_timeout,
             )
             .await
-            .map_err(|e| {
-                SwitchoverError::Failed(format!(
+            .map_err(|e| match e {
+                // Refused before anything was shut down: the primary stays as it was.
+                ClientError::Status { status: 409, body } => {
+                    tracing::warn!(primary = %primary.name, to = %to, reason = %body, "switchover refused by the primary");
+                    SwitchoverError::NotEligible(format!(
+                        "{} refused the demotion, nothing changed: {}",
+                        primary.name,
+                        error_message(&body)
+                    ))
+                }
+                e => SwitchoverError::Failed(format!(
                     "demoting {} failed: {e}; the coordinator keeps watching it (a primary that \
                      stays down is failed over)",
                     primary.name
-                ))
+                )),
             })?;
         let checkpoint = demoted
             .shutdown_checkpoint_lsn

@@ -3,10 +3,12 @@
 //! with the acknowledged-commit writer inserting through a libpq multi-host connection string.
 //! Switchover under writes: no acknowledged commit lost, the old primary streams from the new
 //! one, the term goes up; refusals (unknown member 404, the primary itself 409, no token 401, a
-//! wrong token 403); and a switchover back. Lag guard: with the candidate's walreceiver stopped
-//! (SIGSTOP) and 40+ MiB written meanwhile, the switchover is refused (409) without a new term.
-//! Roll-back: with the candidate's walreceiver stopped again right before the request, it
-//! still reports streaming but never receives the shutdown checkpoint; after
+//! wrong token 403); and a switchover back. Refusals of a candidate whose walreceiver is
+//! stopped (SIGSTOP; it still reports streaming): with 40+ MiB written meanwhile, by the lag
+//! guard (409, no new term); stopped right before the request, by the primary, which waits
+//! `switchover_confirm_timeout` for it to confirm the CHECKPOINT and does not shut down (409,
+//! writes never stop). Roll-back, with that confirmation off: the stopped candidate never
+//! receives the shutdown checkpoint; after
 //! `switchover_timeout` the old primary is promoted back with a newer term, the request fails
 //! saying so, no acknowledged commit is lost and both standbys stream from it again.
 //! Re-admission: after a failover (the primary's manager and postgres killed with SIGKILL), the
@@ -181,17 +183,36 @@ async fn switchover_under_writes(version: PgVersion) {
     wait_streams_from(&cluster, "c", "a", 3).await;
 }
 
-async fn switchover_refuses_a_lagging_candidate_and_rolls_back_a_stalled_one(version: PgVersion) {
+/// Options of the stalled-candidate tests: a 3 s `switchover_timeout`, and a 2 s
+/// `wal_sender_timeout` (the old primary's shutdown waits for its walsenders to flush to their
+/// standbys; the one of a stopped receiver gives up after this).
+fn stalled_options(version: PgVersion, confirm_timeout: Duration) -> ClusterOptions {
     let mut options = ClusterOptions::new(
         &pgsteward_testkit::pgsteward_bin(),
         Path::new(env!("CARGO_BIN_EXE_pgsteward-coordinator")),
         version,
     );
     options.switchover_timeout = Some(Duration::from_secs(3));
-    // The old primary's shutdown waits for its walsenders to flush to their standbys; the one
-    // of the stopped receiver gives up after this.
+    options.switchover_confirm_timeout = Some(confirm_timeout);
     options.manager_args = vec!["--set=postgres.parameters.wal_sender_timeout=2s".into()];
-    let cluster = Cluster::start(options).await;
+    options
+}
+
+/// No acknowledged commit of `report` is missing on `a`.
+async fn nothing_lost_on_a(cluster: &Cluster, report: &pgsteward_testkit::writer::Report) {
+    let a = &cluster.member("a").instance;
+    let present = ids_on(&a.options.host, a.pg_port, PASSWORD).await.unwrap();
+    let missing = report.missing(&present);
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged commits missing on a: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(20)]
+    );
+}
+
+async fn switchover_refuses_a_lagging_or_stalled_candidate(version: PgVersion) {
+    let cluster = Cluster::start(stalled_options(version, Duration::from_secs(1))).await;
     let writer = Writer::start(&cluster.conninfo(), Duration::from_millis(5))
         .await
         .unwrap();
@@ -223,28 +244,58 @@ async fn switchover_refuses_a_lagging_candidate_and_rolls_back_a_stalled_one(ver
     let s = cluster.coordinator.status().await.unwrap();
     assert!(s["primary"] == "a" && s["term"] == 1, "{s}");
     drop(stopped);
-    let written = cluster
-        .sql("a", "SELECT pg_current_wal_lsn()::text")
+    wait_caught_up(&cluster, "b").await;
+
+    // Close enough, but not receiving: the primary waits for it to confirm its CHECKPOINT
+    // (switchover_confirm_timeout) and refuses to shut down, so writes never stop.
+    let stopped = Stopped::stop(wal_receiver_pid(&cluster, "b").await);
+    let at = Instant::now();
+    let refused = cluster.switchover("b").await.unwrap();
+    drop(stopped);
+    assert_eq!(
+        refused.status,
+        409,
+        "{}\n{}",
+        refused.body,
+        cluster.coordinator.log()
+    );
+    assert!(
+        refused
+            .body
+            .contains("a refused the demotion, nothing changed")
+            && refused.body.contains("has not confirmed the WAL up to")
+            && refused.body.contains("this instance stays primary"),
+        "{}",
+        refused.body
+    );
+    wait_acks(&writer, writer.acked() + 100).await;
+    let report = writer.stop().await;
+    eprintln!(
+        "{version:?}: switchover refused (stalled candidate): write pause {} ms, {} errors",
+        report.longest_gap_since(at).unwrap().as_millis(),
+        report.errors_since(at)
+    );
+    assert_eq!(report.errors_since(at), 0);
+    nothing_lost_on_a(&cluster, &report).await;
+    // The refused attempt used up term 2; a stays primary of term 1 and b streams from it again.
+    let s = cluster.coordinator.status().await.unwrap();
+    assert!(s["primary"] == "a" && s["term"] == 2, "{s}");
+    let a = cluster.member_status("a").await.unwrap();
+    assert!(
+        a["replication"]["role"] == "primary" && a["replication"]["term"] == 1,
+        "{a}"
+    );
+    wait_streams_from(&cluster, "b", "a", 1).await;
+}
+
+async fn switchover_is_rolled_back_when_the_candidate_cannot_catch_up(version: PgVersion) {
+    // Without the confirmation the stalled candidate is only found out after the shutdown.
+    let cluster = Cluster::start(stalled_options(version, Duration::ZERO)).await;
+    let writer = Writer::start(&cluster.conninfo(), Duration::from_millis(5))
         .await
         .unwrap();
-    let written = written[0][0].clone().unwrap();
-    wait_for(
-        "b to catch up after its WAL receiver resumed",
-        DEADLINE,
-        || async {
-            let rows = cluster
-                .sql(
-                    "b",
-                    &format!("SELECT pg_last_wal_receive_lsn() >= '{written}'::pg_lsn"),
-                )
-                .await
-                .ok()?;
-            (rows.first()?.first()?.as_deref() == Some("t")).then_some(())
-        },
-    )
-    .await;
+    wait_acks(&writer, 100).await;
 
-    // Close enough, but it never receives the shutdown checkpoint: rolled back.
     let stopped = Stopped::stop(wal_receiver_pid(&cluster, "b").await);
     let at = Instant::now();
     let answer = cluster.switchover("b").await.unwrap();
@@ -269,15 +320,7 @@ async fn switchover_refuses_a_lagging_candidate_and_rolls_back_a_stalled_one(ver
         report.longest_gap_since(at).unwrap().as_millis(),
         report.errors_since(at)
     );
-    let a = &cluster.member("a").instance;
-    let present = ids_on(&a.options.host, a.pg_port, PASSWORD).await.unwrap();
-    let missing = report.missing(&present);
-    assert!(
-        missing.is_empty(),
-        "{} acknowledged commits missing on a: {:?}",
-        missing.len(),
-        &missing[..missing.len().min(20)]
-    );
+    nothing_lost_on_a(&cluster, &report).await;
     wait_for(
         "the coordinator to name a primary in term 3",
         DEADLINE,
@@ -289,6 +332,30 @@ async fn switchover_refuses_a_lagging_candidate_and_rolls_back_a_stalled_one(ver
     .await;
     wait_streams_from(&cluster, "c", "a", 3).await;
     wait_streams_from(&cluster, "b", "a", 3).await;
+}
+
+/// Wait until `name` has received everything the primary `a` has written so far.
+async fn wait_caught_up(cluster: &Cluster, name: &str) {
+    let written = cluster
+        .sql("a", "SELECT pg_current_wal_lsn()::text")
+        .await
+        .unwrap();
+    let written = written[0][0].clone().unwrap();
+    wait_for(
+        "a standby to catch up after its WAL receiver resumed",
+        DEADLINE,
+        || async {
+            let rows = cluster
+                .sql(
+                    name,
+                    &format!("SELECT pg_last_wal_receive_lsn() >= '{written}'::pg_lsn"),
+                )
+                .await
+                .ok()?;
+            (rows.first()?.first()?.as_deref() == Some("t")).then_some(())
+        },
+    )
+    .await;
 }
 
 /// The pid of `name`'s WAL receiver, once it has one.
@@ -431,8 +498,7 @@ async fn backup_prefers_a_standby(version: PgVersion) {
 }
 
 pgsteward_testkit::for_each_version!(switchover_under_writes);
-pgsteward_testkit::for_each_version!(
-    switchover_refuses_a_lagging_candidate_and_rolls_back_a_stalled_one
-);
+pgsteward_testkit::for_each_version!(switchover_refuses_a_lagging_or_stalled_candidate);
+pgsteward_testkit::for_each_version!(switchover_is_rolled_back_when_the_candidate_cannot_catch_up);
 pgsteward_testkit::for_each_version!(old_primary_is_readmitted);
 pgsteward_testkit::for_each_version!(backup_prefers_a_standby);

@@ -1,7 +1,8 @@
 //! Role changes between real managers on loopback (PG15 and PG18): a switchover by hand
 //! (demote A under B, B promoted, A streams from B; a third standby repointed with follow),
 //! a diverged old primary rewound by follow, the rewind-failure policy (fence, then re-clone),
-//! stale terms refused with 409 and retries answered 200 without a second change.
+//! stale terms refused with 409 and retries answered 200 without a second change; a demotion
+//! whose `confirm_standby` does not confirm is refused with 409 and changes nothing.
 
 mod common;
 
@@ -153,8 +154,34 @@ async fn switchover_by_demote_and_follow(version: PgVersion) {
     let (code, body) = post(&a, "/pg/follow", &change(1, &b)).await;
     assert_eq!(code, 409, "{body}");
 
+    // A standby named for confirmation that never confirms: refused, A stays a writable
+    // primary; nothing is shut down.
+    let pid = a_manager.postmaster_host_pid().await;
+    let mut unconfirmed = change(2, &b);
+    unconfirmed["confirm_standby"] = json!({"application_name": "nobody", "timeout_ms": 300});
+    let (code, body) = post(&a, "/pg/demote", &unconfirmed).await;
+    assert_eq!(code, 409, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("standby nobody has not confirmed the WAL up to")
+            && message.contains("within 300 ms (it is not connected)")
+            && message.contains("not demoting, this instance stays primary"),
+        "{body}"
+    );
+    exec(&a, "CREATE TABLE written_after_the_refusal (i int)").await;
+    assert_eq!(a_manager.postmaster_host_pid().await, pid);
+    let mut empty_name = change(2, &b);
+    empty_name["confirm_standby"] = json!({"application_name": "", "timeout_ms": 300});
+    assert_eq!(post(&a, "/pg/demote", &empty_name).await.0, 400);
+
+    // Confirmed by B (its application_name is its instance_name), then demoted.
+    let b_status = status(&b).await.unwrap_or_default();
+    let b_name = b_status["instance_name"].as_str().unwrap_or_default();
+    assert!(!b_name.is_empty(), "{b_status}");
+    let mut confirmed = change(2, &b);
+    confirmed["confirm_standby"] = json!({"application_name": b_name, "timeout_ms": 10_000});
     let started = std::time::Instant::now();
-    let (code, demoted) = post(&a, "/pg/demote", &change(2, &b)).await;
+    let (code, demoted) = post(&a, "/pg/demote", &confirmed).await;
     let demote_ms = started.elapsed().as_millis();
     assert_eq!(code, 200, "{demoted}\n{}", a_manager.log());
     assert_eq!(demoted["changed"], true, "{demoted}");

@@ -46,6 +46,8 @@ pub struct ClusterOptions {
     pub ha_isolation_timeout: Option<Duration>,
     /// The coordinator's `switchover_timeout` (None: its default).
     pub switchover_timeout: Option<Duration>,
+    /// The coordinator's `switchover_confirm_timeout` (None: its default; zero: no check).
+    pub switchover_confirm_timeout: Option<Duration>,
 }
 
 impl ClusterOptions {
@@ -62,6 +64,7 @@ impl ClusterOptions {
             network_namespaces: false,
             ha_isolation_timeout: None,
             switchover_timeout: None,
+            switchover_confirm_timeout: None,
         }
     }
 }
@@ -348,6 +351,12 @@ fn coordinator_yaml(options: &ClusterOptions, dir: &Path, members: &[Member]) ->
     );
     if let Some(timeout) = options.switchover_timeout {
         yaml.push_str(&format!("switchover_timeout: {}ms\n", timeout.as_millis()));
+    }
+    if let Some(timeout) = options.switchover_confirm_timeout {
+        yaml.push_str(&format!(
+            "switchover_confirm_timeout: {}ms\n",
+            timeout.as_millis()
+        ));
     }
     yaml.push_str("members:\n");
     for member in members {

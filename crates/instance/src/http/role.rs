@@ -9,8 +9,8 @@ use axum::Json;
 use std::time::Duration;
 
 use pgsteward_api::{
-    DemoteResponse, FenceResponse, FollowResponse, PromoteRequest, PromoteResponse,
-    RoleChangeRequest,
+    ConfirmStandby, DemoteRequest, DemoteResponse, FenceResponse, FollowResponse, PromoteRequest,
+    PromoteResponse, RoleChangeRequest,
 };
 use tokio::sync::oneshot;
 
@@ -46,7 +46,7 @@ const DEMOTE_ERRORS: &[(u16, &str)] = &[
     ),
     (
         409,
-        "A term smaller than the current one (the message names it), already a standby (use /pg/follow), or the manager is shutting down.",
+        "A term smaller than the current one (the message names it), already a standby (use /pg/follow), the standby named in confirm_standby did not confirm in time (the instance stays primary), or the manager is shutting down.",
     ),
     (413, "Body too large."),
     (500, "The demotion failed (the message says what happened)."),
@@ -130,10 +130,10 @@ pub fn routes() -> Vec<Route> {
             path: "/pg/demote",
             methods: &["post"],
             summary: "Demote this primary to a standby",
-            description: "Makes a primary a standby of the given primary in the given term (not smaller than the current term): CHECKPOINT, fast shutdown (so connected standbys receive everything up to the shutdown checkpoint), replica role, term and upstream persisted, restart as standby (answers once postgres is starting; wait for /pg/status). The answer carries the shutdown checkpoint location. A retry (already a standby of that primary in that term) answers 200 with changed=false and the same location.",
+            description: "Makes a primary a standby of the given primary in the given term (not smaller than the current term): CHECKPOINT, fast shutdown (so connected standbys receive everything up to the shutdown checkpoint), replica role, term and upstream persisted, restart as standby (answers once postgres is starting; wait for /pg/status). The answer carries the shutdown checkpoint location. A retry (already a standby of that primary in that term) answers 200 with changed=false and the same location. With confirm_standby, the standby of that application_name must confirm (flush_lsn) the WAL written up to the CHECKPOINT within timeout_ms before anything is shut down, else 409 and the instance stays primary.",
             authenticated: true,
             query: &[],
-            request: Some(|g| g.subschema_for::<RoleChangeRequest>()),
+            request: Some(|g| g.subschema_for::<DemoteRequest>()),
             response: Some(|g| g.subschema_for::<DemoteResponse>()),
             errors: DEMOTE_ERRORS,
         },
@@ -187,13 +187,35 @@ pub(super) fn role_change_error(e: RoleChangeError) -> ApiError {
     }
 }
 
+/// `RoleChangeBody` plus the demotion's optional standby confirmation.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DemoteBody {
+    term: Option<u64>,
+    primary: Option<pgsteward_api::UpstreamAddress>,
+    #[serde(default)]
+    confirm_standby: Option<ConfirmStandby>,
+}
+
 async fn demote_handler(
     State(shared): State<AppState>,
-    ApiJson(body): ApiJson<RoleChangeBody>,
+    ApiJson(body): ApiJson<DemoteBody>,
 ) -> Result<Json<DemoteResponse>, ApiError> {
-    let (term, upstream) = role_change(body)?;
-    tracing::info!(term, upstream_host = %upstream.host, upstream_port = upstream.port, "demotion requested through the API");
-    demote::demote(shared, term, upstream)
+    let confirm = body.confirm_standby;
+    if confirm
+        .as_ref()
+        .is_some_and(|c| c.application_name.is_empty())
+    {
+        return Err(ApiError::BadRequest(
+            "confirm_standby.application_name must not be empty".into(),
+        ));
+    }
+    let (term, upstream) = role_change(RoleChangeBody {
+        term: body.term,
+        primary: body.primary,
+    })?;
+    tracing::info!(term, upstream_host = %upstream.host, upstream_port = upstream.port, confirm_standby = ?confirm.as_ref().map(|c| &c.application_name), "demotion requested through the API");
+    demote::demote(shared, term, upstream, confirm)
         .await
         .map(Json)
         .map_err(role_change_error)

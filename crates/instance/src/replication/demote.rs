@@ -1,13 +1,14 @@
-//! Demotion of a primary to a standby of a given primary (`POST /pg/demote`): CHECKPOINT, fast
+//! Demotion of a primary to a standby of a given primary (`POST /pg/demote`): CHECKPOINT,
+//! optionally a named standby's confirmation that it receives (else nothing changes), fast
 //! shutdown (so connected standbys receive everything up to the shutdown checkpoint), the
 //! replica role, term and upstream persisted, and a restart as standby. The answer carries
 //! the shutdown checkpoint's location; it is kept in `pgsteward.demote.json` so that a retry
 //! (same term, same upstream) answers the same without restarting anything.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use pgsteward_api::{DemoteResponse, InstanceState};
+use pgsteward_api::{ConfirmStandby, DemoteResponse, InstanceState};
 use tokio::sync::oneshot;
 
 use super::role::{self, PersistedRole, RoleState, Upstream};
@@ -17,11 +18,18 @@ use crate::supervisor::shared::{AfterRoleChange, RoleChangeWork, Shared, Supervi
 /// The last demotion's answer (inside PGDATA).
 pub const DEMOTE_FILE: &str = "pgsteward.demote.json";
 
-/// Demote this primary to a standby of `upstream` in `term`.
+/// The longest a demotion waits for a standby's confirmation.
+const MAX_CONFIRM_WAIT: Duration = Duration::from_secs(600);
+/// How often the standby's flush position is read meanwhile.
+const CONFIRM_POLL: Duration = Duration::from_millis(20);
+
+/// Demote this primary to a standby of `upstream` in `term`; with `confirm`, only once that
+/// standby has confirmed the WAL written up to the CHECKPOINT.
 pub async fn demote(
     shared: Arc<Shared>,
     term: u64,
     upstream: Upstream,
+    confirm: Option<ConfirmStandby>,
 ) -> Result<DemoteResponse, RoleChangeError> {
     let _guard = super::promote::ROLE_CHANGE.lock().await;
     let failed = |e: anyhow::Error| RoleChangeError::Failed(format!("{e:#}"));
@@ -46,17 +54,16 @@ pub async fn demote(
     }
     tracing::info!(term, upstream_host = %upstream.host, upstream_port = upstream.port, "demoting this primary");
     if shared.state.current() == InstanceState::Running {
-        // A checkpoint now makes the shutdown checkpoint quick.
-        match crate::pgconn::connect(&shared.target(), "postgres", Duration::from_secs(5)).await {
-            Ok(client) => {
-                if let Err(e) = client.batch_execute("CHECKPOINT").await {
-                    tracing::warn!(error = %e, "CHECKPOINT before the demotion failed");
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "could not connect for a CHECKPOINT before the demotion")
-            }
-        }
+        checkpoint_and_confirm(&shared, confirm.as_ref()).await?;
+    } else if let Some(confirm) = &confirm {
+        return Err(refused(
+            confirm,
+            format!(
+                "postgres is not running (state {}), so {} cannot be checked",
+                shared.state.current(),
+                confirm.application_name
+            ),
+        ));
     }
     let (tx, rx) = oneshot::channel();
     let work_shared = shared.clone();
@@ -103,6 +110,103 @@ pub async fn demote(
             "no answer within {} s",
             limit.as_secs()
         ))),
+    }
+}
+
+/// CHECKPOINT (it makes the shutdown checkpoint quick); with `confirm`, then wait until that
+/// standby has flushed the WAL written up to here. A standby that does not confirm (stalled,
+/// gone, or too slow) would hold the fast shutdown, and with it every write, until
+/// `wal_sender_timeout`: the demotion is refused instead, with nothing changed.
+async fn checkpoint_and_confirm(
+    shared: &Shared,
+    confirm: Option<&ConfirmStandby>,
+) -> Result<(), RoleChangeError> {
+    let client = match crate::pgconn::connect(&shared.target(), "postgres", Duration::from_secs(5))
+        .await
+    {
+        Ok(client) => client,
+        Err(e) => {
+            let e = format!("{e:#}");
+            tracing::warn!(error = %e, "could not connect for a CHECKPOINT before the demotion");
+            return match confirm {
+                None => Ok(()),
+                Some(confirm) => Err(refused(
+                    confirm,
+                    format!("cannot check {}: {e}", confirm.application_name),
+                )),
+            };
+        }
+    };
+    if let Err(e) = client.batch_execute("CHECKPOINT").await {
+        tracing::warn!(error = %e, "CHECKPOINT before the demotion failed");
+    }
+    let Some(confirm) = confirm else {
+        return Ok(());
+    };
+    let started = Instant::now();
+    match confirm_received(&client, confirm).await {
+        Ok(written) => {
+            tracing::info!(standby = %confirm.application_name, lsn = %written, elapsed_ms = started.elapsed().as_millis() as u64, "the standby confirmed the WAL before the demotion");
+            Ok(())
+        }
+        Err(why) => Err(refused(confirm, why)),
+    }
+}
+
+/// The demotion refused for `why`, logged.
+fn refused(confirm: &ConfirmStandby, why: String) -> RoleChangeError {
+    tracing::warn!(standby = %confirm.application_name, reason = %why, "demotion refused: the standby did not confirm");
+    RoleChangeError::Conflict(format!("{why}: not demoting, this instance stays primary"))
+}
+
+/// Wait until the standby `confirm` names has flushed everything written so far; the
+/// position it confirmed.
+async fn confirm_received(
+    client: &tokio_postgres::Client,
+    confirm: &ConfirmStandby,
+) -> Result<String, String> {
+    let name = &confirm.application_name;
+    let written: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .map_err(|e| format!("reading the WAL position: {e}"))?
+        .get(0);
+    let wait = Duration::from_millis(confirm.timeout_ms).min(MAX_CONFIRM_WAIT);
+    let deadline = Instant::now() + wait;
+    loop {
+        let rows = client
+            .query(
+                "SELECT flush_lsn::text, flush_lsn >= $1::text::pg_lsn \
+                 FROM pg_stat_replication WHERE application_name = $2::text",
+                &[&written, name],
+            )
+            .await
+            .map_err(|e| format!("reading pg_stat_replication: {e}"))?;
+        if rows
+            .iter()
+            .any(|r| r.get::<_, Option<bool>>(1) == Some(true))
+        {
+            return Ok(written);
+        }
+        if Instant::now() >= deadline {
+            let flushed: Vec<String> = rows
+                .iter()
+                .map(|r| {
+                    r.get::<_, Option<String>>(0)
+                        .unwrap_or_else(|| "nothing".into())
+                })
+                .collect();
+            let seen = if flushed.is_empty() {
+                "it is not connected".to_owned()
+            } else {
+                format!("it has flushed {}", flushed.join(", "))
+            };
+            return Err(format!(
+                "standby {name} has not confirmed the WAL up to {written} within {} ms ({seen})",
+                wait.as_millis()
+            ));
+        }
+        tokio::time::sleep(CONFIRM_POLL).await;
     }
 }
 
