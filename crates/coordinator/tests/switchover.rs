@@ -198,8 +198,34 @@ fn stalled_options(version: PgVersion, confirm_timeout: Duration) -> ClusterOpti
     options
 }
 
-/// No acknowledged commit of `report` is missing on `a`.
-async fn nothing_lost_on_a(cluster: &Cluster, report: &pgsteward_testkit::writer::Report) {
+/// `POST /switchover {"to"}` answers `status` with a body containing each of `needles`.
+async fn switchover_answers(cluster: &Cluster, to: &str, status: u16, needles: &[&str]) {
+    let answer = cluster.switchover(to).await.unwrap();
+    assert_eq!(
+        answer.status,
+        status,
+        "{}\n{}",
+        answer.body,
+        cluster.coordinator.log()
+    );
+    assert!(
+        needles.iter().all(|n| answer.body.contains(n)),
+        "{}",
+        answer.body
+    );
+}
+
+/// After 100 more acknowledged writes, stop `writer`, print its longest pause since `at`, and
+/// check that no acknowledged commit is missing on `a`; the writer's errors since `at`.
+async fn finish_writes(cluster: &Cluster, writer: Writer, at: Instant, what: &str) -> usize {
+    wait_acks(&writer, writer.acked() + 100).await;
+    let report = writer.stop().await;
+    let errors = report.errors_since(at);
+    eprintln!(
+        "{:?}: {what}: write pause {} ms, {errors} errors",
+        cluster.options.version,
+        report.longest_gap_since(at).unwrap().as_millis(),
+    );
     let a = &cluster.member("a").instance;
     let present = ids_on(&a.options.host, a.pg_port, PASSWORD).await.unwrap();
     let missing = report.missing(&present);
@@ -209,6 +235,7 @@ async fn nothing_lost_on_a(cluster: &Cluster, report: &pgsteward_testkit::writer
         missing.len(),
         &missing[..missing.len().min(20)]
     );
+    errors
 }
 
 async fn switchover_refuses_a_lagging_or_stalled_candidate(version: PgVersion) {
@@ -228,19 +255,13 @@ async fn switchover_refuses_a_lagging_or_stalled_candidate(version: PgVersion) {
         )
         .await
         .unwrap();
-    let refused = cluster.switchover("b").await.unwrap();
-    assert_eq!(
-        refused.status,
+    switchover_answers(
+        &cluster,
+        "b",
         409,
-        "{}\n{}",
-        refused.body,
-        cluster.coordinator.log()
-    );
-    assert!(
-        refused.body.contains("behind a") && refused.body.contains("switchover_max_lag_bytes"),
-        "{}",
-        refused.body
-    );
+        &["behind a", "switchover_max_lag_bytes"],
+    )
+    .await;
     let s = cluster.coordinator.status().await.unwrap();
     assert!(s["primary"] == "a" && s["term"] == 1, "{s}");
     drop(stopped);
@@ -250,33 +271,26 @@ async fn switchover_refuses_a_lagging_or_stalled_candidate(version: PgVersion) {
     // (switchover_confirm_timeout) and refuses to shut down, so writes never stop.
     let stopped = Stopped::stop(wal_receiver_pid(&cluster, "b").await);
     let at = Instant::now();
-    let refused = cluster.switchover("b").await.unwrap();
-    drop(stopped);
-    assert_eq!(
-        refused.status,
+    switchover_answers(
+        &cluster,
+        "b",
         409,
-        "{}\n{}",
-        refused.body,
-        cluster.coordinator.log()
-    );
-    assert!(
-        refused
-            .body
-            .contains("a refused the demotion, nothing changed")
-            && refused.body.contains("has not confirmed the WAL up to")
-            && refused.body.contains("this instance stays primary"),
-        "{}",
-        refused.body
-    );
-    wait_acks(&writer, writer.acked() + 100).await;
-    let report = writer.stop().await;
-    eprintln!(
-        "{version:?}: switchover refused (stalled candidate): write pause {} ms, {} errors",
-        report.longest_gap_since(at).unwrap().as_millis(),
-        report.errors_since(at)
-    );
-    assert_eq!(report.errors_since(at), 0);
-    nothing_lost_on_a(&cluster, &report).await;
+        &[
+            "a refused the demotion, nothing changed",
+            "has not confirmed the WAL up to",
+            "this instance stays primary",
+        ],
+    )
+    .await;
+    drop(stopped);
+    let errors = finish_writes(
+        &cluster,
+        writer,
+        at,
+        "switchover refused (stalled candidate)",
+    )
+    .await;
+    assert_eq!(errors, 0);
     // The refused attempt used up term 2; a stays primary of term 1 and b streams from it again.
     let s = cluster.coordinator.status().await.unwrap();
     assert!(s["primary"] == "a" && s["term"] == 2, "{s}");
@@ -298,29 +312,15 @@ async fn switchover_is_rolled_back_when_the_candidate_cannot_catch_up(version: P
 
     let stopped = Stopped::stop(wal_receiver_pid(&cluster, "b").await);
     let at = Instant::now();
-    let answer = cluster.switchover("b").await.unwrap();
-    drop(stopped);
-    assert_eq!(
-        answer.status,
+    switchover_answers(
+        &cluster,
+        "b",
         500,
-        "{}\n{}",
-        answer.body,
-        cluster.coordinator.log()
-    );
-    assert!(
-        answer.body.contains("abandoned") && answer.body.contains("a is primary again with term 3"),
-        "{}",
-        answer.body
-    );
-
-    wait_acks(&writer, writer.acked() + 100).await;
-    let report = writer.stop().await;
-    eprintln!(
-        "{version:?}: rolled-back switchover: write pause {} ms, {} errors",
-        report.longest_gap_since(at).unwrap().as_millis(),
-        report.errors_since(at)
-    );
-    nothing_lost_on_a(&cluster, &report).await;
+        &["abandoned", "a is primary again with term 3"],
+    )
+    .await;
+    drop(stopped);
+    finish_writes(&cluster, writer, at, "rolled-back switchover").await;
     wait_for(
         "the coordinator to name a primary in term 3",
         DEADLINE,
