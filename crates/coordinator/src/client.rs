@@ -144,23 +144,16 @@ impl Client {
             .await
     }
 
-    /// `POST /pg/demote {"term", "primary": {"host", "port"}, "confirm_standby"}`: the answer
-    /// carries the shutdown checkpoint's LSN and timeline.
-    #[allow(clippy::too_many_arguments)]
+    /// `POST /pg/demote` with `request`: the answer carries the shutdown checkpoint's LSN and
+    /// timeline.
     pub async fn demote(
         &self,
         base: &str,
         token: Option<&str>,
-        term: u64,
-        host: &str,
-        port: u16,
-        confirm: Option<pgsteward_api::ConfirmStandby>,
+        request: &pgsteward_api::DemoteRequest,
         timeout: Duration,
     ) -> Result<pgsteward_api::DemoteResponse, ClientError> {
-        let mut body = json!({ "term": term, "primary": { "host": host, "port": port } });
-        if let Some(confirm) = confirm {
-            body["confirm_standby"] = json!(confirm);
-        }
+        let body = json!(request);
         let answer = self
             .post(base, "/pg/demote", token, Some(body), timeout)
             .await?;

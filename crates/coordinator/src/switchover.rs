@@ -3,9 +3,8 @@
 //! the next term persisted, the primary demoted to a standby of the candidate (checkpoint; the
 //! candidate must confirm it within `switchover_confirm_timeout`, else the primary refuses and
 //! nothing changes; fast shutdown: connected standbys receive everything up to the shutdown
-//! checkpoint), the
-//! candidate watched until it has received that checkpoint, then promoted, and the other
-//! standbys repointed. Zero loss by construction: the candidate holds every byte the old
+//! checkpoint), the candidate watched until it has received that checkpoint, then promoted,
+//! and the other standbys repointed. Zero loss by construction: the candidate holds every byte the old
 //! primary wrote before it is promoted. If it never receives the checkpoint, the old primary
 //! is promoted again with a newer term. Runs inside the coordinator loop, so no failover
 //! decision is taken meanwhile.
@@ -14,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use pgsteward_api::ConfirmStandby;
+use pgsteward_api::{ConfirmStandby, DemoteRequest, UpstreamAddress};
 
 use crate::client::ClientError;
 use crate::decide::{switchover_names, MemberRole, MemberView};
@@ -192,23 +191,24 @@ impl Coordinator {
 
         let started = Instant::now();
         let token = self.token(&primary_config);
-        let confirm = candidate
-            .last
-            .as_ref()
-            .filter(|_| !self.config.switchover_confirm_timeout.is_zero())
-            .map(|o| ConfirmStandby {
-                application_name: o.instance_name.clone(),
-                timeout_ms: self.config.switchover_confirm_timeout.as_millis() as u64,
-            });
+        let request = DemoteRequest {
+            term,
+            primary: UpstreamAddress { host, port },
+            confirm_standby: candidate
+                .last
+                .as_ref()
+                .filter(|_| !self.config.switchover_confirm_timeout.is_zero())
+                .map(|o| ConfirmStandby {
+                    application_name: o.instance_name.clone(),
+                    timeout_ms: self.config.switchover_confirm_timeout.as_millis() as u64,
+                }),
+        };
         let demoted = self
             .client
             .demote(
                 &primary_config.url,
                 token.as_deref(),
-                term,
-                &host,
-                port,
-                confirm,
+                &request,
                 self.config.action_timeout,
             )
             .await

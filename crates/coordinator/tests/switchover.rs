@@ -24,8 +24,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use pgsteward_testkit::cluster::{Cluster, ClusterOptions};
-use pgsteward_testkit::manager::PASSWORD;
-use pgsteward_testkit::writer::{ids_on, Writer};
+use pgsteward_testkit::writer::{Report, Writer};
 use pgsteward_testkit::{wait_for, PgVersion};
 use serde_json::Value;
 
@@ -145,15 +144,7 @@ async fn switchover_under_writes(version: PgVersion) {
         body["elapsed_ms"],
         report.errors_since(at)
     );
-    let b = &cluster.member("b").instance;
-    let present = ids_on(&b.options.host, b.pg_port, PASSWORD).await.unwrap();
-    let missing = report.missing(&present);
-    assert!(
-        missing.is_empty(),
-        "{} acknowledged commits missing on b: {:?}",
-        missing.len(),
-        &missing[..missing.len().min(20)]
-    );
+    assert_nothing_lost_on(&cluster, "b", &report).await;
     wait_streams_from(&cluster, "a", "b", 2).await;
     wait_streams_from(&cluster, "c", "b", 2).await;
     wait_for("the coordinator to name b primary", DEADLINE, || async {
@@ -215,6 +206,16 @@ async fn switchover_answers(cluster: &Cluster, to: &str, status: u16, needles: &
     );
 }
 
+/// A switchover to `b` with its WAL receiver stopped (SIGSTOP) for the request, answering
+/// `status` with each of `needles`; when it was requested.
+async fn switchover_to_stalled_b(cluster: &Cluster, status: u16, needles: &[&str]) -> Instant {
+    let stopped = Stopped::stop(wal_receiver_pid(cluster, "b").await);
+    let at = Instant::now();
+    switchover_answers(cluster, "b", status, needles).await;
+    drop(stopped);
+    at
+}
+
 /// After 100 more acknowledged writes, stop `writer`, print its longest pause since `at`, and
 /// check that no acknowledged commit is missing on `a`; the writer's errors since `at`.
 async fn finish_writes(cluster: &Cluster, writer: Writer, at: Instant, what: &str) -> usize {
@@ -226,16 +227,19 @@ async fn finish_writes(cluster: &Cluster, writer: Writer, at: Instant, what: &st
         cluster.options.version,
         report.longest_gap_since(at).unwrap().as_millis(),
     );
-    let a = &cluster.member("a").instance;
-    let present = ids_on(&a.options.host, a.pg_port, PASSWORD).await.unwrap();
-    let missing = report.missing(&present);
+    assert_nothing_lost_on(cluster, "a", &report).await;
+    errors
+}
+
+/// Every commit `report`'s writer saw acknowledged is on member `name`.
+async fn assert_nothing_lost_on(cluster: &Cluster, name: &str, report: &Report) {
+    let missing = cluster.missing_acks(name, report).await.unwrap();
     assert!(
         missing.is_empty(),
-        "{} acknowledged commits missing on a: {:?}",
+        "{} acknowledged commits missing on {name}: {:?}",
         missing.len(),
         &missing[..missing.len().min(20)]
     );
-    errors
 }
 
 async fn switchover_refuses_a_lagging_or_stalled_candidate(version: PgVersion) {
@@ -269,11 +273,8 @@ async fn switchover_refuses_a_lagging_or_stalled_candidate(version: PgVersion) {
 
     // Close enough, but not receiving: the primary waits for it to confirm its CHECKPOINT
     // (switchover_confirm_timeout) and refuses to shut down, so writes never stop.
-    let stopped = Stopped::stop(wal_receiver_pid(&cluster, "b").await);
-    let at = Instant::now();
-    switchover_answers(
+    let at = switchover_to_stalled_b(
         &cluster,
-        "b",
         409,
         &[
             "a refused the demotion, nothing changed",
@@ -282,7 +283,6 @@ async fn switchover_refuses_a_lagging_or_stalled_candidate(version: PgVersion) {
         ],
     )
     .await;
-    drop(stopped);
     let errors = finish_writes(
         &cluster,
         writer,
@@ -310,16 +310,12 @@ async fn switchover_is_rolled_back_when_the_candidate_cannot_catch_up(version: P
         .unwrap();
     wait_acks(&writer, 100).await;
 
-    let stopped = Stopped::stop(wal_receiver_pid(&cluster, "b").await);
-    let at = Instant::now();
-    switchover_answers(
+    let at = switchover_to_stalled_b(
         &cluster,
-        "b",
         500,
         &["abandoned", "a is primary again with term 3"],
     )
     .await;
-    drop(stopped);
     finish_writes(&cluster, writer, at, "rolled-back switchover").await;
     wait_for(
         "the coordinator to name a primary in term 3",

@@ -323,6 +323,18 @@ impl Cluster {
             .map(|r| r.json())
     }
 
+    /// The ids `report`'s writer had acknowledged that member `name`'s table lacks.
+    pub async fn missing_acks(
+        &self,
+        name: &str,
+        report: &crate::writer::Report,
+    ) -> anyhow::Result<Vec<i64>> {
+        let instance = &self.member(name).instance;
+        let present =
+            crate::writer::ids_on(&instance.options.host, instance.pg_port, PASSWORD).await?;
+        Ok(report.missing(&present))
+    }
+
     /// Run one statement on member `name`'s postgres.
     pub async fn sql(&self, name: &str, query: &str) -> anyhow::Result<Vec<Vec<Option<String>>>> {
         let instance = &self.member(name).instance;

@@ -13,9 +13,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::cluster::{Cluster, NAMES};
-use crate::manager::PASSWORD;
 use crate::proc::signal_tree;
-use crate::writer::{ids_on, Writer};
+use crate::writer::Writer;
 
 /// What happens to the primary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,8 +221,7 @@ pub async fn run(cluster: &mut Cluster, fault: Fault, pause: Duration) -> Result
         format!("{} ({})", s["state"], s["replication"]["role"])
     };
     let primaries = primaries(cluster).await;
-    let instance = &cluster.member(&new_primary).instance;
-    let present = ids_on(&instance.options.host, instance.pg_port, PASSWORD).await?;
+    let missing = cluster.missing_acks(&new_primary, &report).await?;
     Ok(Outcome {
         fault,
         old_primary: old,
@@ -232,7 +230,7 @@ pub async fn run(cluster: &mut Cluster, fault: Fault, pause: Duration) -> Result
         promoted_after,
         acknowledged: report.acks.len(),
         errors: report.errors.len(),
-        missing: report.missing(&present),
+        missing,
         primaries,
         old_state,
     })

@@ -164,8 +164,12 @@ struct RoleChangeBody {
     primary: Option<pgsteward_api::UpstreamAddress>,
 }
 
-fn role_change(body: RoleChangeBody) -> Result<(u64, Upstream), ApiError> {
-    match (body.term, body.primary) {
+/// The term and new primary of a demote or follow body; 400 when either is missing or empty.
+fn role_change(
+    term: Option<u64>,
+    primary: Option<pgsteward_api::UpstreamAddress>,
+) -> Result<(u64, Upstream), ApiError> {
+    match (term, primary) {
         (Some(term), Some(primary)) if !primary.host.is_empty() && primary.port != 0 => Ok((
             term,
             Upstream {
@@ -187,7 +191,8 @@ pub(super) fn role_change_error(e: RoleChangeError) -> ApiError {
     }
 }
 
-/// `RoleChangeBody` plus the demotion's optional standby confirmation.
+/// `RoleChangeBody` plus the demotion's optional standby confirmation (a body of its own:
+/// `deny_unknown_fields` keeps `confirm_standby` out of `/pg/follow`).
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DemoteBody {
@@ -210,10 +215,7 @@ async fn demote_handler(
             "confirm_standby.application_name must not be empty".into(),
         ));
     }
-    let (term, upstream) = role_change(RoleChangeBody {
-        term: body.term,
-        primary: body.primary,
-    })?;
+    let (term, upstream) = role_change(body.term, body.primary)?;
     tracing::info!(term, upstream_host = %upstream.host, upstream_port = upstream.port, confirm_standby = ?confirm.as_ref().map(|c| &c.application_name), "demotion requested through the API");
     demote::demote(shared, term, upstream, confirm)
         .await
@@ -225,7 +227,7 @@ async fn follow_handler(
     State(shared): State<AppState>,
     ApiJson(body): ApiJson<RoleChangeBody>,
 ) -> Result<Json<FollowResponse>, ApiError> {
-    let (term, upstream) = role_change(body)?;
+    let (term, upstream) = role_change(body.term, body.primary)?;
     tracing::info!(term, upstream_host = %upstream.host, upstream_port = upstream.port, "follow requested through the API");
     follow::follow(shared, term, upstream)
         .await
