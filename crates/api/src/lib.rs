@@ -4,6 +4,7 @@
 
 mod ha;
 mod replication;
+mod slots;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -15,6 +16,7 @@ pub use replication::{
     RoleChangeRequest, SlotStatus, StandbyStatus, SynchronousRequest, SynchronousResponse,
     UpstreamAddress,
 };
+pub use slots::{is_valid_slot_name, slot_name, SlotDropRequest, SlotDropResponse, SLOT_NAME_MAX};
 
 /// The instance manager's lifecycle state (see the state machine in `crates/instance/README.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]

@@ -153,6 +153,7 @@ mod tests {
                 fenced: false,
                 upstream: None,
                 synchronous_standby_names: None,
+                inactive_slots: Vec::new(),
             }),
             unhealthy_for: None,
         }

@@ -1,6 +1,7 @@
 //! HTTP client of the instance managers' API: `GET /pg/status`, and the role changes
 //! `POST /pg/promote {term}`, `/pg/fence`, `/pg/demote` and `/pg/follow`
-//! (`{"term", "primary": {"host", "port"}}`), with a bearer token and a timeout each.
+//! (`{"term", "primary": {"host", "port"}}`), `/pg/synchronous` and `/pg/slots/drop`, with a
+//! bearer token and a timeout each.
 
 use std::time::Duration;
 
@@ -172,6 +173,21 @@ impl Client {
         let body = json!({ "term": term, "names": names });
         self.post(base, "/pg/synchronous", token, Some(body), timeout)
             .await
+    }
+
+    /// `POST /pg/slots/drop {"term", "slots"}`.
+    pub async fn drop_slots(
+        &self,
+        base: &str,
+        token: Option<&str>,
+        request: &pgsteward_api::SlotDropRequest,
+        timeout: Duration,
+    ) -> Result<pgsteward_api::SlotDropResponse, ClientError> {
+        let body = json!(request);
+        let answer = self
+            .post(base, "/pg/slots/drop", token, Some(body), timeout)
+            .await?;
+        serde_json::from_value(answer).map_err(|e| ClientError::Decode(e.to_string()))
     }
 
     /// `POST /pg/fence`.

@@ -78,6 +78,9 @@ pub struct Observed {
     /// Its current `synchronous_standby_names` (primaries).
     #[serde(default)]
     pub synchronous_standby_names: Option<String>,
+    /// Its physical replication slots that no WAL sender uses.
+    #[serde(default)]
+    pub inactive_slots: Vec<String>,
 }
 
 /// One member as the decision sees it.
@@ -96,7 +99,7 @@ pub struct MemberView {
 }
 
 impl MemberView {
-    fn healthy(&self) -> bool {
+    pub(crate) fn healthy(&self) -> bool {
         self.reachable
             && self.unhealthy_for.is_none()
             && self

@@ -25,6 +25,7 @@ fn primary(name: &str, term: u64) -> MemberView {
             fenced: false,
             upstream: None,
             synchronous_standby_names: None,
+            inactive_slots: Vec::new(),
         }),
         unhealthy_for: None,
     }
@@ -47,6 +48,7 @@ fn replica(name: &str, received: &str, replayed: &str) -> MemberView {
             fenced: false,
             upstream: None,
             synchronous_standby_names: None,
+            inactive_slots: Vec::new(),
         }),
         unhealthy_for: None,
     }

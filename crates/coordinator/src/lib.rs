@@ -1,6 +1,7 @@
 //! pgsteward coordinator: polls a static list of instance managers, decides failovers with a
 //! pure function (`decide`), acts through the managers' APIs (`client`), persists its term
-//! (`state`) and serves its own status and metrics (`api`, `metrics`).
+//! (`state`), drops members' stale replication slots (`slots`) and serves its own status and
+//! metrics (`api`, `metrics`).
 
 pub mod api;
 pub mod backup;
@@ -12,5 +13,7 @@ pub mod metrics;
 pub mod observe;
 pub mod readmit;
 pub mod run;
+pub mod slots;
 pub mod state;
 pub mod switchover;
+pub mod synchronous;

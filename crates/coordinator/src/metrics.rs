@@ -1,5 +1,5 @@
-//! The coordinator's Prometheus metrics: current term, failovers, refusals, member up, and
-//! the latency of one poll-and-decide round.
+//! The coordinator's Prometheus metrics: current term, failovers, refusals, member up, stale
+//! replication slots dropped, and the latency of one poll-and-decide round.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry,
@@ -16,6 +16,7 @@ pub struct Metrics {
     pub readmissions: IntCounter,
     pub readmission_failures: IntCounter,
     pub member_up: IntGaugeVec,
+    pub slots_dropped: IntCounter,
     pub decision_seconds: Histogram,
 }
 
@@ -50,6 +51,10 @@ impl Metrics {
             ),
             &["member"],
         )?;
+        let slots_dropped = IntCounter::new(
+            "pgsteward_coordinator_slots_dropped_total",
+            "Stale replication slots dropped on members (a demoted primary's, a removed member's)",
+        )?;
         let decision_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "pgsteward_coordinator_decision_seconds",
@@ -64,6 +69,7 @@ impl Metrics {
         registry.register(Box::new(switchovers.clone()))?;
         registry.register(Box::new(readmissions.clone()))?;
         registry.register(Box::new(readmission_failures.clone()))?;
+        registry.register(Box::new(slots_dropped.clone()))?;
         registry.register(Box::new(decision_seconds.clone()))?;
         Ok(Metrics {
             registry,
@@ -74,6 +80,7 @@ impl Metrics {
             readmissions,
             readmission_failures,
             member_up,
+            slots_dropped,
             decision_seconds,
         })
     }

@@ -67,6 +67,15 @@ pub fn observe(status: &InstanceStatus) -> Observed {
         fenced: status.state == InstanceState::Fenced,
         upstream: replication.and_then(|r| r.upstream.clone()),
         synchronous_standby_names: replication.and_then(|r| r.synchronous_standby_names.clone()),
+        inactive_slots: replication
+            .map(|r| {
+                r.slots
+                    .iter()
+                    .filter(|s| !s.active)
+                    .map(|s| s.slot_name.clone())
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 

@@ -120,6 +120,7 @@ mod tests {
                 fenced,
                 upstream: upstream.map(str::to_owned),
                 synchronous_standby_names: None,
+                inactive_slots: Vec::new(),
             }),
             unhealthy_for: None,
         }

@@ -1,7 +1,8 @@
 //! The coordinator loop: poll every member's `/pg/status` concurrently, run the decision,
 //! log it with its inputs, and act (persist the next term, fence the old primary when it
 //! answers, promote the candidate, repoint the others when their managers can follow);
-//! re-admit former primaries and stale replicas in the background (`readmit`), and run
+//! re-admit former primaries and stale replicas in the background (`readmit`), keep the
+//! primary's synchronous standby names (`synchronous`), drop stale slots (`slots`), and run
 //! switchovers the API hands over (`switchover`) between two rounds.
 
 use std::collections::BTreeMap;
@@ -126,11 +127,10 @@ pub struct Coordinator {
     commands: mpsc::Receiver<Command>,
     readmissions: Arc<Mutex<Readmissions>>,
     /// Last `synchronous_standby_names` sent to the primary, and when.
-    sync_attempt: Option<(String, Instant)>,
+    pub(crate) sync_attempt: Option<(String, Instant)>,
+    /// Per member, the last stale slots asked to drop, and when.
+    pub(crate) slot_attempts: BTreeMap<String, (Vec<String>, Instant)>,
 }
-
-/// How long before the same `synchronous_standby_names` is sent again.
-const SYNC_RETRY: Duration = Duration::from_secs(5);
 
 fn unix_ms() -> u128 {
     std::time::SystemTime::now()
@@ -165,6 +165,7 @@ impl Coordinator {
                 commands,
                 readmissions: Arc::new(Mutex::new(Readmissions::default())),
                 sync_attempt: None,
+                slot_attempts: BTreeMap::new(),
             },
             shared,
         ))
@@ -267,6 +268,7 @@ impl Coordinator {
                 .map(|(m, t)| t.view(&m.name, now))
                 .collect(),
         };
+        self.record_member_slots(&input.members);
         let decision = decide(&input, &self.config.policy());
         self.shared
             .metrics
@@ -297,13 +299,19 @@ impl Coordinator {
             Action::None { .. } => match decision.primary.clone() {
                 Some(primary) => {
                     self.readmit(&input, &primary, now);
-                    self.apply_synchronous(
-                        &input,
-                        &primary,
-                        &decision.synchronous_standby_names,
-                        now,
-                    )
-                    .await
+                    let synchronous = self
+                        .apply_synchronous(
+                            &input,
+                            &primary,
+                            &decision.synchronous_standby_names,
+                            now,
+                        )
+                        .await;
+                    let slots = self.drop_stale_slots(&input.members, &primary, now).await;
+                    match (synchronous, slots) {
+                        (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+                        (a, b) => a.or(b),
+                    }
                 }
                 None => None,
             },
@@ -397,54 +405,6 @@ impl Coordinator {
         }
     }
 
-    /// Set `names` on the healthy `primary` when it reports another value (at most one
-    /// attempt per value every `SYNC_RETRY`); the outcome when something was sent.
-    async fn apply_synchronous(
-        &mut self,
-        input: &Input,
-        primary: &str,
-        names: &str,
-        now: Instant,
-    ) -> Option<String> {
-        let observed = input
-            .members
-            .iter()
-            .find(|m| m.name == primary)
-            .and_then(|m| m.last.as_ref())?;
-        if observed.synchronous_standby_names.as_deref().unwrap_or("") == names {
-            return None;
-        }
-        if let Some((last, at)) = &self.sync_attempt {
-            if last == names && now.saturating_duration_since(*at) < SYNC_RETRY {
-                return None;
-            }
-        }
-        self.sync_attempt = Some((names.to_owned(), now));
-        let member = self.member(primary)?.clone();
-        let token = self.token(&member);
-        let term = observed.term;
-        let result = self
-            .client
-            .set_synchronous(
-                &member.url,
-                token.as_deref(),
-                term,
-                names,
-                self.config.request_timeout.max(Duration::from_secs(2)),
-            )
-            .await;
-        Some(match result {
-            Ok(_) => {
-                tracing::info!(member = %primary, term, names = %names, previous = ?observed.synchronous_standby_names, "synchronous standby names applied");
-                format!("set synchronous_standby_names of {primary} to {names:?}")
-            }
-            Err(e) => {
-                tracing::error!(member = %primary, term, names = %names, error = %e, "setting the synchronous standby names failed");
-                format!("setting synchronous_standby_names of {primary} failed: {e}")
-            }
-        })
-    }
-
     pub(crate) fn member(&self, name: &str) -> Option<&MemberConfig> {
         self.config.members.iter().find(|m| m.name == name)
     }
@@ -474,7 +434,7 @@ impl Coordinator {
         // The term is on disk before anyone sees it: a restarted coordinator never reuses it.
         let next = State {
             term,
-            primary: self.state.primary.clone(),
+            ..self.state.clone()
         };
         if let Err(e) = state::store(&self.config.state_file, &next) {
             let message = format!("not promoting: cannot persist term {term}: {e:#}");

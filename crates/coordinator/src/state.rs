@@ -1,5 +1,7 @@
 //! The coordinator's persisted state: the highest term it handed out, written atomically
-//! (temporary file, fsync, rename, directory fsync) before the promotion that uses it.
+//! (temporary file, fsync, rename, directory fsync) before the promotion that uses it, and the
+//! replication slot of every member it has seen (so the slot of a member removed from the
+//! configuration is still known and can be dropped).
 
 use std::io::Write;
 use std::path::Path;
@@ -13,6 +15,10 @@ pub struct State {
     pub term: u64,
     /// Primary chosen by the last failover.
     pub primary: Option<String>,
+    /// Member name → its replication slot (from its observed `instance_name`), for every
+    /// member observed since this field exists, removed members included.
+    #[serde(default)]
+    pub member_slots: std::collections::BTreeMap<String, String>,
 }
 
 /// Read the state (default, term 0, when the file does not exist).
@@ -58,9 +64,13 @@ mod tests {
         let state = State {
             term: 4,
             primary: Some("b".into()),
+            member_slots: [("c".to_owned(), "pg_3".to_owned())].into(),
         };
         store(&path, &state).unwrap();
         assert_eq!(load(&path).unwrap(), state);
+        // A state file written before member_slots existed still loads.
+        std::fs::write(&path, r#"{"term": 2, "primary": "a"}"#).unwrap();
+        assert_eq!(load(&path).unwrap().member_slots.len(), 0);
         std::fs::write(&path, "not json").unwrap();
         assert!(load(&path).is_err());
         std::fs::remove_dir_all(&dir).unwrap();

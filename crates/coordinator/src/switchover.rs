@@ -359,7 +359,11 @@ impl Coordinator {
         term: u64,
         primary: Option<String>,
     ) -> Result<(), String> {
-        let next = State { term, primary };
+        let next = State {
+            term,
+            primary,
+            ..self.state.clone()
+        };
         state::store(&self.config.state_file, &next)
             .map_err(|e| format!("cannot persist term {term}: {e:#}"))?;
         self.state = next;
@@ -393,6 +397,7 @@ mod tests {
                 fenced: false,
                 upstream: None,
                 synchronous_standby_names: None,
+                inactive_slots: Vec::new(),
             }),
             unhealthy_for: None,
         }

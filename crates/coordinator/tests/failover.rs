@@ -189,7 +189,16 @@ async fn refuse_then_fail_over(version: PgVersion) {
     let replica_status = replica_manager.status().await;
     assert_eq!(replica_status["replication"]["role"], "replica");
     assert_eq!(replica_status["replication"]["term"], 1);
-    assert!(!state_file.exists(), "a refusal must not hand out a term");
+    // The state file holds the members' slots by now, but no term.
+    let state: serde_json::Value = std::fs::read_to_string(&state_file)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default();
+    assert_eq!(
+        state["term"].as_u64().unwrap_or(0),
+        0,
+        "a refusal must not hand out a term: {state}"
+    );
     coordinator.stop();
 
     // Without the ghost, the replica's position is enough: promote it with term 2.

@@ -2,7 +2,8 @@
 //! `pgsteward_testkit::cluster` (`ANY 1` synchronous replication, `data_durability: required`),
 //! with the acknowledged-commit writer inserting through a libpq multi-host connection string.
 //! Switchover under writes: no acknowledged commit lost, the old primary streams from the new
-//! one, the term goes up; refusals (unknown member 404, the primary itself 409, no token 401, a
+//! one, the term goes up, the coordinator drops the old primary's slots of its former
+//! standbys (and the new primary has the slots of its standbys); refusals (unknown member 404, the primary itself 409, no token 401, a
 //! wrong token 403); and a switchover back. Refusals of a candidate whose walreceiver is
 //! stopped (SIGSTOP; it still reports streaming): with 40+ MiB written meanwhile, by the lag
 //! guard (409, no new term); stopped right before the request, by the primary, which waits
@@ -12,7 +13,8 @@
 //! `switchover_timeout` the old primary is promoted back with a newer term, the request fails
 //! saying so, no acknowledged commit is lost and both standbys stream from it again.
 //! Re-admission: after a failover (the primary's manager and postgres killed with SIGKILL), the
-//! old primary's restarted manager is told to follow the new primary and streams from it.
+//! old primary's restarted manager is told to follow the new primary and streams from it, and
+//! its slots of its former standbys are dropped.
 //! Backups through the coordinator: `prefer-standby` runs on a streaming standby, `primary` on
 //! the primary.
 
@@ -159,6 +161,17 @@ async fn switchover_under_writes(version: PgVersion) {
             .await,
         Some(1.0)
     );
+    // a kept the slots of its former standbys; the coordinator has them dropped. b has the
+    // slots a and c created when they followed it.
+    cluster.wait_slots_of("a", &[], DEADLINE).await;
+    cluster.wait_slots_of("b", &["a", "c"], DEADLINE).await;
+    assert_eq!(
+        cluster
+            .coordinator
+            .metric("pgsteward_coordinator_slots_dropped_total")
+            .await,
+        Some(2.0)
+    );
 
     // And back.
     let back = cluster.switchover("a").await.unwrap();
@@ -172,6 +185,8 @@ async fn switchover_under_writes(version: PgVersion) {
     assert_eq!(back.json()["term"], 3);
     wait_streams_from(&cluster, "b", "a", 3).await;
     wait_streams_from(&cluster, "c", "a", 3).await;
+    cluster.wait_slots_of("b", &[], DEADLINE).await;
+    cluster.wait_slots_of("a", &["b", "c"], DEADLINE).await;
 }
 
 /// Options of the stalled-candidate tests: a 3 s `switchover_timeout`, and a 2 s
@@ -381,6 +396,8 @@ async fn old_primary_is_readmitted(version: PgVersion) {
     // if it starts as a primary of term 1, then tells it to follow.
     cluster.restart("a");
     wait_streams_from(&cluster, "a", &new, 2).await;
+    // Its slots of b and c went with its primary role.
+    cluster.wait_slots_of("a", &[], DEADLINE).await;
     let s = cluster.coordinator.status().await.unwrap();
     assert!(
         s["readmissions"]["a"]["attempts"].as_u64().unwrap_or(0) >= 1,

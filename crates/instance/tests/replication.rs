@@ -4,6 +4,8 @@
 //! is idempotent for a retry, and the promoted instance writes on timeline 2; a clone from
 //! an unreachable primary (or with a wrong password) fails with a clear error, exit 1 and an
 //! empty data directory.
+//! `POST /pg/slots/drop` keeps a slot in use, refuses another term, a bad name or no token,
+//! and drops the slot once its standby is gone.
 //! With an archive configured, a standby whose slot is gone replays from the archive
 //! (restore_command through `wal-restore`) and streams again once the slot is back; a
 //! re-clone after an interrupted clone starts over and reuses the slot of its name; the
@@ -489,13 +491,48 @@ async fn archive_recovery_and_slot_reuse(version: PgVersion) {
         "the password leaked: {standby_conf}"
     );
 
+    // POST /pg/slots/drop keeps a slot in use, and checks the term and the names first.
+    let drop_body =
+        |term: u64| format!("{{\"term\":{term},\"slots\":[\"{slot}\",\"no_such_slot\"]}}");
+    let (code, answer) = post(&primary, "/pg/slots/drop", Some(TOKEN), &drop_body(1)).await;
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["active"], serde_json::json!([slot]), "{answer}");
+    assert_eq!(
+        answer["missing"],
+        serde_json::json!(["no_such_slot"]),
+        "{answer}"
+    );
+    assert_eq!(answer["dropped"], serde_json::json!([]), "{answer}");
+    let (code, answer) = post(&primary, "/pg/slots/drop", Some(TOKEN), &drop_body(2)).await;
+    assert_eq!(code, 409, "{answer}");
+    assert!(
+        answer.to_string().contains("not this instance's term 1"),
+        "{answer}"
+    );
+    let (code, answer) = post(
+        &primary,
+        "/pg/slots/drop",
+        Some(TOKEN),
+        "{\"term\":1,\"slots\":[\"x'; DROP\"]}",
+    )
+    .await;
+    assert_eq!(code, 400, "{answer}");
+    assert_eq!(
+        post(&primary, "/pg/slots/drop", None, &drop_body(1))
+            .await
+            .0,
+        401
+    );
+
     // Without its slot the standby cannot stream; it replays what the archive has.
     replica_manager.signal(Signal::SIGTERM).await;
     assert_eq!(replica_manager.wait_exit(EXIT).await, 0);
-    exec(
-        &primary,
-        &format!("SELECT pg_drop_replication_slot('{slot}')"),
-    )
+    // The walsender may outlive the standby's exit by a moment.
+    wait_for("the slot dropped through the API", CATCH_UP, || async {
+        let (code, answer) = post(&primary, "/pg/slots/drop", Some(TOKEN), &drop_body(1)).await;
+        assert_eq!(code, 200, "{answer}");
+        (answer["dropped"] == serde_json::json!([slot])).then_some(())
+    })
     .await;
     // A dropped slot's series go away.
     let slot_active = format!("pgsteward_pg_replication_slot_active{{slot_name=\"{slot}\"}}");

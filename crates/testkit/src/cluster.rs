@@ -173,7 +173,7 @@ impl Cluster {
             });
         }
         dir.write("coordinator.token", COORDINATOR_TOKEN);
-        let yaml = coordinator_yaml(&options, dir.path(), &members);
+        let yaml = coordinator_yaml(&options, dir.path(), &members.iter().collect::<Vec<_>>());
         let coordinator = Coordinator::start_at(
             &options.coordinator,
             dir.path(),
@@ -292,8 +292,19 @@ impl Cluster {
     /// Start the coordinator again (after `coordinator.stop()`) on the same address and
     /// state file.
     pub fn restart_coordinator(&mut self) {
+        self.restart_coordinator_with(&NAMES);
+    }
+
+    /// Start the coordinator again with only the members named in `keep` in its
+    /// configuration (a member removed from the cluster).
+    pub fn restart_coordinator_with(&mut self, keep: &[&str]) {
         self.coordinator.stop();
-        let yaml = coordinator_yaml(&self.options, self.dir.path(), &self.members);
+        let members: Vec<&Member> = self
+            .members
+            .iter()
+            .filter(|m| keep.contains(&m.name))
+            .collect();
+        let yaml = coordinator_yaml(&self.options, self.dir.path(), &members);
         let (host, port) = (self.coordinator.host.clone(), self.coordinator.port);
         self.coordinator = Coordinator::start_at(
             &self.options.coordinator,
@@ -311,6 +322,55 @@ impl Cluster {
         // Dropping a manager handle kills what is left of it (and its postmaster).
         member.manager = None;
         member.manager = Some(member.instance.spawn());
+    }
+
+    /// The replication slot member `name` creates on its primary (its `instance_name` is
+    /// `test-<port>`).
+    pub fn slot_of(&self, name: &str) -> String {
+        format!("test_{}", self.member(name).instance.pg_port)
+    }
+
+    /// Wait until `name` reports exactly the slots of the members `of` (see `slot_of`).
+    pub async fn wait_slots_of(&self, name: &str, of: &[&str], timeout: Duration) {
+        let mut expected: Vec<String> = of.iter().map(|m| self.slot_of(m)).collect();
+        expected.sort();
+        let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+        self.wait_slots(name, &expected, timeout).await;
+    }
+
+    /// Names of the physical replication slots `name` reports (None when it does not answer).
+    pub async fn slot_names(&self, name: &str) -> Option<Vec<String>> {
+        let status = self.member_status(name).await?;
+        let slots = status["replication"]["slots"].as_array()?;
+        Some(
+            slots
+                .iter()
+                .filter_map(|s| s["slot_name"].as_str().map(str::to_owned))
+                .collect(),
+        )
+    }
+
+    /// Wait until `name` reports exactly the slots `expected` (in name order).
+    pub async fn wait_slots(&self, name: &str, expected: &[&str], timeout: Duration) {
+        let what = format!("{name}'s replication slots to be {expected:?}");
+        let last = std::cell::RefCell::new(None);
+        let found = tokio::time::timeout(timeout, async {
+            loop {
+                let slots = self.slot_names(name).await;
+                if slots.as_deref().is_some_and(|s| s == expected) {
+                    return;
+                }
+                *last.borrow_mut() = slots;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        assert!(
+            found.is_ok(),
+            "timed out after {timeout:?} waiting for {what}: last seen {:?}\ncoordinator log:\n{}",
+            last.borrow(),
+            self.coordinator.log()
+        );
     }
 
     /// `GET /pg/status` of `name` with a short timeout (None when hung or down).
@@ -350,7 +410,7 @@ impl Cluster {
     }
 }
 
-fn coordinator_yaml(options: &ClusterOptions, dir: &Path, members: &[Member]) -> String {
+fn coordinator_yaml(options: &ClusterOptions, dir: &Path, members: &[&Member]) -> String {
     let mut yaml = format!(
         "state_file: {}\napi_token_file: {}\npoll_interval: {}ms\nrequest_timeout: {}ms\n\
          failure_threshold: {}ms\n\

@@ -13,6 +13,7 @@ pub mod openapi;
 pub mod probes;
 pub mod role;
 pub mod server;
+pub mod slots;
 pub mod status;
 pub mod synchronous;
 pub mod tls;

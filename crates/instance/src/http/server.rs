@@ -10,7 +10,7 @@ use axum::routing::MethodRouter;
 use axum::Router;
 use schemars::{Schema, SchemaGenerator};
 
-use super::{admin, auth, backup, error, lb, probes, role, status, synchronous};
+use super::{admin, auth, backup, error, lb, probes, role, slots, status, synchronous};
 use crate::supervisor::shared::Shared;
 
 /// State every handler gets.
@@ -49,6 +49,7 @@ pub fn routes() -> Vec<Route> {
     all.extend(backup::routes());
     all.extend(role::routes());
     all.extend(synchronous::routes());
+    all.extend(slots::routes());
     all
 }
 

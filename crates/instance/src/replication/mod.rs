@@ -1,8 +1,9 @@
 //! Replication in the instance manager: the persisted role and term (`role`), the standby
 //! configuration rendered before every start (`standby`), replica bootstrap with
 //! pg_basebackup (`basebackup`), promotion (`promote`), demotion (`demote`), repointing with
-//! pg_rewind (`follow`, `rewind`), the persisted fence (`fence`), and the replication status
-//! block and metrics (`status`, `metrics`, `summary` for `pgsteward status`).
+//! pg_rewind (`follow`, `rewind`), the persisted fence (`fence`), stale slots dropped on the
+//! coordinator's word (`slots`), and the replication status block and metrics (`status`,
+//! `metrics`, `summary` for `pgsteward status`).
 
 pub mod basebackup;
 pub mod demote;
@@ -12,6 +13,7 @@ pub mod metrics;
 pub mod promote;
 pub mod rewind;
 pub mod role;
+pub mod slots;
 pub mod standby;
 pub mod status;
 pub mod summary;

@@ -19,22 +19,8 @@ pub const PASSFILE: &str = "pgsteward.pgpass";
 /// Postgres's standby signal file.
 pub const STANDBY_SIGNAL: &str = "standby.signal";
 
-/// The replication slot name of an instance: its name with characters a slot name cannot
-/// hold (anything but `a-z`, `0-9`, `_`) replaced by `_`.
-pub fn slot_name(instance_name: &str) -> String {
-    instance_name
-        .chars()
-        .map(|c| {
-            let c = c.to_ascii_lowercase();
-            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(63)
-        .collect()
-}
+/// The replication slot name of an instance (shared with the coordinator).
+pub use pgsteward_api::slot_name;
 
 /// The upstream a standby streams from: the role file's, else the bootstrap primary's.
 pub fn upstream(config: &Config, state: &RoleState) -> Option<Upstream> {
@@ -188,12 +174,6 @@ fn pgpass_escape(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn slot_names_are_valid() {
-        assert_eq!(slot_name("Test-5432"), "test_5432");
-        assert_eq!(slot_name("pg_1"), "pg_1");
-    }
 
     #[test]
     fn standby_settings_are_rendered_and_quoted() {
