@@ -136,7 +136,7 @@ impl Coordinator {
                 term: drop.term,
                 slots: drop.slots.clone(),
             };
-            let timeout = self.config.request_timeout.max(Duration::from_secs(2));
+            let timeout = self.config.request_timeout.max(Duration::from_secs(1));
             let result = self
                 .client
                 .drop_slots(&member.url, token.as_deref(), &request, timeout)

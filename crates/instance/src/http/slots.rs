@@ -24,7 +24,7 @@ const ERRORS: &[(u16, &str)] = &[
     ),
     (
         409,
-        "The term is not this instance's term, or postgres is not reachable: nothing dropped.",
+        "The term is not this instance's term, a role change is in progress, or postgres is not reachable: nothing dropped.",
     ),
     (413, "Body too large."),
     (

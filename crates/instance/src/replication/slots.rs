@@ -2,7 +2,7 @@
 //! a demoted primary keeps the slots of its former standbys, and a primary keeps the slot of a
 //! member removed from the cluster; inactive, they hold WAL until pg_wal fills. The
 //! coordinator decides which names are stale; this only checks the term (a stale caller is
-//! refused), serialises with role changes, and never drops a slot a WAL sender uses.
+//! refused), refuses while a role change runs, and never drops a slot a WAL sender uses.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,7 +42,12 @@ pub async fn drop_inactive(
     names: &[String],
 ) -> Result<SlotDropResponse, RoleChangeError> {
     validate(names).map_err(RoleChangeError::Invalid)?;
-    let _guard = super::promote::ROLE_CHANGE.lock().await;
+    // Never wait behind a role change (a re-clone takes minutes): the caller retries later.
+    let Ok(_guard) = super::promote::ROLE_CHANGE.try_lock() else {
+        return Err(RoleChangeError::Conflict(
+            "a role change is in progress: nothing dropped, retry later".into(),
+        ));
+    };
     let failed = |e: anyhow::Error| RoleChangeError::Failed(format!("{e:#}"));
     let state = role::load_or_init(&shared.pgdata).map_err(failed)?;
     if term != state.term {
