@@ -1,12 +1,13 @@
 //! HTTP client of the instance managers' API: `GET /pg/status`, and the role changes
 //! `POST /pg/promote {term}`, `/pg/fence`, `/pg/demote` and `/pg/follow`
 //! (`{"term", "primary": {"host", "port"}}`), `/pg/synchronous` and `/pg/slots/drop`, with a
-//! bearer token and a timeout each.
+//! bearer token and a timeout each, over http or https (`tls`).
 
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
@@ -29,24 +30,18 @@ pub enum ClientError {
 /// A client shared by all members (connections are pooled).
 #[derive(Clone)]
 pub struct Client {
-    http: HyperClient<HttpConnector, Full<Bytes>>,
-}
-
-impl Default for Client {
-    fn default() -> Self {
-        Self::new()
-    }
+    http: HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl Client {
-    pub fn new() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_millis(500)));
+    /// A client for `http://` and `https://` URLs; https trusts `ca_file` (PEM), or the
+    /// system's roots without it.
+    pub fn new(ca_file: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        let connector = crate::tls::connector(ca_file, Duration::from_millis(500))?;
         let http = HyperClient::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(10))
             .build(connector);
-        Client { http }
+        Ok(Client { http })
     }
 
     async fn request(

@@ -1,6 +1,6 @@
 //! The coordinator's YAML configuration: its listen address and state file, the members
 //! (name, manager API URL, token file), poll interval, timeouts, failure threshold,
-//! switchover limits and synchronous replication settings.
+//! switchover limits, synchronous replication settings and the CA of the managers' HTTPS.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,6 +25,15 @@ pub struct MemberConfig {
     /// repoint replicas with `/pg/follow` after a failover; optional.
     #[serde(default)]
     pub postgres: Option<String>,
+}
+
+/// TLS of the requests to the managers (`https://` member URLs).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsClientConfig {
+    /// PEM bundle of the CA(s) that signed the managers' certificates (without the `tls`
+    /// section: the system's roots).
+    pub ca_file: PathBuf,
 }
 
 /// The whole file.
@@ -71,6 +80,9 @@ pub struct Config {
         with = "humantime_serde"
     )]
     pub switchover_confirm_timeout: Duration,
+    /// CA of the managers' HTTPS certificates (optional).
+    #[serde(default)]
+    pub tls: Option<TlsClientConfig>,
     pub members: Vec<MemberConfig>,
 }
 
@@ -119,9 +131,9 @@ impl Config {
             if self.members[..i].iter().any(|o| o.name == m.name) {
                 bail!("member name {:?} appears twice", m.name);
             }
-            if !m.url.starts_with("http://") {
+            if !(m.url.starts_with("http://") || m.url.starts_with("https://")) {
                 bail!(
-                    "member {}: url must start with http:// (got {:?})",
+                    "member {}: url must start with https:// or http:// (got {:?})",
                     m.name,
                     m.url
                 );
@@ -133,6 +145,21 @@ impl Config {
         Ok(())
     }
 
+    /// Settings that work but put the cluster at risk, one sentence each.
+    pub fn warnings(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|m| m.token_file.is_some() && m.url.starts_with("http://"))
+            .filter(|m| !is_loopback_url(&m.url))
+            .map(|m| {
+                format!(
+                    "member {}: its bearer token (promote, fence, demote) crosses the network in clear text over {}; serve the manager's API with http.tls and use an https:// url",
+                    m.name, m.url
+                )
+            })
+            .collect()
+    }
+
     /// What the decision reads.
     pub fn policy(&self) -> Policy {
         Policy {
@@ -140,6 +167,24 @@ impl Config {
             synchronous: self.synchronous,
         }
     }
+}
+
+/// True for `http://127.x.y.z...`, `http://localhost...` and `http://[::1]...`.
+fn is_loopback_url(url: &str) -> bool {
+    let rest = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    let host = match rest.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => rest.rsplit_once(':').map_or(rest, |(host, _)| host),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The first line of a token file.
@@ -191,5 +236,34 @@ mod tests {
         .unwrap();
         assert!(twice.check().is_err());
         assert!(serde_yaml::from_str::<Config>("state_file: s\nmembers: []\nbogus: 1\n").is_err());
+        let schemes: Config = serde_yaml::from_str(
+            "state_file: s\ntls: {ca_file: /ca.pem}\nmembers:\n- {name: a, url: 'https://x:8008'}\n- {name: b, url: 'ftp://y'}\n",
+        )
+        .unwrap();
+        let refused = schemes.check().unwrap_err().to_string();
+        assert!(
+            refused.contains("member b: url must start with https://"),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn a_token_sent_in_clear_text_off_the_host_is_warned_about() {
+        let config: Config = serde_yaml::from_str(
+            "state_file: s\nmembers:\n\
+             - {name: a, url: 'http://10.0.0.1:8008', token_file: /t}\n\
+             - {name: b, url: 'https://10.0.0.2:8008', token_file: /t}\n\
+             - {name: c, url: 'http://127.0.0.1:8008', token_file: /t}\n\
+             - {name: d, url: 'http://[::1]:8008', token_file: /t}\n\
+             - {name: e, url: 'http://localhost:8008/', token_file: /t}\n\
+             - {name: f, url: 'http://10.0.0.3:8008'}\n",
+        )
+        .unwrap();
+        let warnings = config.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("member a: its bearer token"),
+            "{warnings:?}"
+        );
     }
 }

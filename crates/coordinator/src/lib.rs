@@ -17,3 +17,4 @@ pub mod slots;
 pub mod state;
 pub mod switchover;
 pub mod synchronous;
+pub mod tls;

@@ -80,7 +80,7 @@ fn switchover_command(
             .build()
             .context("starting the runtime")?;
         runtime.block_on(async {
-            let client = pgsteward_coordinator::client::Client::new();
+            let client = pgsteward_coordinator::client::Client::new(None)?;
             let body = serde_json::json!({ "to": to });
             match client
                 .post(url, "/switchover", Some(&token), Some(body), timeout)
@@ -115,6 +115,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         anyhow::bail!("--config FILE is required to run the coordinator (or use a subcommand)");
     };
     let config = Config::load(&path)?;
+    for warning in config.warnings() {
+        tracing::warn!(%warning, "configuration");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

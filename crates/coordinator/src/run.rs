@@ -153,10 +153,12 @@ impl Coordinator {
         let (commands_tx, commands) = mpsc::channel(4);
         let shared = Arc::new(Shared::new(metrics, state.term, commands_tx, api_token));
         let trackers = vec![Tracker::default(); config.members.len()];
+        let client = Client::new(config.tls.as_ref().map(|t| t.ca_file.as_path()))
+            .context("building the HTTP client of the managers' API")?;
         Ok((
             Coordinator {
                 config,
-                client: Client::new(),
+                client,
                 shared: shared.clone(),
                 state,
                 trackers,

@@ -5,6 +5,7 @@
 //! on conditions with deadlines — never fixed sleeps. A missing prerequisite panics with a
 //! message saying how to install it.
 
+pub mod certs;
 pub mod cluster;
 pub mod coordinator;
 pub mod faults;
