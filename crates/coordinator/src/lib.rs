@@ -17,4 +17,3 @@ pub mod slots;
 pub mod state;
 pub mod switchover;
 pub mod synchronous;
-pub mod tls;

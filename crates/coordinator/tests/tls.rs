@@ -2,8 +2,10 @@
 //! depend on the postgres version): with `tls.ca_file` naming the CA that signed the
 //! manager's certificate, it polls the member (healthy primary) and its token-bearing
 //! `POST /pg/synchronous` goes through (with `data_durability: required` and no standby the
-//! names become a placeholder the manager reports back). Without the CA (system roots only),
-//! the member is unreachable and the error names the certificate problem. A member URL of
+//! names become a placeholder the manager reports back). Another manager's HA checks reach
+//! that HTTPS manager as a peer with `ha.ca_file`, and no longer once a reload names another
+//! CA. Without the CA (system roots only), the coordinator finds the member unreachable and
+//! the error names the certificate problem. A member URL of
 //! another scheme is refused at start.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -98,6 +100,45 @@ async fn coordinator_polls_and_acts_over_https() {
         "no clear-text warning for an https member:\n{}",
         trusted.log()
     );
+
+    // A manager's HA checks reach the HTTPS peer with ha.ca_file, and stop reaching it once a
+    // reload names another CA.
+    let mut b = Instance::new(ManagerOptions::new(
+        &pgsteward_testkit::pgsteward_bin().display().to_string(),
+        PgVersion::V15,
+    ));
+    let other_ca = generate_certificates(&b.dir.mkdir("other", 0o755))
+        .unwrap()
+        .ca_cert;
+    let ha_yaml = |ca: &Path| {
+        format!(
+            "ha:\n  coordinator_url: {}\n  peers:\n    - {url}\n  ca_file: {}\n  \
+             isolation_timeout: 0s\n  check_interval: 200ms\n  request_timeout: 1s\n",
+            trusted.url(""),
+            ca.display()
+        )
+    };
+    b.options.extra_yaml = ha_yaml(&certs.ca_cert);
+    b.write_config("");
+    let b_manager = b.spawn();
+    b_manager.wait_ready(READY).await;
+    wait_for("b's HA checks to reach the HTTPS peer", READY, || async {
+        let ha = b_manager.status().await["ha"].clone();
+        (ha["coordinator_reachable"] == true && ha["reachable_peers"] == 1).then_some(())
+    })
+    .await;
+    b.options.extra_yaml = ha_yaml(&other_ca);
+    b.write_config("");
+    b_manager.signal(nix::sys::signal::Signal::SIGHUP).await;
+    wait_for(
+        "b's HA checks to refuse the peer's certificate after the reload",
+        READY,
+        || async {
+            let ha = b_manager.status().await["ha"].clone();
+            (ha["coordinator_reachable"] == true && ha["reachable_peers"] == 0).then_some(())
+        },
+    )
+    .await;
 
     // Without the CA the manager's certificate is not trusted.
     let untrusted = coordinator(&dir, "untrusted", "", &url, &token);

@@ -95,7 +95,7 @@ fn validated(config: &Config) -> Result<(PgBinaries, GucCatalog)> {
         crate::bootstrap::read_secret(path, "API token (http.token_file)")?;
     }
     if let Some(tls) = &config.http.tls {
-        crate::http::tls::acceptor(tls)?;
+        pgsteward_tls::server::acceptor(&tls.cert_file, &tls.key_file)?;
     }
     Ok((bins, catalog))
 }

@@ -3,6 +3,7 @@
 //! which a primary stops itself, and whether a former primary waits to be confirmed before
 //! it starts (invariant 2). Read live: a reload applies at the next check.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -11,11 +12,16 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HaConfig {
-    /// Base URL of the coordinator's API (`http://host:port`). Unset: no HA checks (a
-    /// single instance, or a cluster whose coordinator does not run with this manager).
+    /// Base URL of the coordinator's API (`http://host:port` or `https://`). Unset: no HA
+    /// checks (a single instance, or a cluster whose coordinator does not run with this
+    /// manager).
     pub coordinator_url: Option<String>,
-    /// Base URLs of the other members' manager APIs (`http://host:port`).
+    /// Base URLs of the other members' manager APIs (`https://host:port` when they serve
+    /// `http.tls`, else `http://`).
     pub peers: Vec<String>,
+    /// PEM bundle of the CA(s) that signed the peers' and the coordinator's certificates, for
+    /// `https://` URLs (unset: the system's roots).
+    pub ca_file: Option<PathBuf>,
     /// A primary that reaches neither the coordinator nor any peer this long stops postgres
     /// and waits for the coordinator to confirm it again; `0s` turns self-fencing off.
     #[serde(with = "humantime_serde")]
@@ -37,6 +43,7 @@ impl Default for HaConfig {
         HaConfig {
             coordinator_url: None,
             peers: Vec::new(),
+            ca_file: None,
             isolation_timeout: Duration::from_secs(3),
             check_interval: Duration::from_secs(1),
             request_timeout: Duration::from_millis(500),
@@ -59,6 +66,11 @@ pub fn check(problems: &mut Vec<String>, ha: &HaConfig) {
                 .to_owned(),
         );
     }
+    if let Some(path) = &ha.ca_file {
+        if let Err(e) = pgsteward_tls::client::roots_from_pem(path) {
+            problems.push(format!("ha.ca_file: {e:#}"));
+        }
+    }
     if ha.check_interval.is_zero() {
         problems.push("ha.check_interval: must be greater than 0".to_owned());
     }
@@ -76,11 +88,10 @@ pub fn check(problems: &mut Vec<String>, ha: &HaConfig) {
 
 fn check_url(problems: &mut Vec<String>, key: &str, url: &str) {
     match url::Url::parse(url) {
-        Ok(parsed) if parsed.scheme() == "http" && parsed.host().is_some() => {}
-        Ok(parsed) if parsed.scheme() == "https" => problems.push(format!(
-            "{key}: {url:?}: https is not supported yet for HA checks (use http:// on a private network)"
+        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() => {}
+        Ok(_) => problems.push(format!(
+            "{key}: {url:?} must be https://host:port or http://host:port"
         )),
-        Ok(_) => problems.push(format!("{key}: {url:?} must be http://host:port")),
         Err(e) => problems.push(format!("{key}: {url:?} is not a URL: {e}")),
     }
 }
@@ -107,16 +118,17 @@ mod tests {
         let ha = HaConfig {
             coordinator_url: Some("ftp://x".into()),
             peers: vec!["https://peer:8000".into(), "not a url".into()],
+            ca_file: Some("/nonexistent/ca.pem".into()),
             isolation_timeout: Duration::from_millis(100),
             check_interval: Duration::from_secs(1),
             request_timeout: Duration::ZERO,
             wait_for_role: true,
         };
         let p = problems(&ha).join("\n");
+        assert!(!p.contains("ha.peers[0]"), "https is accepted: {p}");
         for needle in [
-            "ha.coordinator_url",
-            "ha.peers[0]",
-            "https is not supported",
+            "ha.coordinator_url: \"ftp://x\" must be https://host:port or http://host:port",
+            "ha.ca_file: reading the CA file /nonexistent/ca.pem",
             "ha.peers[1]",
             "ha.request_timeout",
             "ha.isolation_timeout",

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod probe;
 pub mod verdict;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,17 +34,30 @@ pub fn spawn(shared: Arc<Shared>) {
 
 struct Monitor {
     shared: Arc<Shared>,
-    prober: Prober,
+    /// The client, built for the `ha.ca_file` it was last asked for (None: building it
+    /// failed and there was no earlier one).
+    prober: (Option<PathBuf>, Option<Prober>),
     /// Last time the coordinator or a peer answered, or postgres was not running (silence
     /// only counts while postgres runs); the monitor's start before the first check.
     last_contact: Instant,
+}
+
+/// The HA checks' client trusting `ca_file` (None, logged, when it cannot be built).
+fn build_prober(ca_file: Option<&PathBuf>) -> Option<Prober> {
+    match Prober::new(Duration::from_millis(500), ca_file.map(PathBuf::as_path)) {
+        Ok(prober) => Some(prober),
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "cannot build the HA checks' HTTP client (ha.ca_file); keeping the previous one");
+            None
+        }
+    }
 }
 
 impl Monitor {
     fn new(shared: Arc<Shared>) -> Self {
         Monitor {
             shared,
-            prober: Prober::new(Duration::from_millis(500)),
+            prober: (None, build_prober(None)),
             last_contact: Instant::now(),
         }
     }
@@ -65,8 +79,28 @@ impl Monitor {
         }
     }
 
+    /// The client for `ca_file`, rebuilt when it changed (a reload); a failed build is
+    /// logged once and the previous client kept.
+    fn prober(&mut self, ca_file: Option<&PathBuf>) -> Option<&Prober> {
+        let (built_for, prober) = &mut self.prober;
+        if built_for.as_ref() != ca_file {
+            *built_for = ca_file.cloned();
+            if let Some(new) = build_prober(ca_file) {
+                *prober = Some(new);
+            }
+        }
+        self.prober.1.as_ref()
+    }
+
     async fn round(&mut self, url: &str, ha: &crate::config::ha::HaConfig, me: &str) {
-        let checked = self.prober.check(url, &ha.peers, ha.request_timeout).await;
+        let checked = match self.prober(ha.ca_file.as_ref()) {
+            Some(prober) => prober.check(url, &ha.peers, ha.request_timeout).await,
+            None => Checked {
+                coordinator: Err("no HTTP client (see the error about ha.ca_file)".into()),
+                reachable_peers: 0,
+                peer_error: None,
+            },
+        };
         let now = Instant::now();
         let state = self.shared.state.current();
         if checked.contact() || !is_live(state) {

@@ -1,11 +1,13 @@
 //! The HA monitor's requests: the coordinator's view of the cluster (`GET /status`, read as
 //! a `ClusterView`) and the peers' liveness (`GET /healthz`: any HTTP answer proves the
-//! network path), all at once, each bounded by `ha.request_timeout`.
+//! network path; over https, a certificate that fails verification is no answer), all at
+//! once, each bounded by `ha.request_timeout`.
 
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -29,22 +31,24 @@ impl Checked {
     }
 }
 
-/// A pooled plain-HTTP client.
+/// A pooled client for `http://` and `https://` URLs (https verified against `ha.ca_file`,
+/// or the system's roots).
 #[derive(Clone)]
 pub struct Prober {
-    http: Client<HttpConnector, Empty<Bytes>>,
+    http: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
 }
 
 impl Prober {
-    pub fn new(connect_timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(connect_timeout));
-        Prober {
+    pub fn new(
+        connect_timeout: Duration,
+        ca_file: Option<&std::path::Path>,
+    ) -> anyhow::Result<Self> {
+        let connector = pgsteward_tls::client::connector(ca_file, connect_timeout)?;
+        Ok(Prober {
             http: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(10))
                 .build(connector),
-        }
+        })
     }
 
     /// Ask the coordinator and every peer, concurrently.

@@ -16,6 +16,5 @@ pub mod server;
 pub mod slots;
 pub mod status;
 pub mod synchronous;
-pub mod tls;
 
 pub use server::{router, AppState};

@@ -92,8 +92,8 @@ pub async fn serve_api(state: AppState) -> Result<SocketAddr> {
     let address = listener.local_addr()?;
     match &config.tls {
         Some(tls) => {
-            let acceptor = super::tls::acceptor(tls)?;
-            tokio::spawn(super::tls::serve(listener, acceptor, app));
+            let acceptor = pgsteward_tls::server::acceptor(&tls.cert_file, &tls.key_file)?;
+            tokio::spawn(pgsteward_tls::server::serve(listener, acceptor, app));
             tracing::info!(%address, "API listening (HTTPS)");
         }
         None => {

@@ -1,6 +1,6 @@
-//! TLS of the coordinator's requests to the managers (`https://` member URLs): rustls with
-//! the ring provider, trusting the CA bundle of `tls.ca_file`, or the system's roots when it
-//! is not set. `http://` URLs keep working through the same connector.
+//! The client side: a hyper connector for `http://` and `https://` URLs (the coordinator's
+//! requests to the managers, the managers' HA checks), trusting a PEM CA bundle, or the
+//! system's roots when none is given.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -53,7 +53,7 @@ pub fn connector(
         {
             Ok(builder) => builder,
             Err(e) => {
-                tracing::warn!(error = %e, "no system root certificates: https:// members will need tls.ca_file");
+                tracing::warn!(error = %e, "no system root certificates: https:// URLs need a CA file");
                 with_roots(rustls::RootCertStore::empty())?
             }
         },
@@ -67,7 +67,7 @@ mod tests {
 
     #[test]
     fn a_ca_file_must_hold_certificates() {
-        let dir = std::env::temp_dir().join(format!("coord-tls-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("pgsteward-tls-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let missing = roots_from_pem(&dir.join("absent.pem")).unwrap_err();
         assert!(

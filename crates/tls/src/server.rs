@@ -1,6 +1,7 @@
-//! HTTPS for the API: a rustls acceptor from PEM files and an accept loop that hands each
-//! TLS stream to hyper.
+//! The server side: a rustls acceptor from PEM files and an accept loop that hands each TLS
+//! stream to hyper, serving an axum router (the manager's and the coordinator's APIs).
 
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -9,23 +10,21 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::TlsConfig;
-
 /// Build an acceptor from the certificate chain and key files.
-pub fn acceptor(tls: &TlsConfig) -> Result<TlsAcceptor> {
-    let cert_pem = std::fs::read(&tls.cert_file)
-        .with_context(|| format!("reading TLS certificate {}", tls.cert_file.display()))?;
-    let key_pem = std::fs::read(&tls.key_file)
-        .with_context(|| format!("reading TLS key {}", tls.key_file.display()))?;
+pub fn acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor> {
+    let cert_pem = std::fs::read(cert_file)
+        .with_context(|| format!("reading TLS certificate {}", cert_file.display()))?;
+    let key_pem = std::fs::read(key_file)
+        .with_context(|| format!("reading TLS key {}", key_file.display()))?;
     let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
         .collect::<Result<Vec<_>, _>>()
         .context("parsing the TLS certificate PEM")?;
     if certs.is_empty() {
-        bail!("{} holds no certificate", tls.cert_file.display());
+        bail!("{} holds no certificate", cert_file.display());
     }
     let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
         .context("parsing the TLS key PEM")?
-        .with_context(|| format!("{} holds no private key", tls.key_file.display()))?;
+        .with_context(|| format!("{} holds no private key", key_file.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -42,7 +41,7 @@ pub async fn serve(listener: tokio::net::TcpListener, acceptor: TlsAcceptor, app
         let (stream, peer) = match listener.accept().await {
             Ok(pair) => pair,
             Err(e) => {
-                tracing::warn!(error = %e, "accepting an API connection failed");
+                tracing::warn!(error = %e, "accepting an HTTPS connection failed");
                 continue;
             }
         };
