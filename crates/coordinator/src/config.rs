@@ -1,6 +1,7 @@
 //! The coordinator's YAML configuration: its listen address and state file, the members
 //! (name, manager API URL, token file), poll interval, timeouts, failure threshold,
-//! switchover limits, synchronous replication settings and the CA of the managers' HTTPS.
+//! switchover limits, synchronous replication settings, the CA of the managers' HTTPS and the
+//! certificate of its own API.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -34,6 +35,16 @@ pub struct TlsClientConfig {
     /// PEM bundle of the CA(s) that signed the managers' certificates (without the `tls`
     /// section: the system's roots).
     pub ca_file: PathBuf,
+}
+
+/// HTTPS of the coordinator's own API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTlsConfig {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
 }
 
 /// The whole file.
@@ -83,6 +94,9 @@ pub struct Config {
     /// CA of the managers' HTTPS certificates (optional).
     #[serde(default)]
     pub tls: Option<TlsClientConfig>,
+    /// Serve the coordinator's own API over HTTPS with this certificate (optional).
+    #[serde(default)]
+    pub api_tls: Option<ApiTlsConfig>,
     pub members: Vec<MemberConfig>,
 }
 
@@ -147,7 +161,17 @@ impl Config {
 
     /// Settings that work but put the cluster at risk, one sentence each.
     pub fn warnings(&self) -> Vec<String> {
-        self.members
+        let mut warnings = Vec::new();
+        if self.api_token_file.is_some()
+            && self.api_tls.is_none()
+            && !self.listen.ip().is_loopback()
+        {
+            warnings.push(format!(
+                "the API token (POST /switchover, /backup) crosses the network in clear text on {}; set api_tls",
+                self.listen
+            ));
+        }
+        let members = self.members
             .iter()
             .filter(|m| m.token_file.is_some() && m.url.starts_with("http://"))
             .filter(|m| !is_loopback_url(&m.url))
@@ -156,8 +180,9 @@ impl Config {
                     "member {}: its bearer token (promote, fence, demote) crosses the network in clear text over {}; serve the manager's API with http.tls and use an https:// url",
                     m.name, m.url
                 )
-            })
-            .collect()
+            });
+        warnings.extend(members);
+        warnings
     }
 
     /// What the decision reads.
@@ -265,5 +290,20 @@ mod tests {
             warnings[0].starts_with("member a: its bearer token"),
             "{warnings:?}"
         );
+        let api =
+            "state_file: s\napi_token_file: /t\nmembers:\n- {name: a, url: 'http://127.0.0.1:1'}\n";
+        let open: Config = serde_yaml::from_str(&format!("listen: 0.0.0.0:8100\n{api}")).unwrap();
+        assert!(
+            open.warnings()[0].contains("set api_tls"),
+            "{:?}",
+            open.warnings()
+        );
+        let served: Config = serde_yaml::from_str(&format!(
+            "listen: 0.0.0.0:8100\napi_tls: {{cert_file: /c, key_file: /k}}\n{api}"
+        ))
+        .unwrap();
+        assert!(served.warnings().is_empty(), "{:?}", served.warnings());
+        let local: Config = serde_yaml::from_str(api).unwrap();
+        assert!(local.warnings().is_empty(), "{:?}", local.warnings());
     }
 }

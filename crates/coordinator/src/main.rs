@@ -1,6 +1,6 @@
 //! `pgsteward-coordinator`: command line (`--config FILE` runs the coordinator: JSON logs,
-//! the API listener and the polling loop; `switchover --to NAME` asks a running coordinator
-//! for a switchover and prints its answer).
+//! the API listener, HTTP or HTTPS, and the polling loop; `switchover --to NAME` asks a running
+//! coordinator for a switchover and prints its answer).
 
 use std::path::PathBuf;
 
@@ -35,6 +35,10 @@ enum Sub {
         /// File whose first line is the coordinator's API token (its `api_token_file`).
         #[arg(long)]
         token_file: PathBuf,
+        /// CA (PEM) of the coordinator's certificate, for an https:// URL (default: the
+        /// system's roots).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
         /// How long to wait for the answer.
         #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
@@ -47,10 +51,17 @@ fn main() {
         to,
         url,
         token_file,
+        ca_file,
         timeout,
     }) = cli.command
     {
-        std::process::exit(switchover_command(&to, &url, &token_file, timeout));
+        std::process::exit(switchover_command(
+            &to,
+            &url,
+            &token_file,
+            ca_file.as_deref(),
+            timeout,
+        ));
     }
     tracing_subscriber::fmt()
         .json()
@@ -71,6 +82,7 @@ fn switchover_command(
     to: &str,
     url: &str,
     token_file: &std::path::Path,
+    ca_file: Option<&std::path::Path>,
     timeout: std::time::Duration,
 ) -> i32 {
     let result = (|| -> anyhow::Result<(u16, String)> {
@@ -80,7 +92,7 @@ fn switchover_command(
             .build()
             .context("starting the runtime")?;
         runtime.block_on(async {
-            let client = pgsteward_coordinator::client::Client::new(None)?;
+            let client = pgsteward_coordinator::client::Client::new(ca_file)?;
             let body = serde_json::json!({ "to": to });
             match client
                 .post(url, "/switchover", Some(&token), Some(body), timeout)
@@ -125,12 +137,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .context("starting the runtime")?;
     runtime.block_on(async move {
         let listen = config.listen;
+        let acceptor = match &config.api_tls {
+            Some(tls) => Some(pgsteward_tls::server::acceptor(
+                &tls.cert_file,
+                &tls.key_file,
+            )?),
+            None => None,
+        };
         let (coordinator, shared) = Coordinator::new(config)?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("binding {listen}"))?;
-        tracing::info!(%listen, "coordinator API listening");
-        let server = axum::serve(listener, api::router(shared));
+        let router = api::router(shared);
+        let server = async move {
+            match acceptor {
+                Some(acceptor) => {
+                    tracing::info!(%listen, "coordinator API listening (HTTPS)");
+                    pgsteward_tls::server::serve(listener, acceptor, router).await;
+                    Ok(())
+                }
+                None => {
+                    tracing::info!(%listen, "coordinator API listening (HTTP)");
+                    axum::serve(listener, router).await
+                }
+            }
+        };
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("installing the SIGTERM handler")?;
         tokio::select! {

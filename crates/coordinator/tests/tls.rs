@@ -2,9 +2,11 @@
 //! depend on the postgres version): with `tls.ca_file` naming the CA that signed the
 //! manager's certificate, it polls the member (healthy primary) and its token-bearing
 //! `POST /pg/synchronous` goes through (with `data_durability: required` and no standby the
-//! names become a placeholder the manager reports back). Another manager's HA checks reach
-//! that HTTPS manager as a peer with `ha.ca_file`, and no longer once a reload names another
-//! CA. Without the CA (system roots only), the coordinator finds the member unreachable and
+//! names become a placeholder the manager reports back). A coordinator serving its own API
+//! over HTTPS (`api_tls`) answers `pgsteward-coordinator switchover --ca-file`, and the
+//! command without the CA refuses its certificate. Another manager's HA checks reach that
+//! coordinator and the HTTPS manager as a peer with `ha.ca_file`, and neither once a reload
+//! names another CA. Without the CA (system roots only), the coordinator finds the member unreachable and
 //! the error names the certificate problem. A member URL of
 //! another scheme is refused at start.
 
@@ -101,8 +103,56 @@ async fn coordinator_polls_and_acts_over_https() {
         trusted.log()
     );
 
-    // A manager's HA checks reach the HTTPS peer with ha.ca_file, and stop reaching it once a
-    // reload names another CA.
+    // The coordinator's own API over HTTPS: the switchover command with --ca-file and the
+    // token gets the coordinator's answer (a is already the primary); without the CA it
+    // cannot verify the certificate.
+    let api_token = dir.write("coordinator.token", "served-token\n");
+    let served = coordinator(
+        &dir,
+        "served",
+        &format!(
+            "tls:\n  ca_file: {ca}\napi_tls:\n  cert_file: {cert}\n  key_file: {key}\n\
+             api_token_file: {token}\n",
+            ca = certs.ca_cert.display(),
+            cert = certs.server_cert.display(),
+            key = certs.server_key.display(),
+            token = api_token.display()
+        ),
+        &url,
+        &token,
+    );
+    let served_url = format!("https://{}:{}", served.host, served.port);
+    let switchover = |ca: Option<&Path>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_pgsteward-coordinator"));
+        command
+            .args(["switchover", "--to", "a", "--timeout", "10s", "--url"])
+            .arg(&served_url)
+            .arg("--token-file")
+            .arg(&api_token);
+        if let Some(ca) = ca {
+            command.arg("--ca-file").arg(ca);
+        }
+        let output = command.output().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let answer = wait_for("the HTTPS coordinator's answer", READY, || async {
+        let (code, text) = tokio::task::block_in_place(|| switchover(Some(&certs.ca_cert)));
+        (code == Some(1) && text.contains("already is the primary")).then_some(text)
+    })
+    .await;
+    assert!(answer.contains("switchover refused (HTTP 409)"), "{answer}");
+    let (code, text) = switchover(None);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("certificate") || text.contains("UnknownIssuer"),
+        "{text}"
+    );
+
+    // A manager's HA checks reach the HTTPS coordinator and the HTTPS peer with ha.ca_file,
+    // and stop reaching them once a reload names another CA.
     let mut b = Instance::new(ManagerOptions::new(
         &pgsteward_testkit::pgsteward_bin().display().to_string(),
         PgVersion::V15,
@@ -112,9 +162,8 @@ async fn coordinator_polls_and_acts_over_https() {
         .ca_cert;
     let ha_yaml = |ca: &Path| {
         format!(
-            "ha:\n  coordinator_url: {}\n  peers:\n    - {url}\n  ca_file: {}\n  \
+            "ha:\n  coordinator_url: {served_url}\n  peers:\n    - {url}\n  ca_file: {}\n  \
              isolation_timeout: 0s\n  check_interval: 200ms\n  request_timeout: 1s\n",
-            trusted.url(""),
             ca.display()
         )
     };
@@ -135,7 +184,11 @@ async fn coordinator_polls_and_acts_over_https() {
         READY,
         || async {
             let ha = b_manager.status().await["ha"].clone();
-            (ha["coordinator_reachable"] == true && ha["reachable_peers"] == 0).then_some(())
+            let refused = ha["coordinator_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("certificate") || e.contains("UnknownIssuer"));
+            (ha["coordinator_reachable"] == false && refused && ha["reachable_peers"] == 0)
+                .then_some(())
         },
     )
     .await;
