@@ -148,9 +148,12 @@ pub struct BackupArgs {
 /// Options of taking a backup through the manager's API.
 #[derive(Debug, Args)]
 pub struct BackupTakeArgs {
-    /// Base URL of the local API.
+    /// Base URL of the local API (`https://` when the manager serves `http.tls`).
     #[arg(long, default_value = "http://127.0.0.1:8000")]
     pub url: String,
+    /// CA (PEM) of the API's certificate, for an https:// URL (default: the system's roots).
+    #[arg(long, env = "PGSTEWARD_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// File holding the API bearer token (the manager's http.token_file).
     #[arg(long, env = "PGSTEWARD_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
@@ -253,9 +256,12 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Base URL of the instance's API.
+    /// Base URL of the instance's API (`https://` when the manager serves `http.tls`).
     #[arg(long, default_value = "http://127.0.0.1:8000")]
     pub url: String,
+    /// CA (PEM) of the API's certificate, for an https:// URL (default: the system's roots).
+    #[arg(long, env = "PGSTEWARD_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Print the raw JSON.
     #[arg(long)]
     pub json: bool,

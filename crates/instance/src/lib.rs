@@ -3,6 +3,7 @@
 //! configuration, supervises the postmaster (restarts, shutdown escalation, orphan reaping),
 //! and serves the local HTTP API and Prometheus metrics. `main.rs` is only the CLI front.
 
+pub mod api_client;
 pub mod archiver;
 pub mod backup_cmd;
 pub mod backups;

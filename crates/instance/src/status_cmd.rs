@@ -1,18 +1,16 @@
-//! `pgsteward status`: fetch `/pg/status` from the local API and print a summary (or JSON).
+//! `pgsteward status`: fetch `/pg/status` from a manager's API (http or https) and print a
+//! summary (or JSON).
 
 use anyhow::{bail, Context, Result};
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use pgsteward_api::InstanceStatus;
 
+use crate::api_client::ApiClient;
 use crate::cli::StatusArgs;
 
 /// Run the command; returns the exit code (0 when the instance is running).
 pub fn run(args: &StatusArgs) -> i32 {
     crate::cli::block_on("status", crate::cli::CommandRuntime::CurrentThread, async {
-        match fetch(&args.url).await {
+        match fetch(&args.url, args.ca_file.as_deref()).await {
             Ok((raw, status)) => {
                 if args.json {
                     println!("{raw}");
@@ -29,29 +27,16 @@ pub fn run(args: &StatusArgs) -> i32 {
     })
 }
 
-pub(crate) async fn fetch(base: &str) -> Result<(String, InstanceStatus)> {
-    if base.starts_with("https://") {
-        bail!("pgsteward status speaks plain HTTP to the local API; with http.tls use curl --cacert ... {base}/pg/status");
-    }
-    let url = format!("{}/pg/status", base.trim_end_matches('/'));
-    let uri: hyper::Uri = url.parse().with_context(|| format!("invalid URL {url}"))?;
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let response = tokio::time::timeout(std::time::Duration::from_secs(10), client.get(uri))
-        .await
-        .with_context(|| format!("no answer from {url} within 10 s"))?
-        .with_context(|| {
-            format!("cannot reach the pgsteward API at {url} (is pgsteward running?)")
-        })?;
-    let code = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .context("reading the response")?
-        .to_bytes();
-    let raw = String::from_utf8_lossy(&body).into_owned();
+pub(crate) async fn fetch(
+    base: &str,
+    ca_file: Option<&std::path::Path>,
+) -> Result<(String, InstanceStatus)> {
+    let client = ApiClient::new(base, ca_file)?;
+    let (code, raw) = client
+        .get("/pg/status", std::time::Duration::from_secs(10))
+        .await?;
     if !code.is_success() {
-        bail!("{url} answered {code}: {raw}");
+        bail!("{} answered {code}: {raw}", client.url("/pg/status"));
     }
     let status: InstanceStatus = serde_json::from_str(&raw).context("unexpected status JSON")?;
     Ok((raw, status))

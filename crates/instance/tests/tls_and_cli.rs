@@ -1,5 +1,6 @@
-//! HTTPS on the API (certificate and key from PEM files, checked with curl against the CA) and
-//! the `pgsteward status` command's summary and JSON output.
+//! HTTPS on the API (certificate and key from PEM files, checked with curl and with
+//! `pgsteward status --ca-file` against the CA; refused without it) and the `pgsteward status`
+//! command's summary and JSON output.
 
 mod common;
 
@@ -10,32 +11,9 @@ use common::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_serves_https_with_the_configured_certificate() {
     let instance = Instance::new(options(PgVersion::V15));
-    let cert = instance.dir.join("tls.crt");
-    let key = instance.dir.join("tls.key");
-    let status = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap_or_else(|e| {
-            panic!("openssl is required for this test (apt-get install openssl): {e}")
-        });
-    assert!(status.success());
+    let certs = pgsteward_testkit::certs::generate_certificates(&instance.dir.mkdir("tls", 0o755))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let (cert, key, ca) = (certs.server_cert, certs.server_key, certs.ca_cert);
     instance.dir.chown_postgres(&cert);
     instance.dir.chown_postgres(&key);
     let args = vec![
@@ -47,11 +25,11 @@ async fn api_serves_https_with_the_configured_certificate() {
     let ready = format!("https://127.0.0.1:{}/readyz", instance.api_port);
     let body = wait_for("the HTTPS API", READY, || {
         let url = url.clone();
-        let cert = cert.clone();
+        let ca = ca.clone();
         async move {
             let output = Command::new("curl")
                 .args(["-sf", "--max-time", "5", "--cacert"])
-                .arg(&cert)
+                .arg(&ca)
                 .arg(&url)
                 .output()
                 .ok()?;
@@ -83,11 +61,11 @@ async fn api_serves_https_with_the_configured_certificate() {
     assert!(!untrusted.success());
     wait_for("HTTPS /readyz", READY, || {
         let ready = ready.clone();
-        let cert = cert.clone();
+        let ca = ca.clone();
         async move {
             let ok = Command::new("curl")
                 .args(["-sf", "--max-time", "5", "--cacert"])
-                .arg(&cert)
+                .arg(&ca)
                 .arg(&ready)
                 .status()
                 .ok()?
@@ -96,6 +74,30 @@ async fn api_serves_https_with_the_configured_certificate() {
         }
     })
     .await;
+    // pgsteward status speaks https with the CA, and refuses the certificate without it.
+    let base = format!("https://127.0.0.1:{}", instance.api_port);
+    let status_cmd = |ca: Option<&std::path::Path>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_pgsteward"));
+        command.args(["status", "--url", &base]);
+        if let Some(ca) = ca {
+            command.arg("--ca-file").arg(ca);
+        }
+        let output = command.output().unwrap_or_else(|e| panic!("{e}"));
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr),
+        )
+    };
+    let (code, text) = status_cmd(Some(&ca));
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("(primary, running)"), "{text}");
+    let (code, text) = status_cmd(None);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("certificate") || text.contains("UnknownIssuer"),
+        "{text}"
+    );
     manager.signal(nix::sys::signal::Signal::SIGTERM).await;
     assert_eq!(manager.wait_exit(EXIT).await, 0, "{}", manager.log());
 }

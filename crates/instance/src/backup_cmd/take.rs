@@ -5,12 +5,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use pgsteward_api::BackupAccepted;
 
+use crate::api_client::ApiClient;
 use crate::cli::BackupTakeArgs;
 
 /// Run the command; returns the exit code.
@@ -27,10 +24,6 @@ pub fn run(args: &BackupTakeArgs) -> i32 {
 }
 
 async fn request_backup(args: &BackupTakeArgs) -> Result<BackupAccepted> {
-    let base = args.url.trim_end_matches('/');
-    if base.starts_with("https://") {
-        bail!("pgsteward backup speaks plain HTTP to the local API; with http.tls use curl -X POST --cacert ... {base}/pg/backup");
-    }
     let token_file = args.token_file.as_ref().context(
         "--token-file (or PGSTEWARD_TOKEN_FILE) must name the API token file (http.token_file)",
     )?;
@@ -41,29 +34,12 @@ async fn request_backup(args: &BackupTakeArgs) -> Result<BackupAccepted> {
     } else {
         ""
     };
-    let url = format!("{base}/pg/backup");
-    let request = hyper::Request::post(&url)
-        .header("authorization", format!("Bearer {}", token.trim()))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .context("building the request")?;
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let response = tokio::time::timeout(Duration::from_secs(30), client.request(request))
-        .await
-        .with_context(|| format!("no answer from {url} within 30 s"))?
-        .with_context(|| {
-            format!("cannot reach the pgsteward API at {url} (is pgsteward running?)")
-        })?;
-    let code = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .context("reading the response")?
-        .to_bytes();
-    let text = String::from_utf8_lossy(&body);
+    let client = ApiClient::new(&args.url, args.ca_file.as_deref())?;
+    let (code, text) = client
+        .post("/pg/backup", token.trim(), body, Duration::from_secs(30))
+        .await?;
     if code != hyper::StatusCode::ACCEPTED {
-        bail!("{url} answered {code}: {text}");
+        bail!("{} answered {code}: {text}", client.url("/pg/backup"));
     }
     serde_json::from_str(&text).context("unexpected response JSON")
 }
@@ -88,7 +64,7 @@ async fn take(args: &BackupTakeArgs) -> Result<i32> {
     let mut last_printed: Option<Instant> = None;
     loop {
         tokio::time::sleep(POLL_EVERY).await;
-        let (_, status) = crate::status_cmd::fetch(&args.url).await?;
+        let (_, status) = crate::status_cmd::fetch(&args.url, args.ca_file.as_deref()).await?;
         let Some(backup) = status.backup else {
             bail!("the manager reports no backup status");
         };
