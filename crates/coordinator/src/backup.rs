@@ -133,30 +133,14 @@ impl Coordinator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decide::Observed;
     use crate::lsn::Lsn;
 
     fn member(name: &str, role: MemberRole, replayed: u64, streaming: bool) -> MemberView {
-        MemberView {
-            name: name.into(),
-            reachable: true,
-            last: Some(Observed {
-                instance_name: name.into(),
-                role,
-                term: 1,
-                timeline: Some(1),
-                received_lsn: None,
-                replayed_lsn: Some(Lsn(replayed)),
-                current_lsn: None,
-                postgres_up: true,
-                streaming,
-                fenced: false,
-                upstream: None,
-                synchronous_standby_names: None,
-                inactive_slots: Vec::new(),
-            }),
-            unhealthy_for: None,
-        }
+        let mut view = MemberView::for_test(name, role, 1);
+        let observed = view.observed_mut();
+        observed.replayed_lsn = Some(Lsn(replayed));
+        observed.streaming = streaming;
+        view
     }
 
     #[test]

@@ -98,6 +98,42 @@ pub struct MemberView {
     pub unhealthy_for: Option<Duration>,
 }
 
+#[cfg(test)]
+impl MemberView {
+    /// For tests: a reachable, healthy member `name` (also its `instance_name`) in `role` and
+    /// `term`, streaming when a replica, nothing received; tests change what matters to them.
+    pub(crate) fn for_test(name: &str, role: MemberRole, term: u64) -> Self {
+        MemberView {
+            name: name.into(),
+            reachable: true,
+            last: Some(Observed {
+                instance_name: name.into(),
+                role,
+                term,
+                timeline: Some(1),
+                received_lsn: None,
+                replayed_lsn: None,
+                current_lsn: None,
+                postgres_up: true,
+                streaming: role == MemberRole::Replica,
+                fenced: false,
+                upstream: None,
+                synchronous_standby_names: None,
+                inactive_slots: Vec::new(),
+            }),
+            unhealthy_for: None,
+        }
+    }
+
+    /// For tests: the observed facts of a view made by `for_test`, to change.
+    pub(crate) fn observed_mut(&mut self) -> &mut Observed {
+        match self.last.as_mut() {
+            Some(observed) => observed,
+            None => panic!("{} has no observed facts", self.name),
+        }
+    }
+}
+
 impl MemberView {
     pub(crate) fn healthy(&self) -> bool {
         self.reachable

@@ -9,49 +9,17 @@ fn lsn(s: &str) -> Option<Lsn> {
 }
 
 fn primary(name: &str, term: u64) -> MemberView {
-    MemberView {
-        name: name.into(),
-        reachable: true,
-        last: Some(Observed {
-            instance_name: name.into(),
-            role: MemberRole::Primary,
-            term,
-            timeline: Some(term as u32),
-            received_lsn: None,
-            replayed_lsn: None,
-            current_lsn: None,
-            postgres_up: true,
-            streaming: false,
-            fenced: false,
-            upstream: None,
-            synchronous_standby_names: None,
-            inactive_slots: Vec::new(),
-        }),
-        unhealthy_for: None,
-    }
+    let mut view = MemberView::for_test(name, MemberRole::Primary, term);
+    view.observed_mut().timeline = Some(term as u32);
+    view
 }
 
 fn replica(name: &str, received: &str, replayed: &str) -> MemberView {
-    MemberView {
-        name: name.into(),
-        reachable: true,
-        last: Some(Observed {
-            instance_name: name.into(),
-            role: MemberRole::Replica,
-            term: 1,
-            timeline: Some(1),
-            received_lsn: lsn(received),
-            replayed_lsn: lsn(replayed),
-            current_lsn: None,
-            postgres_up: true,
-            streaming: true,
-            fenced: false,
-            upstream: None,
-            synchronous_standby_names: None,
-            inactive_slots: Vec::new(),
-        }),
-        unhealthy_for: None,
-    }
+    let mut view = MemberView::for_test(name, MemberRole::Replica, 1);
+    let observed = view.observed_mut();
+    observed.received_lsn = lsn(received);
+    observed.replayed_lsn = lsn(replayed);
+    view
 }
 
 fn down(mut m: MemberView, for_: Duration) -> MemberView {

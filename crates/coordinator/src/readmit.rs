@@ -101,29 +101,15 @@ impl Readmissions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decide::Observed;
 
     fn view(role: MemberRole, term: u64, fenced: bool, upstream: Option<&str>) -> MemberView {
-        MemberView {
-            name: "b".into(),
-            reachable: true,
-            last: Some(Observed {
-                instance_name: "b".into(),
-                role,
-                term,
-                timeline: Some(1),
-                received_lsn: None,
-                replayed_lsn: None,
-                current_lsn: None,
-                postgres_up: !fenced,
-                streaming: false,
-                fenced,
-                upstream: upstream.map(str::to_owned),
-                synchronous_standby_names: None,
-                inactive_slots: Vec::new(),
-            }),
-            unhealthy_for: None,
-        }
+        let mut view = MemberView::for_test("b", role, term);
+        let observed = view.observed_mut();
+        observed.postgres_up = !fenced;
+        observed.streaming = false;
+        observed.fenced = fenced;
+        observed.upstream = upstream.map(str::to_owned);
+        view
     }
 
     #[test]

@@ -4,29 +4,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::*;
-use crate::decide::Observed;
 
 fn view(name: &str, instance: &str, role: MemberRole, term: u64, inactive: &[&str]) -> MemberView {
-    MemberView {
-        name: name.into(),
-        reachable: true,
-        last: Some(Observed {
-            instance_name: instance.into(),
-            role,
-            term,
-            timeline: Some(1),
-            received_lsn: None,
-            replayed_lsn: None,
-            current_lsn: None,
-            postgres_up: true,
-            streaming: role == MemberRole::Replica,
-            fenced: false,
-            upstream: None,
-            synchronous_standby_names: None,
-            inactive_slots: inactive.iter().map(|s| (*s).to_owned()).collect(),
-        }),
-        unhealthy_for: None,
-    }
+    let mut view = MemberView::for_test(name, role, term);
+    let observed = view.observed_mut();
+    observed.instance_name = instance.into();
+    observed.inactive_slots = inactive.iter().map(|s| (*s).to_owned()).collect();
+    view
 }
 
 fn known(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

@@ -38,19 +38,21 @@ pub fn generate_certificates(dir: &Path) -> Result<Certificates> {
     .with_context(|| format!("writing {}", ext.display()))?;
     let serial = format!("0x{:016x}", random_u64());
     let path = |p: &Path| p.display().to_string();
-    openssl(&[
-        "req",
-        "-x509",
+    // A new P-256 key, unencrypted, for both requests.
+    let new_key = [
         "-new",
         "-nodes",
         "-newkey",
         "ec",
         "-pkeyopt",
         "ec_paramgen_curve:prime256v1",
+    ];
+    let (ca_key_path, ca_cert_path) = (path(&ca_key), path(&ca_cert));
+    let ca_request = [
         "-keyout",
-        &path(&ca_key),
+        &ca_key_path,
         "-out",
-        &path(&ca_cert),
+        &ca_cert_path,
         "-subj",
         "/CN=pgsteward test CA",
         "-days",
@@ -59,22 +61,18 @@ pub fn generate_certificates(dir: &Path) -> Result<Certificates> {
         "basicConstraints=critical,CA:TRUE",
         "-addext",
         "keyUsage=critical,keyCertSign,cRLSign",
-    ])?;
-    openssl(&[
-        "req",
-        "-new",
-        "-nodes",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
+    ];
+    openssl(&[&["req", "-x509"][..], &new_key, &ca_request].concat())?;
+    let (server_key_path, server_csr_path) = (path(&server_key), path(&server_csr));
+    let server_request = [
         "-keyout",
-        &path(&server_key),
+        &server_key_path,
         "-out",
-        &path(&server_csr),
+        &server_csr_path,
         "-subj",
         "/CN=localhost",
-    ])?;
+    ];
+    openssl(&[&["req"][..], &new_key, &server_request].concat())?;
     openssl(&[
         "x509",
         "-req",
