@@ -139,6 +139,17 @@ async fn checkpoint_and_confirm(
     };
     if let Err(e) = client.batch_execute("CHECKPOINT").await {
         tracing::warn!(error = %e, "CHECKPOINT before the demotion failed");
+        // Without a fresh record, an idle standby that stopped receiving could "confirm" the
+        // last WAL written and then hold the shutdown: refuse instead.
+        if let Some(confirm) = confirm {
+            return Err(refused(
+                confirm,
+                format!(
+                    "the CHECKPOINT before the demotion failed ({e}), so {} cannot confirm a fresh position (a switchover with the confirmation off, switchover_confirm_timeout: 0s, does not need it)",
+                    confirm.application_name
+                ),
+            ));
+        }
     }
     let Some(confirm) = confirm else {
         return Ok(());
