@@ -19,6 +19,10 @@ pub struct HaStatus {
     pub coordinator_error: Option<String>,
     /// Peers that answered the latest check.
     pub reachable_peers: usize,
+    /// Why a peer did not answer the latest check (the first failure; a certificate that
+    /// fails verification shows here).
+    #[serde(default)]
+    pub peer_error: Option<String>,
     /// Seconds since the coordinator or a peer last answered (None before the first check).
     pub seconds_since_contact: Option<f64>,
     /// `ha.isolation_timeout` in seconds (0: self-fencing is off).

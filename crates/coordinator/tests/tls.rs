@@ -184,11 +184,16 @@ async fn coordinator_polls_and_acts_over_https() {
         READY,
         || async {
             let ha = b_manager.status().await["ha"].clone();
-            let refused = ha["coordinator_error"]
-                .as_str()
-                .is_some_and(|e| e.contains("certificate") || e.contains("UnknownIssuer"));
-            (ha["coordinator_reachable"] == false && refused && ha["reachable_peers"] == 0)
-                .then_some(())
+            let refused = |key: &str| {
+                ha[key]
+                    .as_str()
+                    .is_some_and(|e| e.contains("certificate") || e.contains("UnknownIssuer"))
+            };
+            (ha["coordinator_reachable"] == false
+                && refused("coordinator_error")
+                && ha["reachable_peers"] == 0
+                && refused("peer_error"))
+            .then_some(())
         },
     )
     .await;

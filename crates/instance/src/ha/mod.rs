@@ -218,6 +218,7 @@ impl Monitor {
             coordinator_reachable: checked.coordinator.is_ok(),
             coordinator_error: checked.coordinator.as_ref().err().cloned(),
             reachable_peers: checked.reachable_peers,
+            peer_error: checked.peer_error.clone(),
             seconds_since_contact: Some(since),
             isolation_timeout_seconds: ha.isolation_timeout.as_secs_f64(),
             self_fences: metrics.self_fences.get(),
