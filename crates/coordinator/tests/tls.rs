@@ -197,6 +197,18 @@ async fn coordinator_polls_and_acts_over_https() {
         },
     )
     .await;
+    // pgsteward status says so too.
+    let text = std::process::Command::new(pgsteward_testkit::pgsteward_bin())
+        .args(["status", "--url", &b.api()])
+        .output()
+        .unwrap()
+        .stdout;
+    let text = String::from_utf8_lossy(&text);
+    assert!(
+        text.contains("ha            coordinator UNREACHABLE (")
+            && text.contains("peers 0/1 reachable ("),
+        "{text}"
+    );
 
     // Without the CA the manager's certificate is not trusted.
     let untrusted = coordinator(&dir, "untrusted", "", &url, &token);

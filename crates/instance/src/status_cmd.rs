@@ -1,5 +1,5 @@
 //! `pgsteward status`: fetch `/pg/status` from a manager's API (http or https) and print a
-//! summary (or JSON).
+//! summary (with the `ha` checks when configured) or the JSON.
 
 use anyhow::{bail, Context, Result};
 use pgsteward_api::InstanceStatus;
@@ -89,7 +89,70 @@ pub fn summary(s: &InstanceStatus) -> String {
         s.manager_version,
         s.last_error.clone().unwrap_or_else(dash),
     );
-    text + &crate::replication::summary::lines(s)
+    let ha = s.ha.as_ref().map(ha_line).unwrap_or_default();
+    text + &crate::replication::summary::lines(s) + &ha
+}
+
+/// The `ha` line: the coordinator, the peers (with the first reason one did not answer), the
+/// isolation timeout, self-fences, and what an `awaiting_role` instance waits for.
+fn ha_line(ha: &pgsteward_api::HaStatus) -> String {
+    let coordinator = match (&ha.coordinator_reachable, &ha.coordinator_error) {
+        (true, _) => "reachable".to_owned(),
+        (false, Some(e)) => format!("UNREACHABLE ({e})"),
+        (false, None) => "UNREACHABLE".to_owned(),
+    };
+    let peer_error = ha
+        .peer_error
+        .as_deref()
+        .map(|e| format!(" ({e})"))
+        .unwrap_or_default();
+    let waiting = ha
+        .waiting_for
+        .as_deref()
+        .map(|w| format!(", waiting for: {w}"))
+        .unwrap_or_default();
+    format!(
+        "ha            coordinator {coordinator}, peers {}/{} reachable{peer_error}, isolation timeout {} s, self-fences {}{waiting}\n",
+        ha.reachable_peers, ha.peers, ha.isolation_timeout_seconds, ha.self_fences
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ha_line_says_what_is_unreachable_and_why() {
+        let mut ha = pgsteward_api::HaStatus {
+            coordinator_url: "https://c:8100".into(),
+            peers: 2,
+            coordinator_reachable: true,
+            coordinator_error: None,
+            reachable_peers: 2,
+            peer_error: None,
+            seconds_since_contact: Some(0.0),
+            isolation_timeout_seconds: 3.0,
+            self_fences: 0,
+            waiting_for: None,
+        };
+        assert_eq!(
+            ha_line(&ha),
+            "ha            coordinator reachable, peers 2/2 reachable, isolation timeout 3 s, self-fences 0\n"
+        );
+        ha.coordinator_reachable = false;
+        ha.coordinator_error = Some("invalid peer certificate: UnknownIssuer".into());
+        ha.reachable_peers = 1;
+        ha.peer_error = Some("https://p:8000/healthz: connection refused".into());
+        ha.waiting_for = Some("the coordinator".into());
+        let line = ha_line(&ha);
+        assert!(
+            line.contains("coordinator UNREACHABLE (invalid peer certificate: UnknownIssuer)")
+                && line
+                    .contains("peers 1/2 reachable (https://p:8000/healthz: connection refused)")
+                && line.ends_with(", waiting for: the coordinator\n"),
+            "{line}"
+        );
+    }
 }
 
 fn archive_line(s: &InstanceStatus) -> String {
