@@ -117,6 +117,25 @@ fn ha_line(ha: &pgsteward_api::HaStatus) -> String {
     )
 }
 
+fn archive_line(s: &InstanceStatus) -> String {
+    match &s.archive {
+        None => "off".to_owned(),
+        Some(a) => format!(
+            "{} (last {} at {}, backlog {}, lag {:.0} s, failures {}{})",
+            a.destination,
+            a.last_archived_wal.as_deref().unwrap_or("-"),
+            a.last_archived_time.as_deref().unwrap_or("-"),
+            a.ready_backlog,
+            a.lag_seconds,
+            a.failed_count,
+            a.last_failure
+                .as_deref()
+                .map(|f| format!(", last failure: {f}"))
+                .unwrap_or_default()
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,24 +171,5 @@ mod tests {
                 && line.ends_with(", waiting for: the coordinator\n"),
             "{line}"
         );
-    }
-}
-
-fn archive_line(s: &InstanceStatus) -> String {
-    match &s.archive {
-        None => "off".to_owned(),
-        Some(a) => format!(
-            "{} (last {} at {}, backlog {}, lag {:.0} s, failures {}{})",
-            a.destination,
-            a.last_archived_wal.as_deref().unwrap_or("-"),
-            a.last_archived_time.as_deref().unwrap_or("-"),
-            a.ready_backlog,
-            a.lag_seconds,
-            a.failed_count,
-            a.last_failure
-                .as_deref()
-                .map(|f| format!(", last failure: {f}"))
-                .unwrap_or_default()
-        ),
     }
 }
