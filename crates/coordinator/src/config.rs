@@ -145,9 +145,10 @@ impl Config {
             if self.members[..i].iter().any(|o| o.name == m.name) {
                 bail!("member name {:?} appears twice", m.name);
             }
-            if !(m.url.starts_with("http://") || m.url.starts_with("https://")) {
+            let parsed = url::Url::parse(&m.url).ok();
+            if !parsed.is_some_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host()) {
                 bail!(
-                    "member {}: url must start with https:// or http:// (got {:?})",
+                    "member {}: url must start with https:// or http:// and name a host (got {:?})",
                     m.name,
                     m.url
                 );
@@ -194,22 +195,17 @@ impl Config {
     }
 }
 
-/// True for `http://127.x.y.z...`, `http://localhost...` and `http://[::1]...`.
+/// True for a URL whose host is `localhost` or a loopback address.
 fn is_loopback_url(url: &str) -> bool {
-    let rest = url
-        .split_once("://")
-        .map_or(url, |(_, rest)| rest)
-        .split('/')
-        .next()
-        .unwrap_or_default();
-    let host = match rest.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => rest.rsplit_once(':').map_or(rest, |(host, _)| host),
-    };
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    match url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host().map(|h| h.to_owned()))
+    {
+        Some(url::Host::Domain(name)) => name == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
 }
 
 /// The first line of a token file.

@@ -148,20 +148,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("binding {listen}"))?;
-        let router = api::router(shared);
-        let server = async move {
-            match acceptor {
-                Some(acceptor) => {
-                    tracing::info!(%listen, "coordinator API listening (HTTPS)");
-                    pgsteward_tls::server::serve(listener, acceptor, router).await;
-                    Ok(())
-                }
-                None => {
-                    tracing::info!(%listen, "coordinator API listening (HTTP)");
-                    axum::serve(listener, router).await
-                }
-            }
-        };
+        let scheme = if acceptor.is_some() { "HTTPS" } else { "HTTP" };
+        tracing::info!(%listen, "coordinator API listening ({scheme})");
+        let server =
+            pgsteward_tls::server::serve_http_or_https(listener, acceptor, api::router(shared));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("installing the SIGTERM handler")?;
         tokio::select! {

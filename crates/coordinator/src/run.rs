@@ -434,20 +434,11 @@ impl Coordinator {
             return format!("unknown candidate {candidate}");
         };
         // The term is on disk before anyone sees it: a restarted coordinator never reuses it.
-        let next = State {
-            term,
-            ..self.state.clone()
-        };
-        if let Err(e) = state::store(&self.config.state_file, &next) {
-            let message = format!("not promoting: cannot persist term {term}: {e:#}");
+        if let Err(e) = self.persist_term(term, self.state.primary.clone()) {
+            let message = format!("not promoting: {e}");
             tracing::error!(%message);
             return message;
         }
-        self.state = next;
-        self.shared
-            .metrics
-            .term
-            .set(i64::try_from(term).unwrap_or(i64::MAX));
         // Fence the old primary first when its manager answers, so a postgres it restarts
         // cannot take writes next to the new primary; a failed fence does not stop the
         // failover (the old primary is unhealthy either way).

@@ -4,8 +4,8 @@
 //! candidate must confirm it within `switchover_confirm_timeout`, else the primary refuses and
 //! nothing changes; fast shutdown: connected standbys receive everything up to the shutdown
 //! checkpoint), the candidate watched until it has received that checkpoint, then promoted,
-//! and the other standbys repointed. Zero loss by construction: the candidate holds every byte the old
-//! primary wrote before it is promoted. If it never receives the checkpoint, the old primary
+//! and the other standbys repointed. Zero loss by construction: the candidate holds every byte
+//! the old primary wrote before it is promoted. If it never receives the checkpoint, the old primary
 //! is promoted again with a newer term. Runs inside the coordinator loop, so no failover
 //! decision is taken meanwhile.
 
@@ -353,7 +353,7 @@ impl Coordinator {
         }
     }
 
-    /// Persist `term` (and the primary) before anyone sees it.
+    /// Persist `term` (and the primary) before anyone sees it (failovers and switchovers).
     pub(crate) fn persist_term(
         &mut self,
         term: u64,

@@ -84,8 +84,9 @@ impl ApiClient {
     }
 }
 
-/// The innermost cause of a client error (hyper's outer message is only "client error").
-fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+/// The innermost cause of a client error (hyper's outer message is only "client error"; the
+/// HA checks use it too).
+pub(crate) fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
     let mut last = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

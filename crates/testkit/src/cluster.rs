@@ -330,47 +330,29 @@ impl Cluster {
         format!("test_{}", self.member(name).instance.pg_port)
     }
 
-    /// Wait until `name` reports exactly the slots of the members `of` (see `slot_of`).
+    /// Wait until `name` reports exactly the physical replication slots of the members `of`
+    /// (see `slot_of`).
     pub async fn wait_slots_of(&self, name: &str, of: &[&str], timeout: Duration) {
         let mut expected: Vec<String> = of.iter().map(|m| self.slot_of(m)).collect();
         expected.sort();
-        let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
-        self.wait_slots(name, &expected, timeout).await;
-    }
-
-    /// Names of the physical replication slots `name` reports (None when it does not answer).
-    pub async fn slot_names(&self, name: &str) -> Option<Vec<String>> {
-        let status = self.member_status(name).await?;
-        let slots = status["replication"]["slots"].as_array()?;
-        Some(
-            slots
-                .iter()
-                .filter_map(|s| s["slot_name"].as_str().map(str::to_owned))
-                .collect(),
-        )
-    }
-
-    /// Wait until `name` reports exactly the slots `expected` (in name order).
-    pub async fn wait_slots(&self, name: &str, expected: &[&str], timeout: Duration) {
-        let what = format!("{name}'s replication slots to be {expected:?}");
-        let last = std::cell::RefCell::new(None);
-        let found = tokio::time::timeout(timeout, async {
-            loop {
-                let slots = self.slot_names(name).await;
-                if slots.as_deref().is_some_and(|s| s == expected) {
-                    return;
-                }
-                *last.borrow_mut() = slots;
-                tokio::time::sleep(Duration::from_millis(100)).await;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let status = self.member_status(name).await.unwrap_or(Value::Null);
+            let slots: Option<Vec<String>> = status["replication"]["slots"].as_array().map(|a| {
+                a.iter()
+                    .filter_map(|s| s["slot_name"].as_str().map(str::to_owned))
+                    .collect()
+            });
+            if slots.as_ref() == Some(&expected) {
+                return;
             }
-        })
-        .await;
-        assert!(
-            found.is_ok(),
-            "timed out after {timeout:?} waiting for {what}: last seen {:?}\ncoordinator log:\n{}",
-            last.borrow(),
-            self.coordinator.log()
-        );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {name}'s replication slots to be {expected:?}: last seen {slots:?}\ncoordinator log:\n{}",
+                self.coordinator.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// `GET /pg/status` of `name` with a short timeout (None when hung or down).

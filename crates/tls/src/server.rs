@@ -1,5 +1,6 @@
 //! The server side: a rustls acceptor from PEM files and an accept loop that hands each TLS
-//! stream to hyper, serving an axum router (the manager's and the coordinator's APIs).
+//! stream to hyper, serving an axum router (the manager's and the coordinator's APIs), or the
+//! same router over plain HTTP without an acceptor.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -35,8 +36,24 @@ pub fn acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// Serve `app` on `listener`: HTTPS with `acceptor`, else plain HTTP; returns only when the
+/// plain server fails.
+pub async fn serve_http_or_https(
+    listener: tokio::net::TcpListener,
+    acceptor: Option<TlsAcceptor>,
+    app: Router,
+) -> std::io::Result<()> {
+    match acceptor {
+        Some(acceptor) => {
+            serve(listener, acceptor, app).await;
+            Ok(())
+        }
+        None => axum::serve(listener, app).await,
+    }
+}
+
 /// Accept TLS connections forever.
-pub async fn serve(listener: tokio::net::TcpListener, acceptor: TlsAcceptor, app: Router) {
+async fn serve(listener: tokio::net::TcpListener, acceptor: TlsAcceptor, app: Router) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(pair) => pair,

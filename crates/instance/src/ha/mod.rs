@@ -47,7 +47,7 @@ fn build_prober(ca_file: Option<&PathBuf>) -> Option<Prober> {
     match Prober::new(Duration::from_millis(500), ca_file.map(PathBuf::as_path)) {
         Ok(prober) => Some(prober),
         Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "cannot build the HA checks' HTTP client (ha.ca_file); keeping the previous one");
+            tracing::error!(error = %format!("{e:#}"), "cannot build the HA checks' HTTP client (ha.ca_file); the previous one, if any, stays");
             None
         }
     }
@@ -55,9 +55,11 @@ fn build_prober(ca_file: Option<&PathBuf>) -> Option<Prober> {
 
 impl Monitor {
     fn new(shared: Arc<Shared>) -> Self {
+        let ca_file = shared.config().ha.ca_file;
+        let prober = build_prober(ca_file.as_ref());
         Monitor {
             shared,
-            prober: (None, build_prober(None)),
+            prober: (ca_file, prober),
             last_contact: Instant::now(),
         }
     }

@@ -87,7 +87,7 @@ impl Prober {
                 .http
                 .get(uri)
                 .await
-                .map_err(|e| format!("{url}: {}", describe(&e)))?;
+                .map_err(|e| format!("{url}: {}", crate::api_client::innermost(&e)))?;
             let status = response.status().as_u16();
             let body = response
                 .into_body()
@@ -115,15 +115,4 @@ impl Prober {
         let url = format!("{}/healthz", base.trim_end_matches('/'));
         self.get(&url, timeout).await.map(|_| ())
     }
-}
-
-/// The innermost cause of a client error (hyper's outer message is only "client error").
-fn describe(e: &hyper_util::client::legacy::Error) -> String {
-    let mut source: Option<&dyn std::error::Error> = Some(e);
-    let mut last = e.to_string();
-    while let Some(s) = source {
-        last = s.to_string();
-        source = s.source();
-    }
-    last
 }

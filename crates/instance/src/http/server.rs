@@ -90,20 +90,19 @@ pub async fn serve_api(state: AppState) -> Result<SocketAddr> {
         .await
         .with_context(|| format!("binding the API listener on {}", config.listen))?;
     let address = listener.local_addr()?;
-    match &config.tls {
-        Some(tls) => {
-            let acceptor = pgsteward_tls::server::acceptor(&tls.cert_file, &tls.key_file)?;
-            tokio::spawn(pgsteward_tls::server::serve(listener, acceptor, app));
-            tracing::info!(%address, "API listening (HTTPS)");
+    let acceptor = match &config.tls {
+        Some(tls) => Some(pgsteward_tls::server::acceptor(
+            &tls.cert_file,
+            &tls.key_file,
+        )?),
+        None => None,
+    };
+    let scheme = if acceptor.is_some() { "HTTPS" } else { "HTTP" };
+    tokio::spawn(async move {
+        if let Err(e) = pgsteward_tls::server::serve_http_or_https(listener, acceptor, app).await {
+            tracing::error!(error = %e, "API server stopped");
         }
-        None => {
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app).await {
-                    tracing::error!(error = %e, "API server stopped");
-                }
-            });
-            tracing::info!(%address, "API listening (HTTP)");
-        }
-    }
+    });
+    tracing::info!(%address, "API listening ({scheme})");
     Ok(address)
 }

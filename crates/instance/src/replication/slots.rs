@@ -67,39 +67,34 @@ pub async fn drop_inactive(
     unique.sort();
     unique.dedup();
     for name in unique {
-        let row = client
-            .query_opt(
-                "SELECT active FROM pg_replication_slots \
+        // One statement: no physical slot of that name is no row; a slot a WAL sender uses is
+        // an error (OBJECT_IN_USE) and stays.
+        let dropped = client
+            .query(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
                  WHERE slot_type = 'physical' AND slot_name = $1",
                 &[name],
             )
-            .await
-            .map_err(|e| RoleChangeError::Failed(format!("reading slot {name}: {e}")))?;
-        match row.map(|r| r.get::<_, bool>(0)) {
-            None => answer.missing.push(name.clone()),
-            Some(true) => answer.active.push(name.clone()),
-            Some(false) => match client
-                .execute("SELECT pg_drop_replication_slot($1)", &[name])
-                .await
-            {
-                Ok(_) => {
-                    tracing::info!(slot = %name, term, "inactive replication slot dropped");
-                    answer.dropped.push(name.clone());
-                }
-                // A standby connected between the two statements: the slot is in use.
-                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE) => {
-                    answer.active.push(name.clone());
-                }
-                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_OBJECT) => {
-                    answer.missing.push(name.clone());
-                }
-                Err(e) => {
-                    return Err(RoleChangeError::Failed(format!(
-                        "dropping slot {name} failed: {e} (dropped before it: {:?})",
-                        answer.dropped
-                    )))
-                }
-            },
+            .await;
+        match dropped {
+            Ok(rows) if rows.is_empty() => answer.missing.push(name.clone()),
+            Ok(_) => {
+                tracing::info!(slot = %name, term, "inactive replication slot dropped");
+                answer.dropped.push(name.clone());
+            }
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE) => {
+                answer.active.push(name.clone());
+            }
+            // Dropped by someone else between the scan and the drop.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_OBJECT) => {
+                answer.missing.push(name.clone());
+            }
+            Err(e) => {
+                return Err(RoleChangeError::Failed(format!(
+                    "dropping slot {name} failed: {e} (dropped before it: {:?})",
+                    answer.dropped
+                )))
+            }
         }
     }
     Ok(answer)
