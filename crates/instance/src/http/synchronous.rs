@@ -37,7 +37,7 @@ pub fn routes() -> Vec<Route> {
             path: "/pg/synchronous",
             methods: &["post"],
             summary: "Set the synchronous standby names",
-            description: "Sets synchronous_standby_names on the primary of the given term (the coordinator computes it from the healthy standbys): validated, persisted in the data directory so a restarted primary keeps it, rendered into the manager's include file and reloaded. Idempotent (changed=false when already in effect). An empty value makes replication asynchronous.",
+            description: "Sets synchronous_standby_names on the primary of the given term (the coordinator computes it from the healthy standbys): validated, persisted in the data directory so a restarted primary keeps it, rendered into the manager's include file and reloaded; the answer is 200 only once postgres runs with the names (a call that could not reload, for instance while postgres starts, fails and its retry completes it). Idempotent (changed=false when already in effect). An empty value makes replication asynchronous.",
             authenticated: true,
             query: &[],
             request: Some(|g| g.subschema_for::<SynchronousRequest>()),

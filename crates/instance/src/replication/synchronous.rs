@@ -2,7 +2,7 @@
 //! validated (only `ANY k (...)` / `FIRST k (...)` with plain double-quoted names, or empty),
 //! accepted only by the primary of that term, persisted in `pgsteward.synchronous.json` (so a
 //! restarted primary never comes back asynchronous when it was told otherwise), rendered into
-//! `pgsteward.replication.conf` and reloaded.
+//! `pgsteward.replication.conf` and reloaded; answered only once postgres runs with them.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -143,30 +143,65 @@ pub async fn apply(
         term,
         names: names.clone(),
     };
-    if load(&shared.pgdata).as_ref() == Some(&next) {
-        return Ok(SynchronousResponse {
-            term,
-            names,
-            changed: false,
-        });
+    // Every step is idempotent, and the answer is 200 only once postgres runs with the names:
+    // a call that stored them but could not reload (postgres still starting) is completed by
+    // the coordinator's retry instead of being mistaken for one already in effect.
+    let mut changed = false;
+    if load(&shared.pgdata).as_ref() != Some(&next) {
+        store(&shared.pgdata, &next).map_err(failed)?;
+        changed = true;
     }
-    store(&shared.pgdata, &next).map_err(failed)?;
-    let changed = standby::write(&shared.config(), &state, &shared.pgdata).map_err(failed)?;
-    if changed {
-        let client = crate::pgconn::connect(&shared.target(), "postgres", Duration::from_secs(5))
-            .await
-            .map_err(failed)?;
+    changed |= standby::write(&shared.config(), &state, &shared.pgdata).map_err(failed)?;
+    let client = crate::pgconn::connect(&shared.target(), "postgres", Duration::from_secs(5))
+        .await
+        .map_err(failed)?;
+    if in_effect(&client).await.map_err(failed)? != names {
         client
             .batch_execute("SELECT pg_reload_conf()")
             .await
             .map_err(|e| RoleChangeError::Failed(format!("pg_reload_conf: {e}")))?;
+        changed = true;
+        wait_in_effect(&client, &names).await.map_err(failed)?;
     }
-    tracing::info!(term, names = %names, "synchronous standby names applied");
+    if changed {
+        tracing::info!(term, names = %names, "synchronous standby names applied");
+    }
     Ok(SynchronousResponse {
         term,
         names,
-        changed: true,
+        changed,
     })
+}
+
+/// How long a reload may take to reach this session.
+const RELOAD_DEADLINE: Duration = Duration::from_secs(5);
+
+/// `synchronous_standby_names` as this session sees it.
+async fn in_effect(client: &tokio_postgres::Client) -> Result<String> {
+    let row = client
+        .query_one("SELECT current_setting('synchronous_standby_names')", &[])
+        .await
+        .context("reading synchronous_standby_names")?;
+    Ok(row.get(0))
+}
+
+/// Wait until the reload reached this session (the postmaster signals every backend once it
+/// has re-read the files).
+async fn wait_in_effect(client: &tokio_postgres::Client, names: &str) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + RELOAD_DEADLINE;
+    loop {
+        let current = in_effect(client).await?;
+        if current == names {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "postgres still has synchronous_standby_names = {current:?} {} s after the reload (wanted {names:?}); check its log for a configuration error",
+                RELOAD_DEADLINE.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[cfg(test)]
