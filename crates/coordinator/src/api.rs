@@ -1,8 +1,10 @@
 //! The coordinator's HTTP API: `GET /status` (term, primary, members, last decision and its
 //! reason, re-admissions, last switchover), `GET /metrics` (Prometheus), and the mutating
 //! `POST /switchover {"to": NAME}` and `POST /backup {"target": "primary" | "prefer-standby"}`
-//! (bearer token from `api_token_file`; 401 without a token, 403 with a wrong one or when no
-//! token file is configured), run by the loop between two rounds.
+//! (a client certificate verified against `api_tls.client_ca_file` and valid for
+//! `api_tls.client_names` when set, or the bearer token from `api_token_file`; 401 without
+//! either, 403 with a wrong token or when neither is configured), run by the loop between
+//! two rounds.
 
 use std::sync::Arc;
 
@@ -11,11 +13,12 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
+use pgsteward_tls::peer::VerifiedClient;
 use serde_json::json;
 
 use crate::backup::BackupRequest;
-use crate::run::{Command, Shared};
+use crate::shared::{Command, Shared};
 use crate::switchover::SwitchoverRequest;
 
 /// The router (no listener: the caller binds it).
@@ -44,13 +47,27 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
-/// None when the request carries the configured token, else the error answer.
-fn unauthorized(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
+/// The client certificate a request's connection presented, if rustls verified one.
+type Client = Option<Extension<VerifiedClient>>;
+
+/// None when the request carries an accepted client certificate or the configured token,
+/// else the error answer.
+fn unauthorized(shared: &Shared, headers: &HeaderMap, client: &Client) -> Option<Response> {
+    if let (Some(Extension(client)), Some(names)) = (client, &shared.api_client_names) {
+        if client.is_allowed(names) {
+            return None;
+        }
+        tracing::warn!(
+            "a client certificate valid for none of api_tls.client_names; trying the API token"
+        );
+    }
     let Some(expected) = shared.api_token.as_deref() else {
-        return Some(error(
-            StatusCode::FORBIDDEN,
-            "mutating routes are disabled: set api_token_file in the coordinator configuration",
-        ));
+        let message = if shared.api_client_names.is_some() {
+            "this request needs a client certificate signed by api_tls.client_ca_file (and valid for api_tls.client_names, when set); no api_token_file is configured"
+        } else {
+            "mutating routes are disabled: set api_token_file or api_tls.client_ca_file in the coordinator configuration"
+        };
+        return Some(error(StatusCode::FORBIDDEN, message));
     };
     let given = headers
         .get(header::AUTHORIZATION)
@@ -59,7 +76,7 @@ fn unauthorized(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
     match given {
         None => Some(error(
             StatusCode::UNAUTHORIZED,
-            "a bearer token is required",
+            "a bearer token or a client certificate is required",
         )),
         Some(token) if !constant_time_eq(token.as_bytes(), expected.as_bytes()) => {
             Some(error(StatusCode::FORBIDDEN, "wrong token"))
@@ -75,9 +92,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 async fn switchover(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
+    client: Client,
     body: Result<Json<SwitchoverRequest>, JsonRejection>,
 ) -> Response {
-    if let Some(denied) = unauthorized(&shared, &headers) {
+    if let Some(denied) = unauthorized(&shared, &headers, &client) {
         return denied;
     }
     let request = match body {
@@ -116,9 +134,10 @@ async fn switchover(
 async fn backup(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
+    client: Client,
     body: Result<Json<BackupRequest>, JsonRejection>,
 ) -> Response {
-    if let Some(denied) = unauthorized(&shared, &headers) {
+    if let Some(denied) = unauthorized(&shared, &headers, &client) {
         return denied;
     }
     let request = match body {

@@ -35,9 +35,13 @@ pub struct Client {
 
 impl Client {
     /// A client for `http://` and `https://` URLs; https trusts `ca_file` (PEM), or the
-    /// system's roots without it.
-    pub fn new(ca_file: Option<&std::path::Path>) -> anyhow::Result<Self> {
-        let connector = pgsteward_tls::client::connector(ca_file, Duration::from_millis(500))?;
+    /// system's roots without it, and presents `identity` to servers that ask for one.
+    pub fn new(
+        ca_file: Option<&std::path::Path>,
+        identity: Option<&pgsteward_tls::client::ClientIdentity>,
+    ) -> anyhow::Result<Self> {
+        let connector =
+            pgsteward_tls::client::connector(ca_file, identity, Duration::from_millis(500))?;
         let http = HyperClient::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(10))
             .build(connector);

@@ -32,9 +32,31 @@ pub struct MemberConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsClientConfig {
-    /// PEM bundle of the CA(s) that signed the managers' certificates (without the `tls`
-    /// section: the system's roots).
-    pub ca_file: PathBuf,
+    /// PEM bundle of the CA(s) that signed the managers' certificates (absent: the system's
+    /// roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) presented to the managers: with their
+    /// `http.tls.client_ca_file` it authorizes promote, fence and demote instead of a
+    /// member's `token_file`.
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
+}
+
+impl TlsClientConfig {
+    /// The client certificate, when both files are set.
+    pub fn identity(&self) -> Option<pgsteward_tls::client::ClientIdentity> {
+        match (&self.client_cert_file, &self.client_key_file) {
+            (Some(cert_file), Some(key_file)) => Some(pgsteward_tls::client::ClientIdentity {
+                cert_file: cert_file.clone(),
+                key_file: key_file.clone(),
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// HTTPS of the coordinator's own API.
@@ -45,6 +67,14 @@ pub struct ApiTlsConfig {
     pub cert_file: PathBuf,
     /// PEM private key.
     pub key_file: PathBuf,
+    /// PEM bundle of the CA(s) whose client certificates may use the mutating routes
+    /// (`POST /switchover`) instead of the API token.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// When not empty, only client certificates valid for one of these names (DNS names or
+    /// IP addresses of their subjectAltName) authorize.
+    #[serde(default)]
+    pub client_names: Vec<String>,
 }
 
 /// The whole file.
@@ -154,6 +184,18 @@ impl Config {
                 );
             }
         }
+        if let Some(tls) = &self.tls {
+            if tls.client_cert_file.is_some() != tls.client_key_file.is_some() {
+                bail!("tls: client_cert_file and client_key_file must be set together");
+            }
+        }
+        if let Some(api_tls) = &self.api_tls {
+            if !api_tls.client_names.is_empty() && api_tls.client_ca_file.is_none() {
+                bail!("api_tls.client_names: set without client_ca_file");
+            }
+            pgsteward_tls::peer::validate_allowed_names(&api_tls.client_names)
+                .map_err(|e| anyhow::anyhow!("api_tls.client_names: {e}"))?;
+        }
         if self.poll_interval.is_zero() || self.request_timeout.is_zero() {
             bail!("poll_interval and request_timeout must be positive");
         }
@@ -183,6 +225,16 @@ impl Config {
                 )
             });
         warnings.extend(members);
+        let client_cert = self.tls.as_ref().and_then(TlsClientConfig::identity);
+        if client_cert.is_none() {
+            let unauthenticated = self.members.iter().filter(|m| m.token_file.is_none()).map(|m| {
+                format!(
+                    "member {}: no token_file and no tls.client_cert_file, so its manager refuses promote, fence and demote",
+                    m.name
+                )
+            });
+            warnings.extend(unauthenticated);
+        }
         warnings
     }
 
@@ -281,13 +333,17 @@ mod tests {
         )
         .unwrap();
         let warnings = config.warnings();
-        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
         assert!(
             warnings[0].starts_with("member a: its bearer token"),
             "{warnings:?}"
         );
+        assert!(
+            warnings[1].starts_with("member f: no token_file and no tls.client_cert_file"),
+            "{warnings:?}"
+        );
         let api =
-            "state_file: s\napi_token_file: /t\nmembers:\n- {name: a, url: 'http://127.0.0.1:1'}\n";
+            "state_file: s\napi_token_file: /t\nmembers:\n- {name: a, url: 'http://127.0.0.1:1', token_file: /t}\n";
         let open: Config = serde_yaml::from_str(&format!("listen: 0.0.0.0:8100\n{api}")).unwrap();
         assert!(
             open.warnings()[0].contains("set api_tls"),
@@ -301,5 +357,29 @@ mod tests {
         assert!(served.warnings().is_empty(), "{:?}", served.warnings());
         let local: Config = serde_yaml::from_str(api).unwrap();
         assert!(local.warnings().is_empty(), "{:?}", local.warnings());
+    }
+
+    #[test]
+    fn client_certificates_are_checked() {
+        let parse = |extra: &str| -> Config {
+            serde_yaml::from_str(&format!(
+                "state_file: s\n{extra}members:\n- {{name: a, url: 'https://10.0.0.1:8008'}}\n"
+            ))
+            .unwrap()
+        };
+        let half = parse("tls: {ca_file: /ca, client_cert_file: /c}\n");
+        let refused = half.check().unwrap_err().to_string();
+        assert!(refused.contains("must be set together"), "{refused}");
+        let whole = parse("tls: {client_cert_file: /c, client_key_file: /k}\n");
+        assert!(whole.check().is_ok());
+        assert!(whole.warnings().is_empty(), "{:?}", whole.warnings());
+        let names = parse("api_tls: {cert_file: /c, key_file: /k, client_names: [op]}\n");
+        let refused = names.check().unwrap_err().to_string();
+        assert!(refused.contains("without client_ca_file"), "{refused}");
+        let bad = parse(
+            "api_tls: {cert_file: /c, key_file: /k, client_ca_file: /ca, client_names: ['a b']}\n",
+        );
+        let refused = bad.check().unwrap_err().to_string();
+        assert!(refused.contains("not a DNS name"), "{refused}");
     }
 }

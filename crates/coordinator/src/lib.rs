@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod observe;
 pub mod readmit;
 pub mod run;
+pub mod shared;
 pub mod slots;
 pub mod state;
 pub mod switchover;

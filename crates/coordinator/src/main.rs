@@ -32,13 +32,21 @@ enum Sub {
         /// The coordinator's API.
         #[arg(long, default_value = "http://127.0.0.1:8100")]
         url: String,
-        /// File whose first line is the coordinator's API token (its `api_token_file`).
+        /// File whose first line is the coordinator's API token (its `api_token_file`); not
+        /// needed with a client certificate it accepts (`api_tls.client_ca_file`).
         #[arg(long)]
-        token_file: PathBuf,
+        token_file: Option<PathBuf>,
         /// CA (PEM) of the coordinator's certificate, for an https:// URL (default: the
         /// system's roots).
         #[arg(long)]
         ca_file: Option<PathBuf>,
+        /// Client certificate (PEM) to present to a coordinator with
+        /// `api_tls.client_ca_file`.
+        #[arg(long, requires = "client_key")]
+        client_cert: Option<PathBuf>,
+        /// The client certificate's private key (PEM).
+        #[arg(long, requires = "client_cert")]
+        client_key: Option<PathBuf>,
         /// How long to wait for the answer.
         #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
@@ -52,14 +60,24 @@ fn main() {
         url,
         token_file,
         ca_file,
+        client_cert,
+        client_key,
         timeout,
     }) = cli.command
     {
+        let identity = match (client_cert, client_key) {
+            (Some(cert_file), Some(key_file)) => Some(pgsteward_tls::client::ClientIdentity {
+                cert_file,
+                key_file,
+            }),
+            _ => None,
+        };
         std::process::exit(switchover_command(
             &to,
             &url,
-            &token_file,
+            token_file.as_deref(),
             ca_file.as_deref(),
+            identity.as_ref(),
             timeout,
         ));
     }
@@ -81,21 +99,28 @@ fn main() {
 fn switchover_command(
     to: &str,
     url: &str,
-    token_file: &std::path::Path,
+    token_file: Option<&std::path::Path>,
     ca_file: Option<&std::path::Path>,
+    identity: Option<&pgsteward_tls::client::ClientIdentity>,
     timeout: std::time::Duration,
 ) -> i32 {
     let result = (|| -> anyhow::Result<(u16, String)> {
-        let token = pgsteward_coordinator::config::read_token_file(token_file)?;
+        let token = match token_file {
+            Some(path) => Some(pgsteward_coordinator::config::read_token_file(path)?),
+            None if identity.is_some() => None,
+            None => anyhow::bail!(
+                "--token-file must name the coordinator's API token file (api_token_file), or --client-cert and --client-key a client certificate it accepts (api_tls.client_ca_file)"
+            ),
+        };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("starting the runtime")?;
         runtime.block_on(async {
-            let client = pgsteward_coordinator::client::Client::new(ca_file)?;
+            let client = pgsteward_coordinator::client::Client::new(ca_file, identity)?;
             let body = serde_json::json!({ "to": to });
             match client
-                .post(url, "/switchover", Some(&token), Some(body), timeout)
+                .post(url, "/switchover", token.as_deref(), Some(body), timeout)
                 .await
             {
                 Ok(answer) => Ok((200, serde_json::to_string_pretty(&answer)?)),
@@ -141,6 +166,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Some(tls) => Some(pgsteward_tls::server::acceptor(
                 &tls.cert_file,
                 &tls.key_file,
+                tls.client_ca_file.as_deref(),
             )?),
             None => None,
         };

@@ -6,12 +6,11 @@
 //! switchovers the API hands over (`switchover`) between two rounds.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::client::Client;
@@ -19,101 +18,9 @@ use crate::config::{read_token, Config, MemberConfig};
 use crate::decide::{decide, Action, Decision, Input, MemberView};
 use crate::metrics::Metrics;
 use crate::observe::{MemberReport, Tracker};
-use crate::readmit::{self, Readmission, Readmissions};
+use crate::readmit::{self, Readmissions};
+use crate::shared::{Command, DecisionRecord, Shared};
 use crate::state::{self, State};
-use crate::switchover::{SwitchoverAnswer, SwitchoverError};
-
-/// Work the API hands to the loop.
-pub enum Command {
-    Switchover {
-        to: String,
-        reply: oneshot::Sender<Result<SwitchoverAnswer, SwitchoverError>>,
-    },
-    Backup {
-        request: crate::backup::BackupRequest,
-        reply: oneshot::Sender<Result<crate::backup::BackupStarted, crate::backup::BackupRefused>>,
-    },
-}
-
-/// The last decision as `/status` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct DecisionRecord {
-    pub at_unix_ms: u128,
-    pub decision: Decision,
-    /// Outcome of the action (promotion answer or error), when one was taken.
-    pub outcome: Option<String>,
-}
-
-/// `GET /status` body.
-#[derive(Debug, Clone, Serialize)]
-pub struct StatusReport {
-    pub term: u64,
-    pub primary: Option<String>,
-    /// `instance_name` of the primary, as its manager reports it (managers look for
-    /// themselves here: `ha.coordinator_url`).
-    pub primary_instance: Option<String>,
-    /// Term the primary holds (the new term right after a failover).
-    pub primary_term: Option<u64>,
-    pub synchronous_standby_names: String,
-    pub failovers: u64,
-    pub members: Vec<MemberReport>,
-    pub last_decision: Option<DecisionRecord>,
-    /// Last decision that was not "none" (a failover or a refusal).
-    pub last_action: Option<DecisionRecord>,
-    /// Members being (or recently) told to follow the primary, by name.
-    pub readmissions: BTreeMap<String, Readmission>,
-    /// How the last switchover ended.
-    pub last_switchover: Option<String>,
-}
-
-/// State shared between the loop and the API.
-pub struct Shared {
-    report: Mutex<StatusReport>,
-    pub metrics: Metrics,
-    /// To the loop (switchovers).
-    pub commands: mpsc::Sender<Command>,
-    /// Bearer token of the mutating routes (None: they answer 403).
-    pub api_token: Option<String>,
-}
-
-impl Shared {
-    pub fn new(
-        metrics: Metrics,
-        term: u64,
-        commands: mpsc::Sender<Command>,
-        api_token: Option<String>,
-    ) -> Self {
-        Shared {
-            report: Mutex::new(StatusReport {
-                term,
-                primary: None,
-                primary_instance: None,
-                primary_term: None,
-                synchronous_standby_names: String::new(),
-                failovers: 0,
-                members: Vec::new(),
-                last_decision: None,
-                last_action: None,
-                readmissions: BTreeMap::new(),
-                last_switchover: None,
-            }),
-            metrics,
-            commands,
-            api_token,
-        }
-    }
-
-    pub(crate) fn lock(&self) -> MutexGuard<'_, StatusReport> {
-        self.report
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// A copy of the current status.
-    pub fn snapshot(&self) -> StatusReport {
-        self.lock().clone()
-    }
-}
 
 /// Runs the loop until the task is dropped.
 pub struct Coordinator {
@@ -151,10 +58,25 @@ impl Coordinator {
             None => None,
         };
         let (commands_tx, commands) = mpsc::channel(4);
-        let shared = Arc::new(Shared::new(metrics, state.term, commands_tx, api_token));
+        let api_client_names = config
+            .api_tls
+            .as_ref()
+            .filter(|t| t.client_ca_file.is_some())
+            .map(|t| t.client_names.clone());
+        let shared = Arc::new(Shared::new(
+            metrics,
+            state.term,
+            commands_tx,
+            api_token,
+            api_client_names,
+        ));
         let trackers = vec![Tracker::default(); config.members.len()];
-        let client = Client::new(config.tls.as_ref().map(|t| t.ca_file.as_path()))
-            .context("building the HTTP client of the managers' API")?;
+        let tls = config.tls.as_ref();
+        let client = Client::new(
+            tls.and_then(|t| t.ca_file.as_deref()),
+            tls.and_then(|t| t.identity()).as_ref(),
+        )
+        .context("building the HTTP client of the managers' API")?;
         Ok((
             Coordinator {
                 config,

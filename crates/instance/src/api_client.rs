@@ -1,8 +1,8 @@
 //! The CLI's client of a manager's API (`pgsteward status`, `pgsteward backup`): `http://`
 //! or `https://` (the manager's `http.tls`, verified against `--ca-file` or the system's
-//! roots), one request at a time, each bounded by a timeout, errors that say what to check.
+//! roots, presenting `--client-cert` when given), one request at a time, each bounded by a
+//! timeout, errors that say what to check.
 
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -14,6 +14,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use crate::cli::ApiTlsArgs;
+
 /// A manager's API at `base`.
 pub struct ApiClient {
     base: String,
@@ -21,10 +23,14 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
-    /// `base` is `http://host:port` or `https://host:port`; `ca_file` a PEM CA bundle for
-    /// https (None: the system's roots).
-    pub fn new(base: &str, ca_file: Option<&Path>) -> Result<Self> {
-        let connector = pgsteward_tls::client::connector(ca_file, Duration::from_secs(5))?;
+    /// `base` is `http://host:port` or `https://host:port`; `tls` the CA bundle for https
+    /// (None: the system's roots) and the client certificate, if any.
+    pub fn new(base: &str, tls: &ApiTlsArgs) -> Result<Self> {
+        let connector = pgsteward_tls::client::connector(
+            tls.ca_file.as_deref(),
+            tls.identity().as_ref(),
+            Duration::from_secs(5),
+        )?;
         Ok(ApiClient {
             base: base.trim_end_matches('/').to_owned(),
             http: Client::builder(TokioExecutor::new()).build(connector),
@@ -44,16 +50,20 @@ impl ApiClient {
         self.send(request, timeout).await
     }
 
-    /// `POST path` with the bearer token and a JSON body (empty when `body` is empty).
+    /// `POST path` with the bearer token (if any; a client certificate may authorize instead)
+    /// and a JSON body (empty when `body` is empty).
     pub async fn post(
         &self,
         path: &str,
-        token: &str,
+        token: Option<&str>,
         body: &str,
         timeout: Duration,
     ) -> Result<(StatusCode, String)> {
-        let request = hyper::Request::post(self.url(path))
-            .header("authorization", format!("Bearer {token}"))
+        let mut request = hyper::Request::post(self.url(path));
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = request
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body.to_owned())))
             .context("building the request")?;

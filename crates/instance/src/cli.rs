@@ -151,10 +151,10 @@ pub struct BackupTakeArgs {
     /// Base URL of the local API (`https://` when the manager serves `http.tls`).
     #[arg(long, default_value = "http://127.0.0.1:8000")]
     pub url: String,
-    /// CA (PEM) of the API's certificate, for an https:// URL (default: the system's roots).
-    #[arg(long, env = "PGSTEWARD_CA_FILE")]
-    pub ca_file: Option<PathBuf>,
-    /// File holding the API bearer token (the manager's http.token_file).
+    #[command(flatten)]
+    pub tls: ApiTlsArgs,
+    /// File holding the API bearer token (the manager's http.token_file); not needed with a
+    /// client certificate the manager accepts (http.tls.client_ca_file).
     #[arg(long, env = "PGSTEWARD_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
     /// Follow the backup until it ends, printing progress; exit 1 when it failed.
@@ -254,14 +254,40 @@ pub struct RunArgs {
     pub sources: ConfigArgs,
 }
 
+/// TLS of the requests to a manager's API (`https://` URLs).
+#[derive(Debug, Clone, Args)]
+pub struct ApiTlsArgs {
+    /// CA (PEM) of the API's certificate, for an https:// URL (default: the system's roots).
+    #[arg(long, env = "PGSTEWARD_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) to present, for a manager with http.tls.client_ca_file.
+    #[arg(long, env = "PGSTEWARD_CLIENT_CERT", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "PGSTEWARD_CLIENT_KEY", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+}
+
+impl ApiTlsArgs {
+    /// The client certificate and key, when both are given.
+    pub fn identity(&self) -> Option<pgsteward_tls::client::ClientIdentity> {
+        match (&self.client_cert, &self.client_key) {
+            (Some(cert_file), Some(key_file)) => Some(pgsteward_tls::client::ClientIdentity {
+                cert_file: cert_file.clone(),
+                key_file: key_file.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Base URL of the instance's API (`https://` when the manager serves `http.tls`).
     #[arg(long, default_value = "http://127.0.0.1:8000")]
     pub url: String,
-    /// CA (PEM) of the API's certificate, for an https:// URL (default: the system's roots).
-    #[arg(long, env = "PGSTEWARD_CA_FILE")]
-    pub ca_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub tls: ApiTlsArgs,
     /// Print the raw JSON.
     #[arg(long)]
     pub json: bool,

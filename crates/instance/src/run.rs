@@ -95,7 +95,11 @@ fn validated(config: &Config) -> Result<(PgBinaries, GucCatalog)> {
         crate::bootstrap::read_secret(path, "API token (http.token_file)")?;
     }
     if let Some(tls) = &config.http.tls {
-        pgsteward_tls::server::acceptor(&tls.cert_file, &tls.key_file)?;
+        pgsteward_tls::server::acceptor(
+            &tls.cert_file,
+            &tls.key_file,
+            tls.client_ca_file.as_deref(),
+        )?;
     }
     Ok((bins, catalog))
 }

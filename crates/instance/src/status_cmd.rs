@@ -10,7 +10,7 @@ use crate::cli::StatusArgs;
 /// Run the command; returns the exit code (0 when the instance is running).
 pub fn run(args: &StatusArgs) -> i32 {
     crate::cli::block_on("status", crate::cli::CommandRuntime::CurrentThread, async {
-        match fetch(&args.url, args.ca_file.as_deref()).await {
+        match fetch(&args.url, &args.tls).await {
             Ok((raw, status)) => {
                 if args.json {
                     println!("{raw}");
@@ -29,9 +29,9 @@ pub fn run(args: &StatusArgs) -> i32 {
 
 pub(crate) async fn fetch(
     base: &str,
-    ca_file: Option<&std::path::Path>,
+    tls: &crate::cli::ApiTlsArgs,
 ) -> Result<(String, InstanceStatus)> {
-    let client = ApiClient::new(base, ca_file)?;
+    let client = ApiClient::new(base, tls)?;
     let (code, raw) = client
         .get("/pg/status", std::time::Duration::from_secs(10))
         .await?;

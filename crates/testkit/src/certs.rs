@@ -1,6 +1,6 @@
 //! Throwaway TLS material for tests, made by `openssl`: a CA and a server certificate for
 //! `127.0.0.1`, `::1` and `localhost` (the TLS proxy in front of the S3 server, managers
-//! serving their API over HTTPS).
+//! serving their API over HTTPS), and client certificates from the same CA (mutual TLS).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -8,13 +8,32 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
-/// Paths of a throwaway CA certificate and of a server certificate and key it signed.
+/// Paths of a throwaway CA certificate (and its key) and of a server certificate and key it
+/// signed.
 #[derive(Debug, Clone)]
 pub struct Certificates {
     pub ca_cert: PathBuf,
+    pub ca_key: PathBuf,
     pub server_cert: PathBuf,
     pub server_key: PathBuf,
 }
+
+/// A client certificate and its key.
+#[derive(Debug, Clone)]
+pub struct ClientCertificate {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A new P-256 key, unencrypted, for a request.
+const NEW_KEY: [&str; 6] = [
+    "-new",
+    "-nodes",
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+];
 
 /// A P-256 CA (`ca.crt`, `ca.key`) and a server certificate (`server.crt`, `server.key`) for
 /// `127.0.0.1` and `localhost`, valid for two days, with the extensions strict verifiers
@@ -22,31 +41,7 @@ pub struct Certificates {
 pub fn generate_certificates(dir: &Path) -> Result<Certificates> {
     let ca_key = dir.join("ca.key");
     let ca_cert = dir.join("ca.crt");
-    let server_key = dir.join("server.key");
-    let server_csr = dir.join("server.csr");
-    let server_cert = dir.join("server.crt");
-    let ext = dir.join("server-ext.cnf");
-    std::fs::write(
-        &ext,
-        "subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost\n\
-         basicConstraints=critical,CA:FALSE\n\
-         keyUsage=critical,digitalSignature\n\
-         extendedKeyUsage=serverAuth\n\
-         subjectKeyIdentifier=hash\n\
-         authorityKeyIdentifier=keyid\n",
-    )
-    .with_context(|| format!("writing {}", ext.display()))?;
-    let serial = format!("0x{:016x}", random_u64());
     let path = |p: &Path| p.display().to_string();
-    // A new P-256 key, unencrypted, for both requests.
-    let new_key = [
-        "-new",
-        "-nodes",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-    ];
     let (ca_key_path, ca_cert_path) = (path(&ca_key), path(&ca_cert));
     let ca_request = [
         "-keyout",
@@ -62,49 +57,98 @@ pub fn generate_certificates(dir: &Path) -> Result<Certificates> {
         "-addext",
         "keyUsage=critical,keyCertSign,cRLSign",
     ];
-    openssl(&[&["req", "-x509"][..], &new_key, &ca_request].concat())?;
-    let (server_key_path, server_csr_path) = (path(&server_key), path(&server_csr));
-    let server_request = [
-        "-keyout",
-        &server_key_path,
-        "-out",
-        &server_csr_path,
-        "-subj",
-        "/CN=localhost",
-    ];
-    openssl(&[&["req"][..], &new_key, &server_request].concat())?;
+    openssl(&[&["req", "-x509"][..], &NEW_KEY, &ca_request].concat())?;
+    set_mode(&ca_key, 0o600)?;
+    set_mode(&ca_cert, 0o644)?;
+    let (server_cert, server_key) = issue(
+        dir,
+        &ca_cert,
+        &ca_key,
+        "server",
+        "localhost",
+        "subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost\nextendedKeyUsage=serverAuth",
+    )?;
+    Ok(Certificates {
+        ca_cert,
+        ca_key,
+        server_cert,
+        server_key,
+    })
+}
+
+/// A client certificate (`<name>.crt`, `<name>.key` in `dir`) signed by the CA of `certs`,
+/// for the DNS name `name`, valid for two days.
+pub fn issue_client_certificate(
+    certs: &Certificates,
+    dir: &Path,
+    name: &str,
+) -> Result<ClientCertificate> {
+    let (cert, key) = issue(
+        dir,
+        &certs.ca_cert,
+        &certs.ca_key,
+        name,
+        name,
+        &format!("subjectAltName=DNS:{name}\nextendedKeyUsage=clientAuth"),
+    )?;
+    Ok(ClientCertificate { cert, key })
+}
+
+/// Make a key and a certificate `<stem>.crt` for the subject `cn`, signed by the CA, with
+/// `extensions` (lines separated by `\n`) besides the constraints every leaf gets.
+fn issue(
+    dir: &Path,
+    ca_cert: &Path,
+    ca_key: &Path,
+    stem: &str,
+    cn: &str,
+    extensions: &str,
+) -> Result<(PathBuf, PathBuf)> {
+    let key = dir.join(format!("{stem}.key"));
+    let csr = dir.join(format!("{stem}.csr"));
+    let cert = dir.join(format!("{stem}.crt"));
+    let ext = dir.join(format!("{stem}-ext.cnf"));
+    std::fs::write(
+        &ext,
+        format!(
+            "{}\nbasicConstraints=critical,CA:FALSE\n\
+             keyUsage=critical,digitalSignature\n\
+             subjectKeyIdentifier=hash\n\
+             authorityKeyIdentifier=keyid\n",
+            extensions
+        ),
+    )
+    .with_context(|| format!("writing {}", ext.display()))?;
+    let path = |p: &Path| p.display().to_string();
+    let (key_path, csr_path, subject) = (path(&key), path(&csr), format!("/CN={cn}"));
+    let request = ["-keyout", &key_path, "-out", &csr_path, "-subj", &subject];
+    openssl(&[&["req"][..], &NEW_KEY, &request].concat())?;
     openssl(&[
         "x509",
         "-req",
         "-in",
-        &path(&server_csr),
+        &path(&csr),
         "-CA",
-        &path(&ca_cert),
+        &path(ca_cert),
         "-CAkey",
-        &path(&ca_key),
+        &path(ca_key),
         "-set_serial",
-        &serial,
+        &format!("0x{:016x}", random_u64()),
         "-days",
         "2",
         "-extfile",
         &path(&ext),
         "-out",
-        &path(&server_cert),
+        &path(&cert),
     ])?;
-    for (file, mode) in [
-        (&ca_key, 0o600),
-        (&server_key, 0o600),
-        (&ca_cert, 0o644),
-        (&server_cert, 0o644),
-    ] {
-        std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode))
-            .with_context(|| format!("chmod {}", file.display()))?;
-    }
-    Ok(Certificates {
-        ca_cert,
-        server_cert,
-        server_key,
-    })
+    set_mode(&key, 0o600)?;
+    set_mode(&cert, 0o644)?;
+    Ok((cert, key))
+}
+
+fn set_mode(file: &Path, mode: u32) -> Result<()> {
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {}", file.display()))
 }
 
 fn openssl(args: &[&str]) -> Result<()> {

@@ -293,6 +293,7 @@ mod tests {
     fn config_forwards_unbuffered_with_the_host_header() {
         let certs = Certificates {
             ca_cert: PathBuf::from("/d/ca.crt"),
+            ca_key: PathBuf::from("/d/ca.key"),
             server_cert: PathBuf::from("/d/server.crt"),
             server_key: PathBuf::from("/d/server.key"),
         };

@@ -1,37 +1,28 @@
 //! The client side: a hyper connector for `http://` and `https://` URLs (the coordinator's
-//! requests to the managers, the managers' HA checks), trusting a PEM CA bundle, or the
-//! system's roots when none is given.
+//! requests to the managers, the managers' HA checks, the CLIs), trusting a PEM CA bundle or
+//! the system's roots, and presenting a client certificate when given one.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 
-/// The certificates of a PEM bundle, as a root store.
-pub fn roots_from_pem(path: &Path) -> Result<rustls::RootCertStore> {
-    let pem =
-        std::fs::read(path).with_context(|| format!("reading the CA file {}", path.display()))?;
-    let certs = rustls_pemfile::certs(&mut pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("parsing the CA file {} (PEM)", path.display()))?;
-    if certs.is_empty() {
-        bail!("the CA file {} holds no certificate", path.display());
-    }
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in certs {
-        roots
-            .add(cert)
-            .with_context(|| format!("a certificate of {} is not usable", path.display()))?;
-    }
-    Ok(roots)
+use crate::pem::{chain_and_key, roots_from_pem};
+
+/// A client certificate chain and its key (PEM files), presented to servers that ask.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 /// A connector for `http://` and `https://` URLs.
 pub fn connector(
     ca_file: Option<&Path>,
+    identity: Option<&ClientIdentity>,
     connect_timeout: Duration,
 ) -> Result<HttpsConnector<HttpConnector>> {
     let mut http = HttpConnector::new();
@@ -39,26 +30,43 @@ pub fn connector(
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let with_roots = |roots: rustls::RootCertStore| -> Result<_> {
-        let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .context("TLS protocol versions")?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Ok(HttpsConnectorBuilder::new().with_tls_config(config))
+    let roots = match ca_file {
+        Some(path) => roots_from_pem(path)?,
+        None => system_roots(),
     };
-    let builder = match ca_file {
-        Some(path) => with_roots(roots_from_pem(path)?)?,
-        None => match HttpsConnectorBuilder::new().with_provider_and_native_roots(provider.clone())
-        {
-            Ok(builder) => builder,
-            Err(e) => {
-                tracing::warn!(error = %e, "no system root certificates: https:// URLs need a CA file");
-                with_roots(rustls::RootCertStore::empty())?
-            }
-        },
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_root_certificates(roots);
+    let config = match identity {
+        Some(identity) => {
+            let (certs, key) = chain_and_key(&identity.cert_file, &identity.key_file)
+                .context("the client certificate")?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .context("the client certificate and key do not match")?
+        }
+        None => builder.with_no_client_auth(),
     };
-    Ok(builder.https_or_http().enable_http1().wrap_connector(http))
+    Ok(HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http))
+}
+
+/// The system's root certificates (none, with a warning, when there are none).
+fn system_roots() -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    for error in &found.errors {
+        tracing::debug!(error = %error, "reading the system's root certificates");
+    }
+    let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        tracing::warn!("no system root certificates: https:// URLs need a CA file");
+    }
+    roots
 }
 
 #[cfg(test)]
@@ -66,23 +74,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_ca_file_must_hold_certificates() {
+    fn a_connector_needs_usable_files() {
         let dir = std::env::temp_dir().join(format!("pgsteward-tls-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let missing = roots_from_pem(&dir.join("absent.pem")).unwrap_err();
-        assert!(
-            format!("{missing:#}").contains("reading the CA file"),
-            "{missing:#}"
-        );
         let empty = dir.join("empty.pem");
         std::fs::write(&empty, "not a certificate\n").unwrap();
-        let none = roots_from_pem(&empty).unwrap_err();
+        assert!(connector(Some(&empty), None, Duration::from_secs(1)).is_err());
+        assert!(connector(None, None, Duration::from_secs(1)).is_ok());
+        let identity = ClientIdentity {
+            cert_file: empty.clone(),
+            key_file: empty.clone(),
+        };
+        let error = connector(None, Some(&identity), Duration::from_secs(1)).unwrap_err();
         assert!(
-            format!("{none:#}").contains("holds no certificate"),
-            "{none:#}"
+            format!("{error:#}").contains("the client certificate"),
+            "{error:#}"
         );
-        assert!(connector(Some(&empty), Duration::from_secs(1)).is_err());
-        assert!(connector(None, Duration::from_secs(1)).is_ok());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

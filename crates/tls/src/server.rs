@@ -1,36 +1,49 @@
-//! The server side: a rustls acceptor from PEM files and an accept loop that hands each TLS
-//! stream to hyper, serving an axum router (the manager's and the coordinator's APIs), or the
-//! same router over plain HTTP without an acceptor.
+//! The server side: a rustls acceptor from PEM files (optionally asking for client
+//! certificates signed by a client CA) and an accept loop that hands each TLS stream to
+//! hyper, serving an axum router (the manager's and the coordinator's APIs) with the
+//! connection's verified client certificate in every request's extensions; or the same
+//! router over plain HTTP without an acceptor.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
+use rustls::server::WebPkiClientVerifier;
 use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
 
-/// Build an acceptor from the certificate chain and key files.
-pub fn acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor> {
-    let cert_pem = std::fs::read(cert_file)
-        .with_context(|| format!("reading TLS certificate {}", cert_file.display()))?;
-    let key_pem = std::fs::read(key_file)
-        .with_context(|| format!("reading TLS key {}", key_file.display()))?;
-    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .context("parsing the TLS certificate PEM")?;
-    if certs.is_empty() {
-        bail!("{} holds no certificate", cert_file.display());
-    }
-    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .context("parsing the TLS key PEM")?
-        .with_context(|| format!("{} holds no private key", key_file.display()))?;
+use crate::peer::VerifiedClient;
+use crate::pem::{chain_and_key, roots_from_pem};
+
+/// Build an acceptor from the certificate chain and key files. With `client_ca_file`, a
+/// client may present a certificate: one signed by that CA is verified and handed to the
+/// router as a [`VerifiedClient`], any other fails the handshake; a client without one
+/// (a probe, a status request) is still served.
+pub fn acceptor(
+    cert_file: &Path,
+    key_file: &Path,
+    client_ca_file: Option<&Path>,
+) -> Result<TlsAcceptor> {
+    let (certs, key) = chain_and_key(cert_file, key_file)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
-        .with_no_client_auth()
+        .context("TLS protocol versions")?;
+    let builder = match client_ca_file {
+        Some(path) => {
+            let roots = roots_from_pem(path).context("the client CA file")?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()
+                .with_context(|| format!("using {} as the client CA", path.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let config = builder
         .with_single_cert(certs, key)
         .context("TLS certificate and key do not match")?;
     Ok(TlsAcceptor::from(Arc::new(config)))
@@ -78,6 +91,21 @@ async fn serve(listener: tokio::net::TcpListener, acceptor: TlsAcceptor, app: Ro
                 }
                 Err(_) => return,
             };
+            // rustls verified the chain during the handshake; only then is there a leaf.
+            let client = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|leaf| VerifiedClient::new(leaf.clone().into_owned()));
+            let app = app.map_request(
+                move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                    if let Some(client) = &client {
+                        request.extensions_mut().insert(client.clone());
+                    }
+                    request
+                },
+            );
             let service = TowerToHyperService::new(app);
             if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)

@@ -24,19 +24,29 @@ pub fn run(args: &BackupTakeArgs) -> i32 {
 }
 
 async fn request_backup(args: &BackupTakeArgs) -> Result<BackupAccepted> {
-    let token_file = args.token_file.as_ref().context(
-        "--token-file (or PGSTEWARD_TOKEN_FILE) must name the API token file (http.token_file)",
-    )?;
-    let token = std::fs::read_to_string(token_file)
-        .with_context(|| format!("reading {}", token_file.display()))?;
+    let token = match (&args.token_file, args.tls.identity()) {
+        (Some(token_file), _) => Some(
+            std::fs::read_to_string(token_file)
+                .with_context(|| format!("reading {}", token_file.display()))?,
+        ),
+        (None, Some(_)) => None,
+        (None, None) => bail!(
+            "--token-file (or PGSTEWARD_TOKEN_FILE) must name the API token file (http.token_file), or --client-cert and --client-key a client certificate the manager accepts (http.tls.client_ca_file)"
+        ),
+    };
     let body = if args.immediate_checkpoint {
         r#"{"immediate_checkpoint":true}"#
     } else {
         ""
     };
-    let client = ApiClient::new(&args.url, args.ca_file.as_deref())?;
+    let client = ApiClient::new(&args.url, &args.tls)?;
     let (code, text) = client
-        .post("/pg/backup", token.trim(), body, Duration::from_secs(30))
+        .post(
+            "/pg/backup",
+            token.as_deref().map(str::trim),
+            body,
+            Duration::from_secs(30),
+        )
         .await?;
     if code != hyper::StatusCode::ACCEPTED {
         bail!("{} answered {code}: {text}", client.url("/pg/backup"));
@@ -64,7 +74,7 @@ async fn take(args: &BackupTakeArgs) -> Result<i32> {
     let mut last_printed: Option<Instant> = None;
     loop {
         tokio::time::sleep(POLL_EVERY).await;
-        let (_, status) = crate::status_cmd::fetch(&args.url, args.ca_file.as_deref()).await?;
+        let (_, status) = crate::status_cmd::fetch(&args.url, &args.tls).await?;
         let Some(backup) = status.backup else {
             bail!("the manager reports no backup status");
         };

@@ -67,7 +67,7 @@ pub fn check(problems: &mut Vec<String>, ha: &HaConfig) {
         );
     }
     if let Some(path) = &ha.ca_file {
-        if let Err(e) = pgsteward_tls::client::roots_from_pem(path) {
+        if let Err(e) = pgsteward_tls::pem::roots_from_pem(path) {
             problems.push(format!("ha.ca_file: {e:#}"));
         }
     }

@@ -221,12 +221,22 @@ impl Default for HttpConfig {
     }
 }
 
-/// TLS certificate chain and private key, both PEM files.
+/// TLS certificate chain and private key, both PEM files, and optionally the CA of client
+/// certificates that authorize the mutating routes (mutual TLS) instead of the bearer token.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
+    /// PEM bundle of the CA(s) whose client certificates may use the mutating routes. Clients
+    /// without a certificate (probes, status) are still served; a certificate from another CA
+    /// fails the handshake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<PathBuf>,
+    /// When not empty, only client certificates valid for one of these names (DNS names or
+    /// IP addresses of their subjectAltName) authorize; others fall back to the bearer token.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_names: Vec<String>,
 }
 
 /// The Prometheus listener.

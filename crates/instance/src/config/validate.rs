@@ -105,6 +105,7 @@ pub fn validate(config: &Config, catalog: &GucCatalog) -> Result<(), ConfigProbl
         }
     }
     check_archive(&mut problems, config);
+    check_client_certificates(&mut problems, config);
     super::replication::check(&mut problems, config);
     super::ha::check(&mut problems, &config.ha);
     check_parameters(&mut problems, config, catalog);
@@ -229,6 +230,22 @@ fn check_archive(problems: &mut Vec<String>, config: &Config) {
         && archive.s3.kms_key_id.is_none()
     {
         problems.push("archive.s3.kms_key_id: required with sse: aws_kms".to_owned());
+    }
+}
+
+/// `http.tls.client_names` need the client CA they are matched under, and must be names.
+fn check_client_certificates(problems: &mut Vec<String>, config: &Config) {
+    let Some(tls) = &config.http.tls else {
+        return;
+    };
+    if !tls.client_names.is_empty() && tls.client_ca_file.is_none() {
+        problems.push(
+            "http.tls.client_names: set without client_ca_file (no client certificate is asked for)"
+                .to_owned(),
+        );
+    }
+    if let Err(e) = pgsteward_tls::peer::validate_allowed_names(&tls.client_names) {
+        problems.push(format!("http.tls.client_names: {e}"));
     }
 }
 
@@ -366,6 +383,35 @@ mod tests {
             ("pg_stat_statements.max", ParamValue::Integer(1000)),
         ]);
         assert_eq!(validate(&config, &catalog()), Ok(()));
+    }
+
+    #[test]
+    fn client_names_need_a_client_ca_and_must_be_names() {
+        let mut config = config_with(&[]);
+        config.http.tls = Some(crate::config::TlsConfig {
+            cert_file: "/c.pem".into(),
+            key_file: "/k.pem".into(),
+            client_ca_file: None,
+            client_names: vec!["coordinator".into(), "two words".into()],
+        });
+        let problems = validate(&config, &catalog()).unwrap_err().problems;
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("without client_ca_file")),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("\"two words\" is not a DNS name")),
+            "{problems:?}"
+        );
+        if let Some(tls) = config.http.tls.as_mut() {
+            tls.client_ca_file = Some("/ca.pem".into());
+            tls.client_names = vec!["coordinator".into(), "10.0.0.7".into()];
+        }
+        assert!(validate(&config, &catalog()).is_ok());
     }
 
     #[test]

@@ -43,7 +43,7 @@ impl Prober {
         connect_timeout: Duration,
         ca_file: Option<&std::path::Path>,
     ) -> anyhow::Result<Self> {
-        let connector = pgsteward_tls::client::connector(ca_file, connect_timeout)?;
+        let connector = pgsteward_tls::client::connector(ca_file, None, connect_timeout)?;
         Ok(Prober {
             http: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(10))

@@ -1,6 +1,8 @@
-//! Bearer-token authentication of mutating routes: constant-time comparison (of sha256
-//! digests, so lengths leak nothing), 401 without a token, 403 with a wrong one, 403 for every
-//! request when no token is configured. The token never appears in logs or responses.
+//! Authentication of mutating routes: a client certificate that rustls verified against
+//! `http.tls.client_ca_file` (and that matches `http.tls.client_names`, when set), or the
+//! bearer token compared in constant time (of sha256 digests, so lengths leak nothing). 401
+//! with neither, 403 with a wrong token or when neither is configured. The token never
+//! appears in logs or responses.
 
 use std::sync::Arc;
 
@@ -8,6 +10,7 @@ use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::Response;
+use pgsteward_tls::peer::VerifiedClient;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -30,15 +33,26 @@ pub async fn require_token(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    let tls = shared.config().http.tls;
+    if let Some(client) = request.extensions().get::<VerifiedClient>() {
+        let names = tls.as_ref().map_or(&[][..], |t| t.client_names.as_slice());
+        if client.is_allowed(names) {
+            return Ok(next.run(request).await);
+        }
+        tracing::warn!(path = %request.uri().path(), "a client certificate valid for none of http.tls.client_names; trying the bearer token");
+    }
     let expected = shared
         .token
         .read()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
     let Some(expected) = expected else {
-        return Err(ApiError::Forbidden(
-            "mutating routes are disabled: no http.token_file is configured".into(),
-        ));
+        let message = if tls.is_some_and(|t| t.client_ca_file.is_some()) {
+            "this request needs a client certificate signed by http.tls.client_ca_file (and valid for http.tls.client_names, when set); no http.token_file is configured"
+        } else {
+            "mutating routes are disabled: no http.token_file or http.tls.client_ca_file is configured"
+        };
+        return Err(ApiError::Forbidden(message.into()));
     };
     let header = request
         .headers()

@@ -58,7 +58,8 @@ pub fn route_docs() -> Vec<RouteDoc> {
     routes().into_iter().map(|r| r.doc).collect()
 }
 
-/// The API router. Probes and status are public; mutating routes require the bearer token.
+/// The API router. Probes and status are public; mutating routes require the bearer token or
+/// a verified client certificate (`http.tls.client_ca_file`).
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config().http.body_limit_bytes;
     let mut public = Router::new();
@@ -94,6 +95,7 @@ pub async fn serve_api(state: AppState) -> Result<SocketAddr> {
         Some(tls) => Some(pgsteward_tls::server::acceptor(
             &tls.cert_file,
             &tls.key_file,
+            tls.client_ca_file.as_deref(),
         )?),
         None => None,
     };

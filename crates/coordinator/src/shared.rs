@@ -1,0 +1,113 @@
+//! What the coordinator's loop and its API share: the status report `GET /status` serves
+//! (term, primary, members, the last decision and action, re-admissions, the last switchover),
+//! the metrics, the channel of commands the API hands to the loop (switchovers, backups) and
+//! the API's credentials (token, accepted client-certificate names).
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::decide::Decision;
+use crate::metrics::Metrics;
+use crate::observe::MemberReport;
+use crate::readmit::Readmission;
+use crate::switchover::{SwitchoverAnswer, SwitchoverError};
+
+/// Work the API hands to the loop.
+pub enum Command {
+    Switchover {
+        to: String,
+        reply: oneshot::Sender<Result<SwitchoverAnswer, SwitchoverError>>,
+    },
+    Backup {
+        request: crate::backup::BackupRequest,
+        reply: oneshot::Sender<Result<crate::backup::BackupStarted, crate::backup::BackupRefused>>,
+    },
+}
+
+/// The last decision as `/status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DecisionRecord {
+    pub at_unix_ms: u128,
+    pub decision: Decision,
+    /// Outcome of the action (promotion answer or error), when one was taken.
+    pub outcome: Option<String>,
+}
+
+/// `GET /status` body.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    pub term: u64,
+    pub primary: Option<String>,
+    /// `instance_name` of the primary, as its manager reports it (managers look for
+    /// themselves here: `ha.coordinator_url`).
+    pub primary_instance: Option<String>,
+    /// Term the primary holds (the new term right after a failover).
+    pub primary_term: Option<u64>,
+    pub synchronous_standby_names: String,
+    pub failovers: u64,
+    pub members: Vec<MemberReport>,
+    pub last_decision: Option<DecisionRecord>,
+    /// Last decision that was not "none" (a failover or a refusal).
+    pub last_action: Option<DecisionRecord>,
+    /// Members being (or recently) told to follow the primary, by name.
+    pub readmissions: BTreeMap<String, Readmission>,
+    /// How the last switchover ended.
+    pub last_switchover: Option<String>,
+}
+
+/// State shared between the loop and the API.
+pub struct Shared {
+    report: Mutex<StatusReport>,
+    pub metrics: Metrics,
+    /// To the loop (switchovers).
+    pub commands: mpsc::Sender<Command>,
+    /// Bearer token of the mutating routes (None: only a client certificate can use them).
+    pub api_token: Option<String>,
+    /// With `api_tls.client_ca_file`: the names a verified client certificate must be valid
+    /// for (empty: any); None without a client CA.
+    pub api_client_names: Option<Vec<String>>,
+}
+
+impl Shared {
+    pub fn new(
+        metrics: Metrics,
+        term: u64,
+        commands: mpsc::Sender<Command>,
+        api_token: Option<String>,
+        api_client_names: Option<Vec<String>>,
+    ) -> Self {
+        Shared {
+            report: Mutex::new(StatusReport {
+                term,
+                primary: None,
+                primary_instance: None,
+                primary_term: None,
+                synchronous_standby_names: String::new(),
+                failovers: 0,
+                members: Vec::new(),
+                last_decision: None,
+                last_action: None,
+                readmissions: BTreeMap::new(),
+                last_switchover: None,
+            }),
+            metrics,
+            commands,
+            api_token,
+            api_client_names,
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, StatusReport> {
+        self.report
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A copy of the current status.
+    pub fn snapshot(&self) -> StatusReport {
+        self.lock().clone()
+    }
+}
