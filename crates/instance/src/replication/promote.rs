@@ -91,8 +91,9 @@ pub async fn promote(
     role::write(&shared.pgdata, &state).map_err(failed)?;
     if let Some(names) = names {
         super::synchronous::store_for(&shared.pgdata, term, &names).map_err(failed)?;
-        // Rendered while still a standby (where it has no effect) and reloaded, so the first
-        // commit of the new primary already waits for its standbys.
+        // Rendered while still a standby (where it has no effect), reloaded and seen in effect
+        // before the promotion, so the first commit of the new primary already waits for its
+        // standbys.
         if standby::write(&shared.config(), &state, &shared.pgdata).map_err(failed)? {
             client
                 .batch_execute("SELECT pg_reload_conf()")
@@ -100,6 +101,9 @@ pub async fn promote(
                 .context("reloading the synchronous standby names")
                 .map_err(failed)?;
         }
+        super::synchronous::wait_in_effect(&client, &names)
+            .await
+            .map_err(failed)?;
     }
     tracing::info!(term, "promoting this standby");
     let started = std::time::Instant::now();

@@ -187,7 +187,7 @@ async fn in_effect(client: &tokio_postgres::Client) -> Result<String> {
 
 /// Wait until the reload reached this session (the postmaster signals every backend once it
 /// has re-read the files).
-async fn wait_in_effect(client: &tokio_postgres::Client, names: &str) -> Result<()> {
+pub(crate) async fn wait_in_effect(client: &tokio_postgres::Client, names: &str) -> Result<()> {
     let deadline = tokio::time::Instant::now() + RELOAD_DEADLINE;
     loop {
         let current = in_effect(client).await?;
