@@ -163,11 +163,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let listen = config.listen;
         let acceptor = match &config.api_tls {
-            Some(tls) => Some(pgsteward_tls::server::acceptor(
-                &tls.cert_file,
-                &tls.key_file,
-                tls.client_ca_file.as_deref(),
-            )?),
+            Some(tls) => Some(pgsteward_tls::server::ReloadableAcceptor::new(
+                pgsteward_tls::server::acceptor(
+                    &tls.cert_file,
+                    &tls.key_file,
+                    tls.client_ca_file.as_deref(),
+                )?,
+            )),
             None => None,
         };
         let (coordinator, shared) = Coordinator::new(config)?;

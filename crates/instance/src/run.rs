@@ -171,6 +171,7 @@ async fn manage(config: Config, sources: ConfigSources, os_user: String) -> Resu
         active_target: RwLock::new(None),
         executable: executable.clone(),
         archiver: std::sync::OnceLock::new(),
+        api_tls: std::sync::OnceLock::new(),
         backups: crate::backups::Backups::default(),
         drill: Mutex::new(None),
         ha: Mutex::new(None),

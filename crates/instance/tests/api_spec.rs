@@ -46,6 +46,7 @@ fn offline_state() -> Arc<Shared> {
         active_target: RwLock::new(None),
         executable: "/usr/bin/pgsteward".into(),
         archiver: std::sync::OnceLock::new(),
+        api_tls: std::sync::OnceLock::new(),
         backups: pgsteward::backups::Backups::default(),
         drill: Mutex::new(None),
         ha: Mutex::new(None),

@@ -1,18 +1,19 @@
 //! The server side: a rustls acceptor from PEM files (optionally asking for client
-//! certificates signed by a client CA) and an accept loop that hands each TLS stream to
+//! certificates signed by a client CA), replaceable while serving (certificate rotation), and
+//! an accept loop that hands each TLS stream to
 //! hyper, serving an axum router (the manager's and the coordinator's APIs) with the
 //! connection's verified client certificate in every request's extensions; or the same
 //! router over plain HTTP without an acceptor.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use anyhow::{Context, Result};
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use rustls::server::WebPkiClientVerifier;
-use tokio_rustls::TlsAcceptor;
+pub use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::peer::VerifiedClient;
@@ -49,11 +50,40 @@ pub fn acceptor(
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// The acceptor a listener uses, replaceable while it serves: a rotated certificate (or
+/// another client CA) applies to the next connection, open ones keep theirs.
+#[derive(Clone)]
+pub struct ReloadableAcceptor(Arc<RwLock<TlsAcceptor>>);
+
+impl std::fmt::Debug for ReloadableAcceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReloadableAcceptor")
+    }
+}
+
+impl ReloadableAcceptor {
+    pub fn new(acceptor: TlsAcceptor) -> Self {
+        ReloadableAcceptor(Arc::new(RwLock::new(acceptor)))
+    }
+
+    /// Use `acceptor` from the next connection on.
+    pub fn replace(&self, acceptor: TlsAcceptor) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = acceptor;
+    }
+
+    fn current(&self) -> TlsAcceptor {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
 /// Serve `app` on `listener`: HTTPS with `acceptor`, else plain HTTP; returns only when the
 /// plain server fails.
 pub async fn serve_http_or_https(
     listener: tokio::net::TcpListener,
-    acceptor: Option<TlsAcceptor>,
+    acceptor: Option<ReloadableAcceptor>,
     app: Router,
 ) -> std::io::Result<()> {
     match acceptor {
@@ -66,7 +96,7 @@ pub async fn serve_http_or_https(
 }
 
 /// Accept TLS connections forever.
-async fn serve(listener: tokio::net::TcpListener, acceptor: TlsAcceptor, app: Router) {
+async fn serve(listener: tokio::net::TcpListener, acceptor: ReloadableAcceptor, app: Router) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(pair) => pair,
@@ -75,7 +105,7 @@ async fn serve(listener: tokio::net::TcpListener, acceptor: TlsAcceptor, app: Ro
                 continue;
             }
         };
-        let acceptor = acceptor.clone();
+        let acceptor = acceptor.current();
         let app = app.clone();
         tokio::spawn(async move {
             let stream = match tokio::time::timeout(

@@ -86,17 +86,23 @@ pub fn router(state: AppState) -> Router {
 /// Bind and serve the API (HTTPS when `http.tls` is set). Returns the bound address.
 pub async fn serve_api(state: AppState) -> Result<SocketAddr> {
     let config = state.config().http;
-    let app = router(state);
+    let app = router(state.clone());
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding the API listener on {}", config.listen))?;
     let address = listener.local_addr()?;
     let acceptor = match &config.tls {
-        Some(tls) => Some(pgsteward_tls::server::acceptor(
-            &tls.cert_file,
-            &tls.key_file,
-            tls.client_ca_file.as_deref(),
-        )?),
+        Some(tls) => {
+            let acceptor =
+                pgsteward_tls::server::ReloadableAcceptor::new(pgsteward_tls::server::acceptor(
+                    &tls.cert_file,
+                    &tls.key_file,
+                    tls.client_ca_file.as_deref(),
+                )?);
+            // The reload rebuilds it from the files (a rotated certificate).
+            let _ = state.api_tls.set(acceptor.clone());
+            Some(acceptor)
+        }
         None => None,
     };
     let scheme = if acceptor.is_some() { "HTTPS" } else { "HTTP" };

@@ -31,7 +31,9 @@ fn keep_manager_settings(old: &Config, new: &mut Config) -> Vec<&'static str> {
         new.bin_dir.clone_from(&old.bin_dir);
         kept.push("bin_dir");
     }
-    if new.http.listen != old.http.listen || new.http.tls != old.http.tls {
+    // Switching between HTTP and HTTPS needs a new listener; another certificate, key or
+    // client CA is applied by the reload (`rebuild_api_tls`).
+    if new.http.listen != old.http.listen || new.http.tls.is_some() != old.http.tls.is_some() {
         new.http.listen = old.http.listen;
         new.http.tls.clone_from(&old.http.tls);
         kept.push("http.listen/http.tls");
@@ -91,12 +93,17 @@ async fn apply_inner(
     if !kept.is_empty() {
         tracing::warn!(settings = ?kept, "these settings change only when the manager restarts; keeping the running values");
     }
+    let api_tls = rebuild_api_tls(shared, &new_config)?;
     let rendered = config::render::render(&new_config, &shared.render_context());
     let mut changed = config::render::write(&shared.pgdata, &rendered)
         .map_err(|e| CommandError::Failed(format!("writing configuration files: {e:#}")))?;
     changed |= crate::replication::refresh(&shared.pgdata, &new_config)
         .map_err(|e| CommandError::Failed(format!("writing the standby settings: {e:#}")))?;
     shared.reload_token(&new_config);
+    if let Some((reloadable, acceptor)) = api_tls {
+        reloadable.replace(acceptor);
+        tracing::info!("API TLS certificate, key and client CA re-read");
+    }
     *shared.config.write().unwrap_or_else(|p| p.into_inner()) = new_config;
     let kept: Vec<String> = kept.into_iter().map(str::to_owned).collect();
     shared.with_runtime(|r| {
@@ -124,6 +131,31 @@ async fn apply_inner(
         pending_manager_restart: kept,
         restarted: false,
     })
+}
+
+/// The API's TLS acceptor built again from the files of `config` (a rotated certificate, a new
+/// client CA), to be swapped in once nothing else can fail; an unreadable or mismatched file
+/// refuses the whole reload and the running certificate stays.
+fn rebuild_api_tls(
+    shared: &Shared,
+    config: &Config,
+) -> Result<
+    Option<(
+        pgsteward_tls::server::ReloadableAcceptor,
+        pgsteward_tls::server::TlsAcceptor,
+    )>,
+    CommandError,
+> {
+    let (Some(reloadable), Some(tls)) = (shared.api_tls.get(), &config.http.tls) else {
+        return Ok(None);
+    };
+    let acceptor = pgsteward_tls::server::acceptor(
+        &tls.cert_file,
+        &tls.key_file,
+        tls.client_ca_file.as_deref(),
+    )
+    .map_err(|e| CommandError::InvalidConfiguration(format!("http.tls: {e:#}")))?;
+    Ok(Some((reloadable.clone(), acceptor)))
 }
 
 /// `pg_reload_conf()`, wait until postgres processed it, and return the pending parameters.
@@ -186,7 +218,8 @@ async fn reload_postgres(shared: &Shared) -> Result<Vec<String>, CommandError> {
     }
 }
 
-/// Watch the configuration file (and the token file) and ask the loop to reload on change.
+/// Watch the configuration file, the token file and the TLS files (the API's certificate, key
+/// and client CA, `ha.ca_file`) and ask the loop to reload on change.
 /// Polling catches Kubernetes' symlink-swapped ConfigMap and Secret volumes too.
 pub fn spawn_file_watcher(shared: std::sync::Arc<Shared>) {
     tokio::spawn(async move {
@@ -195,6 +228,11 @@ pub fn spawn_file_watcher(shared: std::sync::Arc<Shared>) {
             let mut files = Vec::new();
             files.extend(shared.sources.file.clone());
             files.extend(config.http.token_file.clone());
+            if let Some(tls) = &config.http.tls {
+                files.extend([tls.cert_file.clone(), tls.key_file.clone()]);
+                files.extend(tls.client_ca_file.clone());
+            }
+            files.extend(config.ha.ca_file.clone());
             files
                 .into_iter()
                 .map(|f| std::fs::read(f).ok())

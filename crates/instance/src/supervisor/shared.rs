@@ -140,6 +140,8 @@ pub struct Shared {
     pub drill: Mutex<Option<pgsteward_api::DrillStatus>>,
     /// The HA monitor's latest findings (None while `ha.coordinator_url` is unset).
     pub ha: Mutex<Option<pgsteward_api::HaStatus>>,
+    /// The API listener's TLS, rebuilt at every reload (set once HTTPS is served).
+    pub api_tls: std::sync::OnceLock<pgsteward_tls::server::ReloadableAcceptor>,
 }
 
 impl Shared {

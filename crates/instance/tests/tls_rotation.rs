@@ -1,0 +1,161 @@
+//! The API's certificate rotated without a restart (PG15; TLS does not depend on the postgres
+//! version): the certificate and key files are replaced the way Kubernetes updates a Secret
+//! volume (new files renamed into place) by ones of another CA; the manager notices the change,
+//! reloads, and new connections get the new certificate while the old CA no longer verifies,
+//! with nothing pending a manager restart. A client CA added to the configuration file then
+//! lets a client certificate of that CA use a mutating route. A certificate file that stops
+//! parsing refuses the reload (`last_error` names `http.tls`) and the running certificate stays.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use pgsteward_testkit::certs::{generate_certificates, issue_client_certificate};
+use serde_json::Value;
+
+/// `curl` with the CA and optionally a client certificate: the HTTP code (`000` when the
+/// connection or the verification failed) and the body.
+fn curl(method: &str, url: &str, ca: &Path, client: Option<(&Path, &Path)>) -> (String, String) {
+    let mut command = Command::new("curl");
+    command
+        .args([
+            "-s",
+            "--max-time",
+            "10",
+            "-X",
+            method,
+            "-w",
+            "\n%{http_code}",
+        ])
+        .arg("--cacert")
+        .arg(ca);
+    if let Some((cert, key)) = client {
+        command.arg("--cert").arg(cert).arg("--key").arg(key);
+    }
+    let output = command
+        .arg(url)
+        .output()
+        .unwrap_or_else(|e| panic!("curl: {e}"));
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.to_owned(), body.to_owned())
+}
+
+/// Replace `to` with a copy of `from` written beside it and renamed over it.
+fn replace_file(instance: &Instance, from: &Path, to: &Path) {
+    let staged = to.with_extension("staged");
+    std::fs::copy(from, &staged).unwrap_or_else(|e| panic!("copying {}: {e}", from.display()));
+    instance.dir.chown_postgres(&staged);
+    std::fs::rename(&staged, to).unwrap_or_else(|e| panic!("renaming to {}: {e}", to.display()));
+}
+
+async fn wait_code(what: &str, url: &str, ca: &Path, client: Option<(&Path, &Path)>, code: &str) {
+    let ca: PathBuf = ca.to_owned();
+    let client: Option<(PathBuf, PathBuf)> = client.map(|(c, k)| (c.to_owned(), k.to_owned()));
+    wait_for(what, READY, || {
+        let (ca, client, url) = (ca.clone(), client.clone(), url.to_owned());
+        async move {
+            let pair = client.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+            (curl("GET", &url, &ca, pair).0 == code).then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_without_a_restart() {
+    let instance = Instance::new(options(PgVersion::V15));
+    let first = generate_certificates(&instance.dir.mkdir("first", 0o755))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let second_dir = instance.dir.mkdir("second", 0o755);
+    let second = generate_certificates(&second_dir).unwrap_or_else(|e| panic!("{e:#}"));
+    let client = issue_client_certificate(&second, &second_dir, "operator")
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let live = instance.dir.mkdir("live", 0o755);
+    let (cert, key) = (live.join("tls.crt"), live.join("tls.key"));
+    replace_file(&instance, &first.server_cert, &cert);
+    replace_file(&instance, &first.server_key, &key);
+    let manager = instance.spawn_with(&[
+        format!("--set=http.tls.cert_file={}", cert.display()),
+        format!("--set=http.tls.key_file={}", key.display()),
+    ]);
+    let base = format!("https://127.0.0.1:{}", instance.api_port);
+    let ready = format!("{base}/readyz");
+    let status_url = format!("{base}/pg/status");
+    wait_code(
+        "/readyz with the first CA",
+        &ready,
+        &first.ca_cert,
+        None,
+        "200",
+    )
+    .await;
+
+    // Rotation: the second CA's certificate is served from the next connection on.
+    replace_file(&instance, &second.server_cert, &cert);
+    replace_file(&instance, &second.server_key, &key);
+    wait_code(
+        "the rotated certificate",
+        &ready,
+        &second.ca_cert,
+        None,
+        "200",
+    )
+    .await;
+    assert_eq!(curl("GET", &ready, &first.ca_cert, None).0, "000");
+    let (code, body) = curl("GET", &status_url, &second.ca_cert, None);
+    assert_eq!(code, "200", "{body}");
+    let status: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(
+        status["pending_manager_restart"],
+        serde_json::json!([]),
+        "{status}"
+    );
+    assert!(
+        manager
+            .log()
+            .contains("API TLS certificate, key and client CA re-read"),
+        "{}",
+        manager.log()
+    );
+
+    // A client CA added to the file: its client certificate may reload without the token.
+    let reload = format!("{base}/pg/reload");
+    let pair = (client.cert.as_path(), client.key.as_path());
+    let (code, body) = curl("POST", &reload, &second.ca_cert, Some(pair));
+    assert_eq!(code, "401", "no client CA yet: {body}");
+    let config = std::fs::read_to_string(&instance.config_path)
+        .unwrap_or_else(|e| panic!("reading the configuration: {e}"));
+    let config = config.replace(
+        "http:\n",
+        &format!(
+            "http:\n  tls:\n    client_ca_file: {}\n",
+            second.ca_cert.display()
+        ),
+    );
+    std::fs::write(&instance.config_path, config)
+        .unwrap_or_else(|e| panic!("writing the configuration: {e}"));
+    wait_for("the client CA to apply", READY, || async {
+        (curl("POST", &reload, &second.ca_cert, Some(pair)).0 == "200").then_some(())
+    })
+    .await;
+
+    // A broken certificate file refuses the reload; the running certificate stays.
+    std::fs::write(&cert, "not a certificate\n")
+        .unwrap_or_else(|e| panic!("writing {}: {e}", cert.display()));
+    let refused = wait_for("the reload to refuse the broken certificate", READY, || {
+        let url = status_url.clone();
+        let ca = second.ca_cert.clone();
+        async move {
+            let (code, body) = curl("GET", &url, &ca, None);
+            let status: Value = serde_json::from_str(&body).ok()?;
+            let error = status["last_error"].as_str()?.to_owned();
+            (code == "200" && error.contains("http.tls")).then_some(error)
+        }
+    })
+    .await;
+    assert!(refused.contains("reload refused"), "{refused}");
+    assert_eq!(curl("GET", &ready, &second.ca_cert, None).0, "200");
+}
