@@ -17,37 +17,13 @@ use std::time::Duration;
 
 use pgsteward_testkit::certs::{generate_certificates, issue_client_certificate};
 use pgsteward_testkit::coordinator::Coordinator;
+use pgsteward_testkit::curl::curl;
 use pgsteward_testkit::fsutil::ScratchDir;
 use pgsteward_testkit::manager::Instance;
 use pgsteward_testkit::{wait_for, ManagerOptions, PgVersion};
 use serde_json::Value;
 
 const READY: Duration = Duration::from_secs(90);
-
-/// `curl` a URL of the manager with the CA and optionally a client certificate: the HTTP code
-/// (`000` when the connection failed) and the body.
-fn curl(method: &str, url: &str, ca: &Path, client: Option<(&Path, &Path)>) -> (String, String) {
-    let mut command = Command::new("curl");
-    command
-        .args([
-            "-s",
-            "--max-time",
-            "10",
-            "-X",
-            method,
-            "-w",
-            "\n%{http_code}",
-        ])
-        .arg("--cacert")
-        .arg(ca);
-    if let Some((cert, key)) = client {
-        command.arg("--cert").arg(cert).arg("--key").arg(key);
-    }
-    let output = command.arg(url).output().unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (code.to_owned(), body.to_owned())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_certificates_authorize_instead_of_tokens() {
@@ -63,26 +39,8 @@ async fn client_certificates_authorize_instead_of_tokens() {
     let other_dir = instance.dir.mkdir("other", 0o755);
     let other = generate_certificates(&other_dir).unwrap();
     let stranger = issue_client_certificate(&other, &other_dir, "pgsteward-coordinator").unwrap();
-    instance.dir.chown_postgres(&certs.server_cert);
-    instance.dir.chown_postgres(&certs.server_key);
     // No bearer token: only client certificates may use the mutating routes.
-    let config = std::fs::read_to_string(&instance.config_path).unwrap();
-    let token_line = format!(
-        "  token_file: {}\n",
-        instance.dir.join("api.token").display()
-    );
-    assert!(config.contains(&token_line), "{config}");
-    let config = config.replace(
-        &token_line,
-        &format!(
-            "  tls:\n    cert_file: {}\n    key_file: {}\n    client_ca_file: {}\n    \
-             client_names: [pgsteward-coordinator]\n",
-            certs.server_cert.display(),
-            certs.server_key.display(),
-            certs.ca_cert.display()
-        ),
-    );
-    std::fs::write(&instance.config_path, config).unwrap();
+    instance.use_client_certificates(&certs, &["pgsteward-coordinator"]);
     let manager = instance.spawn();
     let base = format!("https://127.0.0.1:{}", instance.api_port);
     let ca = certs.ca_cert.clone();

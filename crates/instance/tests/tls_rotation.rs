@@ -9,39 +9,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::*;
 use pgsteward_testkit::certs::{generate_certificates, issue_client_certificate};
+use pgsteward_testkit::curl::curl;
 use serde_json::Value;
-
-/// `curl` with the CA and optionally a client certificate: the HTTP code (`000` when the
-/// connection or the verification failed) and the body.
-fn curl(method: &str, url: &str, ca: &Path, client: Option<(&Path, &Path)>) -> (String, String) {
-    let mut command = Command::new("curl");
-    command
-        .args([
-            "-s",
-            "--max-time",
-            "10",
-            "-X",
-            method,
-            "-w",
-            "\n%{http_code}",
-        ])
-        .arg("--cacert")
-        .arg(ca);
-    if let Some((cert, key)) = client {
-        command.arg("--cert").arg(cert).arg("--key").arg(key);
-    }
-    let output = command
-        .arg(url)
-        .output()
-        .unwrap_or_else(|e| panic!("curl: {e}"));
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (code.to_owned(), body.to_owned())
-}
 
 /// Replace `to` with a copy of `from` written beside it and renamed over it.
 fn replace_file(instance: &Instance, from: &Path, to: &Path) {

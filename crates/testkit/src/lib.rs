@@ -8,6 +8,7 @@
 pub mod certs;
 pub mod cluster;
 pub mod coordinator;
+pub mod curl;
 pub mod faults;
 pub mod fsutil;
 pub mod http;

@@ -129,6 +129,36 @@ impl Instance {
         self.dir.write(name, &text);
     }
 
+    /// Serve the API over HTTPS with `certs`' server certificate and accept client
+    /// certificates of its CA (valid for one of `client_names`, when not empty) instead of the
+    /// bearer token: the configuration file loses its `token_file` line. Call after `new` (and
+    /// after any `write_config`, which writes the token line again).
+    pub fn use_client_certificates(
+        &self,
+        certs: &crate::certs::Certificates,
+        client_names: &[&str],
+    ) {
+        self.dir.chown_postgres(&certs.server_cert);
+        self.dir.chown_postgres(&certs.server_key);
+        let config = std::fs::read_to_string(&self.config_path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", self.config_path.display()));
+        let token_line = format!("  token_file: {}\n", self.dir.join("api.token").display());
+        assert!(config.contains(&token_line), "no token line in {config}");
+        let names = if client_names.is_empty() {
+            String::new()
+        } else {
+            format!("    client_names: [{}]\n", client_names.join(", "))
+        };
+        let tls = format!(
+            "  tls:\n    cert_file: {}\n    key_file: {}\n    client_ca_file: {}\n{names}",
+            certs.server_cert.display(),
+            certs.server_key.display(),
+            certs.ca_cert.display()
+        );
+        std::fs::write(&self.config_path, config.replace(&token_line, &tls))
+            .unwrap_or_else(|e| panic!("writing {}: {e}", self.config_path.display()));
+    }
+
     /// Base URL of the API.
     pub fn api(&self) -> String {
         format!("http://{}:{}", self.options.host, self.api_port)
