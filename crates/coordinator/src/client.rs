@@ -3,6 +3,7 @@
 //! (`{"term", "primary": {"host", "port"}}`), `/pg/synchronous` and `/pg/slots/drop`, with a
 //! bearer token and a timeout each, over http or https (`tls`).
 
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
@@ -19,7 +20,7 @@ use serde_json::{json, Value};
 pub enum ClientError {
     #[error("no answer within {0} ms")]
     Timeout(u128),
-    #[error("cannot reach the manager: {0}")]
+    #[error("cannot reach the API: {0}")]
     Unreachable(String),
     #[error("HTTP {status}: {body}")]
     Status { status: u16, body: String },
@@ -27,10 +28,13 @@ pub enum ClientError {
     Decode(String),
 }
 
-/// A client shared by all members (connections are pooled).
+type Http = HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// A client shared by all members (connections are pooled), rebuilt when its TLS files change
+/// (`tls_watch`).
 #[derive(Clone)]
 pub struct Client {
-    http: HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    http: Arc<RwLock<Http>>,
 }
 
 impl Client {
@@ -40,12 +44,28 @@ impl Client {
         ca_file: Option<&std::path::Path>,
         identity: Option<&pgsteward_tls::client::ClientIdentity>,
     ) -> anyhow::Result<Self> {
-        let connector =
-            pgsteward_tls::client::connector(ca_file, identity, Duration::from_millis(500))?;
-        let http = HyperClient::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(10))
-            .build(connector);
-        Ok(Client { http })
+        Ok(Client {
+            http: Arc::new(RwLock::new(build(ca_file, identity)?)),
+        })
+    }
+
+    /// Read the files again and use the new client from the next request on (a rotated CA or
+    /// client certificate); on error the running client stays.
+    pub fn rebuild(
+        &self,
+        ca_file: Option<&std::path::Path>,
+        identity: Option<&pgsteward_tls::client::ClientIdentity>,
+    ) -> anyhow::Result<()> {
+        let http = build(ca_file, identity)?;
+        *self.http.write().unwrap_or_else(PoisonError::into_inner) = http;
+        Ok(())
+    }
+
+    fn current(&self) -> Http {
+        self.http
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     async fn request(
@@ -72,7 +92,7 @@ impl Client {
             .map_err(|e| ClientError::Unreachable(format!("bad request for {url}: {e}")))?;
         let exchange = async {
             let response = self
-                .http
+                .current()
                 .request(request)
                 .await
                 .map_err(|e| ClientError::Unreachable(format!("{e:?}")))?;
@@ -214,4 +234,15 @@ impl Client {
         self.post(base, "/pg/follow", token, Some(body), timeout)
             .await
     }
+}
+
+fn build(
+    ca_file: Option<&std::path::Path>,
+    identity: Option<&pgsteward_tls::client::ClientIdentity>,
+) -> anyhow::Result<Http> {
+    let connector =
+        pgsteward_tls::client::connector(ca_file, identity, Duration::from_millis(500))?;
+    Ok(HyperClient::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(10))
+        .build(connector))
 }

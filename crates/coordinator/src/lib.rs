@@ -18,3 +18,4 @@ pub mod slots;
 pub mod state;
 pub mod switchover;
 pub mod synchronous;
+pub mod tls_watch;

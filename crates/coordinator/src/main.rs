@@ -172,7 +172,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             )),
             None => None,
         };
+        let watched = config.clone();
         let (coordinator, shared) = Coordinator::new(config)?;
+        pgsteward_coordinator::tls_watch::spawn(&watched, coordinator.client(), acceptor.clone());
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("binding {listen}"))?;

@@ -329,6 +329,11 @@ impl Coordinator {
         }
     }
 
+    /// The managers' API client (the TLS watcher rebuilds it in place).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
     pub(crate) fn member(&self, name: &str) -> Option<&MemberConfig> {
         self.config.members.iter().find(|m| m.name == name)
     }

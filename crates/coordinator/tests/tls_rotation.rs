@@ -1,0 +1,156 @@
+//! The coordinator's TLS files rotated while it runs (PG15; TLS does not depend on the
+//! postgres version). A manager accepts only client certificates for the name `rotated` (no
+//! token); the coordinator starts with a certificate for another name, so the manager refuses
+//! its `POST /pg/synchronous` (403). Once the coordinator's client certificate and key files
+//! are replaced (renamed into place, as Kubernetes updates a Secret volume) by ones for
+//! `rotated`, the coordinator rebuilds its client and the names reach the manager. The
+//! coordinator's own API certificate is replaced by one of another CA: `switchover` verified
+//! against that CA gets the coordinator's answer.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use pgsteward_testkit::certs::{generate_certificates, issue_client_certificate};
+use pgsteward_testkit::coordinator::Coordinator;
+use pgsteward_testkit::curl::curl;
+use pgsteward_testkit::fsutil::ScratchDir;
+use pgsteward_testkit::manager::Instance;
+use pgsteward_testkit::{wait_for, ManagerOptions, PgVersion};
+use serde_json::Value;
+
+const READY: Duration = Duration::from_secs(90);
+
+/// Replace `to` with a copy of `from` written beside it and renamed over it.
+fn replace_file(from: &Path, to: &Path) {
+    let staged = to.with_extension("staged");
+    std::fs::copy(from, &staged).unwrap();
+    std::fs::rename(&staged, to).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_certificates_are_used_without_a_restart() {
+    let instance = Instance::new(ManagerOptions::new(
+        &pgsteward_testkit::pgsteward_bin().display().to_string(),
+        PgVersion::V15,
+    ));
+    let tls_dir = instance.dir.mkdir("tls", 0o755);
+    let certs = generate_certificates(&tls_dir).unwrap();
+    let old_client = issue_client_certificate(&certs, &tls_dir, "pgsteward-coordinator").unwrap();
+    let new_client = issue_client_certificate(&certs, &tls_dir, "rotated").unwrap();
+    let other = generate_certificates(&instance.dir.mkdir("other", 0o755)).unwrap();
+    instance.use_client_certificates(&certs, &["rotated"]);
+    let manager = instance.spawn();
+    let base = format!("https://127.0.0.1:{}", instance.api_port);
+    let ca = certs.ca_cert.clone();
+    wait_for("the manager's HTTPS /readyz", READY, || {
+        let (url, ca) = (format!("{base}/readyz"), ca.clone());
+        async move { (curl("GET", &url, &ca, None).0 == "200").then_some(()) }
+    })
+    .await;
+
+    let dir = ScratchDir::new();
+    let live = dir.mkdir("live", 0o755);
+    let (client_cert, client_key) = (live.join("client.crt"), live.join("client.key"));
+    let (api_cert, api_key) = (live.join("api.crt"), live.join("api.key"));
+    replace_file(&old_client.cert, &client_cert);
+    replace_file(&old_client.key, &client_key);
+    replace_file(&certs.server_cert, &api_cert);
+    replace_file(&certs.server_key, &api_key);
+    let api_token = dir.write("coordinator.token", "rotation-token\n");
+    let yaml = format!(
+        "state_file: {state}\npoll_interval: 250ms\nrequest_timeout: 1s\n\
+         api_token_file: {token}\n\
+         tls:\n  ca_file: {ca}\n  client_cert_file: {client_cert}\n  client_key_file: {client_key}\n\
+         api_tls:\n  cert_file: {api_cert}\n  key_file: {api_key}\n\
+         synchronous:\n  method: any\n  number: 1\n  data_durability: required\n\
+         members:\n- name: a\n  url: {base}\n",
+        state = dir.join("rotation.state.json").display(),
+        token = api_token.display(),
+        ca = ca.display(),
+        client_cert = client_cert.display(),
+        client_key = client_key.display(),
+        api_cert = api_cert.display(),
+        api_key = api_key.display(),
+    );
+    let coordinator = Coordinator::start(
+        Path::new(env!("CARGO_BIN_EXE_pgsteward-coordinator")),
+        dir.path(),
+        "rotation",
+        &yaml,
+    );
+    // The first certificate is for a name the manager does not accept.
+    wait_for(
+        "the manager to refuse the first certificate",
+        READY,
+        || async {
+            let log = coordinator.log();
+            (log.contains("setting the synchronous standby names failed")
+                && log.contains("HTTP 403"))
+            .then_some(())
+        },
+    )
+    .await;
+
+    replace_file(&new_client.cert, &client_cert);
+    replace_file(&new_client.key, &client_key);
+    let status_url = format!("{base}/pg/status");
+    wait_for(
+        "the names set with the rotated client certificate",
+        READY,
+        || {
+            let (url, ca) = (status_url.clone(), ca.clone());
+            async move {
+                let (_, body) = curl("GET", &url, &ca, None);
+                let status: Value = serde_json::from_str(&body).ok()?;
+                status["replication"]["synchronous_standby_names"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("pgsteward_no_standby"))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    assert!(
+        coordinator
+            .log()
+            .contains("managers' API client rebuilt from the TLS files"),
+        "{}\nmanager log:\n{}",
+        coordinator.log(),
+        manager.log()
+    );
+
+    // The coordinator's own certificate, now from another CA.
+    replace_file(&other.server_cert, &api_cert);
+    replace_file(&other.server_key, &api_key);
+    let served_url = format!("https://{}:{}", coordinator.host, coordinator.port);
+    let switchover = |ca: &Path| {
+        let output = Command::new(env!("CARGO_BIN_EXE_pgsteward-coordinator"))
+            .args(["switchover", "--to", "a", "--timeout", "10s", "--url"])
+            .arg(&served_url)
+            .arg("--token-file")
+            .arg(&api_token)
+            .arg("--ca-file")
+            .arg(ca)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let answer = wait_for("the rotated API certificate", READY, || async {
+        let (code, text) = tokio::task::block_in_place(|| switchover(&other.ca_cert));
+        (code == Some(1) && text.contains("already is the primary")).then_some(text)
+    })
+    .await;
+    assert!(answer.contains("switchover refused (HTTP 409)"), "{answer}");
+    let (code, text) = switchover(&certs.ca_cert);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.to_lowercase().contains("certificate"),
+        "the old CA no longer verifies it: {text}"
+    );
+}
