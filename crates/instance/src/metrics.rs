@@ -17,6 +17,10 @@ pub struct Metrics {
     pub manager_state: GaugeVec,
     /// Postmaster start time, seconds since the epoch.
     pub postmaster_start_time: Gauge,
+    /// Client connections (postgres_exporter's `pg_stat_activity_count`, summed) and
+    /// `max_connections` (`pg_settings_max_connections`), for connection-saturation alerts.
+    pub connections: IntGauge,
+    pub max_connections: IntGauge,
     /// Unexpected postmaster exits the manager restarted from.
     pub crash_restarts: IntCounter,
     /// 1 when parameters wait for a restart.
@@ -134,6 +138,14 @@ impl Metrics {
             ),
             &["state"],
         )?;
+        let connections = IntGauge::with_opts(opts(
+            "pg_stat_activity_count",
+            "Client backends connected (pg_stat_activity, backend_type 'client backend'); 0 while postgres does not answer",
+        ))?;
+        let max_connections = IntGauge::with_opts(opts(
+            "pg_settings_max_connections",
+            "The max_connections setting",
+        ))?;
         let postmaster_start_time = Gauge::with_opts(opts(
             "pg_postmaster_start_time",
             "Postmaster start time in seconds since the epoch",
@@ -230,6 +242,8 @@ impl Metrics {
         registry.register(Box::new(postgres_up.clone()))?;
         registry.register(Box::new(manager_state.clone()))?;
         registry.register(Box::new(postmaster_start_time.clone()))?;
+        registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(max_connections.clone()))?;
         registry.register(Box::new(crash_restarts.clone()))?;
         registry.register(Box::new(pending_restart.clone()))?;
         registry.register(Box::new(pending_manager_restart.clone()))?;
@@ -249,6 +263,8 @@ impl Metrics {
             postgres_up,
             manager_state,
             postmaster_start_time,
+            connections,
+            max_connections,
             crash_restarts,
             pending_restart,
             pending_manager_restart,

@@ -61,6 +61,9 @@ pub struct PgFacts {
     pub wal_receiver_status: Option<String>,
     /// Bytes received but not replayed yet (replicas).
     pub replay_lag_bytes: Option<f64>,
+    /// Client backends (what counts against max_connections), and the limit.
+    pub client_connections: i64,
+    pub max_connections: i64,
 }
 
 const FACTS_SQL: &str = "SELECT pg_is_in_recovery(), \
@@ -74,7 +77,9 @@ const FACTS_SQL: &str = "SELECT pg_is_in_recovery(), \
     extract(epoch FROM pg_postmaster_start_time())::float8, \
     ARRAY(SELECT name FROM pg_settings WHERE pending_restart ORDER BY name), \
     (SELECT status FROM pg_stat_wal_receiver LIMIT 1), \
-    pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::float8";
+    pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::float8, \
+    (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int8, \
+    current_setting('max_connections')::int8";
 
 /// Read [`PgFacts`] over `client`.
 pub async fn facts(client: &Client) -> Result<PgFacts> {
@@ -94,6 +99,8 @@ pub async fn facts(client: &Client) -> Result<PgFacts> {
         pending_restart: row.get(7),
         wal_receiver_status: row.get(8),
         replay_lag_bytes: row.get(9),
+        client_connections: row.get(10),
+        max_connections: row.get(11),
     })
 }
 

@@ -18,6 +18,8 @@ pub async fn live_facts(shared: &Shared) -> Option<PgFacts> {
                 .metrics
                 .postmaster_start_time
                 .set(facts.postmaster_start_epoch);
+            shared.metrics.connections.set(facts.client_connections);
+            shared.metrics.max_connections.set(facts.max_connections);
             shared
                 .metrics
                 .pending_restart
@@ -28,6 +30,7 @@ pub async fn live_facts(shared: &Shared) -> Option<PgFacts> {
             tracing::debug!(error = %format!("{e:#}"), "postgres did not answer");
             shared.metrics.collector_up.set(0);
             shared.metrics.postgres_up.set(0);
+            shared.metrics.connections.set(0);
             None
         }
     }

@@ -15,6 +15,7 @@ pub mod http;
 pub mod manager;
 pub mod netns;
 pub mod proc;
+pub mod prometheus;
 pub mod s3;
 pub mod tls_proxy;
 pub mod writer;

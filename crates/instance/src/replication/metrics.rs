@@ -1,6 +1,6 @@
 //! Replication metrics, named so that with the `cnpg` namespace they match CloudNativePG's
 //! (`cnpg_pg_replication_lag`, `_in_recovery`, `_is_wal_receiver_up`,
-//! `_streaming_replicas`), plus the replay lag in bytes, the term, and per physical slot the
+//! `_streaming_replicas`), the lag also with the `_seconds` suffix alert rules use, plus the replay lag in bytes, the term, and per physical slot the
 //! WAL it retains and whether it is in use (an inactive slot keeps WAL without bound).
 
 use std::collections::BTreeSet;
@@ -18,8 +18,11 @@ pub struct ReplicationMetrics {
     pub term: IntGauge,
     /// 1 when the WAL receiver streams.
     pub wal_receiver_up: IntGauge,
-    /// Replay lag of this standby, seconds and bytes.
+    /// Replay lag of this standby, seconds and bytes; the seconds also as
+    /// `pg_replication_lag_seconds` (Prometheus' unit suffix, what alert rules written for
+    /// CNPG often query) beside CNPG's own `pg_replication_lag`.
     pub lag_seconds: Gauge,
+    pub lag_seconds_suffixed: Gauge,
     pub lag_bytes: Gauge,
     /// Standbys streaming from this instance.
     pub streaming_replicas: IntGauge,
@@ -50,6 +53,10 @@ impl ReplicationMetrics {
             lag_seconds: Gauge::with_opts(opts(
                 "pg_replication_lag",
                 "Replay lag of this standby in seconds (0 when all received WAL is replayed)",
+            ))?,
+            lag_seconds_suffixed: Gauge::with_opts(opts(
+                "pg_replication_lag_seconds",
+                "Replay lag of this standby in seconds (the same value as pg_replication_lag)",
             ))?,
             lag_bytes: Gauge::with_opts(opts(
                 "pg_replication_lag_bytes",
@@ -84,6 +91,7 @@ impl ReplicationMetrics {
             registry.register(Box::new(gauge.clone()))?;
         }
         registry.register(Box::new(metrics.lag_seconds.clone()))?;
+        registry.register(Box::new(metrics.lag_seconds_suffixed.clone()))?;
         registry.register(Box::new(metrics.lag_bytes.clone()))?;
         registry.register(Box::new(metrics.slot_retained_bytes.clone()))?;
         registry.register(Box::new(metrics.slot_active.clone()))?;

@@ -169,8 +169,9 @@ fn update_metrics(shared: &Shared, status: &ReplicationStatus) {
     ));
     m.lag_bytes
         .set(receiver.and_then(|r| r.replay_lag_bytes).unwrap_or(0) as f64);
-    m.lag_seconds
-        .set(receiver.and_then(|r| r.replay_lag_seconds).unwrap_or(0.0));
+    let lag_seconds = receiver.and_then(|r| r.replay_lag_seconds).unwrap_or(0.0);
+    m.lag_seconds.set(lag_seconds);
+    m.lag_seconds_suffixed.set(lag_seconds);
     m.streaming_replicas.set(
         status
             .standbys

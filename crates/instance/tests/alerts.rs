@@ -1,0 +1,122 @@
+//! The platform reference's alert rules (`examples/prometheus/reference-alerts.yaml`,
+//! written for CNPG) against a real manager with `metrics.namespace: cnpg`, evaluated by a
+//! real Prometheus scraping it every second (PG15 and PG18). `promtool check rules` accepts
+//! the file; every series the rules query exists (the lag is 0 on a primary, the connection
+//! ratio below 0.8 at rest) and every rule is healthy and inactive. Holding connections past
+//! 80% of max_connections makes PostgreSQLConnectionsHigh pending (its `for: 5m` keeps it
+//! from firing within the test); fencing postgres makes PostgreSQLDown pending.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+use pgsteward_testkit::prometheus::{check_rules, Prometheus};
+
+/// The rules file shipped in `examples/`.
+fn rules_file() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/prometheus/reference-alerts.yaml")
+}
+
+/// `alert`'s state (`inactive`, `pending`, `firing`) once Prometheus evaluated it healthily.
+async fn state_of(prometheus: &Prometheus, alert: &str) -> Option<String> {
+    let rules = prometheus.rules().await?;
+    let rule = rules.iter().find(|r| r["name"] == alert)?;
+    assert_eq!(rule["health"], "ok", "{rule}");
+    Some(rule["state"].as_str()?.to_owned())
+}
+
+async fn wait_state(prometheus: &Prometheus, alert: &str, state: &str) {
+    wait_for(&format!("{alert} to be {state}"), READY, || async {
+        (state_of(prometheus, alert).await.as_deref() == Some(state)).then_some(())
+    })
+    .await;
+}
+
+/// Open `count` connections as the superuser and keep them.
+async fn hold_connections(instance: &Instance, count: usize) -> Vec<tokio_postgres::Client> {
+    let mut clients = Vec::new();
+    for _ in 0..count {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host("127.0.0.1")
+            .port(instance.pg_port)
+            .user("postgres")
+            .password(PASSWORD)
+            .dbname("postgres");
+        let (client, connection) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("connection {}: {e}", clients.len() + 1));
+        tokio::spawn(connection);
+        clients.push(client);
+    }
+    clients
+}
+
+async fn reference_alerts_work_with_the_cnpg_namespace(version: PgVersion) {
+    let rules = rules_file();
+    let checked = check_rules(&rules);
+    assert!(checked.contains("3 rules found"), "{checked}");
+    let instance = Instance::new(options(version));
+    let manager = instance.spawn_with(&["--set=metrics.namespace=cnpg".to_owned()]);
+    manager.wait_ready(READY).await;
+    let target = format!("127.0.0.1:{}", instance.metrics_port);
+    let prometheus = Prometheus::start(&[target], &[rules]).await;
+
+    let value = |expr: &'static str| {
+        let prometheus = &prometheus;
+        async move {
+            let samples = prometheus.query(expr).await?;
+            (samples.len() == 1).then(|| samples[0].1)
+        }
+    };
+    wait_for("cnpg_collector_up scraped", READY, || async {
+        (value("cnpg_collector_up").await == Some(1.0)).then_some(())
+    })
+    .await;
+    assert_eq!(value("cnpg_pg_replication_lag_seconds").await, Some(0.0));
+    assert_eq!(value("cnpg_pg_settings_max_connections").await, Some(30.0));
+    let ratio = value("cnpg_pg_stat_activity_count / cnpg_pg_settings_max_connections")
+        .await
+        .unwrap_or_else(|| panic!("no connection ratio\n{}", prometheus.log()));
+    assert!(ratio > 0.0 && ratio < 0.8, "{ratio}");
+    for alert in [
+        "PostgreSQLDown",
+        "PostgreSQLReplicationLag",
+        "PostgreSQLConnectionsHigh",
+    ] {
+        wait_state(&prometheus, alert, "inactive").await;
+    }
+
+    // 25 of 30 connections held (the manager's own come on top): above 80%.
+    let held = hold_connections(&instance, 25).await;
+    wait_state(&prometheus, "PostgreSQLConnectionsHigh", "pending").await;
+    drop(held);
+    wait_state(&prometheus, "PostgreSQLConnectionsHigh", "inactive").await;
+
+    // Postgres stopped (fenced): the collector is down.
+    let auth = format!("Bearer {TOKEN}");
+    let fenced = http::request(
+        "POST",
+        &format!("{}/pg/fence", instance.api()),
+        &[("authorization", auth.as_str())],
+        "",
+    )
+    .await
+    .unwrap_or_else(|| panic!("no answer from POST /pg/fence"));
+    assert_eq!(fenced.status, 200, "{}", fenced.body);
+    wait_state(&prometheus, "PostgreSQLDown", "pending").await;
+    assert_eq!(value("cnpg_pg_stat_activity_count").await, Some(0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reference_alerts_work_with_the_cnpg_namespace_pg15() {
+    reference_alerts_work_with_the_cnpg_namespace(PgVersion::V15).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reference_alerts_work_with_the_cnpg_namespace_pg18() {
+    reference_alerts_work_with_the_cnpg_namespace(PgVersion::V18).await;
+}
