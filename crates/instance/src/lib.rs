@@ -10,6 +10,7 @@ pub mod backups;
 pub mod bootstrap;
 pub mod cli;
 pub mod config;
+pub mod database_metrics;
 pub mod drill;
 pub mod ha;
 pub mod http;

@@ -21,6 +21,8 @@ pub struct Metrics {
     /// `max_connections` (`pg_settings_max_connections`), for connection-saturation alerts.
     pub connections: IntGauge,
     pub max_connections: IntGauge,
+    /// Per database: its size.
+    pub databases: crate::database_metrics::DatabaseMetrics,
     /// Unexpected postmaster exits the manager restarted from.
     pub crash_restarts: IntCounter,
     /// 1 when parameters wait for a restart.
@@ -256,6 +258,7 @@ impl Metrics {
             manager_state.with_label_values(&[state.as_str()]).set(0.0);
         }
         let drill = DrillMetrics::new(namespace, &registry)?;
+        let databases = crate::database_metrics::DatabaseMetrics::register(&registry, namespace)?;
         let ha = crate::ha::metrics::HaMetrics::register(&registry, namespace)?;
         Ok(Metrics {
             registry,
@@ -265,6 +268,7 @@ impl Metrics {
             postmaster_start_time,
             connections,
             max_connections,
+            databases,
             crash_restarts,
             pending_restart,
             pending_manager_restart,

@@ -4,7 +4,9 @@
 //! the file; every series the rules query exists (the lag is 0 on a primary, the connection
 //! ratio below 0.8 at rest) and every rule is healthy and inactive. Holding connections past
 //! 80% of max_connections makes PostgreSQLConnectionsHigh pending (its `for: 5m` keeps it
-//! from firing within the test); fencing postgres makes PostgreSQLDown pending.
+//! from firing within the test); fencing postgres makes PostgreSQLDown pending. The
+//! reference's dashboard metric `cnpg_pg_database_size_bytes{datname}` follows the databases:
+//! a new database gets a series, a dropped one loses it.
 
 mod common;
 
@@ -32,6 +34,19 @@ async fn wait_state(prometheus: &Prometheus, alert: &str, state: &str) {
         (state_of(prometheus, alert).await.as_deref() == Some(state)).then_some(())
     })
     .await;
+}
+
+/// Run a statement that returns no rows, as the superuser.
+async fn exec(instance: &Instance, statement: &str) {
+    pgsteward_testkit::sql(
+        instance.pg_port,
+        "postgres",
+        PASSWORD,
+        "postgres",
+        statement,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{statement}: {e:#}"));
 }
 
 /// Open `count` connections as the superuser and keep them.
@@ -89,6 +104,26 @@ async fn reference_alerts_work_with_the_cnpg_namespace(version: PgVersion) {
     ] {
         wait_state(&prometheus, alert, "inactive").await;
     }
+
+    // Database sizes: one series per database, gone with the database.
+    let size = value("cnpg_pg_database_size_bytes{datname=\"postgres\"}")
+        .await
+        .unwrap_or_else(|| panic!("no size of the postgres database\n{}", prometheus.log()));
+    assert!(size > 1_000_000.0, "{size}");
+    exec(&instance, "CREATE DATABASE alerts_extra").await;
+    wait_for("the new database's size", READY, || async {
+        value("cnpg_pg_database_size_bytes{datname=\"alerts_extra\"}")
+            .await
+            .filter(|s| *s > 0.0)
+    })
+    .await;
+    exec(&instance, "DROP DATABASE alerts_extra").await;
+    let metrics_url = format!("{}/metrics", instance.metrics());
+    wait_for("the dropped database's series to go", READY, || async {
+        let text = http::get(&metrics_url).await?.body;
+        (!text.contains("alerts_extra")).then_some(())
+    })
+    .await;
 
     // 25 of 30 connections held (the manager's own come on top): above 80%.
     let held = hold_connections(&instance, 25).await;

@@ -23,7 +23,9 @@ pub fn router(state: Arc<Shared>) -> Router {
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    let _ = crate::status::live_facts(&shared).await;
+    if crate::status::live_facts(&shared).await.is_some() {
+        crate::database_metrics::refresh(&shared).await;
+    }
     shared.backups.refresh_metrics(&shared.metrics.backup);
     let _ = crate::replication::status::collect(&shared).await;
     (
