@@ -174,7 +174,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         };
         let watched = config.clone();
         let (coordinator, shared) = Coordinator::new(config)?;
-        pgsteward_coordinator::tls_watch::spawn(&watched, coordinator.client(), acceptor.clone());
+        pgsteward_coordinator::tls_watch::spawn(
+            &watched,
+            coordinator.client(),
+            acceptor.clone(),
+            shared.clone(),
+        );
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("binding {listen}"))?;

@@ -1,5 +1,6 @@
 //! The coordinator's Prometheus metrics: current term, failovers, refusals, member up, stale
-//! replication slots dropped, and the latency of one poll-and-decide round.
+//! replication slots dropped, the latency of one poll-and-decide round, and when its TLS
+//! certificates expire.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry,
@@ -18,6 +19,8 @@ pub struct Metrics {
     pub member_up: IntGaugeVec,
     pub slots_dropped: IntCounter,
     pub decision_seconds: Histogram,
+    /// `certificate`: `api` (api_tls) or `client` (tls.client_cert_file).
+    pub certificate_expiry: IntGaugeVec,
 }
 
 impl Metrics {
@@ -62,6 +65,14 @@ impl Metrics {
             )
             .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
         )?;
+        let certificate_expiry = IntGaugeVec::new(
+            Opts::new(
+                "pgsteward_coordinator_certificate_expiry_timestamp_seconds",
+                "When a TLS certificate of the coordinator expires, seconds since the epoch (api: api_tls.cert_file; client: tls.client_cert_file)",
+            ),
+            &["certificate"],
+        )?;
+        registry.register(Box::new(certificate_expiry.clone()))?;
         registry.register(Box::new(term.clone()))?;
         registry.register(Box::new(failovers.clone()))?;
         registry.register(Box::new(refusals.clone()))?;
@@ -82,6 +93,7 @@ impl Metrics {
             member_up,
             slots_dropped,
             decision_seconds,
+            certificate_expiry,
         })
     }
 

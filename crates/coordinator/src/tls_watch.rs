@@ -2,20 +2,29 @@
 //! Kubernetes updates a Secret volume): the client of the managers' API (`tls.ca_file`, the
 //! client certificate and key) and the acceptor of its own API (`api_tls`). Polled every
 //! second by content, so symlink-swapped volumes count; a file that does not parse is logged
-//! and the running client or acceptor stays until the files change again.
+//! and the running client or acceptor stays until the files change again. Each load also
+//! sets `pgsteward_coordinator_certificate_expiry_timestamp_seconds`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use pgsteward_tls::server::ReloadableAcceptor;
 
 use crate::client::Client;
 use crate::config::{ApiTlsConfig, Config, TlsClientConfig};
+use crate::shared::Shared;
 
-/// Start watching (nothing to watch: no task).
-pub fn spawn(config: &Config, client: Client, acceptor: Option<ReloadableAcceptor>) {
+/// Show the certificates' expiry and start watching (nothing to watch: no task).
+pub fn spawn(
+    config: &Config,
+    client: Client,
+    acceptor: Option<ReloadableAcceptor>,
+    shared: Arc<Shared>,
+) {
     let client_tls = config.tls.clone();
     let api_tls = config.api_tls.clone().filter(|_| acceptor.is_some());
+    record_expiry(&shared, client_tls.as_ref(), api_tls.as_ref());
     let files = watched_files(client_tls.as_ref(), api_tls.as_ref());
     if files.is_empty() {
         return;
@@ -30,6 +39,7 @@ pub fn spawn(config: &Config, client: Client, acceptor: Option<ReloadableAccepto
                 continue;
             }
             last = now;
+            record_expiry(&shared, client_tls.as_ref(), api_tls.as_ref());
             if let Some(tls) = &client_tls {
                 match client.rebuild(tls.ca_file.as_deref(), tls.identity().as_ref()) {
                     Ok(()) => tracing::info!("managers' API client rebuilt from the TLS files"),
@@ -55,6 +65,27 @@ pub fn spawn(config: &Config, client: Client, acceptor: Option<ReloadableAccepto
             }
         }
     });
+}
+
+/// Set the expiry gauges from the certificate files (one that does not load is logged).
+fn record_expiry(shared: &Shared, client: Option<&TlsClientConfig>, api: Option<&ApiTlsConfig>) {
+    let certificates = [
+        ("api", api.map(|t| t.cert_file.clone())),
+        ("client", client.and_then(|t| t.client_cert_file.clone())),
+    ];
+    for (label, file) in certificates {
+        let Some(file) = file else { continue };
+        match pgsteward_tls::pem::expiry_of_first(&file) {
+            Ok(expiry) => shared
+                .metrics
+                .certificate_expiry
+                .with_label_values(&[label])
+                .set(expiry),
+            Err(e) => {
+                tracing::warn!(certificate = label, error = %format!("{e:#}"), "cannot read a certificate's expiry")
+            }
+        }
+    }
 }
 
 /// Every TLS file the coordinator reads.

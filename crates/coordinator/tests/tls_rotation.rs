@@ -5,7 +5,7 @@
 //! are replaced (renamed into place, as Kubernetes updates a Secret volume) by ones for
 //! `rotated`, the coordinator rebuilds its client and the names reach the manager. The
 //! coordinator's own API certificate is replaced by one of another CA: `switchover` verified
-//! against that CA gets the coordinator's answer.
+//! against that CA gets the coordinator's answer. Both certificates' expiry is a metric.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -81,6 +81,31 @@ async fn rotated_certificates_are_used_without_a_restart() {
         "rotation",
         &yaml,
     );
+    // Both certificates' expiry is exported (the test CA's certificates last two days).
+    let metrics_url = format!("https://{}:{}/metrics", coordinator.host, coordinator.port);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    for label in ["api", "client"] {
+        let series =
+            format!("pgsteward_coordinator_certificate_expiry_timestamp_seconds{{certificate=\"{label}\"}} ");
+        let expiry = wait_for(&format!("the {label} certificate's expiry"), READY, || {
+            let (url, ca, series) = (metrics_url.clone(), ca.clone(), series.clone());
+            async move {
+                let (_, body) = curl("GET", &url, &ca, None);
+                body.lines()
+                    .find_map(|l| l.strip_prefix(series.as_str()))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            }
+        })
+        .await;
+        assert!(
+            expiry > now + 86_400.0 && expiry < now + 3.0 * 86_400.0,
+            "{label}: {expiry} (now {now})"
+        );
+    }
+
     // The first certificate is for a name the manager does not accept.
     wait_for(
         "the manager to refuse the first certificate",

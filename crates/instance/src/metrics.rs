@@ -21,6 +21,8 @@ pub struct Metrics {
     /// `max_connections` (`pg_settings_max_connections`), for connection-saturation alerts.
     pub connections: IntGauge,
     pub max_connections: IntGauge,
+    /// When the API's TLS certificate expires (seconds since the epoch; 0 without http.tls).
+    pub api_certificate_expiry: Gauge,
     /// Per database: its size.
     pub databases: crate::database_metrics::DatabaseMetrics,
     /// Unexpected postmaster exits the manager restarted from.
@@ -148,6 +150,10 @@ impl Metrics {
             "pg_settings_max_connections",
             "The max_connections setting",
         ))?;
+        let api_certificate_expiry = Gauge::with_opts(opts(
+            "api_certificate_expiry_timestamp_seconds",
+            "When the API's TLS certificate (http.tls.cert_file, first certificate) expires, seconds since the epoch; 0 without http.tls",
+        ))?;
         let postmaster_start_time = Gauge::with_opts(opts(
             "pg_postmaster_start_time",
             "Postmaster start time in seconds since the epoch",
@@ -245,6 +251,7 @@ impl Metrics {
         registry.register(Box::new(manager_state.clone()))?;
         registry.register(Box::new(postmaster_start_time.clone()))?;
         registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(api_certificate_expiry.clone()))?;
         registry.register(Box::new(max_connections.clone()))?;
         registry.register(Box::new(crash_restarts.clone()))?;
         registry.register(Box::new(pending_restart.clone()))?;
@@ -268,6 +275,7 @@ impl Metrics {
             postmaster_start_time,
             connections,
             max_connections,
+            api_certificate_expiry,
             databases,
             crash_restarts,
             pending_restart,

@@ -2,7 +2,7 @@
 //! version): the certificate and key files are replaced the way Kubernetes updates a Secret
 //! volume (new files renamed into place) by ones of another CA; the manager notices the change,
 //! reloads, and new connections get the new certificate while the old CA no longer verifies,
-//! with nothing pending a manager restart. A client CA added to the configuration file then
+//! with nothing pending a manager restart. The certificate's expiry is a metric. A client CA added to the configuration file then
 //! lets a client certificate of that CA use a mutating route. A certificate file that stops
 //! parsing refuses the reload (`last_error` names `http.tls`) and the running certificate stays.
 
@@ -64,6 +64,22 @@ async fn certificates_rotate_without_a_restart() {
         "200",
     )
     .await;
+
+    // The certificate's expiry is a metric (the test CA's certificates last two days).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default();
+    let expiry = metric(
+        &instance.metrics(),
+        "pgsteward_api_certificate_expiry_timestamp_seconds",
+    )
+    .await
+    .unwrap_or_default();
+    assert!(
+        expiry > now + 86_400.0 && expiry < now + 3.0 * 86_400.0,
+        "{expiry} (now {now})"
+    );
 
     // Rotation: the second CA's certificate is served from the next connection on.
     replace_file(&instance, &second.server_cert, &cert);

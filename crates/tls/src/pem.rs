@@ -26,6 +26,21 @@ pub fn roots_from_pem(path: &Path) -> Result<rustls::RootCertStore> {
     Ok(roots)
 }
 
+/// When the first certificate of a PEM file expires (its notAfter), in seconds since the epoch:
+/// what the expiry metrics show, so an alert fires before a rotation that did not happen
+/// breaks the API.
+pub fn expiry_of_first(cert_file: &Path) -> Result<i64> {
+    let pem = std::fs::read(cert_file)
+        .with_context(|| format!("reading the TLS certificate {}", cert_file.display()))?;
+    let first = rustls_pemfile::certs(&mut pem.as_slice())
+        .next()
+        .with_context(|| format!("{} holds no certificate", cert_file.display()))?
+        .with_context(|| format!("parsing the TLS certificate {} (PEM)", cert_file.display()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&first)
+        .map_err(|e| anyhow::anyhow!("{}: not an X.509 certificate: {e}", cert_file.display()))?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
 /// A certificate chain (leaf first) and its private key.
 pub fn chain_and_key(
     cert_file: &Path,

@@ -83,6 +83,17 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Show when the API's certificate expires (a file that cannot be read is logged; the metric
+/// keeps its last value).
+pub fn record_certificate_expiry(shared: &Shared, cert_file: &std::path::Path) {
+    match pgsteward_tls::pem::expiry_of_first(cert_file) {
+        Ok(expiry) => shared.metrics.api_certificate_expiry.set(expiry as f64),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "cannot read the API certificate's expiry")
+        }
+    }
+}
+
 /// Bind and serve the API (HTTPS when `http.tls` is set). Returns the bound address.
 pub async fn serve_api(state: AppState) -> Result<SocketAddr> {
     let config = state.config().http;
@@ -101,6 +112,7 @@ pub async fn serve_api(state: AppState) -> Result<SocketAddr> {
                 )?);
             // The reload rebuilds it from the files (a rotated certificate).
             let _ = state.api_tls.set(acceptor.clone());
+            record_certificate_expiry(&state, &tls.cert_file);
             Some(acceptor)
         }
         None => None,
