@@ -80,15 +80,7 @@ async fn sizes(shared: &Shared) -> Result<Vec<(String, i64)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn encode(registry: &Registry) -> String {
-        use prometheus::Encoder;
-        let mut buffer = Vec::new();
-        prometheus::TextEncoder::new()
-            .encode(&registry.gather(), &mut buffer)
-            .unwrap();
-        String::from_utf8(buffer).unwrap()
-    }
+    use crate::metrics::encode;
 
     #[test]
     fn a_dropped_database_loses_its_series() {

@@ -311,10 +311,15 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn render(&self) -> String {
-        let mut buffer = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
-            tracing::error!(error = %e, "encoding metrics failed");
-        }
-        String::from_utf8_lossy(&buffer).into_owned()
+        encode(&self.registry)
     }
+}
+
+/// A registry in the Prometheus text format (an encoding error is logged).
+pub fn encode(registry: &Registry) -> String {
+    let mut buffer = Vec::new();
+    if let Err(e) = TextEncoder::new().encode(&registry.gather(), &mut buffer) {
+        tracing::error!(error = %e, "encoding metrics failed");
+    }
+    String::from_utf8_lossy(&buffer).into_owned()
 }

@@ -48,31 +48,11 @@ async fn wait_state(prometheus: &Prometheus, alert: &str, state: &str) {
     .await;
 }
 
-/// Run a statement that returns no rows, as the superuser.
-async fn exec(instance: &Instance, statement: &str) {
-    pgsteward_testkit::sql(
-        instance.pg_port,
-        "postgres",
-        PASSWORD,
-        "postgres",
-        statement,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{statement}: {e:#}"));
-}
-
 /// Open `count` connections as the superuser and keep them.
 async fn hold_connections(instance: &Instance, count: usize) -> Vec<tokio_postgres::Client> {
     let mut clients = Vec::new();
     for _ in 0..count {
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host("127.0.0.1")
-            .port(instance.pg_port)
-            .user("postgres")
-            .password(PASSWORD)
-            .dbname("postgres");
-        let (client, connection) = config
+        let (client, connection) = pg_config(instance)
             .connect(tokio_postgres::NoTls)
             .await
             .unwrap_or_else(|e| panic!("connection {}: {e}", clients.len() + 1));

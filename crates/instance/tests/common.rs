@@ -141,3 +141,28 @@ pub fn s3_archive_args(
         ),
     ]
 }
+
+/// Connection settings of the instance's superuser (TCP on loopback, database `postgres`).
+pub fn pg_config(instance: &Instance) -> tokio_postgres::Config {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(instance.pg_port)
+        .user("postgres")
+        .password(PASSWORD)
+        .dbname("postgres");
+    config
+}
+
+/// Run a statement that returns no rows, as the superuser (panics on error).
+pub async fn exec(instance: &Instance, statement: &str) {
+    pgsteward_testkit::sql(
+        instance.pg_port,
+        "postgres",
+        PASSWORD,
+        "postgres",
+        statement,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{statement}: {e:#}"));
+}

@@ -51,19 +51,6 @@ async fn post(instance: &Instance, path: &str, token: Option<&str>, body: &str) 
     (response.status, json)
 }
 
-/// Run a statement that returns no rows as the superuser.
-async fn exec(instance: &Instance, statement: &str) {
-    pgsteward_testkit::sql(
-        instance.pg_port,
-        "postgres",
-        PASSWORD,
-        "postgres",
-        statement,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{statement}: {e}"));
-}
-
 async fn status(instance: &Instance) -> Option<Value> {
     Some(
         http::get(&format!("{}/pg/status", instance.api()))

@@ -66,18 +66,6 @@ fn change(term: u64, primary: &Instance) -> Value {
     json!({"term": term, "primary": {"host": "127.0.0.1", "port": primary.pg_port}})
 }
 
-async fn exec(instance: &Instance, statement: &str) {
-    pgsteward_testkit::sql(
-        instance.pg_port,
-        "postgres",
-        PASSWORD,
-        "postgres",
-        statement,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{statement}: {e}"));
-}
-
 async fn status(instance: &Instance) -> Option<Value> {
     Some(
         http::get(&format!("{}/pg/status", instance.api()))

@@ -1,9 +1,8 @@
 //! The server side: a rustls acceptor from PEM files (optionally asking for client
-//! certificates signed by a client CA), replaceable while serving (certificate rotation), and
-//! an accept loop that hands each TLS stream to
-//! hyper, serving an axum router (the manager's and the coordinator's APIs) with the
-//! connection's verified client certificate in every request's extensions; or the same
-//! router over plain HTTP without an acceptor.
+//! certificates signed by a client CA), replaceable while serving (certificate rotation),
+//! and an accept loop that hands each TLS stream to hyper, serving an axum router (the
+//! manager's and the coordinator's APIs) with the connection's verified client certificate in
+//! every request's extensions; or the same router over plain HTTP without an acceptor.
 
 use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock};

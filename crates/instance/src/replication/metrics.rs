@@ -122,15 +122,7 @@ impl ReplicationMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn encode(registry: &Registry) -> String {
-        use prometheus::Encoder;
-        let mut buffer = Vec::new();
-        prometheus::TextEncoder::new()
-            .encode(&registry.gather(), &mut buffer)
-            .unwrap();
-        String::from_utf8(buffer).unwrap()
-    }
+    use crate::metrics::encode;
 
     fn slot(name: &str, active: bool, retained: u64) -> SlotStatus {
         SlotStatus {

@@ -109,17 +109,6 @@ pub async fn setup(version: PgVersion) -> Setup {
     }
 }
 
-pub fn pg_config(instance: &Instance) -> tokio_postgres::Config {
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host("127.0.0.1")
-        .port(instance.pg_port)
-        .user("postgres")
-        .password(PASSWORD)
-        .dbname("postgres");
-    config
-}
-
 pub fn pgbench(instance: &Instance) -> Command {
     let mut command = Command::new(instance.options.version.bin_dir().join("pgbench"));
     command
