@@ -49,13 +49,10 @@ pub struct TlsClientConfig {
 impl TlsClientConfig {
     /// The client certificate, when both files are set.
     pub fn identity(&self) -> Option<pgsteward_tls::client::ClientIdentity> {
-        match (&self.client_cert_file, &self.client_key_file) {
-            (Some(cert_file), Some(key_file)) => Some(pgsteward_tls::client::ClientIdentity {
-                cert_file: cert_file.clone(),
-                key_file: key_file.clone(),
-            }),
-            _ => None,
-        }
+        pgsteward_tls::client::ClientIdentity::from_files(
+            self.client_cert_file.as_deref(),
+            self.client_key_file.as_deref(),
+        )
     }
 }
 

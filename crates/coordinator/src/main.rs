@@ -65,13 +65,10 @@ fn main() {
         timeout,
     }) = cli.command
     {
-        let identity = match (client_cert, client_key) {
-            (Some(cert_file), Some(key_file)) => Some(pgsteward_tls::client::ClientIdentity {
-                cert_file,
-                key_file,
-            }),
-            _ => None,
-        };
+        let identity = pgsteward_tls::client::ClientIdentity::from_files(
+            client_cert.as_deref(),
+            client_key.as_deref(),
+        );
         std::process::exit(switchover_command(
             &to,
             &url,

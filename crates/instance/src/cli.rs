@@ -271,13 +271,10 @@ pub struct ApiTlsArgs {
 impl ApiTlsArgs {
     /// The client certificate and key, when both are given.
     pub fn identity(&self) -> Option<pgsteward_tls::client::ClientIdentity> {
-        match (&self.client_cert, &self.client_key) {
-            (Some(cert_file), Some(key_file)) => Some(pgsteward_tls::client::ClientIdentity {
-                cert_file: cert_file.clone(),
-                key_file: key_file.clone(),
-            }),
-            _ => None,
-        }
+        pgsteward_tls::client::ClientIdentity::from_files(
+            self.client_cert.as_deref(),
+            self.client_key.as_deref(),
+        )
     }
 }
 

@@ -19,6 +19,16 @@ pub struct ClientIdentity {
     pub key_file: PathBuf,
 }
 
+impl ClientIdentity {
+    /// The identity when both files are named (configuration and flags name them apart).
+    pub fn from_files(cert_file: Option<&Path>, key_file: Option<&Path>) -> Option<Self> {
+        Some(ClientIdentity {
+            cert_file: cert_file?.to_owned(),
+            key_file: key_file?.to_owned(),
+        })
+    }
+}
+
 /// A connector for `http://` and `https://` URLs.
 pub fn connector(
     ca_file: Option<&Path>,
