@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use pgsteward_testkit::certs::{generate_certificates, issue_client_certificate};
-use pgsteward_testkit::coordinator::Coordinator;
+use pgsteward_testkit::coordinator::{switchover_command, Coordinator};
 use pgsteward_testkit::curl::curl;
 use pgsteward_testkit::fsutil::ScratchDir;
 use pgsteward_testkit::manager::Instance;
@@ -144,23 +144,20 @@ async fn client_certificates_authorize_instead_of_tokens() {
     // The coordinator's own API takes the same kind of certificate instead of a token.
     let served_url = format!("https://{}:{}", coordinator.host, coordinator.port);
     let switchover = |client: Option<&pgsteward_testkit::certs::ClientCertificate>| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_pgsteward-coordinator"));
-        command
-            .args(["switchover", "--to", "a", "--timeout", "10s", "--url"])
-            .arg(&served_url)
-            .arg("--ca-file")
-            .arg(&ca);
+        let mut args = vec!["--ca-file".as_ref(), ca.as_os_str()];
         if let Some(client) = client {
-            command
-                .arg("--client-cert")
-                .arg(&client.cert)
-                .arg("--client-key")
-                .arg(&client.key);
+            args.extend([
+                "--client-cert".as_ref(),
+                client.cert.as_os_str(),
+                "--client-key".as_ref(),
+                client.key.as_os_str(),
+            ]);
         }
-        let output = command.output().unwrap();
-        (
-            output.status.code(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
+        switchover_command(
+            Path::new(env!("CARGO_BIN_EXE_pgsteward-coordinator")),
+            &served_url,
+            "a",
+            &args,
         )
     };
     let answer = wait_for(

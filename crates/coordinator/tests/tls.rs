@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use pgsteward_testkit::certs::generate_certificates;
-use pgsteward_testkit::coordinator::Coordinator;
+use pgsteward_testkit::coordinator::{switchover_command, Coordinator};
 use pgsteward_testkit::fsutil::ScratchDir;
 use pgsteward_testkit::manager::Instance;
 use pgsteward_testkit::{wait_for, ManagerOptions, PgVersion};
@@ -123,19 +123,15 @@ async fn coordinator_polls_and_acts_over_https() {
     );
     let served_url = format!("https://{}:{}", served.host, served.port);
     let switchover = |ca: Option<&Path>| {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_pgsteward-coordinator"));
-        command
-            .args(["switchover", "--to", "a", "--timeout", "10s", "--url"])
-            .arg(&served_url)
-            .arg("--token-file")
-            .arg(&api_token);
+        let mut args = vec!["--token-file".as_ref(), api_token.as_os_str()];
         if let Some(ca) = ca {
-            command.arg("--ca-file").arg(ca);
+            args.extend(["--ca-file".as_ref(), ca.as_os_str()]);
         }
-        let output = command.output().unwrap();
-        (
-            output.status.code(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
+        switchover_command(
+            Path::new(env!("CARGO_BIN_EXE_pgsteward-coordinator")),
+            &served_url,
+            "a",
+            &args,
         )
     };
     let answer = wait_for("the HTTPS coordinator's answer", READY, || async {

@@ -10,11 +10,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use pgsteward_testkit::certs::{generate_certificates, issue_client_certificate};
-use pgsteward_testkit::coordinator::Coordinator;
+use pgsteward_testkit::coordinator::{switchover_command, Coordinator};
 use pgsteward_testkit::curl::curl;
 use pgsteward_testkit::fsutil::ScratchDir;
 use pgsteward_testkit::manager::Instance;
@@ -22,13 +21,6 @@ use pgsteward_testkit::{wait_for, ManagerOptions, PgVersion};
 use serde_json::Value;
 
 const READY: Duration = Duration::from_secs(90);
-
-/// Replace `to` with a copy of `from` written beside it and renamed over it.
-fn replace_file(from: &Path, to: &Path) {
-    let staged = to.with_extension("staged");
-    std::fs::copy(from, &staged).unwrap();
-    std::fs::rename(&staged, to).unwrap();
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotated_certificates_are_used_without_a_restart() {
@@ -55,10 +47,10 @@ async fn rotated_certificates_are_used_without_a_restart() {
     let live = dir.mkdir("live", 0o755);
     let (client_cert, client_key) = (live.join("client.crt"), live.join("client.key"));
     let (api_cert, api_key) = (live.join("api.crt"), live.join("api.key"));
-    replace_file(&old_client.cert, &client_cert);
-    replace_file(&old_client.key, &client_key);
-    replace_file(&certs.server_cert, &api_cert);
-    replace_file(&certs.server_key, &api_key);
+    dir.replace_file(&old_client.cert, &client_cert);
+    dir.replace_file(&old_client.key, &client_key);
+    dir.replace_file(&certs.server_cert, &api_cert);
+    dir.replace_file(&certs.server_key, &api_key);
     let api_token = dir.write("coordinator.token", "rotation-token\n");
     let yaml = format!(
         "state_file: {state}\npoll_interval: 250ms\nrequest_timeout: 1s\n\
@@ -119,8 +111,8 @@ async fn rotated_certificates_are_used_without_a_restart() {
     )
     .await;
 
-    replace_file(&new_client.cert, &client_cert);
-    replace_file(&new_client.key, &client_key);
+    dir.replace_file(&new_client.cert, &client_cert);
+    dir.replace_file(&new_client.key, &client_key);
     let status_url = format!("{base}/pg/status");
     wait_for(
         "the names set with the rotated client certificate",
@@ -148,22 +140,21 @@ async fn rotated_certificates_are_used_without_a_restart() {
     );
 
     // The coordinator's own certificate, now from another CA.
-    replace_file(&other.server_cert, &api_cert);
-    replace_file(&other.server_key, &api_key);
+    dir.replace_file(&other.server_cert, &api_cert);
+    dir.replace_file(&other.server_key, &api_key);
     let served_url = format!("https://{}:{}", coordinator.host, coordinator.port);
     let switchover = |ca: &Path| {
-        let output = Command::new(env!("CARGO_BIN_EXE_pgsteward-coordinator"))
-            .args(["switchover", "--to", "a", "--timeout", "10s", "--url"])
-            .arg(&served_url)
-            .arg("--token-file")
-            .arg(&api_token)
-            .arg("--ca-file")
-            .arg(ca)
-            .output()
-            .unwrap();
-        (
-            output.status.code(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
+        let args = [
+            "--token-file".as_ref(),
+            api_token.as_os_str(),
+            "--ca-file".as_ref(),
+            ca.as_os_str(),
+        ];
+        switchover_command(
+            Path::new(env!("CARGO_BIN_EXE_pgsteward-coordinator")),
+            &served_url,
+            "a",
+            &args,
         )
     };
     let answer = wait_for("the rotated API certificate", READY, || async {

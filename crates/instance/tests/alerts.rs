@@ -124,16 +124,8 @@ async fn reference_alerts_work_with_the_cnpg_namespace(version: PgVersion) {
     wait_state(&prometheus, "PostgreSQLConnectionsHigh", "inactive").await;
 
     // Postgres stopped (fenced): the collector is down.
-    let auth = format!("Bearer {TOKEN}");
-    let fenced = http::request(
-        "POST",
-        &format!("{}/pg/fence", instance.api()),
-        &[("authorization", auth.as_str())],
-        "",
-    )
-    .await
-    .unwrap_or_else(|| panic!("no answer from POST /pg/fence"));
-    assert_eq!(fenced.status, 200, "{}", fenced.body);
+    let (code, answer) = post(&instance, "/pg/fence", Some(TOKEN), "").await;
+    assert_eq!(code, 200, "{answer}");
     wait_state(&prometheus, "PostgreSQLDown", "pending").await;
     assert_eq!(value("cnpg_pg_stat_activity_count").await, Some(0.0));
 }

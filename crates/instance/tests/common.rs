@@ -166,3 +166,23 @@ pub async fn exec(instance: &Instance, statement: &str) {
     .await
     .unwrap_or_else(|e| panic!("{statement}: {e:#}"));
 }
+
+/// `POST path` on the instance's API with `body` (JSON) and the bearer token when given: the
+/// status and the JSON answer (`Null` when it is not JSON).
+pub async fn post(
+    instance: &Instance,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(auth) = &auth {
+        headers.push(("authorization", auth.as_str()));
+    }
+    let response = http::request("POST", &format!("{}{path}", instance.api()), &headers, body)
+        .await
+        .unwrap_or_else(|| panic!("no answer from POST {path}"));
+    let json = serde_json::from_str(&response.body).unwrap_or(serde_json::Value::Null);
+    (response.status, json)
+}

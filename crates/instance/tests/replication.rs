@@ -38,19 +38,6 @@ fn replica_of(version: PgVersion, primary_port: u16) -> Instance {
     replica
 }
 
-async fn post(instance: &Instance, path: &str, token: Option<&str>, body: &str) -> (u16, Value) {
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let mut headers = vec![("content-type", "application/json")];
-    if let Some(auth) = &auth {
-        headers.push(("authorization", auth.as_str()));
-    }
-    let response = http::request("POST", &format!("{}{path}", instance.api()), &headers, body)
-        .await
-        .unwrap_or_else(|| panic!("no answer from POST {path}"));
-    let json = serde_json::from_str(&response.body).unwrap_or(Value::Null);
-    (response.status, json)
-}
-
 async fn status(instance: &Instance) -> Option<Value> {
     Some(
         http::get(&format!("{}/pg/status", instance.api()))

@@ -44,22 +44,9 @@ fn replica_of(version: PgVersion, primary_port: u16) -> Instance {
     replica
 }
 
-async fn post(instance: &Instance, path: &str, body: &Value) -> (u16, Value) {
-    let auth = format!("Bearer {TOKEN}");
-    let headers = vec![
-        ("content-type", "application/json"),
-        ("authorization", auth.as_str()),
-    ];
-    let response = http::request(
-        "POST",
-        &format!("{}{path}", instance.api()),
-        &headers,
-        &body.to_string(),
-    )
-    .await
-    .unwrap_or_else(|| panic!("no answer from POST {path}"));
-    let json = serde_json::from_str(&response.body).unwrap_or(Value::Null);
-    (response.status, json)
+/// `POST path` with the token and a JSON body.
+async fn post_json(instance: &Instance, path: &str, body: &Value) -> (u16, Value) {
+    post(instance, path, Some(TOKEN), &body.to_string()).await
 }
 
 fn change(term: u64, primary: &Instance) -> Value {
@@ -136,10 +123,10 @@ async fn switchover_by_demote_and_follow(version: PgVersion) {
     wait_streaming_from(&c, &a).await;
 
     // Stale terms and malformed bodies change nothing.
-    let (code, body) = post(&a, "/pg/demote", &json!({"term": 2})).await;
+    let (code, body) = post_json(&a, "/pg/demote", &json!({"term": 2})).await;
     assert_eq!(code, 400, "{body}");
     // A primary may not follow in its own term.
-    let (code, body) = post(&a, "/pg/follow", &change(1, &b)).await;
+    let (code, body) = post_json(&a, "/pg/follow", &change(1, &b)).await;
     assert_eq!(code, 409, "{body}");
 
     // A standby named for confirmation that never confirms: refused, A stays a writable
@@ -147,7 +134,7 @@ async fn switchover_by_demote_and_follow(version: PgVersion) {
     let pid = a_manager.postmaster_host_pid().await;
     let mut unconfirmed = change(2, &b);
     unconfirmed["confirm_standby"] = json!({"application_name": "nobody", "timeout_ms": 300});
-    let (code, body) = post(&a, "/pg/demote", &unconfirmed).await;
+    let (code, body) = post_json(&a, "/pg/demote", &unconfirmed).await;
     assert_eq!(code, 409, "{body}");
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(
@@ -160,7 +147,7 @@ async fn switchover_by_demote_and_follow(version: PgVersion) {
     assert_eq!(a_manager.postmaster_host_pid().await, pid);
     let mut empty_name = change(2, &b);
     empty_name["confirm_standby"] = json!({"application_name": "", "timeout_ms": 300});
-    assert_eq!(post(&a, "/pg/demote", &empty_name).await.0, 400);
+    assert_eq!(post_json(&a, "/pg/demote", &empty_name).await.0, 400);
 
     // Confirmed by B (its application_name is its instance_name), then demoted.
     let b_status = status(&b).await.unwrap_or_default();
@@ -169,7 +156,7 @@ async fn switchover_by_demote_and_follow(version: PgVersion) {
     let mut confirmed = change(2, &b);
     confirmed["confirm_standby"] = json!({"application_name": b_name, "timeout_ms": 10_000});
     let started = std::time::Instant::now();
-    let (code, demoted) = post(&a, "/pg/demote", &confirmed).await;
+    let (code, demoted) = post_json(&a, "/pg/demote", &confirmed).await;
     let demote_ms = started.elapsed().as_millis();
     assert_eq!(code, 200, "{demoted}\n{}", a_manager.log());
     assert_eq!(demoted["changed"], true, "{demoted}");
@@ -185,7 +172,7 @@ async fn switchover_by_demote_and_follow(version: PgVersion) {
         (lsn(received) > checkpoint).then_some(())
     })
     .await;
-    let (code, promoted) = post(&b, "/pg/promote", &json!({"term": 2})).await;
+    let (code, promoted) = post_json(&b, "/pg/promote", &json!({"term": 2})).await;
     assert_eq!(code, 200, "{promoted}");
     assert_eq!(promoted["timeline"], 2, "{promoted}");
     let a_status = wait_streaming_from(&a, &b).await;
@@ -194,14 +181,14 @@ async fn switchover_by_demote_and_follow(version: PgVersion) {
 
     // A retry answers the same without a restart; a stale term is refused.
     let pid = a_manager.postmaster_host_pid().await;
-    let (code, again) = post(&a, "/pg/demote", &change(2, &b)).await;
+    let (code, again) = post_json(&a, "/pg/demote", &change(2, &b)).await;
     assert_eq!(code, 200, "{again}");
     assert_eq!(again["changed"], false, "{again}");
     assert_eq!(
         again["shutdown_checkpoint_lsn"], demoted["shutdown_checkpoint_lsn"],
         "{again}"
     );
-    let (code, body) = post(&a, "/pg/demote", &change(1, &b)).await;
+    let (code, body) = post_json(&a, "/pg/demote", &change(1, &b)).await;
     assert_eq!(code, 409, "{body}");
     assert!(
         body["error"]["message"]
@@ -210,7 +197,7 @@ async fn switchover_by_demote_and_follow(version: PgVersion) {
             .contains("current term 2"),
         "{body}"
     );
-    let (code, body) = post(&a, "/pg/follow", &change(2, &b)).await;
+    let (code, body) = post_json(&a, "/pg/follow", &change(2, &b)).await;
     assert_eq!(
         (code, body["action"].clone()),
         (200, json!("none")),
@@ -219,7 +206,7 @@ async fn switchover_by_demote_and_follow(version: PgVersion) {
     assert_eq!(a_manager.postmaster_host_pid().await, pid);
 
     // Follow repoints C from A (now a standby) to B.
-    let (code, followed) = post(&c, "/pg/follow", &change(2, &b)).await;
+    let (code, followed) = post_json(&c, "/pg/follow", &change(2, &b)).await;
     assert_eq!(code, 200, "{followed}\n{}", c_manager.log());
     assert_eq!(followed["action"], "repointed", "{followed}");
     wait_streaming_from(&c, &b).await;
@@ -255,7 +242,7 @@ async fn diverged_primary_is_rewound(version: PgVersion) {
     b_manager.wait_ready(READY).await;
     wait_streaming_from(&b, &a).await;
     wait_value(&b, "SELECT count(*) FROM t", "100").await;
-    let (code, body) = post(&b, "/pg/promote", &json!({"term": 2})).await;
+    let (code, body) = post_json(&b, "/pg/promote", &json!({"term": 2})).await;
     assert_eq!(code, 200, "{body}");
     // A keeps writing on timeline 1: the histories diverge.
     exec(
@@ -269,10 +256,10 @@ async fn diverged_primary_is_rewound(version: PgVersion) {
     )
     .await;
 
-    let (code, body) = post(&a, "/pg/follow", &change(1, &b)).await;
+    let (code, body) = post_json(&a, "/pg/follow", &change(1, &b)).await;
     assert_eq!(code, 409, "{body}");
     let started = std::time::Instant::now();
-    let (code, followed) = post(&a, "/pg/follow", &change(2, &b)).await;
+    let (code, followed) = post_json(&a, "/pg/follow", &change(2, &b)).await;
     let follow_ms = started.elapsed().as_millis();
     assert_eq!(code, 200, "{followed}\n{}", a_manager.log());
     assert_eq!(followed["action"], "rewound", "{followed}");
@@ -307,7 +294,7 @@ async fn rewind_failure_policy(version: PgVersion) {
     b_manager.wait_ready(READY).await;
     wait_streaming_from(&b, &a).await;
     wait_value(&b, "SELECT count(*) FROM t", "100").await;
-    let (code, body) = post(&b, "/pg/promote", &json!({"term": 2})).await;
+    let (code, body) = post_json(&b, "/pg/promote", &json!({"term": 2})).await;
     assert_eq!(code, 200, "{body}");
     exec(
         &b,
@@ -342,7 +329,7 @@ async fn rewind_failure_policy(version: PgVersion) {
     }
     assert!(removed > 0, "no WAL segment before {current}");
 
-    let (code, body) = post(&a, "/pg/follow", &change(2, &b)).await;
+    let (code, body) = post_json(&a, "/pg/follow", &change(2, &b)).await;
     assert_eq!(code, 500, "{body}\n{}", a_manager.log());
     let message = body["error"]["message"]
         .as_str()
@@ -380,7 +367,7 @@ async fn rewind_failure_policy(version: PgVersion) {
         "{restarted}"
     );
     let started = std::time::Instant::now();
-    let (code, followed) = post(&a, "/pg/follow", &change(2, &b)).await;
+    let (code, followed) = post_json(&a, "/pg/follow", &change(2, &b)).await;
     let reclone_ms = started.elapsed().as_millis();
     assert_eq!(code, 200, "{followed}\n{}", a_manager.log());
     assert_eq!(followed["action"], "recloned", "{followed}");

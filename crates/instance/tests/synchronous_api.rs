@@ -10,22 +10,9 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 
-async fn post(instance: &Instance, token: Option<&str>, body: &Value) -> (u16, Value) {
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let mut headers = vec![("content-type", "application/json")];
-    if let Some(auth) = &auth {
-        headers.push(("authorization", auth.as_str()));
-    }
-    let response = http::request(
-        "POST",
-        &format!("{}/pg/synchronous", instance.api()),
-        &headers,
-        &body.to_string(),
-    )
-    .await
-    .unwrap_or_else(|| panic!("no answer from POST /pg/synchronous"));
-    let json = serde_json::from_str(&response.body).unwrap_or(Value::Null);
-    (response.status, json)
+/// `POST /pg/synchronous` with `body`.
+async fn post_names(instance: &Instance, token: Option<&str>, body: &Value) -> (u16, Value) {
+    post(instance, "/pg/synchronous", token, &body.to_string()).await
 }
 
 async fn synchronous_names_are_in_effect_when_answered(version: PgVersion) {
@@ -40,21 +27,22 @@ async fn synchronous_names_are_in_effect_when_answered(version: PgVersion) {
 
     let names = r#"ANY 1 ("nobody")"#;
     let body = json!({"term": term, "names": names});
-    assert_eq!(post(&instance, None, &body).await.0, 401);
-    let (code, answer) = post(&instance, Some(TOKEN), &json!({"term": term, "names": "*"})).await;
+    assert_eq!(post_names(&instance, None, &body).await.0, 401);
+    let (code, answer) =
+        post_names(&instance, Some(TOKEN), &json!({"term": term, "names": "*"})).await;
     assert_eq!(code, 400, "{answer}");
     let stale = json!({"term": term + 1, "names": names});
-    let (code, answer) = post(&instance, Some(TOKEN), &stale).await;
+    let (code, answer) = post_names(&instance, Some(TOKEN), &stale).await;
     assert_eq!(code, 409, "{answer}");
 
-    let (code, answer) = post(&instance, Some(TOKEN), &body).await;
+    let (code, answer) = post_names(&instance, Some(TOKEN), &body).await;
     assert_eq!(code, 200, "{answer}");
     assert_eq!(answer["changed"], true, "{answer}");
     assert_eq!(
         query(&instance, "SHOW synchronous_standby_names").await,
         names
     );
-    let (code, answer) = post(&instance, Some(TOKEN), &body).await;
+    let (code, answer) = post_names(&instance, Some(TOKEN), &body).await;
     assert_eq!(code, 200, "{answer}");
     assert_eq!(answer["changed"], false, "{answer}");
 
@@ -69,7 +57,7 @@ async fn synchronous_names_are_in_effect_when_answered(version: PgVersion) {
         query(&instance, "SHOW synchronous_standby_names").await,
         names
     );
-    let (code, answer) = post(
+    let (code, answer) = post_names(
         &instance,
         Some(TOKEN),
         &json!({"term": term, "names": pending}),
@@ -82,7 +70,8 @@ async fn synchronous_names_are_in_effect_when_answered(version: PgVersion) {
         pending
     );
 
-    let (code, answer) = post(&instance, Some(TOKEN), &json!({"term": term, "names": ""})).await;
+    let (code, answer) =
+        post_names(&instance, Some(TOKEN), &json!({"term": term, "names": ""})).await;
     assert_eq!(code, 200, "{answer}");
     assert_eq!(query(&instance, "SHOW synchronous_standby_names").await, "");
     let status = manager.status().await;

@@ -15,14 +15,6 @@ use pgsteward_testkit::certs::{generate_certificates, issue_client_certificate};
 use pgsteward_testkit::curl::curl;
 use serde_json::Value;
 
-/// Replace `to` with a copy of `from` written beside it and renamed over it.
-fn replace_file(instance: &Instance, from: &Path, to: &Path) {
-    let staged = to.with_extension("staged");
-    std::fs::copy(from, &staged).unwrap_or_else(|e| panic!("copying {}: {e}", from.display()));
-    instance.dir.chown_postgres(&staged);
-    std::fs::rename(&staged, to).unwrap_or_else(|e| panic!("renaming to {}: {e}", to.display()));
-}
-
 async fn wait_code(what: &str, url: &str, ca: &Path, client: Option<(&Path, &Path)>, code: &str) {
     let ca: PathBuf = ca.to_owned();
     let client: Option<(PathBuf, PathBuf)> = client.map(|(c, k)| (c.to_owned(), k.to_owned()));
@@ -47,8 +39,8 @@ async fn certificates_rotate_without_a_restart() {
         .unwrap_or_else(|e| panic!("{e:#}"));
     let live = instance.dir.mkdir("live", 0o755);
     let (cert, key) = (live.join("tls.crt"), live.join("tls.key"));
-    replace_file(&instance, &first.server_cert, &cert);
-    replace_file(&instance, &first.server_key, &key);
+    instance.dir.replace_file(&first.server_cert, &cert);
+    instance.dir.replace_file(&first.server_key, &key);
     let manager = instance.spawn_with(&[
         format!("--set=http.tls.cert_file={}", cert.display()),
         format!("--set=http.tls.key_file={}", key.display()),
@@ -82,8 +74,8 @@ async fn certificates_rotate_without_a_restart() {
     );
 
     // Rotation: the second CA's certificate is served from the next connection on.
-    replace_file(&instance, &second.server_cert, &cert);
-    replace_file(&instance, &second.server_key, &key);
+    instance.dir.replace_file(&second.server_cert, &cert);
+    instance.dir.replace_file(&second.server_key, &key);
     wait_code(
         "the rotated certificate",
         &ready,

@@ -1,6 +1,6 @@
 //! A real `pgsteward-coordinator` process for tests, the failover benchmark and the demo:
 //! writes its YAML (listen address prepended), starts it with its output in a log file,
-//! reads its `/status` and `/metrics`, and kills it on drop.
+//! reads its `/status` and `/metrics`, and kills it on drop; runs its `switchover` command.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -10,6 +10,25 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 use crate::{free_port, http};
+
+/// Run `binary switchover --to TO --timeout 10s --url URL ARGS...` (credentials, CA): its exit
+/// code and its stderr, where a refusal's answer and every error go.
+pub fn switchover_command(
+    binary: &Path,
+    url: &str,
+    to: &str,
+    args: &[&std::ffi::OsStr],
+) -> (Option<i32>, String) {
+    let output = Command::new(binary)
+        .args(["switchover", "--to", to, "--timeout", "10s", "--url", url])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", binary.display()));
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
 
 /// A running coordinator process, killed on drop.
 #[derive(Debug)]

@@ -62,6 +62,18 @@ impl ScratchDir {
         path
     }
 
+    /// Replace `to` with a copy of `from`, owned by the postgres user, written beside it and
+    /// renamed over it (how Kubernetes updates a Secret volume: readers see the old file or
+    /// the new one, never half of it).
+    pub fn replace_file(&self, from: &Path, to: &Path) {
+        let staged = to.with_extension("staged");
+        std::fs::copy(from, &staged)
+            .unwrap_or_else(|e| panic!("copying {} to {}: {e}", from.display(), staged.display()));
+        self.chown_postgres(&staged);
+        std::fs::rename(&staged, to)
+            .unwrap_or_else(|e| panic!("renaming {} to {}: {e}", staged.display(), to.display()));
+    }
+
     /// chown `path` to the postgres user.
     pub fn chown_postgres(&self, path: &Path) {
         let user = postgres_user();

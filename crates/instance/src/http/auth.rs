@@ -33,10 +33,17 @@ pub async fn require_token(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let tls = shared.config().http.tls;
     if let Some(client) = request.extensions().get::<VerifiedClient>() {
-        let names = tls.as_ref().map_or(&[][..], |t| t.client_names.as_slice());
-        if client.is_allowed(names) {
+        let allowed = {
+            let config = shared.config.read().unwrap_or_else(|p| p.into_inner());
+            let names = config
+                .http
+                .tls
+                .as_ref()
+                .map_or(&[][..], |t| t.client_names.as_slice());
+            client.is_allowed(names)
+        };
+        if allowed {
             return Ok(next.run(request).await);
         }
         tracing::warn!(path = %request.uri().path(), "a client certificate valid for none of http.tls.client_names; trying the bearer token");
@@ -47,7 +54,15 @@ pub async fn require_token(
         .unwrap_or_else(|p| p.into_inner())
         .clone();
     let Some(expected) = expected else {
-        let message = if tls.is_some_and(|t| t.client_ca_file.is_some()) {
+        let client_ca = shared
+            .config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .http
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_ca_file.is_some());
+        let message = if client_ca {
             "this request needs a client certificate signed by http.tls.client_ca_file (and valid for http.tls.client_names, when set); no http.token_file is configured"
         } else {
             "mutating routes are disabled: no http.token_file or http.tls.client_ca_file is configured"
