@@ -17,6 +17,7 @@ pub mod netns;
 pub mod proc;
 pub mod prometheus;
 pub mod s3;
+pub mod sysv;
 pub mod tls_proxy;
 pub mod writer;
 

@@ -12,7 +12,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::fsutil::ScratchDir;
-use crate::{free_port, http, proc, wait_for, PgVersion};
+use crate::{free_port, http, proc, sysv, wait_for, PgVersion};
 
 /// Superuser password the test instances use.
 pub const PASSWORD: &str = "test-superuser-pw";
@@ -176,6 +176,9 @@ impl Instance {
 
     /// Start a manager with these arguments after the instance's own `options.args`.
     pub fn spawn_with(&self, extra_args: &[String]) -> Manager {
+        if let Err(e) = sysv::check_capacity() {
+            panic!("{e}");
+        }
         let log_path = (0..)
             .map(|n| self.dir.join(&format!("manager-{n}.log")))
             .find(|p| !p.exists())
@@ -340,6 +343,18 @@ pub fn postmaster_pid(pgdata: &Path) -> Option<i32> {
 
 impl Drop for Manager {
     fn drop(&mut self) {
+        // Read before the kill: a killed postmaster leaves its SysV segment behind.
+        let segment = sysv::segment_of(&self.pgdata);
+        self.kill_everything();
+        if let Some(segment) = segment {
+            sysv::remove(segment);
+        }
+    }
+}
+
+impl Manager {
+    /// SIGKILL the manager and, outside a PID namespace, the postmaster's process group.
+    fn kill_everything(&mut self) {
         if self.exit_code.is_none() {
             let launcher = self.child.id() as i32;
             let children = proc::children(launcher);

@@ -1,0 +1,117 @@
+//! SysV shared memory of test postmasters. Every postmaster creates one small SysV segment
+//! (56 bytes, its "interlock") besides its mmap'ed shared memory. A clean or immediate shutdown
+//! removes it; a postmaster killed with SIGKILL leaves it behind until something calls
+//! `IPC_RMID`, and postgres only removes it itself when it starts again on the same data
+//! directory. Test data directories are thrown away, and the kernel holds at most
+//! `kernel.shmmni` (4096) segments: once a few hundred test runs had leaked that many, every
+//! new postmaster failed with "could not create shared memory segment: No space left on
+//! device". So the harness removes the segment of each postmaster it kills
+//! ([`segment_of`] before the kill, [`remove`] after), and [`check_capacity`] fails a test at
+//! once, with the cause and the fix, when the table is nearly full.
+
+use std::path::Path;
+
+/// Free SysV identifiers a test needs at least (a three-member cluster restarted a few times).
+const NEEDED_FREE: usize = 32;
+
+/// One postmaster's SysV segment, as `postmaster.pid` records it (line 7: key and shmid).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    pub key: i64,
+    pub shmid: i32,
+}
+
+/// The segment named in `pgdata/postmaster.pid`, if the file exists and records one.
+pub fn segment_of(pgdata: &Path) -> Option<Segment> {
+    let text = std::fs::read_to_string(pgdata.join("postmaster.pid")).ok()?;
+    parse_pid_file(&text)
+}
+
+fn parse_pid_file(text: &str) -> Option<Segment> {
+    let mut fields = text.lines().nth(6)?.split_whitespace();
+    let key = fields.next()?.parse().ok()?;
+    let shmid = fields.next()?.parse().ok()?;
+    Some(Segment { key, shmid })
+}
+
+/// Removes `segment` when the identifier still belongs to that key (identifiers are reused
+/// once freed, so a segment created since by another postmaster is left alone). The kernel
+/// destroys it once the last attached process has exited. Returns whether it was marked.
+pub fn remove(segment: Segment) -> bool {
+    // SAFETY: shmid_ds is plain old data; IPC_STAT only writes into it.
+    let mut info: libc::shmid_ds = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a shmid_ds; a stale shmid only makes the call fail.
+    if unsafe { libc::shmctl(segment.shmid, libc::IPC_STAT, &mut info) } != 0 {
+        return false;
+    }
+    if i64::from(info.shm_perm.__key) != segment.key {
+        return false;
+    }
+    // SAFETY: IPC_RMID ignores the buffer argument.
+    unsafe { libc::shmctl(segment.shmid, libc::IPC_RMID, std::ptr::null_mut()) == 0 }
+}
+
+/// Segments in use and the kernel's limit, from `/proc`.
+pub fn usage() -> Option<(usize, usize)> {
+    let table = std::fs::read_to_string("/proc/sysvipc/shm").ok()?;
+    let used = table
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .count();
+    let limit = std::fs::read_to_string("/proc/sys/kernel/shmmni")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((used, limit))
+}
+
+/// Fails when fewer than a test's worth of SysV identifiers are free, saying why and how to
+/// free them, instead of letting postgres crash-loop until a readiness deadline.
+pub fn check_capacity() -> Result<(), String> {
+    let Some((used, limit)) = usage() else {
+        return Ok(());
+    };
+    if used + NEEDED_FREE <= limit {
+        return Ok(());
+    }
+    Err(format!(
+        "{used} of the kernel's {limit} SysV shared memory segments are in use \
+         (kernel.shmmni), so new postmasters would fail with \"could not create shared memory \
+         segment\". They are most likely left by postmasters killed with SIGKILL; `ipcs -m` \
+         lists them, and `bash .ci/prereqs` removes the postgres-owned ones no process is \
+         attached to"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_key_and_shmid_from_line_seven() {
+        let pid_file = "4242\n/tmp/data\n1796568909\n5432\n/tmp/sock\n127.0.0.1\n  10035714    327680\nready   \n";
+        assert_eq!(
+            parse_pid_file(pid_file),
+            Some(Segment {
+                key: 10035714,
+                shmid: 327680
+            })
+        );
+        assert_eq!(parse_pid_file("4242\n/tmp/data\n"), None);
+        assert_eq!(parse_pid_file("1\n2\n3\n4\n5\n6\nnot numbers\n"), None);
+    }
+
+    #[test]
+    fn removing_a_foreign_or_stale_identifier_is_refused() {
+        // SAFETY: creates a private segment this test owns.
+        let shmid = unsafe { libc::shmget(libc::IPC_PRIVATE, 56, 0o600) };
+        assert!(shmid >= 0, "shmget: {}", std::io::Error::last_os_error());
+        // IPC_PRIVATE has key 0: a segment recorded under another key is not removed.
+        assert!(!remove(Segment { key: 1, shmid }));
+        assert!(remove(Segment { key: 0, shmid }));
+        // Removed: the identifier no longer answers.
+        assert!(!remove(Segment { key: 0, shmid }));
+    }
+}
