@@ -134,9 +134,15 @@ pub async fn sql_at(
         .password(password)
         .dbname(dbname)
         .connect_timeout(Duration::from_secs(5));
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+    let (client, connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(with_server_message)?;
     tokio::spawn(connection);
-    let messages = client.simple_query(query).await?;
+    let messages = client
+        .simple_query(query)
+        .await
+        .map_err(with_server_message)?;
     let mut rows = Vec::new();
     for message in messages {
         if let tokio_postgres::SimpleQueryMessage::Row(row) = message {
@@ -148,6 +154,20 @@ pub async fn sql_at(
         }
     }
     Ok(rows)
+}
+
+/// tokio-postgres shows a server error as "db error": add the server's message and detail.
+fn with_server_message(e: tokio_postgres::Error) -> anyhow::Error {
+    match e.as_db_error() {
+        Some(db) => anyhow::anyhow!(
+            "{}: {} ({}){}",
+            db.severity(),
+            db.message(),
+            db.code().code(),
+            db.detail().map(|d| format!("; {d}")).unwrap_or_default()
+        ),
+        None => anyhow::Error::new(e),
+    }
 }
 
 /// The single text value of a one-row, one-column query.

@@ -349,6 +349,7 @@ impl Drop for Manager {
         if let Some(segment) = segment {
             sysv::remove(segment);
         }
+        sysv::remove_orphans();
     }
 }
 

@@ -6,8 +6,9 @@
 //! `kernel.shmmni` (4096) segments: once a few hundred test runs had leaked that many, every
 //! new postmaster failed with "could not create shared memory segment: No space left on
 //! device". So the harness removes the segment of each postmaster it kills
-//! ([`segment_of`] before the kill, [`remove`] after), and [`check_capacity`] fails a test at
-//! once, with the cause and the fix, when the table is nearly full.
+//! ([`segment_of`] before the kill, [`remove`] after, and [`remove_orphans`] for those whose
+//! data directory went first), and [`check_capacity`] fails a test at once, with the cause and
+//! the fix, when the table is nearly full.
 
 use std::path::Path;
 
@@ -49,6 +50,46 @@ pub fn remove(segment: Segment) -> bool {
     }
     // SAFETY: IPC_RMID ignores the buffer argument.
     unsafe { libc::shmctl(segment.shmid, libc::IPC_RMID, std::ptr::null_mut()) == 0 }
+}
+
+/// Removes every segment of the `postgres` user that no process is attached to and whose
+/// creator (its postmaster) is gone: what a killed postmaster leaves when its data directory,
+/// and with it `postmaster.pid`, was removed before the harness could read it. Safe beside
+/// other tests' instances: a running postmaster stays attached to its segment, and one
+/// starting again on a data directory whose old segment is gone creates a new one. Returns how
+/// many were removed.
+pub fn remove_orphans() -> usize {
+    let Ok(Some(postgres)) = nix::unistd::User::from_name("postgres") else {
+        return 0;
+    };
+    let Ok(table) = std::fs::read_to_string("/proc/sysvipc/shm") else {
+        return 0;
+    };
+    orphans(&table, postgres.uid.as_raw())
+        .into_iter()
+        .filter(|(segment, creator)| !crate::proc::alive(*creator) && remove(*segment))
+        .count()
+}
+
+/// Segments of `uid` with no process attached, and their creators' pids, from the text of
+/// `/proc/sysvipc/shm` (columns: key shmid perms size cpid lpid nattch uid ...).
+fn orphans(table: &str, uid: u32) -> Vec<(Segment, i32)> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let number = |i: usize| fields.get(i).and_then(|f| f.parse::<i64>().ok());
+            let (key, shmid, cpid) = (number(0)?, number(1)?, number(4)?);
+            (number(6)? == 0 && number(7)? == i64::from(uid)).then_some((
+                Segment {
+                    key,
+                    shmid: i32::try_from(shmid).ok()?,
+                },
+                i32::try_from(cpid).ok()?,
+            ))
+        })
+        .collect()
 }
 
 /// Segments in use and the kernel's limit, from `/proc`.
@@ -101,6 +142,25 @@ mod tests {
         );
         assert_eq!(parse_pid_file("4242\n/tmp/data\n"), None);
         assert_eq!(parse_pid_file("1\n2\n3\n4\n5\n6\nnot numbers\n"), None);
+    }
+
+    #[test]
+    fn finds_unattached_segments_of_one_user() {
+        let table = "       key      shmid perms                  size  cpid  lpid nattch   uid   gid  cuid  cgid      atime      dtime      ctime                   rss                  swap
+  10035714     327680   600                    56  1318  1324      0   101   104   101   104 1796568909 1796568909 1796568909                  4096                     0
+  10078388     425985   600                    56  4180  4256      1   101   104   101   104 1796569130 1796569130 1796569127                  4096                     0
+  10078390     425986   600                    56  4190  4256      0     0     0     0     0 1796569130 1796569130 1796569127                  4096                     0
+";
+        assert_eq!(
+            orphans(table, 101),
+            vec![(
+                Segment {
+                    key: 10035714,
+                    shmid: 327680
+                },
+                1318
+            )]
+        );
     }
 
     #[test]
