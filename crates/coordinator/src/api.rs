@@ -54,12 +54,13 @@ type Client = Option<Extension<VerifiedClient>>;
 /// else the error answer.
 fn unauthorized(shared: &Shared, headers: &HeaderMap, client: &Client) -> Option<Response> {
     if let (Some(Extension(client)), Some(names)) = (client, &shared.api_client_names) {
-        if client.is_allowed(names) {
-            return None;
+        match client.authorize(names) {
+            Ok(()) => return None,
+            Err(reason) => tracing::warn!(
+                %reason,
+                "a client certificate not accepted (api_tls.client_ca_file, api_tls.client_names); trying the API token"
+            ),
         }
-        tracing::warn!(
-            "a client certificate valid for none of api_tls.client_names; trying the API token"
-        );
     }
     let Some(expected) = shared.api_token.as_deref() else {
         let message = if shared.api_client_names.is_some() {

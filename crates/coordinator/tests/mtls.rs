@@ -72,7 +72,7 @@ async fn client_certificates_authorize_instead_of_tokens() {
     assert!(
         manager
             .log()
-            .contains("valid for none of http.tls.client_names"),
+            .contains("valid for none of the allowed client names"),
         "{}",
         manager.log()
     );

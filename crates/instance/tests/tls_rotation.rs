@@ -2,9 +2,12 @@
 //! version): the certificate and key files are replaced the way Kubernetes updates a Secret
 //! volume (new files renamed into place) by ones of another CA; the manager notices the change,
 //! reloads, and new connections get the new certificate while the old CA no longer verifies,
-//! with nothing pending a manager restart. The certificate's expiry is a metric. A client CA added to the configuration file then
-//! lets a client certificate of that CA use a mutating route. A certificate file that stops
-//! parsing refuses the reload (`last_error` names `http.tls`) and the running certificate stays.
+//! with nothing pending a manager restart. The certificate's expiry is a metric. A client CA
+//! added to the configuration file then lets a client certificate of that CA use a mutating
+//! route; once that client CA file is replaced by another CA's, the certificate no longer
+//! authorizes, not even on a connection opened before the change. A certificate file that
+//! stops parsing refuses the reload (`last_error` names `http.tls`) and the running
+//! certificate stays.
 
 mod common;
 
@@ -26,6 +29,49 @@ async fn wait_code(what: &str, url: &str, ca: &Path, client: Option<(&Path, &Pat
         }
     })
     .await;
+}
+
+/// An HTTPS client that keeps its connection open between requests (hyper's pool), as the
+/// coordinator's client does, presenting a client certificate.
+struct KeptAlive {
+    client: hyper_util::client::legacy::Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        http_body_util::Empty<hyper::body::Bytes>,
+    >,
+}
+
+impl KeptAlive {
+    fn new(ca: &Path, certificate: &pgsteward_testkit::certs::ClientCertificate) -> Self {
+        let identity = pgsteward_tls::client::ClientIdentity {
+            cert_file: certificate.cert.clone(),
+            key_file: certificate.key.clone(),
+        };
+        let connector = pgsteward_tls::client::connector(
+            Some(ca),
+            Some(&identity),
+            std::time::Duration::from_secs(5),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .pool_max_idle_per_host(1)
+                .build(connector);
+        KeptAlive { client }
+    }
+
+    /// POST without a body; the status code (a transport error panics: the connection must
+    /// have stayed open).
+    async fn post(&self, url: &str) -> u16 {
+        let request = hyper::Request::post(url)
+            .body(http_body_util::Empty::new())
+            .unwrap_or_else(|e| panic!("{e}"));
+        self.client
+            .request(request)
+            .await
+            .unwrap_or_else(|e| panic!("POST {url} on the kept-alive client: {e:?}"))
+            .status()
+            .as_u16()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,16 +154,53 @@ async fn certificates_rotate_without_a_restart() {
     assert_eq!(code, "401", "no client CA yet: {body}");
     let config = std::fs::read_to_string(&instance.config_path)
         .unwrap_or_else(|e| panic!("reading the configuration: {e}"));
+    let client_ca = live.join("client-ca.crt");
+    instance.dir.replace_file(&second.ca_cert, &client_ca);
     let config = config.replace(
         "http:\n",
         &format!(
             "http:\n  tls:\n    client_ca_file: {}\n",
-            second.ca_cert.display()
+            client_ca.display()
         ),
     );
     std::fs::write(&instance.config_path, config)
         .unwrap_or_else(|e| panic!("writing the configuration: {e}"));
     wait_for("the client CA to apply", READY, || async {
+        (curl("POST", &reload, &second.ca_cert, Some(pair)).0 == "200").then_some(())
+    })
+    .await;
+
+    // A connection kept open across a change of client CA: its certificate no longer
+    // authorizes once the CA that signed it is gone (checked again at each request).
+    let kept = KeptAlive::new(&second.ca_cert, &client);
+    assert_eq!(
+        kept.post(&reload).await,
+        200,
+        "the kept-alive client, before"
+    );
+    instance.dir.replace_file(&first.ca_cert, &client_ca);
+    wait_code(
+        "the old client CA to be refused at the handshake",
+        &ready,
+        &second.ca_cert,
+        Some(pair),
+        "000",
+    )
+    .await;
+    assert_eq!(
+        kept.post(&reload).await,
+        401,
+        "the kept-alive connection's certificate after its CA was replaced (401: no token sent)"
+    );
+    assert!(
+        manager
+            .log()
+            .contains("does not verify against the current client CA"),
+        "{}",
+        manager.log()
+    );
+    instance.dir.replace_file(&second.ca_cert, &client_ca);
+    wait_for("the client CA back", READY, || async {
         (curl("POST", &reload, &second.ca_cert, Some(pair)).0 == "200").then_some(())
     })
     .await;

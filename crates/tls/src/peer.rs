@@ -1,30 +1,65 @@
 //! The client certificate of a TLS connection, once rustls verified it against the server's
 //! client CA: handed to every request of the connection as an extension, so an authorization
-//! layer can accept it instead of a bearer token, and matched against allowed names.
+//! layer can accept it instead of a bearer token, checked again against the current client CA
+//! (rotations happen while connections stay open), and matched against allowed names.
 
 use rustls::pki_types::{CertificateDer, ServerName};
 
-/// A client certificate that chained to the configured client CA (present in a request's
-/// extensions only then).
+use crate::server::ReloadableAcceptor;
+
+/// A client certificate chain that chained to the configured client CA when its connection
+/// was opened (present in a request's extensions only then), with the listener it came
+/// through, so it can be checked again against the listener's current client CA.
 #[derive(Debug, Clone)]
 pub struct VerifiedClient {
-    certificate: CertificateDer<'static>,
+    /// Leaf first.
+    chain: Vec<CertificateDer<'static>>,
+    listener: Option<ReloadableAcceptor>,
 }
 
 impl VerifiedClient {
-    /// The leaf certificate of a verified chain.
-    pub fn new(certificate: CertificateDer<'static>) -> Self {
-        VerifiedClient { certificate }
+    /// A chain rustls verified on a connection of `listener`; `chain` is not empty.
+    pub fn new(chain: Vec<CertificateDer<'static>>, listener: ReloadableAcceptor) -> Self {
+        VerifiedClient {
+            chain,
+            listener: Some(listener),
+        }
     }
 
-    /// Whether this client may use the mutating routes: any verified certificate when
-    /// `allowed_names` is empty, else one valid for at least one of the names (a DNS name or
-    /// an IP address of its subjectAltName).
-    pub fn is_allowed(&self, allowed_names: &[String]) -> bool {
+    /// Whether this client may use the mutating routes now: its chain verifies against the
+    /// listener's client CA as it is now, at the current time (a keep-alive connection
+    /// outlives certificate rotations, so a client CA removed or replaced since the handshake,
+    /// or a certificate expired since, must stop authorizing its requests), and it is valid
+    /// for one of `allowed_names` (any name when empty). Err says why not, for the log.
+    pub fn authorize(&self, allowed_names: &[String]) -> Result<(), String> {
+        self.verify_now().map_err(|e| {
+            format!("the client certificate does not verify against the current client CA: {e}")
+        })?;
+        if self.is_allowed(allowed_names) {
+            Ok(())
+        } else {
+            Err("the client certificate is valid for none of the allowed client names".to_owned())
+        }
+    }
+
+    fn verify_now(&self) -> Result<(), String> {
+        match &self.listener {
+            Some(listener) => listener.current().verify_client(&self.chain),
+            None => Err("no listener".to_owned()),
+        }
+    }
+
+    fn leaf(&self) -> Option<&CertificateDer<'static>> {
+        self.chain.first()
+    }
+
+    /// Any certificate when `allowed_names` is empty, else one valid for at least one of the
+    /// names (a DNS name or an IP address of its subjectAltName).
+    fn is_allowed(&self, allowed_names: &[String]) -> bool {
         if allowed_names.is_empty() {
             return true;
         }
-        let Ok(cert) = webpki::EndEntityCert::try_from(&self.certificate) else {
+        let Some(Ok(cert)) = self.leaf().map(webpki::EndEntityCert::try_from) else {
             return false;
         };
         allowed_names.iter().any(|name| {
@@ -63,8 +98,13 @@ mod tests {
 
     #[test]
     fn garbage_is_never_allowed_by_name() {
-        let client = VerifiedClient::new(CertificateDer::from(vec![1, 2, 3]));
+        let client = VerifiedClient {
+            chain: vec![CertificateDer::from(vec![1, 2, 3])],
+            listener: None,
+        };
         assert!(client.is_allowed(&[]));
         assert!(!client.is_allowed(&["localhost".to_owned()]));
+        assert!(client.verify_now().is_err());
+        assert!(client.authorize(&[]).is_err());
     }
 }

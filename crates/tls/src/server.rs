@@ -1,6 +1,7 @@
 //! The server side: a rustls acceptor from PEM files (optionally asking for client
-//! certificates signed by a client CA), replaceable while serving (certificate rotation),
-//! and an accept loop that hands each TLS stream to hyper, serving an axum router (the
+//! certificates signed by a client CA), replaceable while serving (certificate rotation; a
+//! client certificate is checked again against the current client CA when it is used), and
+//! an accept loop that hands each TLS stream to hyper, serving an axum router (the
 //! manager's and the coordinator's APIs) with the connection's verified client certificate in
 //! every request's extensions; or the same router over plain HTTP without an acceptor.
 
@@ -11,12 +12,38 @@ use anyhow::{Context, Result};
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 pub use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::peer::VerifiedClient;
 use crate::pem::{chain_and_key, roots_from_pem};
+
+/// A listener's TLS configuration: the acceptor, and the verifier of client certificates
+/// it was built with (kept so a request on an older connection can be checked again).
+pub struct ServerTls {
+    acceptor: TlsAcceptor,
+    client_verifier: Option<Arc<dyn ClientCertVerifier>>,
+}
+
+impl ServerTls {
+    /// Check a client's certificate chain (leaf first) against this configuration's client
+    /// CA, at the current time.
+    pub(crate) fn verify_client(&self, chain: &[CertificateDer<'static>]) -> Result<(), String> {
+        let Some(verifier) = &self.client_verifier else {
+            return Err("no client CA is configured any more".to_owned());
+        };
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return Err("no certificate".to_owned());
+        };
+        verifier
+            .verify_client_cert(leaf, intermediates, UnixTime::now())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
 
 /// Build an acceptor from the certificate chain and key files. With `client_ca_file`, a
 /// client may present a certificate: one signed by that CA is verified and handed to the
@@ -26,33 +53,41 @@ pub fn acceptor(
     cert_file: &Path,
     key_file: &Path,
     client_ca_file: Option<&Path>,
-) -> Result<TlsAcceptor> {
+) -> Result<ServerTls> {
     let (certs, key) = chain_and_key(cert_file, key_file)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?;
-    let builder = match client_ca_file {
+    let (builder, client_verifier) = match client_ca_file {
         Some(path) => {
             let roots = roots_from_pem(path).context("the client CA file")?;
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .allow_unauthenticated()
                 .build()
                 .with_context(|| format!("using {} as the client CA", path.display()))?;
-            builder.with_client_cert_verifier(verifier)
+            (
+                builder.with_client_cert_verifier(verifier.clone()),
+                Some(verifier),
+            )
         }
-        None => builder.with_no_client_auth(),
+        None => (builder.with_no_client_auth(), None),
     };
     let config = builder
         .with_single_cert(certs, key)
         .context("TLS certificate and key do not match")?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok(ServerTls {
+        acceptor: TlsAcceptor::from(Arc::new(config)),
+        client_verifier,
+    })
 }
 
-/// The acceptor a listener uses, replaceable while it serves: a rotated certificate (or
-/// another client CA) applies to the next connection, open ones keep theirs.
+/// The TLS configuration a listener uses, replaceable while it serves: a rotated certificate
+/// (or another client CA) applies to the next connection; open connections keep their
+/// session, but a client certificate they presented is checked again against the current
+/// client CA at each authorization ([`VerifiedClient::verify_now`]).
 #[derive(Clone)]
-pub struct ReloadableAcceptor(Arc<RwLock<TlsAcceptor>>);
+pub struct ReloadableAcceptor(Arc<RwLock<Arc<ServerTls>>>);
 
 impl std::fmt::Debug for ReloadableAcceptor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -61,16 +96,16 @@ impl std::fmt::Debug for ReloadableAcceptor {
 }
 
 impl ReloadableAcceptor {
-    pub fn new(acceptor: TlsAcceptor) -> Self {
-        ReloadableAcceptor(Arc::new(RwLock::new(acceptor)))
+    pub fn new(tls: ServerTls) -> Self {
+        ReloadableAcceptor(Arc::new(RwLock::new(Arc::new(tls))))
     }
 
-    /// Use `acceptor` from the next connection on.
-    pub fn replace(&self, acceptor: TlsAcceptor) {
-        *self.0.write().unwrap_or_else(PoisonError::into_inner) = acceptor;
+    /// Use `tls` from the next connection on.
+    pub fn replace(&self, tls: ServerTls) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(tls);
     }
 
-    fn current(&self) -> TlsAcceptor {
+    pub(crate) fn current(&self) -> Arc<ServerTls> {
         self.0
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -104,12 +139,13 @@ async fn serve(listener: tokio::net::TcpListener, acceptor: ReloadableAcceptor, 
                 continue;
             }
         };
-        let acceptor = acceptor.current();
+        let tls = acceptor.current();
+        let listener_tls = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {
             let stream = match tokio::time::timeout(
                 std::time::Duration::from_secs(10),
-                acceptor.accept(stream),
+                tls.acceptor.accept(stream),
             )
             .await
             {
@@ -120,13 +156,16 @@ async fn serve(listener: tokio::net::TcpListener, acceptor: ReloadableAcceptor, 
                 }
                 Err(_) => return,
             };
-            // rustls verified the chain during the handshake; only then is there a leaf.
+            // rustls verified the chain during the handshake; only then is there one.
             let client = stream
                 .get_ref()
                 .1
                 .peer_certificates()
-                .and_then(|chain| chain.first())
-                .map(|leaf| VerifiedClient::new(leaf.clone().into_owned()));
+                .filter(|chain| !chain.is_empty())
+                .map(|chain| {
+                    let chain = chain.iter().map(|c| c.clone().into_owned()).collect();
+                    VerifiedClient::new(chain, listener_tls)
+                });
             let app = app.map_request(
                 move |mut request: axum::http::Request<hyper::body::Incoming>| {
                     if let Some(client) = &client {

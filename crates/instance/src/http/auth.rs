@@ -1,8 +1,9 @@
 //! Authentication of mutating routes: a client certificate that rustls verified against
-//! `http.tls.client_ca_file` (and that matches `http.tls.client_names`, when set), or the
-//! bearer token compared in constant time (of sha256 digests, so lengths leak nothing). 401
-//! with neither, 403 with a wrong token or when neither is configured. The token never
-//! appears in logs or responses.
+//! `http.tls.client_ca_file`, that still verifies against the current one (a reload may have
+//! replaced it while the connection stayed open) and that matches `http.tls.client_names`,
+//! when set; or the bearer token compared in constant time (of sha256 digests, so lengths leak
+//! nothing). 401 with neither, 403 with a wrong token or when neither is configured. The token
+//! never appears in logs or responses.
 
 use std::sync::Arc;
 
@@ -34,19 +35,21 @@ pub async fn require_token(
     next: Next,
 ) -> Result<Response, ApiError> {
     if let Some(client) = request.extensions().get::<VerifiedClient>() {
-        let allowed = {
+        let authorized = {
             let config = shared.config.read().unwrap_or_else(|p| p.into_inner());
             let names = config
                 .http
                 .tls
                 .as_ref()
                 .map_or(&[][..], |t| t.client_names.as_slice());
-            client.is_allowed(names)
+            client.authorize(names)
         };
-        if allowed {
-            return Ok(next.run(request).await);
+        match authorized {
+            Ok(()) => return Ok(next.run(request).await),
+            Err(reason) => {
+                tracing::warn!(path = %request.uri().path(), %reason, "a client certificate not accepted (http.tls.client_ca_file, http.tls.client_names); trying the bearer token")
+            }
         }
-        tracing::warn!(path = %request.uri().path(), "a client certificate valid for none of http.tls.client_names; trying the bearer token");
     }
     let expected = shared
         .token

@@ -145,7 +145,7 @@ fn rebuild_api_tls(
 ) -> Result<
     Option<(
         pgsteward_tls::server::ReloadableAcceptor,
-        pgsteward_tls::server::TlsAcceptor,
+        pgsteward_tls::server::ServerTls,
     )>,
     CommandError,
 > {
