@@ -14,6 +14,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
+use pgsteward_tls::bearer;
 use pgsteward_tls::peer::VerifiedClient;
 use serde_json::json;
 
@@ -73,21 +74,18 @@ fn unauthorized(shared: &Shared, headers: &HeaderMap, client: &Client) -> Option
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(bearer::presented);
     match given {
         None => Some(error(
             StatusCode::UNAUTHORIZED,
             "a bearer token or a client certificate is required",
         )),
-        Some(token) if !constant_time_eq(token.as_bytes(), expected.as_bytes()) => {
+        Some(token) if !bearer::matches(token.as_bytes(), expected.as_bytes()) => {
+            tracing::warn!("rejected a request with a wrong API token");
             Some(error(StatusCode::FORBIDDEN, "wrong token"))
         }
         Some(_) => None,
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn switchover(

@@ -11,22 +11,11 @@ use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::Response;
+use pgsteward_tls::bearer;
 use pgsteward_tls::peer::VerifiedClient;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use crate::supervisor::shared::Shared;
-
-/// Compare a presented token with the expected one in constant time.
-pub fn token_matches(presented: &[u8], expected: &[u8]) -> bool {
-    if expected.is_empty() {
-        return false;
-    }
-    let a = Sha256::digest(presented);
-    let b = Sha256::digest(expected);
-    a.ct_eq(&b).into()
-}
 
 /// Middleware guarding the authenticated route group.
 pub async fn require_token(
@@ -79,25 +68,11 @@ pub async fn require_token(
     let presented = header
         .to_str()
         .ok()
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token)
+        .and_then(bearer::presented)
         .ok_or(ApiError::Unauthorized)?;
-    if !token_matches(presented.trim().as_bytes(), &expected) {
+    if !bearer::matches(presented.as_bytes(), &expected) {
         tracing::warn!(path = %request.uri().path(), "rejected a request with a wrong bearer token");
         return Err(ApiError::Forbidden("invalid bearer token".into()));
     }
     Ok(next.run(request).await)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn compares_tokens() {
-        assert!(token_matches(b"secret", b"secret"));
-        assert!(!token_matches(b"secret2", b"secret"));
-        assert!(!token_matches(b"", b""));
-    }
 }
