@@ -13,6 +13,9 @@
 //! the manager's series they query exist, every rule is healthy, the certificate rule and the
 //! missing-backup rule (no backup was taken) are pending, and the archive, slot, fence and
 //! restart rules are inactive.
+//!
+//! Every alert of both files has its section in `docs/runbook.md`, pgsteward's rules link to
+//! it (`runbook_url`), and the runbook's links between sections lead to existing headings.
 
 mod common;
 
@@ -188,4 +191,66 @@ async fn pgsteward_rules_are_healthy_and_see_a_short_lived_certificate() {
     }
     // No base backup was ever taken here.
     wait_state(&prometheus, "PgstewardBaseBackupMissing", "pending").await;
+}
+
+/// The alert names of a rules file, with each rule's `runbook_url` annotation.
+fn alerts_of(file: &str) -> Vec<(String, Option<String>)> {
+    let text =
+        std::fs::read_to_string(rules_file(file)).unwrap_or_else(|e| panic!("reading {file}: {e}"));
+    let rules: serde_yaml::Value =
+        serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let mut alerts = Vec::new();
+    for group in rules["groups"].as_sequence().into_iter().flatten() {
+        for rule in group["rules"].as_sequence().into_iter().flatten() {
+            if let Some(name) = rule["alert"].as_str() {
+                let runbook = rule["annotations"]["runbook_url"].as_str();
+                alerts.push((name.to_owned(), runbook.map(str::to_owned)));
+            }
+        }
+    }
+    alerts
+}
+
+#[test]
+fn every_alert_has_a_runbook_section() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/runbook.md");
+    let runbook = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    // GitHub's anchors of the second-level headings: lower case, spaces as dashes.
+    let anchors: Vec<String> = runbook
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .map(|h| {
+            h.trim()
+                .to_lowercase()
+                .chars()
+                .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-')
+                .map(|c| if c == ' ' { '-' } else { c })
+                .collect()
+        })
+        .collect();
+    let reference = alerts_of("reference-alerts.yaml");
+    let ours = alerts_of("pgsteward-alerts.yaml");
+    assert_eq!(reference.len(), 3, "{reference:?}");
+    assert_eq!(ours.len(), 8, "{ours:?}");
+    for (name, _) in reference.iter().chain(&ours) {
+        assert!(
+            anchors.contains(&name.to_lowercase()),
+            "docs/runbook.md has no section '## {name}' (sections: {anchors:?})"
+        );
+    }
+    for (name, runbook_url) in &ours {
+        assert_eq!(
+            runbook_url.as_deref(),
+            Some(format!("docs/runbook.md#{}", name.to_lowercase()).as_str()),
+            "{name}'s runbook_url"
+        );
+    }
+    for link in runbook.split("](#").skip(1) {
+        let anchor = link.split(')').next().unwrap_or_default();
+        assert!(
+            anchors.iter().any(|a| a == anchor),
+            "docs/runbook.md links to #{anchor}, which is no section"
+        );
+    }
 }
