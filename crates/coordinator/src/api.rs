@@ -63,7 +63,7 @@ fn unauthorized(shared: &Shared, headers: &HeaderMap, client: &Client) -> Option
             ),
         }
     }
-    let Some(expected) = shared.api_token.as_deref() else {
+    let Some(expected) = shared.api_token.as_ref().map(|t| t.current()) else {
         let message = if shared.api_client_names.is_some() {
             "this request needs a client certificate signed by api_tls.client_ca_file (and valid for api_tls.client_names, when set); no api_token_file is configured"
         } else {

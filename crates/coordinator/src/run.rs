@@ -54,7 +54,7 @@ impl Coordinator {
             .term
             .set(i64::try_from(state.term).unwrap_or(i64::MAX));
         let api_token = match &config.api_token_file {
-            Some(path) => Some(crate::config::read_token_file(path)?),
+            Some(path) => Some(crate::shared::ApiToken::load(path)?),
             None => None,
         };
         let (commands_tx, commands) = mpsc::channel(4);

@@ -1,10 +1,12 @@
 //! What the coordinator's loop and its API share: the status report `GET /status` serves
 //! (term, primary, members, the last decision and action, re-admissions, the last switchover),
 //! the metrics, the channel of commands the API hands to the loop (switchovers, backups) and
-//! the API's credentials (token, accepted client-certificate names).
+//! the API's credentials (the token, read from its file at each use; the accepted
+//! client-certificate names).
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -58,6 +60,37 @@ pub struct StatusReport {
     pub last_switchover: Option<String>,
 }
 
+/// The coordinator's API token (`api_token_file`), read again at each use so that a rotated
+/// Secret applies without a restart, as the members' token files do. A file that cannot be
+/// read at that moment (a volume being swapped) keeps the last token read, and is logged.
+pub struct ApiToken {
+    path: PathBuf,
+    last: Mutex<String>,
+}
+
+impl ApiToken {
+    /// Read the file once; it must hold a token at start.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let token = crate::config::read_token_file(path)?;
+        Ok(ApiToken {
+            path: path.to_owned(),
+            last: Mutex::new(token),
+        })
+    }
+
+    /// The token in the file now.
+    pub fn current(&self) -> String {
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        match crate::config::read_token_file(&self.path) {
+            Ok(token) => *last = token,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot read api_token_file; using the token read last")
+            }
+        }
+        last.clone()
+    }
+}
+
 /// State shared between the loop and the API.
 pub struct Shared {
     report: Mutex<StatusReport>,
@@ -65,7 +98,7 @@ pub struct Shared {
     /// To the loop (switchovers).
     pub commands: mpsc::Sender<Command>,
     /// Bearer token of the mutating routes (None: only a client certificate can use them).
-    pub api_token: Option<String>,
+    pub api_token: Option<ApiToken>,
     /// With `api_tls.client_ca_file`: the names a verified client certificate must be valid
     /// for (empty: any); None without a client CA.
     pub api_client_names: Option<Vec<String>>,
@@ -76,7 +109,7 @@ impl Shared {
         metrics: Metrics,
         term: u64,
         commands: mpsc::Sender<Command>,
-        api_token: Option<String>,
+        api_token: Option<ApiToken>,
         api_client_names: Option<Vec<String>>,
     ) -> Self {
         Shared {

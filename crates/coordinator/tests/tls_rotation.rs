@@ -5,7 +5,8 @@
 //! are replaced (renamed into place, as Kubernetes updates a Secret volume) by ones for
 //! `rotated`, the coordinator rebuilds its client and the names reach the manager. The
 //! coordinator's own API certificate is replaced by one of another CA: `switchover` verified
-//! against that CA gets the coordinator's answer. Both certificates' expiry is a metric.
+//! against that CA gets the coordinator's answer. Both certificates' expiry is a metric. Its
+//! API token file replaced the same way: the new token passes at once, the old one is refused.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -143,10 +144,10 @@ async fn rotated_certificates_are_used_without_a_restart() {
     dir.replace_file(&other.server_cert, &api_cert);
     dir.replace_file(&other.server_key, &api_key);
     let served_url = format!("https://{}:{}", coordinator.host, coordinator.port);
-    let switchover = |ca: &Path| {
+    let switchover_with = |ca: &Path, token: &Path| {
         let args = [
             "--token-file".as_ref(),
-            api_token.as_os_str(),
+            token.as_os_str(),
             "--ca-file".as_ref(),
             ca.as_os_str(),
         ];
@@ -157,6 +158,7 @@ async fn rotated_certificates_are_used_without_a_restart() {
             &args,
         )
     };
+    let switchover = |ca: &Path| switchover_with(ca, &api_token);
     let answer = wait_for("the rotated API certificate", READY, || async {
         let (code, text) = tokio::task::block_in_place(|| switchover(&other.ca_cert));
         (code == Some(1) && text.contains("already is the primary")).then_some(text)
@@ -169,4 +171,19 @@ async fn rotated_certificates_are_used_without_a_restart() {
         text.to_lowercase().contains("certificate"),
         "the old CA no longer verifies it: {text}"
     );
+
+    // The API token rotated (the Secret updated): the new token is accepted at once, the old
+    // one refused, with no restart.
+    let old_token = dir.write("old.token", "rotation-token\n");
+    let new_token = dir.write("new.token", "rotated-token-2\n");
+    dir.replace_file(&new_token, &api_token);
+    let (code, text) = switchover_with(&other.ca_cert, &api_token);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("switchover refused (HTTP 409)"),
+        "the new token passes: {text}"
+    );
+    let (code, text) = switchover_with(&other.ca_cert, &old_token);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("403"), "the old token is refused: {text}");
 }
