@@ -29,12 +29,14 @@ async fn pid1_reaps_restarts_and_shuts_down(version: PgVersion) {
         "manager is not PID 1 of its namespace"
     );
 
-    // An orphaned grandchild: COPY TO PROGRAM starts a shell that backgrounds a sleeper and exits.
+    // An orphaned grandchild: COPY TO PROGRAM starts a shell that backgrounds a sleeper and
+    // exits once it has read what postgres writes (exiting before that made postgres's write
+    // fail with EPIPE, now and then, on a loaded machine).
     let marker = "sleep 2.31";
     sql_value(
         instance.pg_port,
         PASSWORD,
-        &format!("COPY (SELECT 1) TO PROGRAM 'sh -c \"({marker}) </dev/null >/dev/null 2>&1 & exit 0\"'; SELECT 1"),
+        &format!("COPY (SELECT 1) TO PROGRAM 'sh -c \"({marker}) </dev/null >/dev/null 2>&1 & cat >/dev/null\"'; SELECT 1"),
     )
     .await
     .unwrap_or_else(|e| panic!("COPY TO PROGRAM: {e}"));
