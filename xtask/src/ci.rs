@@ -67,6 +67,14 @@ pub fn ci(root: &Path) -> Result<ExitCode> {
         })
     })();
     let total = format_elapsed(started.elapsed());
+    // Killed postmasters leave SysV segments, and kernel.shmmni caps them (4096): a run that
+    // leaks is shown here, before the table fills over many runs.
+    if let Some((used, limit)) = pgsteward_testkit::sysv::usage() {
+        let leaked = pgsteward_testkit::sysv::left_behind().len();
+        println!(
+            "==> ci: SysV shared memory segments in use: {used} of {limit}; {leaked} left by postmasters that are gone"
+        );
+    }
     match result {
         Ok(()) => {
             println!("==> ci: all {TOTAL} steps passed in {total}");

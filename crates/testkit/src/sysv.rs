@@ -59,16 +59,26 @@ pub fn remove(segment: Segment) -> bool {
 /// starting again on a data directory whose old segment is gone creates a new one. Returns how
 /// many were removed.
 pub fn remove_orphans() -> usize {
+    left_behind()
+        .into_iter()
+        .filter(|segment| remove(*segment))
+        .count()
+}
+
+/// The `postgres` user's segments no process is attached to and whose creator is gone: what
+/// killed postmasters left behind.
+pub fn left_behind() -> Vec<Segment> {
     let Ok(Some(postgres)) = nix::unistd::User::from_name("postgres") else {
-        return 0;
+        return Vec::new();
     };
     let Ok(table) = std::fs::read_to_string("/proc/sysvipc/shm") else {
-        return 0;
+        return Vec::new();
     };
     orphans(&table, postgres.uid.as_raw())
         .into_iter()
-        .filter(|(segment, creator)| !crate::proc::alive(*creator) && remove(*segment))
-        .count()
+        .filter(|(_, creator)| !crate::proc::alive(*creator))
+        .map(|(segment, _)| segment)
+        .collect()
 }
 
 /// Segments of `uid` with no process attached, and their creators' pids, from the text of
