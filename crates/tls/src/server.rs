@@ -85,7 +85,7 @@ pub fn acceptor(
 /// The TLS configuration a listener uses, replaceable while it serves: a rotated certificate
 /// (or another client CA) applies to the next connection; open connections keep their
 /// session, but a client certificate they presented is checked again against the current
-/// client CA at each authorization ([`VerifiedClient::verify_now`]).
+/// client CA at each authorization ([`VerifiedClient::authorize`]).
 #[derive(Clone)]
 pub struct ReloadableAcceptor(Arc<RwLock<Arc<ServerTls>>>);
 
