@@ -2,8 +2,9 @@
 //! Kubernetes updates a Secret volume): the client of the managers' API (`tls.ca_file`, the
 //! client certificate and key) and the acceptor of its own API (`api_tls`). Polled every
 //! second by content, so symlink-swapped volumes count; a file that does not parse is logged
-//! and the running client or acceptor stays until the files change again. Each load also
-//! sets `pgsteward_coordinator_certificate_expiry_timestamp_seconds`.
+//! and the running client or acceptor stays until the files change again. At start and after
+//! each change it sets `pgsteward_coordinator_certificate_expiry_timestamp_seconds` (the API's
+//! from the certificate being served).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,7 +25,7 @@ pub fn spawn(
 ) {
     let client_tls = config.tls.clone();
     let api_tls = config.api_tls.clone().filter(|_| acceptor.is_some());
-    record_expiry(&shared, client_tls.as_ref(), api_tls.as_ref());
+    record_expiry(&shared, client_tls.as_ref(), acceptor.as_ref());
     let files = watched_files(client_tls.as_ref(), api_tls.as_ref());
     if files.is_empty() {
         return;
@@ -39,7 +40,6 @@ pub fn spawn(
                 continue;
             }
             last = now;
-            record_expiry(&shared, client_tls.as_ref(), api_tls.as_ref());
             if let Some(tls) = &client_tls {
                 match client.rebuild(tls.ca_file.as_deref(), tls.identity().as_ref()) {
                     Ok(()) => tracing::info!("managers' API client rebuilt from the TLS files"),
@@ -63,26 +63,32 @@ pub fn spawn(
                     }
                 }
             }
+            record_expiry(&shared, client_tls.as_ref(), acceptor.as_ref());
         }
     });
 }
 
-/// Set the expiry gauges from the certificate files (one that does not load is logged).
-fn record_expiry(shared: &Shared, client: Option<&TlsClientConfig>, api: Option<&ApiTlsConfig>) {
-    let certificates = [
-        ("api", api.map(|t| t.cert_file.clone())),
-        ("client", client.and_then(|t| t.client_cert_file.clone())),
-    ];
-    for (label, file) in certificates {
-        let Some(file) = file else { continue };
-        match pgsteward_tls::pem::expiry_of_first(&file) {
-            Ok(expiry) => shared
-                .metrics
-                .certificate_expiry
-                .with_label_values(&[label])
-                .set(expiry),
+/// Set the expiry gauges: the API's from the certificate its acceptor serves, the client's
+/// from its file (one that does not load is logged).
+fn record_expiry(
+    shared: &Shared,
+    client: Option<&TlsClientConfig>,
+    acceptor: Option<&ReloadableAcceptor>,
+) {
+    let gauge = |label: &str| {
+        shared
+            .metrics
+            .certificate_expiry
+            .with_label_values(&[label])
+    };
+    if let Some(expiry) = acceptor.and_then(ReloadableAcceptor::certificate_expiry) {
+        gauge("api").set(expiry);
+    }
+    if let Some(file) = client.and_then(|t| t.client_cert_file.as_deref()) {
+        match pgsteward_tls::pem::expiry_of_first(file) {
+            Ok(expiry) => gauge("client").set(expiry),
             Err(e) => {
-                tracing::warn!(certificate = label, error = %format!("{e:#}"), "cannot read a certificate's expiry")
+                tracing::warn!(error = %format!("{e:#}"), "cannot read the client certificate's expiry")
             }
         }
     }

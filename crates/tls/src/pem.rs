@@ -36,8 +36,13 @@ pub fn expiry_of_first(cert_file: &Path) -> Result<i64> {
         .next()
         .with_context(|| format!("{} holds no certificate", cert_file.display()))?
         .with_context(|| format!("parsing the TLS certificate {} (PEM)", cert_file.display()))?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&first)
-        .map_err(|e| anyhow::anyhow!("{}: not an X.509 certificate: {e}", cert_file.display()))?;
+    expiry_of(&first).with_context(|| cert_file.display().to_string())
+}
+
+/// When a certificate expires (its notAfter), in seconds since the epoch.
+pub fn expiry_of(cert: &CertificateDer<'_>) -> Result<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|e| anyhow::anyhow!("not an X.509 certificate: {e}"))?;
     Ok(cert.validity().not_after.timestamp())
 }
 

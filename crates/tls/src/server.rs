@@ -26,6 +26,9 @@ use crate::pem::{chain_and_key, roots_from_pem};
 pub struct ServerTls {
     acceptor: TlsAcceptor,
     client_verifier: Option<Arc<dyn ClientCertVerifier>>,
+    /// When the served certificate (the chain's first) expires, seconds since the epoch; None
+    /// when x509-parser cannot read what rustls accepted.
+    certificate_expiry: Option<i64>,
 }
 
 impl ServerTls {
@@ -55,6 +58,14 @@ pub fn acceptor(
     client_ca_file: Option<&Path>,
 ) -> Result<ServerTls> {
     let (certs, key) = chain_and_key(cert_file, key_file)?;
+    let certificate_expiry = match certs.first().map(crate::pem::expiry_of) {
+        Some(Ok(expiry)) => Some(expiry),
+        Some(Err(e)) => {
+            tracing::warn!(file = %cert_file.display(), error = %format!("{e:#}"), "cannot read the TLS certificate's expiry");
+            None
+        }
+        None => None,
+    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -79,6 +90,7 @@ pub fn acceptor(
     Ok(ServerTls {
         acceptor: TlsAcceptor::from(Arc::new(config)),
         client_verifier,
+        certificate_expiry,
     })
 }
 
@@ -103,6 +115,12 @@ impl ReloadableAcceptor {
     /// Use `tls` from the next connection on.
     pub fn replace(&self, tls: ServerTls) {
         *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(tls);
+    }
+
+    /// When the certificate served now expires, seconds since the epoch (what the expiry
+    /// metrics show: read from the chain the acceptor was built with, not the file again).
+    pub fn certificate_expiry(&self) -> Option<i64> {
+        self.current().certificate_expiry
     }
 
     pub(crate) fn current(&self) -> Arc<ServerTls> {

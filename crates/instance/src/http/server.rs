@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use axum::extract::DefaultBodyLimit;
 use axum::routing::MethodRouter;
 use axum::Router;
+use pgsteward_tls::server::ReloadableAcceptor;
 use schemars::{Schema, SchemaGenerator};
 
 use super::{admin, auth, backup, error, lb, probes, role, slots, status, synchronous};
@@ -83,14 +84,11 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Show when the API's certificate expires (a file that cannot be read is logged; the metric
-/// keeps its last value).
-pub fn record_certificate_expiry(shared: &Shared, cert_file: &std::path::Path) {
-    match pgsteward_tls::pem::expiry_of_first(cert_file) {
-        Ok(expiry) => shared.metrics.api_certificate_expiry.set(expiry as f64),
-        Err(e) => {
-            tracing::warn!(error = %format!("{e:#}"), "cannot read the API certificate's expiry")
-        }
+/// Show when the API's certificate, as `acceptor` serves it now, expires (one whose expiry
+/// cannot be read leaves the metric at its last value; the acceptor logged why).
+pub fn record_certificate_expiry(shared: &Shared, acceptor: &ReloadableAcceptor) {
+    if let Some(expiry) = acceptor.certificate_expiry() {
+        shared.metrics.api_certificate_expiry.set(expiry as f64);
     }
 }
 
@@ -104,15 +102,14 @@ pub async fn serve_api(state: AppState) -> Result<SocketAddr> {
     let address = listener.local_addr()?;
     let acceptor = match &config.tls {
         Some(tls) => {
-            let acceptor =
-                pgsteward_tls::server::ReloadableAcceptor::new(pgsteward_tls::server::acceptor(
-                    &tls.cert_file,
-                    &tls.key_file,
-                    tls.client_ca_file.as_deref(),
-                )?);
+            let acceptor = ReloadableAcceptor::new(pgsteward_tls::server::acceptor(
+                &tls.cert_file,
+                &tls.key_file,
+                tls.client_ca_file.as_deref(),
+            )?);
             // The reload rebuilds it from the files (a rotated certificate).
             let _ = state.api_tls.set(acceptor.clone());
-            record_certificate_expiry(&state, &tls.cert_file);
+            record_certificate_expiry(&state, &acceptor);
             Some(acceptor)
         }
         None => None,

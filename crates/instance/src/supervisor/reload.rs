@@ -102,9 +102,7 @@ async fn apply_inner(
     shared.reload_token(&new_config);
     if let Some((reloadable, acceptor)) = api_tls {
         reloadable.replace(acceptor);
-        if let Some(tls) = &new_config.http.tls {
-            crate::http::server::record_certificate_expiry(shared, &tls.cert_file);
-        }
+        crate::http::server::record_certificate_expiry(shared, &reloadable);
         tracing::info!("API TLS certificate, key and client CA re-read");
     }
     *shared.config.write().unwrap_or_else(|p| p.into_inner()) = new_config;
