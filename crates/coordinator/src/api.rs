@@ -63,7 +63,7 @@ fn unauthorized(shared: &Shared, headers: &HeaderMap, client: &Client) -> Option
             ),
         }
     }
-    let Some(expected) = shared.api_token.as_ref().map(|t| t.current()) else {
+    let Some(api_token) = &shared.api_token else {
         let message = if shared.api_client_names.is_some() {
             "this request needs a client certificate signed by api_tls.client_ca_file (and valid for api_tls.client_names, when set); no api_token_file is configured"
         } else {
@@ -80,7 +80,8 @@ fn unauthorized(shared: &Shared, headers: &HeaderMap, client: &Client) -> Option
             StatusCode::UNAUTHORIZED,
             "a bearer token or a client certificate is required",
         )),
-        Some(token) if !bearer::matches(token.as_bytes(), expected.as_bytes()) => {
+        // The file is read only for a request that presents a token.
+        Some(token) if !bearer::matches(token.as_bytes(), api_token.current().as_bytes()) => {
             tracing::warn!("rejected a request with a wrong API token");
             Some(error(StatusCode::FORBIDDEN, "wrong token"))
         }

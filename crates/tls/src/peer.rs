@@ -14,16 +14,13 @@ use crate::server::ReloadableAcceptor;
 pub struct VerifiedClient {
     /// Leaf first.
     chain: Vec<CertificateDer<'static>>,
-    listener: Option<ReloadableAcceptor>,
+    listener: ReloadableAcceptor,
 }
 
 impl VerifiedClient {
     /// A chain rustls verified on a connection of `listener`; `chain` is not empty.
     pub fn new(chain: Vec<CertificateDer<'static>>, listener: ReloadableAcceptor) -> Self {
-        VerifiedClient {
-            chain,
-            listener: Some(listener),
-        }
+        VerifiedClient { chain, listener }
     }
 
     /// Whether this client may use the mutating routes now: its chain verifies against the
@@ -32,42 +29,38 @@ impl VerifiedClient {
     /// or a certificate expired since, must stop authorizing its requests), and it is valid
     /// for one of `allowed_names` (any name when empty). Err says why not, for the log.
     pub fn authorize(&self, allowed_names: &[String]) -> Result<(), String> {
-        self.verify_now().map_err(|e| {
-            format!("the client certificate does not verify against the current client CA: {e}")
-        })?;
-        if self.is_allowed(allowed_names) {
+        self.listener
+            .current()
+            .verify_client(&self.chain)
+            .map_err(|e| {
+                format!("the client certificate does not verify against the current client CA: {e}")
+            })?;
+        if self
+            .chain
+            .first()
+            .is_some_and(|leaf| valid_for_any(leaf, allowed_names))
+        {
             Ok(())
         } else {
             Err("the client certificate is valid for none of the allowed client names".to_owned())
         }
     }
+}
 
-    fn verify_now(&self) -> Result<(), String> {
-        match &self.listener {
-            Some(listener) => listener.current().verify_client(&self.chain),
-            None => Err("no listener".to_owned()),
-        }
+/// Any certificate when `allowed_names` is empty, else one valid for at least one of the names
+/// (a DNS name or an IP address of its subjectAltName).
+fn valid_for_any(leaf: &CertificateDer<'_>, allowed_names: &[String]) -> bool {
+    if allowed_names.is_empty() {
+        return true;
     }
-
-    fn leaf(&self) -> Option<&CertificateDer<'static>> {
-        self.chain.first()
-    }
-
-    /// Any certificate when `allowed_names` is empty, else one valid for at least one of the
-    /// names (a DNS name or an IP address of its subjectAltName).
-    fn is_allowed(&self, allowed_names: &[String]) -> bool {
-        if allowed_names.is_empty() {
-            return true;
-        }
-        let Some(Ok(cert)) = self.leaf().map(webpki::EndEntityCert::try_from) else {
-            return false;
-        };
-        allowed_names.iter().any(|name| {
-            ServerName::try_from(name.as_str())
-                .map(|name| cert.verify_is_valid_for_subject_name(&name).is_ok())
-                .unwrap_or(false)
-        })
-    }
+    let Ok(cert) = webpki::EndEntityCert::try_from(leaf) else {
+        return false;
+    };
+    allowed_names.iter().any(|name| {
+        ServerName::try_from(name.as_str())
+            .map(|name| cert.verify_is_valid_for_subject_name(&name).is_ok())
+            .unwrap_or(false)
+    })
 }
 
 /// Check a list of allowed client names (each a DNS name or an IP address).
@@ -98,13 +91,8 @@ mod tests {
 
     #[test]
     fn garbage_is_never_allowed_by_name() {
-        let client = VerifiedClient {
-            chain: vec![CertificateDer::from(vec![1, 2, 3])],
-            listener: None,
-        };
-        assert!(client.is_allowed(&[]));
-        assert!(!client.is_allowed(&["localhost".to_owned()]));
-        assert!(client.verify_now().is_err());
-        assert!(client.authorize(&[]).is_err());
+        let garbage = CertificateDer::from(vec![1, 2, 3]);
+        assert!(valid_for_any(&garbage, &[]));
+        assert!(!valid_for_any(&garbage, &["localhost".to_owned()]));
     }
 }
