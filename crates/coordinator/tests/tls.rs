@@ -54,12 +54,7 @@ async fn coordinator_polls_and_acts_over_https() {
     ));
     let tls_dir = instance.dir.mkdir("tls", 0o755);
     let certs = generate_certificates(&tls_dir).unwrap();
-    instance.dir.chown_postgres(&certs.server_cert);
-    instance.dir.chown_postgres(&certs.server_key);
-    let manager = instance.spawn_with(&[
-        format!("--set=http.tls.cert_file={}", certs.server_cert.display()),
-        format!("--set=http.tls.key_file={}", certs.server_key.display()),
-    ]);
+    let manager = instance.spawn_with(&instance.https_args(&certs));
     // Listening before the coordinator picks a free port of its own.
     let api = format!("127.0.0.1:{}", instance.api_port);
     wait_for("the manager's HTTPS listener", READY, || async {

@@ -151,12 +151,7 @@ async fn pgsteward_rules_are_healthy_and_see_a_short_lived_certificate() {
     let instance = Instance::new(options(PgVersion::V15));
     let certs = pgsteward_testkit::certs::generate_certificates(&instance.dir.mkdir("tls", 0o755))
         .unwrap_or_else(|e| panic!("{e:#}"));
-    instance.dir.chown_postgres(&certs.server_cert);
-    instance.dir.chown_postgres(&certs.server_key);
-    let _manager = instance.spawn_with(&[
-        format!("--set=http.tls.cert_file={}", certs.server_cert.display()),
-        format!("--set=http.tls.key_file={}", certs.server_key.display()),
-    ]);
+    let _manager = instance.spawn_with(&instance.https_args(&certs));
     let target = format!("127.0.0.1:{}", instance.metrics_port);
     let prometheus = Prometheus::start(&[target], &[rules]).await;
     for series in [

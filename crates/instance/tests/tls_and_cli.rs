@@ -13,13 +13,8 @@ async fn api_serves_https_with_the_configured_certificate() {
     let instance = Instance::new(options(PgVersion::V15));
     let certs = pgsteward_testkit::certs::generate_certificates(&instance.dir.mkdir("tls", 0o755))
         .unwrap_or_else(|e| panic!("{e:#}"));
-    let (cert, key, ca) = (certs.server_cert, certs.server_key, certs.ca_cert);
-    instance.dir.chown_postgres(&cert);
-    instance.dir.chown_postgres(&key);
-    let args = vec![
-        format!("--set=http.tls.cert_file={}", cert.display()),
-        format!("--set=http.tls.key_file={}", key.display()),
-    ];
+    let args = instance.https_args(&certs);
+    let ca = certs.ca_cert.clone();
     let mut manager = instance.spawn_with(&args);
     let url = format!("https://127.0.0.1:{}/pg/status", instance.api_port);
     let ready = format!("https://127.0.0.1:{}/readyz", instance.api_port);

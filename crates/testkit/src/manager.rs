@@ -159,6 +159,17 @@ impl Instance {
             .unwrap_or_else(|e| panic!("writing {}: {e}", self.config_path.display()));
     }
 
+    /// The `spawn_with` arguments that serve the API over HTTPS with `certs`' server
+    /// certificate (chowned to the postgres user, which the manager runs as).
+    pub fn https_args(&self, certs: &crate::certs::Certificates) -> Vec<String> {
+        self.dir.chown_postgres(&certs.server_cert);
+        self.dir.chown_postgres(&certs.server_key);
+        vec![
+            format!("--set=http.tls.cert_file={}", certs.server_cert.display()),
+            format!("--set=http.tls.key_file={}", certs.server_key.display()),
+        ]
+    }
+
     /// Base URL of the API.
     pub fn api(&self) -> String {
         format!("http://{}:{}", self.options.host, self.api_port)
