@@ -62,19 +62,22 @@ pub async fn refresh(shared: &Shared) {
 }
 
 async fn sizes(shared: &Shared) -> Result<Vec<(String, i64)>> {
-    let timeout = Duration::from_secs(2);
-    let client = crate::pgconn::connect(&shared.target(), "postgres", timeout).await?;
-    let rows = tokio::time::timeout(
-        timeout,
-        client.query(
-            "SELECT datname::text, pg_database_size(oid) FROM pg_database WHERE datallowconn ORDER BY datname",
-            &[],
-        ),
+    crate::kept_connection::read(
+        shared,
+        crate::kept_connection::ReadKind::Sizes,
+        Duration::from_secs(2),
+        |client| async move {
+            let rows = client
+                .query(
+                    "SELECT datname::text, pg_database_size(oid) FROM pg_database WHERE datallowconn ORDER BY datname",
+                    &[],
+                )
+                .await
+                .context("reading database sizes")?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        },
     )
     .await
-    .context("reading database sizes timed out")?
-    .context("reading database sizes")?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 #[cfg(test)]

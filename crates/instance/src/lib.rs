@@ -14,6 +14,7 @@ pub mod database_metrics;
 pub mod drill;
 pub mod ha;
 pub mod http;
+pub mod kept_connection;
 pub mod logs;
 pub mod metrics;
 pub mod pgbin;

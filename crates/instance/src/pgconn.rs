@@ -27,7 +27,20 @@ impl LocalTarget {
 
 /// Connect as the superuser over the Unix socket, within `timeout`.
 pub async fn connect(target: &LocalTarget, dbname: &str, timeout: Duration) -> Result<Client> {
+    connect_with_options(target, dbname, timeout, "").await
+}
+
+/// [`connect`] with session settings (`options`, as in libpq: `-c name=value ...`).
+pub async fn connect_with_options(
+    target: &LocalTarget,
+    dbname: &str,
+    timeout: Duration,
+    options: &str,
+) -> Result<Client> {
     let mut config = tokio_postgres::Config::new();
+    if !options.is_empty() {
+        config.options(options);
+    }
     config
         .host_path(&target.socket_dir)
         .port(target.port)

@@ -175,8 +175,10 @@ async fn manage(config: Config, sources: ConfigSources, os_user: String) -> Resu
         backups: crate::backups::Backups::default(),
         drill: Mutex::new(None),
         ha: Mutex::new(None),
+        reads: crate::kept_connection::ReadConnections::default(),
     });
     shared.reload_token(&config);
+    crate::kept_connection::close_when_not_running(shared.clone());
     spawn_signal_forwarder(shared.clone())?;
     crate::http::server::serve_api(shared.clone()).await?;
     crate::http::metrics_server::serve(shared.clone()).await?;

@@ -5,12 +5,20 @@ use std::time::Duration;
 
 use pgsteward_api::{InstanceStatus, Role};
 
+use crate::kept_connection::{self, ReadKind};
 use crate::pgconn::{self, PgFacts};
 use crate::supervisor::shared::Shared;
 
 /// Query postgres (bounded by a short timeout) and refresh the metrics it feeds.
 pub async fn live_facts(shared: &Shared) -> Option<PgFacts> {
-    match pgconn::probe(&shared.target(), Duration::from_secs(2)).await {
+    let facts = kept_connection::read(
+        shared,
+        ReadKind::Status,
+        Duration::from_secs(2),
+        |client| async move { pgconn::facts(&client).await },
+    )
+    .await;
+    match facts {
         Ok(facts) => {
             shared.metrics.collector_up.set(1);
             shared.metrics.postgres_up.set(1);

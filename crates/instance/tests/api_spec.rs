@@ -50,6 +50,7 @@ fn offline_state() -> Arc<Shared> {
         backups: pgsteward::backups::Backups::default(),
         drill: Mutex::new(None),
         ha: Mutex::new(None),
+        reads: Default::default(),
     })
 }
 

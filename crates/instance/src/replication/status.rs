@@ -13,7 +13,7 @@ use tokio_postgres::Client;
 
 use super::role::{self, PersistedRole};
 use super::standby;
-use crate::pgconn;
+use crate::kept_connection::{self, ReadKind};
 use crate::supervisor::shared::Shared;
 
 /// Current WAL position on a primary or a standby.
@@ -52,15 +52,18 @@ pub async fn collect(shared: &Shared) -> Option<ReplicationStatus> {
         slots: Vec::new(),
         synchronous_standby_names: None,
     };
-    let live = async {
-        let client = pgconn::connect(&shared.target(), "postgres", Duration::from_secs(2)).await?;
-        tokio::time::timeout(Duration::from_secs(2), query(&client, &mut status))
-            .await
-            .context("reading replication facts timed out")?
-    }
+    let base = status.clone();
+    let live = kept_connection::read(shared, ReadKind::Status, Duration::from_secs(2), |client| {
+        let mut live = base.clone();
+        async move {
+            query(&client, &mut live).await?;
+            Ok(live)
+        }
+    })
     .await;
-    if let Err(e) = live {
-        tracing::debug!(error = %format!("{e:#}"), "replication facts unavailable");
+    match live {
+        Ok(live) => status = live,
+        Err(e) => tracing::debug!(error = %format!("{e:#}"), "replication facts unavailable"),
     }
     update_metrics(shared, &status);
     Some(status)

@@ -142,6 +142,8 @@ pub struct Shared {
     pub ha: Mutex<Option<pgsteward_api::HaStatus>>,
     /// The API listener's TLS, rebuilt at every reload (set once HTTPS is served).
     pub api_tls: std::sync::OnceLock<pgsteward_tls::server::ReloadableAcceptor>,
+    /// The kept connections for status, probes and metrics reads.
+    pub reads: crate::kept_connection::ReadConnections,
 }
 
 impl Shared {

@@ -1,0 +1,114 @@
+//! The manager's reads (status, probes, load-balancer checks, `/metrics`) reuse kept
+//! sessions instead of connecting for each read; a terminated session is replaced on the next
+//! read without an error showing; and a kept session never holds up a smart shutdown. Real
+//! PostgreSQL 15 and 18.
+
+mod common;
+
+use common::*;
+use nix::sys::signal::Signal;
+use pgsteward_testkit::sql;
+
+/// The manager's client sessions, as `pid@backend_start`, in order.
+async fn manager_sessions(port: u16) -> Vec<String> {
+    let rows = sql(
+        port,
+        "postgres",
+        PASSWORD,
+        "postgres",
+        "SELECT pid::text || '@' || backend_start::text FROM pg_stat_activity \
+         WHERE application_name = 'pgsteward' AND backend_type = 'client backend' ORDER BY 1",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("pg_stat_activity: {e:#}"));
+    rows.into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+        .collect()
+}
+
+/// One round of every kind of read the manager serves, each checked for a live answer.
+async fn read_everything(instance: &Instance, manager: &pgsteward_testkit::manager::Manager) {
+    let status = manager.status().await;
+    assert_eq!(status["postgres_up"], true, "{status}");
+    assert_eq!(status["role"], "primary", "{status}");
+    assert_eq!(status["replication"]["role"], "primary", "{status}");
+    for path in ["/readyz", "/primary"] {
+        let response = http::get(&format!("{}{path}", instance.api()))
+            .await
+            .unwrap_or_else(|| panic!("{path} did not answer"));
+        assert_eq!(response.status, 200, "{path}: {}", response.body);
+    }
+    let scrape = http::get(&format!("{}/metrics", instance.metrics()))
+        .await
+        .unwrap_or_else(|| panic!("/metrics did not answer"));
+    assert!(
+        scrape.body.contains("pgsteward_collector_up 1"),
+        "{}",
+        scrape.body
+    );
+    assert!(
+        scrape
+            .body
+            .contains("pgsteward_pg_database_size_bytes{datname=\"postgres\"}"),
+        "{}",
+        scrape.body
+    );
+}
+
+async fn reads_keep_their_sessions(version: PgVersion) {
+    let instance = Instance::new(options(version));
+    // A smart shutdown held up by a session would wait this long before going fast.
+    let mut manager = instance.spawn_with(&[
+        "--set=shutdown.smart_shutdown_timeout=300s".into(),
+        "--set=shutdown.stop_delay=330s".into(),
+    ]);
+    manager.wait_ready(READY).await;
+
+    read_everything(&instance, &manager).await;
+    let kept = manager_sessions(instance.pg_port).await;
+    assert!(
+        (1..=2).contains(&kept.len()),
+        "one session for status reads and one for database sizes expected: {kept:?}"
+    );
+    for _ in 0..10 {
+        read_everything(&instance, &manager).await;
+    }
+    assert_eq!(
+        manager_sessions(instance.pg_port).await,
+        kept,
+        "the reads opened new sessions"
+    );
+
+    // An administrator ends the manager's sessions: the next reads answer in full, on new
+    // sessions.
+    sql(
+        instance.pg_port,
+        "postgres",
+        PASSWORD,
+        "postgres",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pgsteward'",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("terminating the manager's sessions: {e:#}"));
+    read_everything(&instance, &manager).await;
+    let replaced = manager_sessions(instance.pg_port).await;
+    assert!(
+        !replaced.is_empty(),
+        "no session kept after the termination"
+    );
+    assert!(
+        replaced.iter().all(|s| !kept.contains(s)),
+        "a terminated session is still listed: {kept:?} then {replaced:?}"
+    );
+
+    // SIGTERM with sessions kept: a smart shutdown that finishes long before its timeout.
+    manager.signal(Signal::SIGTERM).await;
+    assert_eq!(manager.wait_exit(EXIT).await, 0, "{}", manager.log());
+    let log = manager.log();
+    assert!(
+        !log.contains("escalating"),
+        "the smart shutdown escalated: {log}"
+    );
+    assert_eq!(cluster_state(version, &instance.pgdata), "shut down");
+}
+for_each_version!(reads_keep_their_sessions);
