@@ -54,7 +54,8 @@ type Client = Option<Extension<VerifiedClient>>;
 /// None when the request carries an accepted client certificate or the configured token,
 /// else the error answer.
 fn unauthorized(shared: &Shared, headers: &HeaderMap, client: &Client) -> Option<Response> {
-    if let (Some(Extension(client)), Some(names)) = (client, &shared.api_client_names) {
+    let client_names = shared.api_client_names();
+    if let (Some(Extension(client)), Some(names)) = (client, &client_names) {
         match client.authorize(names) {
             Ok(()) => return None,
             Err(reason) => tracing::warn!(
@@ -64,7 +65,7 @@ fn unauthorized(shared: &Shared, headers: &HeaderMap, client: &Client) -> Option
         }
     }
     let Some(api_token) = &shared.api_token else {
-        let message = if shared.api_client_names.is_some() {
+        let message = if client_names.is_some() {
             "this request needs a client certificate signed by api_tls.client_ca_file (and valid for api_tls.client_names, when set); no api_token_file is configured"
         } else {
             "mutating routes are disabled: set api_token_file or api_tls.client_ca_file in the coordinator configuration"

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use crate::decide::{Policy, SyncConfig};
 
 /// One instance manager.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemberConfig {
     /// Name used in the coordinator's status, logs and decisions.
@@ -29,7 +29,7 @@ pub struct MemberConfig {
 }
 
 /// TLS of the requests to the managers (`https://` member URLs).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsClientConfig {
     /// PEM bundle of the CA(s) that signed the managers' certificates (absent: the system's
@@ -57,7 +57,7 @@ impl TlsClientConfig {
 }
 
 /// HTTPS of the coordinator's own API.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiTlsConfig {
     /// PEM certificate chain.
@@ -75,7 +75,7 @@ pub struct ApiTlsConfig {
 }
 
 /// The whole file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Address of the coordinator's own API (default 127.0.0.1:8100).

@@ -1,7 +1,7 @@
 //! pgsteward coordinator: polls a static list of instance managers, decides failovers with a
 //! pure function (`decide`), acts through the managers' APIs (`client`), persists its term
-//! (`state`), drops members' stale replication slots (`slots`) and serves its own status and
-//! metrics (`api`, `metrics`).
+//! (`state`), drops members' stale replication slots (`slots`), serves its own status and
+//! metrics (`api`, `metrics`) and re-reads its configuration on SIGHUP (`reload`).
 
 pub mod api;
 pub mod backup;
@@ -12,6 +12,7 @@ pub mod lsn;
 pub mod metrics;
 pub mod observe;
 pub mod readmit;
+pub mod reload;
 pub mod run;
 pub mod shared;
 pub mod slots;

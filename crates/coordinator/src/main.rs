@@ -171,6 +171,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         };
         let watched = config.clone();
         let (coordinator, shared) = Coordinator::new(config)?;
+        pgsteward_coordinator::reload::spawn_sighup_handler(path.clone(), shared.clone())?;
         pgsteward_coordinator::tls_watch::spawn(
             &watched,
             coordinator.client(),

@@ -1,6 +1,6 @@
 //! The coordinator's Prometheus metrics: current term, failovers, refusals, member up, stale
-//! replication slots dropped, the latency of one poll-and-decide round, and when its TLS
-//! certificates expire.
+//! replication slots dropped, the latency of one poll-and-decide round, when its TLS
+//! certificates expire, and configuration reloads.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry,
@@ -21,6 +21,10 @@ pub struct Metrics {
     pub decision_seconds: Histogram,
     /// `certificate`: `api` (api_tls) or `client` (tls.client_cert_file).
     pub certificate_expiry: IntGaugeVec,
+    /// SIGHUPs whose configuration file did not load.
+    pub config_reload_failures: IntCounter,
+    /// 1 while the configuration file has changes that apply only at a restart.
+    pub config_pending_restart: IntGauge,
 }
 
 impl Metrics {
@@ -72,6 +76,16 @@ impl Metrics {
             ),
             &["certificate"],
         )?;
+        let config_reload_failures = IntCounter::new(
+            "pgsteward_coordinator_config_reload_failures_total",
+            "SIGHUPs whose configuration file did not load (the running configuration stayed)",
+        )?;
+        let config_pending_restart = IntGauge::new(
+            "pgsteward_coordinator_config_pending_restart",
+            "1 while the configuration file has changes that apply only at a restart (GET /status: pending_restart)",
+        )?;
+        registry.register(Box::new(config_reload_failures.clone()))?;
+        registry.register(Box::new(config_pending_restart.clone()))?;
         registry.register(Box::new(certificate_expiry.clone()))?;
         registry.register(Box::new(term.clone()))?;
         registry.register(Box::new(failovers.clone()))?;
@@ -94,6 +108,8 @@ impl Metrics {
             slots_dropped,
             decision_seconds,
             certificate_expiry,
+            config_reload_failures,
+            config_pending_restart,
         })
     }
 

@@ -104,6 +104,41 @@ impl Coordinator {
                 _ = interval.tick() => self.round().await,
                 Some(command) = self.commands.recv() => self.handle(command).await,
             }
+            if interval.period() != self.config.poll_interval {
+                interval = tokio::time::interval(self.config.poll_interval);
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            }
+        }
+    }
+
+    /// Apply a configuration file read at a SIGHUP (see `reload`).
+    fn reload(&mut self, file: Config) {
+        let (merged, outcome) = crate::reload::merge(&self.config, &file);
+        self.config = merged;
+        self.shared.set_api_client_names(
+            self.config
+                .api_tls
+                .as_ref()
+                .filter(|t| t.client_ca_file.is_some())
+                .map(|t| t.client_names.clone()),
+        );
+        self.shared
+            .metrics
+            .config_pending_restart
+            .set(i64::from(!outcome.pending_restart.is_empty()));
+        self.shared.lock().pending_restart = outcome
+            .pending_restart
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        if outcome.pending_restart.is_empty() {
+            tracing::info!(applied = ?outcome.applied, "SIGHUP: configuration reloaded");
+        } else {
+            tracing::warn!(
+                applied = ?outcome.applied,
+                pending_restart = ?outcome.pending_restart,
+                "SIGHUP: configuration reloaded; the settings in pending_restart keep their running values until the coordinator restarts"
+            );
         }
     }
 
@@ -131,6 +166,7 @@ impl Coordinator {
                 }
                 let _ = reply.send(result);
             }
+            Command::Reload(file) => self.reload(*file),
         }
     }
 

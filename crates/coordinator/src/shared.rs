@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -27,6 +27,8 @@ pub enum Command {
         request: crate::backup::BackupRequest,
         reply: oneshot::Sender<Result<crate::backup::BackupStarted, crate::backup::BackupRefused>>,
     },
+    /// The configuration file as read at a SIGHUP (`reload`).
+    Reload(Box<crate::config::Config>),
 }
 
 /// The last decision as `/status` shows it.
@@ -58,6 +60,9 @@ pub struct StatusReport {
     pub readmissions: BTreeMap<String, Readmission>,
     /// How the last switchover ended.
     pub last_switchover: Option<String>,
+    /// Settings changed in the configuration file that apply only at a restart (the running
+    /// values stay until then; see `reload`).
+    pub pending_restart: Vec<String>,
 }
 
 /// The coordinator's API token (`api_token_file`), read again at each use so that a rotated
@@ -100,8 +105,8 @@ pub struct Shared {
     /// Bearer token of the mutating routes (None: only a client certificate can use them).
     pub api_token: Option<ApiToken>,
     /// With `api_tls.client_ca_file`: the names a verified client certificate must be valid
-    /// for (empty: any); None without a client CA.
-    pub api_client_names: Option<Vec<String>>,
+    /// for (empty: any); None without a client CA. Changed by a reload.
+    api_client_names: RwLock<Option<Vec<String>>>,
 }
 
 impl Shared {
@@ -125,12 +130,29 @@ impl Shared {
                 last_action: None,
                 readmissions: BTreeMap::new(),
                 last_switchover: None,
+                pending_restart: Vec::new(),
             }),
             metrics,
             commands,
             api_token,
-            api_client_names,
+            api_client_names: RwLock::new(api_client_names),
         }
+    }
+
+    /// The names a client certificate must be valid for (see the field).
+    pub fn api_client_names(&self) -> Option<Vec<String>> {
+        self.api_client_names
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replace them (a reload changed `api_tls.client_names`).
+    pub fn set_api_client_names(&self, names: Option<Vec<String>>) {
+        *self
+            .api_client_names
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = names;
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, StatusReport> {

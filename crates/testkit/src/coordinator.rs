@@ -37,6 +37,8 @@ pub struct Coordinator {
     pub host: String,
     pub port: u16,
     pub log: PathBuf,
+    /// The YAML file it was started with.
+    pub config: PathBuf,
 }
 
 impl Coordinator {
@@ -75,6 +77,7 @@ impl Coordinator {
             host: host.to_owned(),
             port,
             log,
+            config,
         }
     }
 
@@ -96,6 +99,30 @@ impl Coordinator {
     /// Everything it logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Replace its YAML file by `listen: ...` (unchanged) followed by `yaml`, renamed into
+    /// place; the coordinator reads it at its next SIGHUP.
+    pub fn rewrite_config(&self, yaml: &str) {
+        let temporary = self.config.with_extension("yaml.new");
+        std::fs::write(
+            &temporary,
+            format!("listen: {}:{}\n{yaml}", self.host, self.port),
+        )
+        .unwrap_or_else(|e| panic!("writing {}: {e}", temporary.display()));
+        std::fs::rename(&temporary, &self.config)
+            .unwrap_or_else(|e| panic!("replacing {}: {e}", self.config.display()));
+    }
+
+    /// Send `signal` to the process.
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal)
+            .unwrap_or_else(|e| panic!("signalling the coordinator: {e}"));
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// SIGTERM and wait.
