@@ -7,10 +7,11 @@
 //! authentication and, with `log_connections`, two log lines). Now each kind of read keeps one
 //! session while postgres runs:
 //!
-//! - A connection is kept only while the instance is `Running`. Leaving `Running` (a shutdown,
-//!   a restart, a fence) drops it (`close_when_not_running`), so a smart shutdown never waits
-//!   on the manager's own session; a read in another state uses a connection of its own, as
-//!   before.
+//! - A connection is kept only while the instance is `Running` and `postmaster.pid` does not
+//!   say `stopping`. Leaving `Running` (a shutdown, a restart, a fence) drops it at once, and a
+//!   shutdown asked outside the manager (`pg_ctl stop -m smart`) within a second
+//!   (`close_when_not_running`), so a smart shutdown never waits on the manager's own
+//!   sessions; a read at such a time uses a connection of its own, as before.
 //! - A read that fails on a kept connection (postgres restarted, an administrator terminated
 //!   the session, `idle_session_timeout`) is tried once more on a new connection.
 //! - A read that outlives its deadline cancels its query on the server and drops the
@@ -78,7 +79,8 @@ pub struct ReadTarget<'a> {
     pub target: &'a LocalTarget,
     /// The server's major version (session options depend on it).
     pub major: u32,
-    /// Asked after connecting, under the slot's lock: keep the connection for later reads?
+    /// Asked under the slot's lock before reusing a kept connection and after making a new
+    /// one: may a connection be kept now?
     pub keep: &'a (dyn Fn() -> bool + Sync),
 }
 
@@ -136,7 +138,7 @@ impl KeptConnection {
             .await
             .map_err(|_| anyhow!("connecting to postgres timed out"))?;
         if let Some(kept) = slot.as_ref() {
-            if kept.target == *to.target && !kept.client.is_closed() {
+            if kept.target == *to.target && !kept.client.is_closed() && (to.keep)() {
                 return Ok((kept.client.clone(), true));
             }
             *slot = None;
@@ -205,7 +207,7 @@ where
     Fut: Future<Output = Result<T>>,
 {
     let target = shared.target();
-    let keep = || shared.state.current() == InstanceState::Running;
+    let keep = || may_keep(shared);
     let to = ReadTarget {
         target: &target,
         major: shared.bins.major,
@@ -221,18 +223,32 @@ where
         .context("reading from postgres")
 }
 
-/// Drop the kept connections whenever the instance leaves `Running`, for as long as the
-/// manager runs.
+/// How often a kept connection is checked against `postmaster.pid` (a shutdown requested
+/// outside the manager, such as `pg_ctl stop -m smart`, waits for every session).
+const STOPPING_CHECK: Duration = Duration::from_secs(1);
+
+/// True while the manager may keep read connections: the instance is `Running` and postgres
+/// has not been asked to stop (by the manager or by anyone else).
+fn may_keep(shared: &Shared) -> bool {
+    shared.state.current() == InstanceState::Running
+        && !crate::pgdata::postmaster_stopping(&shared.pgdata)
+}
+
+/// Drop the kept connections whenever the instance leaves `Running`, and when
+/// `postmaster.pid` says postgres is stopping, for as long as the manager runs.
 pub fn close_when_not_running(shared: Arc<Shared>) {
     let mut states = shared.state.subscribe();
     tokio::spawn(async move {
+        let mut tick = tokio::time::interval(STOPPING_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let running = *states.borrow_and_update() == InstanceState::Running;
-            if !running {
+            states.borrow_and_update();
+            if !may_keep(&shared) {
                 shared.reads.close().await;
             }
-            if states.changed().await.is_err() {
-                return;
+            tokio::select! {
+                changed = states.changed() => if changed.is_err() { return },
+                _ = tick.tick() => {}
             }
         }
     });

@@ -143,6 +143,18 @@ fn parse_postmaster_pid(text: &str) -> Option<PostmasterPid> {
     })
 }
 
+/// True when `<pgdata>/postmaster.pid`'s status line (the eighth) says `stopping`: postgres
+/// received a shutdown request (smart, fast or immediate, from anyone) and refuses new
+/// connections.
+pub fn postmaster_stopping(pgdata: &Path) -> bool {
+    fs::read_to_string(pgdata.join("postmaster.pid"))
+        .is_ok_and(|text| status_line_is_stopping(&text))
+}
+
+fn status_line_is_stopping(text: &str) -> bool {
+    text.lines().nth(7).is_some_and(|l| l.trim() == "stopping")
+}
+
 /// True when `pid` is a live (not zombie) process whose executable name is `postgres`.
 pub fn is_live_postgres(pid: i32) -> bool {
     let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -223,6 +235,11 @@ mod tests {
             Some((4242, 5432, 1700000000))
         );
         assert_eq!(parse_postmaster_pid("4242\n"), None);
+        assert!(!status_line_is_stopping(text));
+        assert!(status_line_is_stopping(
+            &text.replace("ready   ", "stopping")
+        ));
+        assert!(!status_line_is_stopping("4242\n"));
     }
 }
 

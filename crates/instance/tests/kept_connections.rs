@@ -112,3 +112,30 @@ async fn reads_keep_their_sessions(version: PgVersion) {
     assert_eq!(cluster_state(version, &instance.pgdata), "shut down");
 }
 for_each_version!(reads_keep_their_sessions);
+
+/// `pg_ctl stop -m smart` run by hand (outside the manager) while the manager keeps its
+/// sessions: postgres stops, because the manager drops them once `postmaster.pid` says
+/// `stopping`.
+async fn a_smart_stop_by_hand_is_not_held(version: PgVersion) {
+    let instance = Instance::new(options(version));
+    let manager = instance.spawn();
+    manager.wait_ready(READY).await;
+    read_everything(&instance, &manager).await;
+    assert!(!manager_sessions(instance.pg_port).await.is_empty());
+
+    let output = std::process::Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(version.bin_dir().join("pg_ctl"))
+        .args(["stop", "-m", "smart", "-t", "30", "-D"])
+        .arg(&instance.pgdata)
+        .output()
+        .unwrap_or_else(|e| panic!("pg_ctl: {e}"));
+    assert!(
+        output.status.success(),
+        "pg_ctl stop -m smart: {}{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+        manager.log()
+    );
+}
+for_each_version!(a_smart_stop_by_hand_is_not_held);
