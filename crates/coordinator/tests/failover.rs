@@ -4,7 +4,9 @@
 //! answers, the coordinator refuses to promote and says why; restarted without that member
 //! it promotes the replica with term 2 within the failure threshold plus a few seconds,
 //! persists the term, writes succeed on the new primary, and its status and metrics show
-//! it. Without `api_token_file` the mutating switchover route answers 403.
+//! it. Without `api_token_file` the mutating switchover route answers 403. A real Prometheus
+//! scraping the coordinator fires `PgstewardFailoverRefused` at the refusal (the never-answering
+//! member's `PgstewardMemberDown` pending) and `PgstewardFailoverHappened` after the promotion.
 //! A hung primary (manager and postmaster stopped with SIGSTOP) is failed over while the
 //! coordinator watches; when it resumes as a primary of the old term it is fenced, then
 //! re-admitted as a standby of the new primary. A primary whose postgres is down while its
@@ -21,11 +23,19 @@ use nix::unistd::Pid;
 use pgsteward_testkit::coordinator::Coordinator;
 use pgsteward_testkit::fsutil::ScratchDir;
 use pgsteward_testkit::manager::{Instance, PASSWORD};
+use pgsteward_testkit::prometheus::Prometheus;
 use pgsteward_testkit::{free_port, http, wait_for, ManagerOptions, PgVersion};
 use serde_json::Value;
 
 const READY: Duration = Duration::from_secs(90);
 const THRESHOLD: Duration = Duration::from_secs(2);
+/// Bound for an alert's state to follow the metrics (scrape and evaluation every second).
+const ALERT: Duration = Duration::from_secs(30);
+
+/// pgsteward's recommended alert rules.
+fn alert_rules() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/prometheus/pgsteward-alerts.yaml")
+}
 
 fn replica_of(version: PgVersion, primary_port: u16) -> Instance {
     let mut replica = Instance::new(ManagerOptions::new(
@@ -104,6 +114,10 @@ async fn refuse_then_fail_over(version: PgVersion) {
         "with-ghost",
         &format!("{common}members:\n{members}{ghost}"),
     );
+    // A real Prometheus evaluates the coordinator's recommended alerts on its metrics.
+    let coordinator_port = coordinator.port;
+    let prometheus =
+        Prometheus::start(&[format!("127.0.0.1:{coordinator_port}")], &[alert_rules()]).await;
     let status = wait_for(
         "the coordinator to see a healthy primary and replica",
         READY,
@@ -185,6 +199,20 @@ async fn refuse_then_fail_over(version: PgVersion) {
         log.contains(r#""decision":"refuse""#) && log.contains(r#""inputs":"#),
         "{log}"
     );
+    // The refusal pages; the ghost member is down (pending: its rule waits 2 minutes).
+    prometheus
+        .wait_alert("PgstewardFailoverRefused", "firing", ALERT)
+        .await;
+    prometheus
+        .wait_alert("PgstewardMemberDown", "pending", ALERT)
+        .await;
+    assert_eq!(
+        prometheus
+            .alert_state("PgstewardFailoverHappened")
+            .await
+            .as_deref(),
+        Some("inactive")
+    );
     // Nothing was promoted.
     let replica_status = replica_manager.status().await;
     assert_eq!(replica_status["replication"]["role"], "replica");
@@ -203,7 +231,15 @@ async fn refuse_then_fail_over(version: PgVersion) {
 
     // Without the ghost, the replica's position is enough: promote it with term 2.
     let restarted = Instant::now();
-    let coordinator = start_coordinator(&dir, "two", &format!("{common}members:\n{members}"));
+    // On the same port, so that Prometheus keeps scraping it.
+    let coordinator = Coordinator::start_at(
+        Path::new(env!("CARGO_BIN_EXE_pgsteward-coordinator")),
+        dir.path(),
+        "two",
+        &format!("{common}members:\n{members}"),
+        "127.0.0.1",
+        coordinator_port,
+    );
     let status = wait_for("the failover", Duration::from_secs(60), || async {
         let s = coordinator.status().await?;
         (s["primary"] == "b" && s["term"] == 2).then_some(s)
@@ -284,6 +320,11 @@ async fn refuse_then_fail_over(version: PgVersion) {
     .await;
     assert_eq!(later["failovers"], 1, "{later}");
     assert_eq!(later["term"], 2, "{later}");
+    // The failover shows in Prometheus; the refusal rule stops once rounds stop refusing
+    // (its 10-minute window keeps it firing within this test, which is what paging wants).
+    prometheus
+        .wait_alert("PgstewardFailoverHappened", "firing", ALERT)
+        .await;
 }
 
 async fn hang_fails_over_then_fences_the_stale_primary(version: PgVersion) {

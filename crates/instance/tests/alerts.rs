@@ -14,6 +14,9 @@
 //! missing-backup rule (no backup was taken) are pending, and the archive, slot, fence and
 //! restart rules are inactive.
 //!
+//! The coordinator's rules (refusal, failover, member down) are checked against a real
+//! coordinator in `crates/coordinator/tests/failover.rs`.
+//!
 //! Every alert of both files has its section in `docs/runbook.md`, pgsteward's rules link to
 //! it (`runbook_url`), and the runbook's links between sections lead to existing headings.
 
@@ -31,24 +34,8 @@ fn rules_file(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// `alert`'s state (`inactive`, `pending`, `firing`) once Prometheus evaluated it healthily.
-async fn state_of(prometheus: &Prometheus, alert: &str) -> Option<String> {
-    let rules = prometheus.rules().await?;
-    let rule = rules.iter().find(|r| r["name"] == alert)?;
-    // "unknown" until the first evaluation; "err" when the expression fails.
-    match rule["health"].as_str() {
-        Some("ok") => {}
-        Some("err") => panic!("{alert} does not evaluate: {rule}"),
-        _ => return None,
-    }
-    Some(rule["state"].as_str()?.to_owned())
-}
-
 async fn wait_state(prometheus: &Prometheus, alert: &str, state: &str) {
-    wait_for(&format!("{alert} to be {state}"), READY, || async {
-        (state_of(prometheus, alert).await.as_deref() == Some(state)).then_some(())
-    })
-    .await;
+    prometheus.wait_alert(alert, state, READY).await;
 }
 
 /// Open `count` connections as the superuser and keep them.
@@ -147,7 +134,7 @@ async fn reference_alerts_work_with_the_cnpg_namespace_pg18() {
 async fn pgsteward_rules_are_healthy_and_see_a_short_lived_certificate() {
     let rules = rules_file("pgsteward-alerts.yaml");
     let checked = check_rules(&rules);
-    assert!(checked.contains("8 rules found"), "{checked}");
+    assert!(checked.contains("11 rules found"), "{checked}");
     let instance = Instance::new(options(PgVersion::V15));
     let certs = pgsteward_testkit::certs::generate_certificates(&instance.dir.mkdir("tls", 0o755))
         .unwrap_or_else(|e| panic!("{e:#}"));
@@ -181,6 +168,9 @@ async fn pgsteward_rules_are_healthy_and_see_a_short_lived_certificate() {
         "PgstewardSelfFenced",
         "PgstewardPendingRestart",
         "PgstewardCoordinatorCertificateExpiresSoon",
+        "PgstewardFailoverRefused",
+        "PgstewardFailoverHappened",
+        "PgstewardMemberDown",
     ] {
         wait_state(&prometheus, alert, "inactive").await;
     }
@@ -227,7 +217,7 @@ fn every_alert_has_a_runbook_section() {
     let reference = alerts_of("reference-alerts.yaml");
     let ours = alerts_of("pgsteward-alerts.yaml");
     assert_eq!(reference.len(), 3, "{reference:?}");
-    assert_eq!(ours.len(), 8, "{ours:?}");
+    assert_eq!(ours.len(), 11, "{ours:?}");
     for (name, _) in reference.iter().chain(&ours) {
         assert!(
             anchors.contains(&name.to_lowercase()),

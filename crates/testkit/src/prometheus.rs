@@ -149,6 +149,30 @@ impl Prometheus {
     }
 }
 
+impl Prometheus {
+    /// `alert`'s state (`inactive`, `pending`, `firing`) once Prometheus evaluated it
+    /// healthily; None before its first evaluation. Panics when the rule does not evaluate.
+    pub async fn alert_state(&self, alert: &str) -> Option<String> {
+        let rules = self.rules().await?;
+        let rule = rules.iter().find(|r| r["name"] == alert)?;
+        // "unknown" until the first evaluation; "err" when the expression fails.
+        match rule["health"].as_str() {
+            Some("ok") => {}
+            Some("err") => panic!("{alert} does not evaluate: {rule}"),
+            _ => return None,
+        }
+        Some(rule["state"].as_str()?.to_owned())
+    }
+
+    /// Wait until `alert` is in `state`, up to `timeout`.
+    pub async fn wait_alert(&self, alert: &str, state: &str, timeout: Duration) {
+        wait_for(&format!("{alert} to be {state}"), timeout, || async {
+            (self.alert_state(alert).await.as_deref() == Some(state)).then_some(())
+        })
+        .await;
+    }
+}
+
 impl Drop for Prometheus {
     fn drop(&mut self) {
         let _ = self.child.kill();
