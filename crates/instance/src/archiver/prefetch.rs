@@ -115,7 +115,7 @@ impl Archiver {
         // after it (a file that is not there starts nothing: a standby asks again and again).
         let fetched = self
             .wal
-            .fetch_to_then(&file, dest, Durability::Fsync, false, deadline, || {
+            .fetch_to_then(&file, dest, Durability::Handoff, false, deadline, || {
                 self.schedule_prefetch(&file)
             })
             .await;
