@@ -15,6 +15,7 @@ use pgsteward_backup::restore::RestoreOptions;
 
 use crate::config::{self, ConfigSources};
 use crate::pgbin::PgBinaries;
+use crate::recovery::replay_server::ReplayServer;
 use crate::recovery::{self, PrivatePostgres};
 use crate::supervisor::reaper::Reaper;
 
@@ -184,6 +185,7 @@ async fn restore(args: &RestoreArgs, config: &config::Config) -> Result<String> 
         ));
     }
     let settings = recovery::replay_settings(&executable, &pgdata, &target, true);
+    let replay_server = ReplayServer::start(&pgdata, &restored.backup).await;
     let mut pg = PrivatePostgres::spawn(
         &reaper,
         &bins,
@@ -195,6 +197,10 @@ async fn restore(args: &RestoreArgs, config: &config::Config) -> Result<String> 
     )?;
     let recovered = recovery::wait_recovered(&mut pg, &target, args.timeout).await;
     let stopped = pg.stop(Duration::from_secs(120)).await;
+    let served = match replay_server {
+        Some(server) => format!("{} WAL files through the prefetch", server.restored()),
+        None => "WAL files fetched one by one (no prefetch)".to_owned(),
+    };
     let recovered = recovered.with_context(|| {
         format!(
             "replaying archived WAL into {} (the directory is left as it is: empty it before restoring again)",
@@ -204,7 +210,7 @@ async fn restore(args: &RestoreArgs, config: &config::Config) -> Result<String> 
     stopped.context("stopping the recovery postgres")?;
     recovery::finish(&pgdata)?;
     Ok(format!(
-        "restored backup {} into {} ({} files, {} bytes in {:.1} s); WAL replayed in {:.1} s to {} on timeline {}; {}",
+        "restored backup {} into {} ({} files, {} bytes in {:.1} s); WAL replayed in {:.1} s ({served}) to {} on timeline {}; {}",
         restored.backup.backup_id(),
         pgdata.display(),
         restored.report.files,

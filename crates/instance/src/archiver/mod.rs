@@ -54,6 +54,9 @@ pub struct Archiver {
     wake: Notify,
     destination_check: tokio::sync::Mutex<()>,
     pub(crate) prefetch: prefetch::Prefetcher,
+    /// Serves restores only (a point-in-time replay's source archive): archive requests are
+    /// refused and nothing is scanned or uploaded.
+    restore_only: bool,
 }
 
 impl Archiver {
@@ -63,6 +66,28 @@ impl Archiver {
         pgdata: &Path,
         metrics: Metrics,
         segment_bytes: u64,
+    ) -> anyhow::Result<Arc<Self>> {
+        Self::build(settings, pgdata, metrics, segment_bytes, false).await
+    }
+
+    /// An archiver that only serves `wal-restore` calls, with prefetch, for the private
+    /// postgres of a restore, a recovery bootstrap or a drill, which replays from the source
+    /// archive: started with `serve_restores`, it never uploads anything there.
+    pub async fn for_replay(
+        settings: ArchiveSettings,
+        pgdata: &Path,
+        segment_bytes: u64,
+    ) -> anyhow::Result<Arc<Self>> {
+        let metrics = Metrics::new("pgsteward_replay")?;
+        Self::build(settings, pgdata, metrics, segment_bytes, true).await
+    }
+
+    async fn build(
+        settings: ArchiveSettings,
+        pgdata: &Path,
+        metrics: Metrics,
+        segment_bytes: u64,
+        restore_only: bool,
     ) -> anyhow::Result<Arc<Self>> {
         let wal = settings.open().await?;
         let status = ArchiveStatus {
@@ -83,6 +108,7 @@ impl Archiver {
             wake: Notify::new(),
             destination_check: tokio::sync::Mutex::new(()),
             prefetch,
+            restore_only,
         }))
     }
 
@@ -107,6 +133,22 @@ impl Archiver {
     /// Current archiving status.
     pub fn status(&self) -> ArchiveStatus {
         self.track(|t| t.status.clone())
+    }
+
+    /// Serve the socket only (the archiver of [`Archiver::for_replay`]); aborting the task
+    /// stops the server.
+    pub fn serve_restores(self: &Arc<Self>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+        server::spawn(self.clone())
+    }
+
+    /// WAL files this archiver restored for postgres (spooled or fetched directly).
+    pub fn restored_count(&self) -> u64 {
+        self.metrics.wal_restored.get()
+    }
+
+    /// True for the archiver of a replay ([`Archiver::for_replay`]).
+    pub fn restore_only(&self) -> bool {
+        self.restore_only
     }
 
     /// Start the `.ready` scanner and the socket server.

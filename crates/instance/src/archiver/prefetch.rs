@@ -92,6 +92,18 @@ impl Prefetcher {
 }
 
 impl Archiver {
+    /// Remove the prefetch spool and what it holds (a replay's archiver, once postgres no
+    /// longer needs it; a download still under way then fails to write and is dropped).
+    pub fn discard_prefetch_spool(&self) {
+        match std::fs::remove_dir_all(&self.prefetch.dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(error = %e, dir = %self.prefetch.dir.display(), "cannot remove the prefetch spool")
+            }
+        }
+    }
+
     /// Serve one `wal-restore` request.
     pub async fn restore_now(self: &Arc<Self>, name: &str, dest: &Path) -> Response {
         let file = match WalFile::parse(name) {

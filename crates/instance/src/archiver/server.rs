@@ -11,8 +11,8 @@ use super::protocol::{read_request, same_directory, Request, Response};
 use super::Archiver;
 
 /// Bind the socket (replacing a stale one, refusing one another archiver answers on) and
-/// serve it.
-pub fn spawn(archiver: Arc<Archiver>) -> Result<()> {
+/// serve it until the returned task is aborted.
+pub fn spawn(archiver: Arc<Archiver>) -> Result<tokio::task::JoinHandle<()>> {
     let path = archiver.settings.socket.clone();
     if std::os::unix::net::UnixStream::connect(&path).is_ok() {
         bail!(
@@ -34,7 +34,7 @@ pub fn spawn(archiver: Arc<Archiver>) -> Result<()> {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("chmod {}", path.display()))?;
     tracing::info!(socket = %path.display(), "WAL archive socket listening");
-    tokio::spawn(async move {
+    Ok(tokio::spawn(async move {
         loop {
             let (stream, _) = match listener.accept().await {
                 Ok(pair) => pair,
@@ -55,8 +55,7 @@ pub fn spawn(archiver: Arc<Archiver>) -> Result<()> {
                 let _ = reader.into_inner().write_all(line.as_bytes()).await;
             });
         }
-    });
-    Ok(())
+    }))
 }
 
 async fn handle(archiver: &Arc<Archiver>, request: Request) -> Response {
@@ -74,6 +73,13 @@ async fn handle(archiver: &Arc<Archiver>, request: Request) -> Response {
         }
     }
     match request {
+        Request::Archive { name, .. } if archiver.restore_only() => {
+            tracing::error!(%name, "refused an archive request on a replay's socket");
+            Response::failure(format!(
+                "{name}: this socket serves WAL restores for a replay from the source archive; \
+                 nothing is archived there"
+            ))
+        }
         Request::Archive { name, .. } => match archiver.archive_now(&name).await {
             Ok(()) => Response::success(format!("{name} archived")),
             Err(e) => Response::failure(e),

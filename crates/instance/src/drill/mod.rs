@@ -188,6 +188,8 @@ async fn run_inner(
     report.backup_id = Some(restored.backup.backup_id().to_owned());
     report.restored_bytes = restored.report.bytes_written;
     let settings = recovery::replay_settings(executable, scratch, &target, false);
+    let replay_server =
+        recovery::replay_server::ReplayServer::start(scratch, &restored.backup).await;
     let mut pg = PrivatePostgres::spawn(
         reaper,
         bins,
@@ -205,6 +207,12 @@ async fn run_inner(
     }
     .await;
     let stopped = pg.stop(Duration::from_secs(60)).await;
+    if let Some(server) = replay_server {
+        tracing::info!(
+            wal_files = server.restored(),
+            "drill replay served through the prefetch"
+        );
+    }
     checked?;
     stopped.context("stopping the drill's postgres")
 }

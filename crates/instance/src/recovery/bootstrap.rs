@@ -61,6 +61,7 @@ pub async fn run(
     };
     let restored = restore_files(&source, &choice, &target, pgdata, &options).await?;
     let settings = replay_settings(executable, pgdata, &target, true);
+    let replay_server = super::replay_server::ReplayServer::start(pgdata, &restored.backup).await;
     let mut pg = PrivatePostgres::spawn(
         reaper,
         bins,
@@ -72,6 +73,12 @@ pub async fn run(
     )?;
     let recovered = wait_recovered(&mut pg, &target, recovery.timeout).await;
     let stopped = pg.stop(Duration::from_secs(120)).await;
+    if let Some(server) = replay_server {
+        tracing::info!(
+            wal_files = server.restored(),
+            "replay served through the prefetch"
+        );
+    }
     let recovered = recovered.context("replaying archived WAL")?;
     stopped.context("stopping the recovery postgres")?;
     finish(pgdata)?;

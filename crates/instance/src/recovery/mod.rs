@@ -14,6 +14,7 @@
 
 pub mod bootstrap;
 pub mod private_pg;
+pub mod replay_server;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -84,8 +85,8 @@ pub async fn open_catalog(source: &ArchiveSettings) -> Result<Catalog> {
 }
 
 /// Step 1: choose, check and restore the backup into `pgdata`, then prepare the directory
-/// for WAL replay from `source` (signal file, archive settings with a socket no manager
-/// answers on, so `wal-restore` reads the store itself).
+/// for WAL replay from `source` (signal file, archive settings whose socket the caller serves
+/// with a `replay_server::ReplayServer` during the replay).
 pub async fn restore_files(
     source: &ArchiveSettings,
     choice: &BackupChoice,
@@ -109,7 +110,9 @@ pub async fn restore_files(
         }
     }
     let mut replay = source.clone();
-    replay.socket = pgdata.join(".s.PGSTEWARD.restore-no-manager");
+    // Served by `replay_server::ReplayServer` while the replay runs; with nothing listening,
+    // `wal-restore` reads the store itself.
+    replay.socket = pgdata.join(".s.PGSTEWARD.replay");
     ArchiveSettings::write(pgdata, Some(&replay))?;
     std::fs::write(pgdata.join(target.signal_file()), "")
         .with_context(|| format!("writing {}", target.signal_file()))?;

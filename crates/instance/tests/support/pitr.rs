@@ -222,12 +222,23 @@ pub async fn restore_and_read(
     let instance = target_instance(source, version, name);
     let out = restore(source, &instance, extra);
     assert!(out.status.success(), "pgsteward restore {extra:?} failed");
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("promoted"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("promoted"), "{stdout}");
+    // The replay's WAL came through the restore's own prefetch server.
+    let served: Option<u64> = stdout
+        .split_once(" WAL files through the prefetch")
+        .and_then(|(head, _)| head.rsplit('(').next())
+        .and_then(|n| n.trim().parse().ok());
+    assert!(served.is_some_and(|n| n >= 1), "{stdout}");
     assert!(!instance.pgdata.join("recovery.signal").exists());
+    assert!(
+        !instance.pgdata.join(".s.PGSTEWARD.replay").exists(),
+        "the replay's socket was left behind"
+    );
+    assert!(
+        !instance.pgdata.join("pg_wal/pgsteward-prefetch").exists(),
+        "the replay's prefetch spool was left behind"
+    );
     let mut manager = instance.spawn();
     manager.wait_ready(READY).await;
     let rows = query(&instance, "SELECT string_agg(v, ',' ORDER BY v) FROM t").await;
