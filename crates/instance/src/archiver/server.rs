@@ -87,3 +87,49 @@ async fn handle(archiver: &Arc<Archiver>, request: Request) -> Response {
         Request::Restore { name, dest, .. } => archiver.restore_now(&name, &dest).await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archiver::settings::ArchiveSettings;
+    use crate::config::Config;
+
+    /// A replay's archiver refuses to archive: its store is the source of a restore.
+    #[tokio::test]
+    async fn a_replay_archiver_refuses_archive_requests() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let pgdata = dir.path().join("data");
+        std::fs::create_dir_all(pgdata.join("pg_wal/archive_status"))?;
+        let segment = "000000010000000000000001";
+        std::fs::write(pgdata.join("pg_wal").join(segment), vec![7u8; 1 << 20])?;
+        let mut config = Config::default();
+        config.archive.destination =
+            Some(format!("file://{}", dir.path().join("source").display()));
+        let mut settings = ArchiveSettings::from_config(&config).context("archive settings")?;
+        settings.socket = pgdata.join(".s.PGSTEWARD.replay");
+        let archiver = Archiver::for_replay(settings, &pgdata, 1 << 20).await?;
+        let answer = handle(
+            &archiver,
+            Request::Archive {
+                name: segment.into(),
+                pgdata: Some(pgdata.clone()),
+            },
+        )
+        .await;
+        let text = serde_json::to_string(&answer)?;
+        assert!(text.contains("nothing is archived there"), "{text}");
+        let mut stored = Vec::new();
+        let mut dirs = vec![dir.path().join("source")];
+        while let Some(d) = dirs.pop() {
+            for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                if entry.file_type()?.is_dir() {
+                    dirs.push(entry.path());
+                } else {
+                    stored.push(entry.path());
+                }
+            }
+        }
+        assert!(stored.is_empty(), "stored in the source: {stored:?}");
+        Ok(())
+    }
+}
