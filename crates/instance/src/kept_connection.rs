@@ -95,7 +95,8 @@ impl KeptConnection {
         let deadline = Instant::now() + timeout;
         let (client, reused) = self.client(to, deadline).await?;
         match self.read_once(&client, deadline, &read).await {
-            Err(e) if reused => {
+            // Past the deadline there is no time for a second try: report the first error.
+            Err(e) if reused && Instant::now() < deadline => {
                 tracing::debug!(error = %format!("{e:#}"), "a read on the kept postgres connection failed; trying a new connection");
                 self.forget(&client).await;
                 let (fresh, _) = self.client(to, deadline).await?;
