@@ -154,6 +154,15 @@ fn default_threshold() -> Duration {
 }
 
 impl Config {
+    /// The names a client certificate of the coordinator's API must be valid for (empty:
+    /// any); None without `api_tls.client_ca_file`.
+    pub fn api_client_names(&self) -> Option<Vec<String>> {
+        self.api_tls
+            .as_ref()
+            .filter(|t| t.client_ca_file.is_some())
+            .map(|t| t.client_names.clone())
+    }
+
     /// Read and check a configuration file.
     pub fn load(path: &Path) -> Result<Self> {
         let text =

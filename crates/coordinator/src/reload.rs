@@ -68,7 +68,8 @@ pub fn merge(running: &Config, file: &Config) -> (Config, ReloadOutcome) {
             same_files.client_names.clone_from(&new.client_names);
             if same_files != *new {
                 outcome.pending_restart.push("api_tls");
-            } else if old.client_names != new.client_names && old.client_ca_file.is_some() {
+            } else if old.client_names != new.client_names {
+                // The check allows names only with a client CA, so the CA is there.
                 merged.api_tls = Some(same_files);
                 outcome.applied.push("api_tls.client_names");
             }

@@ -58,17 +58,12 @@ impl Coordinator {
             None => None,
         };
         let (commands_tx, commands) = mpsc::channel(4);
-        let api_client_names = config
-            .api_tls
-            .as_ref()
-            .filter(|t| t.client_ca_file.is_some())
-            .map(|t| t.client_names.clone());
         let shared = Arc::new(Shared::new(
             metrics,
             state.term,
             commands_tx,
             api_token,
-            api_client_names,
+            config.api_client_names(),
         ));
         let trackers = vec![Tracker::default(); config.members.len()];
         let tls = config.tls.as_ref();
@@ -115,13 +110,8 @@ impl Coordinator {
     fn reload(&mut self, file: Config) {
         let (merged, outcome) = crate::reload::merge(&self.config, &file);
         self.config = merged;
-        self.shared.set_api_client_names(
-            self.config
-                .api_tls
-                .as_ref()
-                .filter(|t| t.client_ca_file.is_some())
-                .map(|t| t.client_names.clone()),
-        );
+        self.shared
+            .set_api_client_names(self.config.api_client_names());
         self.shared
             .metrics
             .config_pending_restart

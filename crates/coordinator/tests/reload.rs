@@ -15,6 +15,7 @@ use pgsteward_testkit::certs::{generate_certificates, issue_client_certificate, 
 use pgsteward_testkit::coordinator::{switchover_command, Coordinator};
 use pgsteward_testkit::curl::curl;
 use pgsteward_testkit::fsutil::ScratchDir;
+use pgsteward_testkit::http::sample;
 use pgsteward_testkit::wait_for;
 use serde_json::Value;
 
@@ -42,14 +43,6 @@ fn get(coordinator: &Coordinator, ca: &Path, path: &str) -> String {
     let (code, body) = curl("GET", &url, ca, None);
     assert_eq!(code, "200", "GET {path}: {body}");
     body
-}
-
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(name)
-            .and_then(|rest| rest.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
-    })
 }
 
 /// The switchover command with `cert`: its exit code and stderr.
@@ -119,7 +112,7 @@ async fn sighup_reloads_without_stopping() {
     assert!(coordinator.is_running(), "{}", coordinator.log());
     let metrics = get(&coordinator, &ca, "/metrics");
     assert_eq!(
-        metric(&metrics, "pgsteward_coordinator_config_pending_restart"),
+        sample(&metrics, "pgsteward_coordinator_config_pending_restart"),
         Some(1.0),
         "{metrics}"
     );
@@ -148,7 +141,7 @@ async fn sighup_reloads_without_stopping() {
     wait_for("the failed reload to be counted", WAIT, || {
         let metrics = get(&coordinator, &ca, "/metrics");
         async move {
-            (metric(
+            (sample(
                 &metrics,
                 "pgsteward_coordinator_config_reload_failures_total",
             ) == Some(1.0))
@@ -166,7 +159,7 @@ async fn sighup_reloads_without_stopping() {
     wait_for("pending_restart to clear", WAIT, || {
         let metrics = get(&coordinator, &ca, "/metrics");
         async move {
-            (metric(&metrics, "pgsteward_coordinator_config_pending_restart") == Some(0.0))
+            (sample(&metrics, "pgsteward_coordinator_config_pending_restart") == Some(0.0))
                 .then_some(())
         }
     })

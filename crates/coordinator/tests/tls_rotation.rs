@@ -81,15 +81,14 @@ async fn rotated_certificates_are_used_without_a_restart() {
         .unwrap()
         .as_secs_f64();
     for label in ["api", "client"] {
-        let series =
-            format!("pgsteward_coordinator_certificate_expiry_timestamp_seconds{{certificate=\"{label}\"}} ");
+        let series = format!(
+            "pgsteward_coordinator_certificate_expiry_timestamp_seconds{{certificate=\"{label}\"}}"
+        );
         let expiry = wait_for(&format!("the {label} certificate's expiry"), READY, || {
             let (url, ca, series) = (metrics_url.clone(), ca.clone(), series.clone());
             async move {
                 let (_, body) = curl("GET", &url, &ca, None);
-                body.lines()
-                    .find_map(|l| l.strip_prefix(series.as_str()))
-                    .and_then(|v| v.trim().parse::<f64>().ok())
+                pgsteward_testkit::http::sample(&body, &series)
             }
         })
         .await;

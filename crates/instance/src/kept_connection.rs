@@ -208,7 +208,7 @@ where
     Fut: Future<Output = Result<T>>,
 {
     let target = shared.target();
-    let keep = || may_keep(shared);
+    let keep = || running(shared);
     let to = ReadTarget {
         target: &target,
         major: shared.bins.major,
@@ -228,11 +228,11 @@ where
 /// outside the manager, such as `pg_ctl stop -m smart`, waits for every session).
 const STOPPING_CHECK: Duration = Duration::from_secs(1);
 
-/// True while the manager may keep read connections: the instance is `Running` and postgres
-/// has not been asked to stop (by the manager or by anyone else).
-fn may_keep(shared: &Shared) -> bool {
+/// True while a read may keep its connection: the instance is `Running`. (A stop asked outside
+/// the manager is the watcher's, which reads `postmaster.pid`; a read cannot open a new
+/// session while postgres is stopping anyway.)
+fn running(shared: &Shared) -> bool {
     shared.state.current() == InstanceState::Running
-        && !crate::pgdata::postmaster_stopping(&shared.pgdata)
 }
 
 /// Drop the kept connections whenever the instance leaves `Running`, and when
@@ -244,7 +244,7 @@ pub fn close_when_not_running(shared: Arc<Shared>) {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             states.borrow_and_update();
-            if !may_keep(&shared) {
+            if !running(&shared) || crate::pgdata::postmaster_stopping(&shared.pgdata) {
                 shared.reads.close().await;
             }
             tokio::select! {

@@ -197,10 +197,7 @@ async fn restore(args: &RestoreArgs, config: &config::Config) -> Result<String> 
     )?;
     let recovered = recovery::wait_recovered(&mut pg, &target, args.timeout).await;
     let stopped = pg.stop(Duration::from_secs(120)).await;
-    let served = match replay_server {
-        Some(server) => format!("{} WAL files through the prefetch", server.restored()),
-        None => "WAL files fetched one by one (no prefetch)".to_owned(),
-    };
+    let served = ReplayServer::finish(replay_server);
     let recovered = recovered.with_context(|| {
         format!(
             "replaying archived WAL into {} (the directory is left as it is: empty it before restoring again)",

@@ -52,8 +52,12 @@ pub async fn request(
 /// One sample of the Prometheus text at `<base>/metrics` (`name` including labels); None
 /// when the listener does not answer or the sample is absent.
 pub async fn metric(base: &str, name: &str) -> Option<f64> {
-    let body = get(&format!("{base}/metrics")).await?.body;
-    body.lines().find_map(|l| {
+    sample(&get(&format!("{base}/metrics")).await?.body, name)
+}
+
+/// One sample of Prometheus text `exposition` (`name` including labels); None when absent.
+pub fn sample(exposition: &str, name: &str) -> Option<f64> {
+    exposition.lines().find_map(|l| {
         l.strip_prefix(name)
             .and_then(|rest| rest.strip_prefix(' '))
             .and_then(|v| v.trim().parse().ok())

@@ -147,9 +147,7 @@ impl Prometheus {
                 .collect(),
         )
     }
-}
 
-impl Prometheus {
     /// `alert`'s state (`inactive`, `pending`, `firing`) once Prometheus evaluated it
     /// healthily; None before its first evaluation. Panics when the rule does not evaluate.
     pub async fn alert_state(&self, alert: &str) -> Option<String> {

@@ -146,11 +146,6 @@ impl Archiver {
         self.metrics.wal_restored.get()
     }
 
-    /// True for the archiver of a replay ([`Archiver::for_replay`]).
-    pub fn restore_only(&self) -> bool {
-        self.restore_only
-    }
-
     /// Start the `.ready` scanner and the socket server.
     pub fn spawn(self: &Arc<Self>) -> anyhow::Result<()> {
         server::spawn(self.clone())?;

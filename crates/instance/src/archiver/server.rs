@@ -73,7 +73,7 @@ async fn handle(archiver: &Arc<Archiver>, request: Request) -> Response {
         }
     }
     match request {
-        Request::Archive { name, .. } if archiver.restore_only() => {
+        Request::Archive { name, .. } if archiver.restore_only => {
             tracing::error!(%name, "refused an archive request on a replay's socket");
             Response::failure(format!(
                 "{name}: this socket serves WAL restores for a replay from the source archive; \
@@ -118,17 +118,7 @@ mod tests {
         .await;
         let text = serde_json::to_string(&answer)?;
         assert!(text.contains("nothing is archived there"), "{text}");
-        let mut stored = Vec::new();
-        let mut dirs = vec![dir.path().join("source")];
-        while let Some(d) = dirs.pop() {
-            for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                if entry.file_type()?.is_dir() {
-                    dirs.push(entry.path());
-                } else {
-                    stored.push(entry.path());
-                }
-            }
-        }
+        let stored = archiver.wal().store().list("").await?;
         assert!(stored.is_empty(), "stored in the source: {stored:?}");
         Ok(())
     }

@@ -207,12 +207,7 @@ async fn run_inner(
     }
     .await;
     let stopped = pg.stop(Duration::from_secs(60)).await;
-    if let Some(server) = replay_server {
-        tracing::info!(
-            wal_files = server.restored(),
-            "drill replay served through the prefetch"
-        );
-    }
+    recovery::replay_server::ReplayServer::finish(replay_server);
     checked?;
     stopped.context("stopping the drill's postgres")
 }

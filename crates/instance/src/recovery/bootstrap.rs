@@ -73,12 +73,7 @@ pub async fn run(
     )?;
     let recovered = wait_recovered(&mut pg, &target, recovery.timeout).await;
     let stopped = pg.stop(Duration::from_secs(120)).await;
-    if let Some(server) = replay_server {
-        tracing::info!(
-            wal_files = server.restored(),
-            "replay served through the prefetch"
-        );
-    }
+    super::replay_server::ReplayServer::finish(replay_server);
     let recovered = recovered.context("replaying archived WAL")?;
     stopped.context("stopping the recovery postgres")?;
     finish(pgdata)?;

@@ -50,9 +50,18 @@ impl ReplayServer {
         })
     }
 
-    /// Segments served so far, from the spool and fetched directly.
-    pub fn restored(&self) -> u64 {
-        self.archiver.restored_count()
+    /// Stop `server` (once postgres no longer replays) and say, in the log and in the
+    /// returned phrase, how the replay's WAL came.
+    pub fn finish(server: Option<ReplayServer>) -> String {
+        let phrase = match server {
+            Some(server) => format!(
+                "{} WAL files through the prefetch",
+                server.archiver.restored_count()
+            ),
+            None => "WAL files fetched one by one (no prefetch)".to_owned(),
+        };
+        tracing::info!(replay = %phrase, "the replay's WAL server stopped");
+        phrase
     }
 }
 

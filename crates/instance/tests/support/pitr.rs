@@ -226,7 +226,9 @@ pub async fn restore_and_read(
     assert!(stdout.contains("promoted"), "{stdout}");
     // The replay's WAL came through the restore's own prefetch server.
     let served: Option<u64> = stdout
-        .split_once(" WAL files through the prefetch")
+        .lines()
+        .find(|l| l.starts_with("restored backup"))
+        .and_then(|summary| summary.split_once(" WAL files through the prefetch"))
         .and_then(|(head, _)| head.rsplit('(').next())
         .and_then(|n| n.trim().parse().ok());
     assert!(served.is_some_and(|n| n >= 1), "{stdout}");
