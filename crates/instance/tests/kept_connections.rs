@@ -1,6 +1,7 @@
 //! The manager's reads (status, probes, load-balancer checks, `/metrics`) reuse kept
 //! sessions instead of connecting for each read; a terminated session is replaced on the next
-//! read without an error showing; and a kept session never holds up a smart shutdown. Real
+//! read without an error showing; a read past its deadline drops its session instead of
+//! queueing the next reads behind it; and a kept session never holds up a smart shutdown. Real
 //! PostgreSQL 15 and 18.
 
 mod common;
@@ -139,3 +140,89 @@ async fn a_smart_stop_by_hand_is_not_held(version: PgVersion) {
     );
 }
 for_each_version!(a_smart_stop_by_hand_is_not_held);
+
+/// The backend pid of the manager's session that last read the database sizes.
+async fn sizes_session(port: u16) -> Option<i32> {
+    let rows = sql(
+        port,
+        "postgres",
+        PASSWORD,
+        "postgres",
+        "SELECT pid FROM pg_stat_activity WHERE application_name = 'pgsteward' \
+         AND query LIKE '%pg_database_size%' ORDER BY backend_start DESC LIMIT 1",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("pg_stat_activity: {e:#}"));
+    rows.first()
+        .and_then(|r| r.first().cloned().flatten())
+        .and_then(|pid| pid.parse().ok())
+}
+
+/// A read that outlives its deadline on a kept session: the scrape still answers, the session
+/// is dropped (the next scrape reads the sizes on a new one instead of queueing behind the
+/// hung one), and the hung backend ends once it runs again. The backend is made to hang by
+/// stopping it with SIGSTOP.
+async fn a_hung_read_drops_its_session(version: PgVersion) {
+    use nix::sys::signal::kill;
+    use nix::unistd::Pid;
+
+    let instance = Instance::new(options(version));
+    let manager = instance.spawn();
+    manager.wait_ready(READY).await;
+    read_everything(&instance, &manager).await;
+    let hung = sizes_session(instance.pg_port)
+        .await
+        .unwrap_or_else(|| panic!("no session read the database sizes"));
+
+    kill(Pid::from_raw(hung), Signal::SIGSTOP).unwrap_or_else(|e| panic!("SIGSTOP {hung}: {e}"));
+    // Whatever happens below, the stopped backend must run again (or postgres never stops).
+    struct Resume(i32);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            let _ = kill(Pid::from_raw(self.0), Signal::SIGCONT);
+        }
+    }
+    let resume = Resume(hung);
+
+    // The sizes read on the stopped backend passes its deadline; the scrape answers anyway,
+    // with the last sizes, and the probes and status are not held up by it.
+    let scrape = http::get(&format!("{}/metrics", instance.metrics()))
+        .await
+        .unwrap_or_else(|| panic!("/metrics did not answer with a hung sizes read"));
+    assert_eq!(scrape.status, 200, "{}", scrape.body);
+    let status = manager.status().await;
+    assert_eq!(status["postgres_up"], true, "{status}");
+
+    // The next scrape reads the sizes on a new session.
+    read_everything(&instance, &manager).await;
+    let replacement = sizes_session(instance.pg_port)
+        .await
+        .unwrap_or_else(|| panic!("no session read the database sizes after the hang"));
+    assert_ne!(
+        replacement,
+        hung,
+        "the next scrape used the hung session again\n{}",
+        manager.log()
+    );
+
+    // Running again, the hung backend finds its query cancelled and its client gone, and ends.
+    drop(resume);
+    wait_for(
+        "the backend of the hung read to end once it runs again",
+        EXIT,
+        || async {
+            let rows = sql(
+                instance.pg_port,
+                "postgres",
+                PASSWORD,
+                "postgres",
+                &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {hung}"),
+            )
+            .await
+            .ok()?;
+            (rows.first()?.first()?.as_deref() == Some("0")).then_some(())
+        },
+    )
+    .await;
+}
+for_each_version!(a_hung_read_drops_its_session);
