@@ -1,7 +1,7 @@
 //! Continuous WAL archiving against real postgres: every segment written under load reaches
-//! the archive and restores byte-identical; a conflicting object is refused and postgres keeps
-//! the segment; a destination holding another cluster's WAL is refused; the WAL commands
-//! reject bad input.
+//! the archive and restores byte-identical; a quiet commit is archived within
+//! `archive_timeout`; a conflicting object is refused and postgres keeps the segment; a
+//! destination holding another cluster's WAL is refused; the WAL commands reject bad input.
 
 mod common;
 
@@ -131,6 +131,8 @@ async fn archive_under_load_restores_byte_identical(version: PgVersion) {
         )
         .await;
     }
+    // The archive's bound on lost commits on a quiet primary (no user setting here).
+    assert_eq!(query(&instance, "SHOW archive_timeout").await, "5min");
     let last: String = current_walfile(&instance).await;
     let archive = wait_archived(&instance).await;
     assert_eq!(archive["failed_count"], 0, "{archive}");
@@ -176,6 +178,41 @@ async fn archive_under_load_restores_byte_identical(version: PgVersion) {
     assert_eq!(manager.wait_exit(EXIT).await, 0, "{}", manager.log());
 }
 for_each_version!(archive_under_load_restores_byte_identical);
+
+/// A commit on a quiet primary reaches the archive without anyone switching WAL files:
+/// `archive_timeout` (5 minutes by default when archiving, 2 s set by the user here) closes
+/// the segment that holds it, and the user's setting wins over the default. Right after the
+/// start too: without the manager waking postgres's checkpointer, its first sleep ignores
+/// `archive_timeout` and lasts `checkpoint_timeout` (5 minutes), and this test times out.
+async fn a_quiet_commit_is_archived_within_archive_timeout(version: PgVersion) {
+    let scratch = ScratchDir::new();
+    let store = scratch.mkdir("store", 0o700);
+    let mut opts = archive_options(version, &format!("file://{}", store.display()));
+    opts.parameters
+        .push(("archive_timeout".into(), "2s".into()));
+    let instance = Instance::new(opts);
+    let mut manager = instance.spawn();
+    manager.wait_ready(READY).await;
+    assert_eq!(query(&instance, "SHOW archive_timeout").await, "2s");
+
+    query(
+        &instance,
+        "CREATE TABLE quiet (i int); INSERT INTO quiet VALUES (1); SELECT 1",
+    )
+    .await;
+    let holding = current_walfile(&instance).await;
+    let object = store.join(format!("cluster-a/wals/{}/{holding}.gz", &holding[..16]));
+    wait_for(
+        "the segment holding the commit archived without a WAL switch",
+        Duration::from_secs(60),
+        || async { object.is_file().then_some(()) },
+    )
+    .await;
+
+    manager.signal(Signal::SIGTERM).await;
+    assert_eq!(manager.wait_exit(EXIT).await, 0, "{}", manager.log());
+}
+for_each_version!(a_quiet_commit_is_archived_within_archive_timeout);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conflicting_object_is_refused_and_postgres_keeps_the_segment() {

@@ -67,6 +67,10 @@ pub fn render(config: &Config, ctx: &RenderContext) -> RenderedConfig {
     }
 }
 
+/// `archive_timeout` when archiving and the user sets none: the archive's bound on lost
+/// commits (RPO) on a quiet primary.
+pub const DEFAULT_ARCHIVE_TIMEOUT: &str = "5min";
+
 fn include_body(config: &Config, ctx: &RenderContext) -> String {
     let major = ctx.major;
     // Defaults that differ from postgres's; a user parameter below overrides them (the
@@ -76,6 +80,16 @@ fn include_body(config: &Config, ctx: &RenderContext) -> String {
     let mut out = String::from(
         "\n# Defaults (postgres.parameters overrides them)\nwal_retrieve_retry_interval = '1s'\n",
     );
+    // With an archive, a quiet primary's last commits would wait in an unfilled segment for
+    // as long as it stays quiet: switch segments at least every 5 minutes when anything was
+    // written, so the archive alone loses at most 5 minutes (postgres does not switch an idle
+    // segment, so an idle cluster archives nothing more).
+    if config.archive.destination.is_some() {
+        out.push_str(&format!(
+            "archive_timeout = {}\n",
+            quote(DEFAULT_ARCHIVE_TIMEOUT)
+        ));
+    }
     out.push_str("\n# User parameters\n");
     for (name, value) in &config.postgres.parameters {
         out.push_str(&format!("{name} = {}\n", quote(&value.as_conf_string())));
@@ -275,6 +289,7 @@ mod tests {
         };
         let text = render(&config, &ctx).include_file;
         assert!(text.contains("archive_mode = on"), "{text}");
+        assert!(text.contains("archive_timeout = '5min'"), "{text}");
         let expected = concat!(
             "archive_command = '",
             "''/opt/pg steward/bin/pgsteward'' wal-archive --pgdata ",
@@ -283,6 +298,33 @@ mod tests {
         assert!(text.contains(expected), "{text}");
         assert!(
             text.contains("restore_command = '''/opt/pg steward/bin/pgsteward'' wal-restore"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn archive_timeout_defaults_to_five_minutes_only_when_archiving() {
+        let ctx = RenderContext {
+            major: 15,
+            os_user: "postgres".into(),
+            executable: "/usr/bin/pgsteward".into(),
+            pgdata: "/data".into(),
+        };
+        let mut config = Config::default();
+        let text = render(&config, &ctx).include_file;
+        assert!(!text.contains("archive_timeout"), "{text}");
+
+        config.archive.destination = Some("file:///backups".into());
+        config
+            .postgres
+            .parameters
+            .insert("archive_timeout".into(), ParamValue::Text("60s".into()));
+        let text = render(&config, &ctx).include_file;
+        // postgres takes the last setting in the file: the user's comes after the default.
+        let default = text.find("archive_timeout = '5min'");
+        let user = text.find("archive_timeout = '60s'");
+        assert!(
+            default.is_some() && user.is_some() && default < user,
             "{text}"
         );
     }
