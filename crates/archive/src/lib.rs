@@ -1,7 +1,7 @@
 //! pgsteward-archive: object storage (S3 through aws-sdk-s3, and `file://` as the embedded
 //! default), the barman-cloud object layout, WAL segment names, gzip compression (with a pool
-//! of reusable segment buffers), and WAL archive/restore with the no-overwrite rule. No
-//! knowledge of HTTP or of the supervisor.
+//! of reusable segment buffers), and WAL archive/restore with the no-overwrite rule and the
+//! segment header check. No knowledge of HTTP or of the supervisor.
 
 pub mod atomic_file;
 pub mod buffers;
@@ -10,6 +10,7 @@ pub mod layout;
 pub mod retry;
 pub mod store;
 pub mod wal;
+pub mod walheader;
 pub mod walname;
 
 pub use layout::Layout;

@@ -17,6 +17,7 @@ use crate::compress;
 use crate::layout::{Compression, Layout};
 use crate::retry::with_retry;
 use crate::store::{ObjectMeta, ObjectStore, StoreError};
+use crate::walheader::{check_segment, InvalidSegment};
 use crate::walname::{InvalidWalName, WalFile};
 
 mod restore;
@@ -68,6 +69,12 @@ pub enum WalError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("refusing to archive {name}: {reason}")]
+    InvalidSegment {
+        name: String,
+        #[source]
+        reason: InvalidSegment,
+    },
     #[error("{key} already exists with different content: refusing to overwrite archived WAL")]
     Conflict { key: String },
     #[error("{key} uses a compression pgsteward cannot read (gzip and none are supported)")]
@@ -95,6 +102,15 @@ pub struct WalArchive {
     compressed: Arc<BufferPool>,
     /// Segments being read and compressed at once: one per CPU (see `cpu_slot`).
     compressing: Arc<tokio::sync::Semaphore>,
+    /// When set, a segment is archived only if it is a whole segment at its name's position,
+    /// of this system when the identifier is known (`walheader`).
+    segment_check: Option<SegmentCheck>,
+}
+
+/// What `checking_segments` checks a segment against.
+#[derive(Debug, Clone, Copy)]
+struct SegmentCheck {
+    system_identifier: Option<u64>,
 }
 
 /// What to archive: content in memory, or a file to read when a CPU is free for it.
@@ -138,6 +154,30 @@ impl WalArchive {
             compressing: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, |n| n.get()),
             )),
+            segment_check: None,
+        }
+    }
+
+    /// Archive a segment (or `.partial`) only when it is a whole segment at the position its
+    /// name says, of the database system `system_identifier` when known; anything else fails
+    /// with `InvalidSegment` and nothing is stored (see `walheader`).
+    pub fn checking_segments(mut self, system_identifier: Option<u64>) -> Self {
+        self.segment_check = Some(SegmentCheck { system_identifier });
+        self
+    }
+
+    /// Ok unless segment checks are on and `content` is not the segment `file` names.
+    fn check(&self, file: &WalFile, content: &[u8]) -> Result<(), WalError> {
+        match self.segment_check {
+            Some(check) => {
+                check_segment(file, content, check.system_identifier).map_err(|reason| {
+                    WalError::InvalidSegment {
+                        name: file.to_string(),
+                        reason,
+                    }
+                })
+            }
+            None => Ok(()),
         }
     }
 
@@ -264,19 +304,21 @@ impl WalArchive {
         if let Some(meta) = existing {
             let content = self.load(source).await?;
             drop(permit);
+            self.check(file, &content)?;
             return Ok(Prepared::Existing { key, meta, content });
         }
         let this = self.clone();
-        let name = file.to_string();
+        let file = file.clone();
         let (raw_bytes, encoded) = tokio::task::spawn_blocking(move || {
             let (content, crc) = this.load_blocking(source)?;
+            this.check(&file, &content)?;
             let raw_bytes = content.len() as u64;
             // The segment's buffer goes back to its pool here, before the upload.
             let encoded = this.encode(&content, crc);
             drop(content);
             drop(permit);
             let encoded = encoded.map_err(|e| {
-                WalError::Store(StoreError::Permanent(format!("compressing {name}: {e}")))
+                WalError::Store(StoreError::Permanent(format!("compressing {file}: {e}")))
             })?;
             Ok::<_, WalError>((raw_bytes, encoded))
         })
@@ -400,6 +442,41 @@ mod tests {
     fn archive(root: &Path) -> WalArchive {
         let store = Arc::new(FileStore::new(root.to_path_buf()).unwrap());
         WalArchive::new(store, Layout::new("srv"), Compression::Gzip, 6)
+    }
+
+    #[tokio::test]
+    async fn a_checked_archive_refuses_what_is_not_the_named_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = archive(&dir.path().join("store")).checking_segments(Some(42));
+        let file = WalFile::parse("000000010000000000000003").unwrap();
+        let deadline = deadline_in(Duration::from_secs(10));
+        let mut segment = vec![0u8; 1 << 20];
+        let header = crate::walheader::synthetic_header(3 << 20, 42, 1 << 20);
+        segment[..header.len()].copy_from_slice(&header);
+
+        let truncated = Bytes::copy_from_slice(&segment[..8192]);
+        let err = wal.archive(&file, truncated, deadline).await.unwrap_err();
+        assert!(
+            matches!(&err, WalError::InvalidSegment { name, .. } if name == file.name()),
+            "{err}"
+        );
+        assert!(err.to_string().contains("8192 bytes"), "{err}");
+        assert!(wal.list(deadline).await.unwrap().is_empty());
+
+        let stored = wal
+            .archive(&file, Bytes::from(segment.clone()), deadline)
+            .await;
+        assert!(
+            matches!(stored, Ok(ArchiveOutcome::Stored { .. })),
+            "{stored:?}"
+        );
+        // Against the stored segment too: a wrong file is refused before any comparison.
+        let foreign = wal.checking_segments(Some(43));
+        let err = foreign
+            .archive(&file, Bytes::from(segment), deadline)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("database system 42"), "{err}");
     }
 
     #[tokio::test]

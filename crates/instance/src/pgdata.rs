@@ -1,5 +1,6 @@
 //! Inspection of a data directory before anything touches it: empty, a postgres data
-//! directory of some major version, or something else; and `postmaster.pid` parsing.
+//! directory of some major version, or something else; `postmaster.pid` parsing; the system
+//! identifier in `pg_control`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -153,6 +154,15 @@ pub fn postmaster_stopping(pgdata: &Path) -> bool {
 
 fn status_line_is_stopping(text: &str) -> bool {
     text.lines().nth(7).is_some_and(|l| l.trim() == "stopping")
+}
+
+/// The database system identifier: the first field of `global/pg_control` (native-endian, as
+/// the postgres that wrote it).
+pub fn system_identifier(pgdata: &Path) -> std::io::Result<u64> {
+    use std::io::Read;
+    let mut first = [0u8; 8];
+    fs::File::open(pgdata.join("global/pg_control"))?.read_exact(&mut first)?;
+    Ok(u64::from_ne_bytes(first))
 }
 
 /// True when `pid` is a live (not zombie) process whose executable name is `postgres`.

@@ -59,7 +59,7 @@ async fn archive_inner(pgdata: &Path, path: &Path) -> Result<String> {
         Err(CallError::NoManager(_)) => {}
         Err(e) => eprintln!("pgsteward wal-archive: {e}; archiving directly"),
     }
-    let wal = settings.open().await?;
+    let wal = settings.open_for_archiving(pgdata).await?;
     destination::ensure_ready(pgdata, &settings, &wal).await?;
     let content = tokio::fs::read(&resolved)
         .await

@@ -325,7 +325,7 @@ async fn destination_with_another_clusters_wal_is_refused_until_allowed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wal_commands_reject_bad_input() {
-    let (_scratch, _store, instance) = file_store_instance(PgVersion::V15);
+    let (_scratch, store, instance) = file_store_instance(PgVersion::V15);
     let manager = instance.spawn();
     manager.wait_ready(READY).await;
     let pgdata = instance.pgdata.display().to_string();
@@ -402,6 +402,68 @@ async fn wal_commands_reject_bad_input() {
     assert_eq!(out.status.code(), Some(1));
     assert!(!String::from_utf8_lossy(&out.stderr).contains("ERROR"));
     assert!(started.elapsed() < Duration::from_secs(5));
+
+    // Files in pg_wal that are not the segment their name says are refused, by the manager
+    // and by the direct upload alike, and nothing is stored under their names (the real
+    // segment could never be archived after them).
+    let wal_dir = instance.pgdata.join("pg_wal");
+    let real = std::fs::read(wal_dir.join("000000010000000000000001"))
+        .unwrap_or_else(|e| panic!("reading the first segment: {e}"));
+    let mut foreign = real.clone();
+    foreign[24] ^= 0xFF; // xlp_sysid: another database system
+    let bad_files = [
+        (
+            "0000000100000000000000A0",
+            vec![0u8; 8192],
+            "8192 bytes is not a WAL segment size",
+        ),
+        (
+            "0000000100000000000000A1",
+            real,
+            "its header places it at WAL position 0/1000000",
+        ),
+        (
+            "000000020000000000000001",
+            foreign,
+            "belongs to database system",
+        ),
+    ];
+    for (name, content, _) in &bad_files {
+        let path = wal_dir.join(name);
+        std::fs::write(&path, content).unwrap_or_else(|e| panic!("{e}"));
+        let chown = Command::new("chown").arg("postgres").arg(&path).status();
+        assert!(chown.is_ok_and(|s| s.success()));
+    }
+    let refused = |expected: &str, name: &str, how: &str| {
+        let out = pgsteward(&[
+            "wal-archive",
+            "--pgdata",
+            &pgdata,
+            &format!("pg_wal/{name}"),
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{how} {name}: {stderr}");
+        assert!(
+            stderr.contains(&format!("refusing to archive {name}")) && stderr.contains(expected),
+            "{how} {name}: expected {expected:?} in {stderr}"
+        );
+    };
+    for (name, _, expected) in &bad_files {
+        refused(expected, name, "through the manager");
+    }
+    let mut manager = manager;
+    manager.signal(Signal::SIGTERM).await;
+    let _ = manager.wait_exit(EXIT).await;
+    for (name, _, expected) in &bad_files {
+        refused(expected, name, "directly");
+    }
+    let stored = walk(&store);
+    assert!(
+        bad_files
+            .iter()
+            .all(|(name, _, _)| stored.iter().all(|key| !key.contains(name))),
+        "a refused file was stored: {stored:?}"
+    );
 }
 
 /// Options archiving to the S3 server through its endpoint, credentials in files readable by

@@ -89,7 +89,11 @@ impl Archiver {
         segment_bytes: u64,
         restore_only: bool,
     ) -> anyhow::Result<Arc<Self>> {
-        let wal = settings.open().await?;
+        let wal = if restore_only {
+            settings.open().await?
+        } else {
+            settings.open_for_archiving(pgdata).await?
+        };
         let status = ArchiveStatus {
             destination: wal.store().describe(),
             ..ArchiveStatus::default()

@@ -103,6 +103,21 @@ impl ArchiveSettings {
         .with_pooled_buffers(self.max_parallel.max(1)))
     }
 
+    /// Open the WAL archive for archiving `pgdata`'s WAL: a segment is stored only when it is
+    /// a whole segment of this data directory's system at the position its name says
+    /// (`pgsteward_archive::walheader`). When `pg_control` cannot be read, every other part of
+    /// the check still applies.
+    pub async fn open_for_archiving(&self, pgdata: &Path) -> Result<WalArchive> {
+        let system_identifier = match crate::pgdata::system_identifier(pgdata) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                tracing::warn!(pgdata = %pgdata.display(), error = %e, "the system identifier in global/pg_control cannot be read: segments are archived without checking it");
+                None
+            }
+        };
+        Ok(self.open().await?.checking_segments(system_identifier))
+    }
+
     /// Write the settings into `pgdata` (or remove the file when `settings` is None).
     pub fn write(pgdata: &Path, settings: Option<&Self>) -> Result<()> {
         let path = pgdata.join(FILE);
