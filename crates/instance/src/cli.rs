@@ -36,6 +36,13 @@ pub enum Command {
     WalRestore {
         #[arg(long)]
         pgdata: PathBuf,
+        /// An error (anything but a file missing from the archive) stops postgres's recovery
+        /// with a failure (exit 199, which postgres treats as fatal) instead of exit 1, which
+        /// postgres takes for the end of the archive and, in an archive recovery, ends the
+        /// recovery there. For one-off recoveries (`pgsteward restore`, the recovery bootstrap,
+        /// drills); not for a standby, which should fall back to streaming and retry.
+        #[arg(long)]
+        abort_on_error: bool,
         /// WAL file name (`%f`).
         name: String,
         /// Where postgres wants it (`%p`).
@@ -310,9 +317,12 @@ pub fn dispatch(cli: Cli) -> i32 {
             crate::run::config_check(&file, &sources)
         }
         Command::WalArchive { pgdata, path } => crate::wal_cmd::archive(&pgdata, &path),
-        Command::WalRestore { pgdata, name, dest } => {
-            crate::wal_cmd::restore(&pgdata, &name, &dest)
-        }
+        Command::WalRestore {
+            pgdata,
+            abort_on_error,
+            name,
+            dest,
+        } => crate::wal_cmd::restore(&pgdata, &name, &dest, abort_on_error),
         Command::Backup(BackupArgs {
             command: None,
             take,

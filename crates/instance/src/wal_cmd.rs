@@ -75,13 +75,23 @@ async fn archive_inner(pgdata: &Path, path: &Path) -> Result<String> {
     }
 }
 
+/// Exit status of `wal-restore --abort-on-error` on an error: above 125, which postgres's
+/// startup process treats as fatal (as it does a shell's "command not found"), and no code a
+/// shell gives a meaning to, so postgres's log says "exited with exit code 199".
+pub const ABORT_RECOVERY_EXIT: i32 = 199;
+
 /// `pgsteward wal-restore --pgdata DIR NAME PATH`: exit 0 when restored, 1 when not found or
-/// on error (postgres then tries streaming or retries).
-pub fn restore(pgdata: &Path, name: &str, dest: &Path) -> i32 {
+/// on error (postgres then tries streaming or retries); with `abort_on_error`, an error exits
+/// `ABORT_RECOVERY_EXIT` so an archive recovery fails instead of ending early.
+pub fn restore(pgdata: &Path, name: &str, dest: &Path, abort_on_error: bool) -> i32 {
     block_on(async {
         match restore_inner(pgdata, name, dest).await {
             Ok(true) => 0,
             Ok(false) => 1,
+            Err(e) if abort_on_error => {
+                eprintln!("pgsteward wal-restore: ERROR: {e:#}; stopping the recovery (it must not end before the archive does)");
+                ABORT_RECOVERY_EXIT
+            }
             Err(e) => {
                 eprintln!("pgsteward wal-restore: ERROR: {e:#}");
                 1

@@ -4,8 +4,11 @@
 //! `pgsteward restore` (run as root with `--user postgres`) recovers into the data directory of
 //! a second instance, which `pgsteward run` then starts: the whole archive, a time between
 //! two transactions (exactly the first), an LSN, a restore-point name, a relocated
-//! tablespace; refusals for a non-empty directory, a target before the backup and a target
-//! beyond the archive.
+//! tablespace; refusals for a non-empty directory, a target before the backup, a target
+//! beyond the archive, and a damaged segment in the archive (a failure, not a shorter
+//! recovery).
+
+use std::path::PathBuf;
 
 mod common;
 #[path = "support/pitr.rs"]
@@ -130,6 +133,50 @@ async fn restore_refusals(version: PgVersion) {
     assert!(
         stderr(&out).contains("recovery ended before the configured recovery target was reached"),
         "{}",
+        stderr(&out)
+    );
+
+    // A damaged segment in the archive (the last one, after the backup's end): restoring the
+    // whole archive fails, naming it, instead of ending the recovery before it and starting a
+    // cluster that silently lacks 'first', 'second' and 'third'.
+    let wals = source.s3.object_path(&format!("{PREFIX}/{SOURCE}/wals"));
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(&wals)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .flat_map(|dir| {
+            std::fs::read_dir(dir.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.len() == "000000010000000000000001.gz".len())
+        })
+        .collect();
+    segments.sort();
+    let last = segments
+        .last()
+        .unwrap_or_else(|| panic!("no archived segment under {}", wals.display()))
+        .clone();
+    let name = last
+        .file_name()
+        .map(|n| n.to_string_lossy().trim_end_matches(".gz").to_owned())
+        .unwrap_or_default();
+    std::fs::write(&last, b"not gzip").unwrap_or_else(|e| panic!("{e}"));
+    let instance = target_instance(&source, version, "r-damaged");
+    let out = restore(&source, &instance, &[]);
+    assert!(
+        !out.status.success(),
+        "the restore succeeded past a damaged segment: {}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains(&name) && stderr(&out).contains("replaying archived WAL"),
+        "expected the damaged {name} in: {}",
         stderr(&out)
     );
     let mut manager = source.manager;

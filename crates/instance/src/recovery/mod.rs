@@ -119,7 +119,9 @@ pub async fn restore_files(
     Ok(Restored { backup, report })
 }
 
-/// The settings of the private replay: restore_command through `wal-restore` and the
+/// The settings of the private replay: restore_command through `wal-restore
+/// --abort-on-error` (an error fetching a file fails the recovery; postgres would take a plain
+/// failure for the end of the archive and end the recovery early, losing what follows) and the
 /// target's parameters. With `mark_ready` (a restore that lives on, not a drill), archiving is
 /// on without a command, so the files promotion creates (the new timeline's history file,
 /// the old timeline's `.partial` segment) get `.ready` status and the manager's archiver
@@ -138,7 +140,7 @@ pub fn replay_settings(
     settings.push((
         "restore_command",
         format!(
-            "{} wal-restore --pgdata {} %f %p",
+            "{} wal-restore --abort-on-error --pgdata {} %f %p",
             shell_quote(&executable.to_string_lossy()),
             shell_quote(&pgdata.to_string_lossy())
         ),
