@@ -46,35 +46,19 @@ struct LongHeader {
 
 fn long_header(content: &[u8]) -> Option<LongHeader> {
     let header = content.get(..LONG_HEADER_BYTES)?;
-    let u16_at = |at: usize| {
-        header
-            .get(at..at + 2)?
-            .try_into()
-            .ok()
-            .map(u16::from_ne_bytes)
-    };
-    let u32_at = |at: usize| {
-        header
-            .get(at..at + 4)?
-            .try_into()
-            .ok()
-            .map(u32::from_ne_bytes)
-    };
-    let u64_at = |at: usize| {
-        header
-            .get(at..at + 8)?
-            .try_into()
-            .ok()
-            .map(u64::from_ne_bytes)
-    };
     // xlp_magic u16 @0, xlp_info u16 @2, xlp_tli u32 @4, xlp_pageaddr u64 @8, xlp_rem_len u32
     // @16 (padding to 24), xlp_sysid u64 @24, xlp_seg_size u32 @32, xlp_xlog_blcksz u32 @36.
     Some(LongHeader {
-        info: u16_at(2)?,
-        pageaddr: u64_at(8)?,
-        system_identifier: u64_at(24)?,
-        segment_bytes: u32_at(32)?,
+        info: u16::from_ne_bytes(field(header, 2)?),
+        pageaddr: u64::from_ne_bytes(field(header, 8)?),
+        system_identifier: u64::from_ne_bytes(field(header, 24)?),
+        segment_bytes: u32::from_ne_bytes(field(header, 32)?),
     })
+}
+
+/// The `N` bytes of `header` at `at`.
+fn field<const N: usize>(header: &[u8], at: usize) -> Option<[u8; N]> {
+    header.get(at..at + N)?.try_into().ok()
 }
 
 /// Ok when `content` is a whole WAL segment at the position `file` names (and of the system

@@ -10,21 +10,24 @@ use common::*;
 use nix::sys::signal::Signal;
 use pgsteward_testkit::sql;
 
+/// The first column of every row of `query` on pg_stat_activity, as the superuser.
+async fn activity(port: u16, query: &str) -> Vec<String> {
+    let rows = sql(port, "postgres", PASSWORD, "postgres", query)
+        .await
+        .unwrap_or_else(|e| panic!("pg_stat_activity: {e:#}"));
+    rows.into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+        .collect()
+}
+
 /// The manager's client sessions, as `pid@backend_start`, in order.
 async fn manager_sessions(port: u16) -> Vec<String> {
-    let rows = sql(
+    activity(
         port,
-        "postgres",
-        PASSWORD,
-        "postgres",
         "SELECT pid::text || '@' || backend_start::text FROM pg_stat_activity \
          WHERE application_name = 'pgsteward' AND backend_type = 'client backend' ORDER BY 1",
     )
     .await
-    .unwrap_or_else(|e| panic!("pg_stat_activity: {e:#}"));
-    rows.into_iter()
-        .filter_map(|r| r.into_iter().next().flatten())
-        .collect()
 }
 
 /// One round of every kind of read the manager serves, each checked for a live answer.
@@ -143,19 +146,14 @@ for_each_version!(a_smart_stop_by_hand_is_not_held);
 
 /// The backend pid of the manager's session that last read the database sizes.
 async fn sizes_session(port: u16) -> Option<i32> {
-    let rows = sql(
+    activity(
         port,
-        "postgres",
-        PASSWORD,
-        "postgres",
         "SELECT pid FROM pg_stat_activity WHERE application_name = 'pgsteward' \
          AND query LIKE '%pg_database_size%' ORDER BY backend_start DESC LIMIT 1",
     )
     .await
-    .unwrap_or_else(|e| panic!("pg_stat_activity: {e:#}"));
-    rows.first()
-        .and_then(|r| r.first().cloned().flatten())
-        .and_then(|pid| pid.parse().ok())
+    .first()
+    .and_then(|pid| pid.parse().ok())
 }
 
 /// A read that outlives its deadline on a kept session: the scrape still answers, the session
@@ -211,16 +209,8 @@ async fn a_hung_read_drops_its_session(version: PgVersion) {
         "the backend of the hung read to end once it runs again",
         EXIT,
         || async {
-            let rows = sql(
-                instance.pg_port,
-                "postgres",
-                PASSWORD,
-                "postgres",
-                &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {hung}"),
-            )
-            .await
-            .ok()?;
-            (rows.first()?.first()?.as_deref() == Some("0")).then_some(())
+            let query = format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {hung}");
+            (activity(instance.pg_port, &query).await == ["0"]).then_some(())
         },
     )
     .await;
