@@ -173,7 +173,15 @@ async fn restore(args: &RestoreArgs, config: &config::Config) -> Result<String> 
             .tablespace_locations
             .insert(name.to_owned(), PathBuf::from(path));
     }
-    let restored = recovery::restore_files(&source, &choice, &target, &pgdata, &options).await?;
+    let restored = recovery::restore_files(
+        &source,
+        &choice,
+        &target,
+        &pgdata,
+        &options,
+        !args.files_only,
+    )
+    .await?;
     if args.files_only {
         return Ok(format!(
             "restored backup {} into {} ({} files, {} bytes in {:.1} s); files only: no WAL replayed",

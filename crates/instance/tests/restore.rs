@@ -5,7 +5,7 @@
 //! a second instance, which `pgsteward run` then starts: the whole archive, a time between
 //! two transactions (exactly the first), an LSN, a restore-point name, a relocated
 //! tablespace; refusals for a non-empty directory, a target before the backup, a target
-//! beyond the archive, and a damaged segment in the archive (a failure, not a shorter
+//! beyond the archive, a damaged segment and a gap in the archive (failures, not a shorter
 //! recovery).
 
 use std::path::PathBuf;
@@ -136,36 +136,40 @@ async fn restore_refusals(version: PgVersion) {
         stderr(&out)
     );
 
-    // A damaged segment in the archive (the last one, after the backup's end): restoring the
-    // whole archive fails, naming it, instead of ending the recovery before it and starting a
-    // cluster that silently lacks 'first', 'second' and 'third'.
-    let wals = source.s3.object_path(&format!("{PREFIX}/{SOURCE}/wals"));
-    let mut segments: Vec<PathBuf> = std::fs::read_dir(&wals)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().is_dir())
-        .flat_map(|dir| {
-            std::fs::read_dir(dir.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-        })
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.len() == "000000010000000000000001.gz".len())
-        })
-        .collect();
-    segments.sort();
-    let last = segments
-        .last()
-        .unwrap_or_else(|| panic!("no archived segment under {}", wals.display()))
-        .clone();
-    let name = last
-        .file_name()
-        .map(|n| n.to_string_lossy().trim_end_matches(".gz").to_owned())
-        .unwrap_or_default();
+    // Two more segments after the backup's. Then the first of them is lost (archiving was off
+    // for a while, WAL was deleted): a gap. Restoring the whole archive is refused before
+    // anything is written, naming the missing segment, instead of ending the recovery at the
+    // gap and starting a cluster that silently lacks what follows.
+    for _ in 0..2 {
+        sql(&source.instance, "INSERT INTO t VALUES ('later'); SELECT 1").await;
+        switch_and_wait_archived(&source.instance, &source.s3).await;
+    }
+    let segments = archived_segments(&source);
+    let (lost, last) = match segments.as_slice() {
+        [.., lost, last] => (lost.clone(), last.clone()),
+        _ => panic!("fewer than two archived segments: {segments:?}"),
+    };
+    let kept = std::fs::read(&lost).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::remove_file(&lost).unwrap_or_else(|e| panic!("{e}"));
+    let instance = target_instance(&source, version, "r-gap");
+    let out = restore(&source, &instance, &[]);
+    assert!(
+        !out.status.success(),
+        "a restore over a gap succeeded: {}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("the archive has a gap")
+            && stderr(&out).contains(&segment_name(&lost)),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!instance.pgdata.exists() || is_empty(&instance.pgdata));
+    std::fs::write(&lost, kept).unwrap_or_else(|e| panic!("{e}"));
+
+    // A damaged segment (the last one): restoring the whole archive fails in the replay,
+    // naming it, instead of ending the recovery before it.
+    let name = segment_name(&last);
     std::fs::write(&last, b"not gzip").unwrap_or_else(|e| panic!("{e}"));
     let instance = target_instance(&source, version, "r-damaged");
     let out = restore(&source, &instance, &[]);
@@ -241,3 +245,35 @@ async fn restores_tablespaces_where_asked(version: PgVersion) {
 for_each_version!(restores_tablespaces_where_asked);
 for_each_version!(restores_barman_cloud_backups_to_targets);
 for_each_version!(restore_refusals);
+
+/// The source's archived segment objects (not history, backup or partial files), in order.
+fn archived_segments(source: &Source) -> Vec<PathBuf> {
+    let wals = source.s3.object_path(&format!("{PREFIX}/{SOURCE}/wals"));
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(&wals)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .flat_map(|dir| {
+            std::fs::read_dir(dir.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.len() == "000000010000000000000001.gz".len())
+        })
+        .collect();
+    segments.sort();
+    segments
+}
+
+/// The WAL file name of a segment object.
+fn segment_name(object: &std::path::Path) -> String {
+    object
+        .file_name()
+        .map(|n| n.to_string_lossy().trim_end_matches(".gz").to_owned())
+        .unwrap_or_default()
+}

@@ -183,6 +183,7 @@ async fn run_inner(
         &target,
         scratch,
         &RestoreOptions::default(),
+        true,
     )
     .await?;
     report.backup_id = Some(restored.backup.backup_id().to_owned());

@@ -59,7 +59,7 @@ pub async fn run(
         tolerated_in_destination: vec![crate::bootstrap::MARKER.to_owned()],
         ..RestoreOptions::default()
     };
-    let restored = restore_files(&source, &choice, &target, pgdata, &options).await?;
+    let restored = restore_files(&source, &choice, &target, pgdata, &options, true).await?;
     let settings = replay_settings(executable, pgdata, &target, true);
     let replay_server = super::replay_server::ReplayServer::start(pgdata, &restored.backup).await;
     let mut pg = PrivatePostgres::spawn(

@@ -15,6 +15,7 @@
 pub mod bootstrap;
 pub mod private_pg;
 pub mod replay_server;
+pub mod wal_path;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use anyhow::{Context, Result};
 use pgsteward_backup::catalog::Catalog;
 use pgsteward_backup::info::BackupInfo;
 use pgsteward_backup::restore::choose::{self, BackupChoice};
-use pgsteward_backup::restore::target::{RecoveryTarget, TargetAction};
+use pgsteward_backup::restore::target::{RecoveryTarget, Target, TargetAction};
 use pgsteward_backup::restore::{self, RestoreOptions, RestoreReport};
 
 use crate::archiver::settings::ArchiveSettings;
@@ -86,19 +87,25 @@ pub async fn open_catalog(source: &ArchiveSettings) -> Result<Catalog> {
 
 /// Step 1: choose, check and restore the backup into `pgdata`, then prepare the directory
 /// for WAL replay from `source` (signal file, archive settings whose socket the caller serves
-/// with a `replay_server::ReplayServer` during the replay).
+/// with a `replay_server::ReplayServer` during the replay). With `replay` and the end of the
+/// archive as the target, the archive's WAL after the backup must have no gap
+/// (`wal_path::check`); nothing is written when it has one.
 pub async fn restore_files(
     source: &ArchiveSettings,
     choice: &BackupChoice,
     target: &RecoveryTarget,
     pgdata: &Path,
     options: &RestoreOptions,
+    replay: bool,
 ) -> Result<Restored> {
     let catalog = open_catalog(source).await?;
     let backup = choose::choose(&catalog, choice, target).await?;
     target
         .check_against(&backup)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if replay && target.target == Target::EndOfArchive {
+        wal_path::check(&source.open().await?, &backup, source.timeout()).await?;
+    }
     tracing::info!(backup = %backup.backup_id(), source = %catalog.store().describe(), server = %source.server_name, target = %target.target, "backup chosen for restore");
     let report = restore::restore(&catalog, &backup, pgdata, options).await?;
     for name in SOURCE_ONLY {
@@ -231,9 +238,7 @@ async fn poll(
         // A standby is done once consistent (it accepts connections) and, with a target,
         // paused there.
         TargetAction::Standby => {
-            in_recovery
-                && (target.target == pgsteward_backup::restore::target::Target::EndOfArchive
-                    || pause == "paused")
+            in_recovery && (target.target == Target::EndOfArchive || pause == "paused")
         }
     };
     if !done {
