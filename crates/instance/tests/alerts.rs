@@ -27,13 +27,6 @@ use std::path::PathBuf;
 use common::*;
 use pgsteward_testkit::prometheus::{check_rules, Prometheus};
 
-/// A rules file shipped in `examples/prometheus/`.
-fn rules_file(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../examples/prometheus")
-        .join(name)
-}
-
 async fn wait_state(prometheus: &Prometheus, alert: &str, state: &str) {
     prometheus.wait_alert(alert, state, READY).await;
 }
@@ -53,7 +46,7 @@ async fn hold_connections(instance: &Instance, count: usize) -> Vec<tokio_postgr
 }
 
 async fn reference_alerts_work_with_the_cnpg_namespace(version: PgVersion) {
-    let rules = rules_file("reference-alerts.yaml");
+    let rules = alert_rules("reference-alerts.yaml");
     let checked = check_rules(&rules);
     assert!(checked.contains("3 rules found"), "{checked}");
     let instance = Instance::new(options(version));
@@ -132,9 +125,9 @@ async fn reference_alerts_work_with_the_cnpg_namespace_pg18() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgsteward_rules_are_healthy_and_see_a_short_lived_certificate() {
-    let rules = rules_file("pgsteward-alerts.yaml");
+    let rules = alert_rules("pgsteward-alerts.yaml");
     let checked = check_rules(&rules);
-    assert!(checked.contains("11 rules found"), "{checked}");
+    assert!(checked.contains("12 rules found"), "{checked}");
     let instance = Instance::new(options(PgVersion::V15));
     let certs = pgsteward_testkit::certs::generate_certificates(&instance.dir.mkdir("tls", 0o755))
         .unwrap_or_else(|e| panic!("{e:#}"));
@@ -150,6 +143,8 @@ async fn pgsteward_rules_are_healthy_and_see_a_short_lived_certificate() {
         "pgsteward_pending_restart",
         "pgsteward_pending_manager_restart",
         "pgsteward_api_certificate_expiry_timestamp_seconds",
+        "pgsteward_drill_last_failure_timestamp",
+        "pgsteward_drill_last_success_timestamp",
     ] {
         wait_for(&format!("{series} scraped"), READY, || async {
             prometheus
@@ -165,6 +160,7 @@ async fn pgsteward_rules_are_healthy_and_see_a_short_lived_certificate() {
         "PgstewardWalArchiveBehind",
         "PgstewardWalArchiveFailing",
         "PgstewardReplicationSlotInactive",
+        "PgstewardRestoreDrillFailing",
         "PgstewardSelfFenced",
         "PgstewardPendingRestart",
         "PgstewardCoordinatorCertificateExpiresSoon",
@@ -180,8 +176,8 @@ async fn pgsteward_rules_are_healthy_and_see_a_short_lived_certificate() {
 
 /// The alert names of a rules file, with each rule's `runbook_url` annotation.
 fn alerts_of(file: &str) -> Vec<(String, Option<String>)> {
-    let text =
-        std::fs::read_to_string(rules_file(file)).unwrap_or_else(|e| panic!("reading {file}: {e}"));
+    let text = std::fs::read_to_string(alert_rules(file))
+        .unwrap_or_else(|e| panic!("reading {file}: {e}"));
     let rules: serde_yaml::Value =
         serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
     let mut alerts = Vec::new();
@@ -217,7 +213,7 @@ fn every_alert_has_a_runbook_section() {
     let reference = alerts_of("reference-alerts.yaml");
     let ours = alerts_of("pgsteward-alerts.yaml");
     assert_eq!(reference.len(), 3, "{reference:?}");
-    assert_eq!(ours.len(), 11, "{ours:?}");
+    assert_eq!(ours.len(), 12, "{ours:?}");
     for (name, _) in reference.iter().chain(&ours) {
         assert!(
             anchors.contains(&name.to_lowercase()),

@@ -186,3 +186,10 @@ pub async fn post(
     let json = serde_json::from_str(&response.body).unwrap_or(serde_json::Value::Null);
     (response.status, json)
 }
+
+/// A Prometheus rules file shipped in `examples/prometheus/`.
+pub fn alert_rules(name: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/prometheus")
+        .join(name)
+}

@@ -168,6 +168,15 @@ async fn drills_check_backups_and_report_corruption(version: PgVersion) {
         let value = metric(&metrics, name).await.unwrap_or(0.0);
         assert!(value > 0.0, "{name} = {value}");
     }
+    // The recommended alert on the manager's drills: quiet while they succeed.
+    let prometheus = pgsteward_testkit::prometheus::Prometheus::start(
+        &[format!("127.0.0.1:{}", source.instance.metrics_port)],
+        &[alert_rules("pgsteward-alerts.yaml")],
+    )
+    .await;
+    prometheus
+        .wait_alert("PgstewardRestoreDrillFailing", "inactive", READY)
+        .await;
 
     // From the command line, into a scratch directory that is left empty.
     let scratch = source.creds.mkdir("drill-scratch", 0o700);
@@ -208,6 +217,10 @@ async fn drills_check_backups_and_report_corruption(version: PgVersion) {
         pgsteward_testkit::proc::pids_matching(&scratch.display().to_string()).is_empty(),
         "a drill postgres survived"
     );
+    // The manager's next scheduled drill fails the same way, and the alert fires.
+    prometheus
+        .wait_alert("PgstewardRestoreDrillFailing", "firing", READY)
+        .await;
 
     let mut manager = source.manager;
     manager.signal(Signal::SIGTERM).await;
