@@ -412,6 +412,36 @@ impl WalArchive {
         }
     }
 
+    /// Which of `files` are archived (under any suffix: compressed or not, by any tool), with
+    /// one listing per directory they fall in rather than one request per file.
+    pub async fn archived_among(
+        &self,
+        files: &[WalFile],
+        deadline: Instant,
+    ) -> Result<std::collections::HashSet<WalFile>, WalError> {
+        let dirs: std::collections::BTreeSet<String> =
+            files.iter().map(|f| self.layout.wal_dir(f)).collect();
+        let mut present = std::collections::HashSet::new();
+        for dir in dirs {
+            let objects = with_retry("list", deadline, || self.store.list(&dir)).await?;
+            for object in objects {
+                let name = object.key.rsplit('/').next().unwrap_or_default();
+                let base = std::iter::once(".gz")
+                    .chain(OTHER_COMPRESSIONS.iter().copied())
+                    .find_map(|suffix| name.strip_suffix(suffix))
+                    .unwrap_or(name);
+                if let Ok(file) = WalFile::parse(base) {
+                    present.insert(file);
+                }
+            }
+        }
+        Ok(files
+            .iter()
+            .filter(|f| present.contains(*f))
+            .cloned()
+            .collect())
+    }
+
     /// Every archived WAL file with its object, sorted by name.
     pub async fn list(&self, deadline: Instant) -> Result<Vec<(WalFile, ObjectMeta)>, WalError> {
         let prefix = self.layout.wals_prefix();
@@ -477,6 +507,46 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("database system 42"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn archived_among_tells_segments_from_partials_and_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = archive(&dir.path().join("store"));
+        let deadline = deadline_in(Duration::from_secs(10));
+        let names = [
+            "000000010000000000000004",
+            "000000010000000000000005.partial",
+            "00000002.history",
+            "000000020000000100000000",
+        ];
+        for name in names {
+            let file = WalFile::parse(name).unwrap();
+            wal.archive(&file, Bytes::from_static(b"wal"), deadline)
+                .await
+                .unwrap();
+        }
+        let asked: Vec<WalFile> = [
+            "000000010000000000000004",
+            "000000010000000000000005",
+            "000000010000000000000006",
+            "000000020000000100000000",
+        ]
+        .iter()
+        .map(|n| WalFile::parse(n).unwrap())
+        .collect();
+        let mut found: Vec<String> = wal
+            .archived_among(&asked, deadline)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|f| f.name().to_owned())
+            .collect();
+        found.sort();
+        assert_eq!(
+            found,
+            ["000000010000000000000004", "000000020000000100000000"]
+        );
     }
 
     #[tokio::test]

@@ -9,6 +9,7 @@ pub mod basebackup;
 pub mod demote;
 pub mod fence;
 pub mod follow;
+pub mod inherited_wal;
 pub mod metrics;
 pub mod promote;
 pub mod rewind;

@@ -127,6 +127,11 @@ pub async fn promote(
         }
     }
     let promoted_ms = started.elapsed().as_millis() as u64;
+    // Before the checkpoint, which may remove them: what this standby received of the old
+    // primary's WAL and the archive lacks is archived now (`inherited_wal`).
+    if let Some(archiver) = shared.archiver.get() {
+        super::inherited_wal::keep_unarchived(&shared.pgdata, archiver.wal()).await;
+    }
     client
         .batch_execute("CHECKPOINT")
         .await
