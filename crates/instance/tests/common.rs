@@ -193,3 +193,13 @@ pub fn alert_rules(name: &str) -> std::path::PathBuf {
         .join("../../examples/prometheus")
         .join(name)
 }
+
+/// `--set` flags archiving to the `file://` store `store` as server `cluster`, gzip level 1
+/// (the tests' WAL need not be small).
+pub fn file_archive_args(store: &Path) -> Vec<String> {
+    vec![
+        format!("--set=archive.destination=file://{}", store.display()),
+        "--set=archive.server_name=cluster".to_owned(),
+        "--set=archive.wal.gzip_level=1".to_owned(),
+    ]
+}

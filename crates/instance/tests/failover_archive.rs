@@ -29,11 +29,7 @@ async fn lsn_value(instance: &Instance, sql: &str) -> u64 {
 async fn received_wal_is_archived_after_failover(version: PgVersion) {
     let scratch = ScratchDir::new();
     let store = scratch.mkdir("store", 0o700);
-    let archive_args = vec![
-        format!("--set=archive.destination=file://{}", store.display()),
-        "--set=archive.server_name=cluster".to_owned(),
-        "--set=archive.wal.gzip_level=1".to_owned(),
-    ];
+    let archive_args = file_archive_args(&store);
     let mut primary_options = options(version);
     primary_options.args.clone_from(&archive_args);
     primary_options

@@ -430,11 +430,7 @@ for_each_version!(clone_from_unreachable_primary_fails_cleanly);
 async fn archive_recovery_and_slot_reuse(version: PgVersion) {
     let scratch = pgsteward_testkit::fsutil::ScratchDir::new();
     let store = scratch.mkdir("store", 0o700);
-    let archive_args = vec![
-        format!("--set=archive.destination=file://{}", store.display()),
-        "--set=archive.server_name=cluster".to_owned(),
-        "--set=archive.wal.gzip_level=1".to_owned(),
-    ];
+    let archive_args = file_archive_args(&store);
     let mut primary_options = options(version);
     primary_options.args.clone_from(&archive_args);
     let primary = Instance::new(primary_options);
