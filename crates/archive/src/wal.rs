@@ -424,16 +424,7 @@ impl WalArchive {
         let mut present = std::collections::HashSet::new();
         for dir in dirs {
             let objects = with_retry("list", deadline, || self.store.list(&dir)).await?;
-            for object in objects {
-                let name = object.key.rsplit('/').next().unwrap_or_default();
-                let base = std::iter::once(".gz")
-                    .chain(OTHER_COMPRESSIONS.iter().copied())
-                    .find_map(|suffix| name.strip_suffix(suffix))
-                    .unwrap_or(name);
-                if let Ok(file) = WalFile::parse(base) {
-                    present.insert(file);
-                }
-            }
+            present.extend(objects.iter().filter_map(|o| wal_file_of_key(&o.key)));
         }
         Ok(files
             .iter()
@@ -442,21 +433,28 @@ impl WalArchive {
             .collect())
     }
 
-    /// Every archived WAL file with its object, sorted by name.
+    /// Every archived WAL file with its object (under any compression suffix), sorted by name.
     pub async fn list(&self, deadline: Instant) -> Result<Vec<(WalFile, ObjectMeta)>, WalError> {
         let prefix = self.layout.wals_prefix();
         let objects = with_retry("list", deadline, || self.store.list(&prefix)).await?;
         let mut out: Vec<(WalFile, ObjectMeta)> = objects
             .into_iter()
-            .filter_map(|object| {
-                let name = object.key.rsplit('/').next()?.to_owned();
-                let base = name.strip_suffix(".gz").unwrap_or(&name);
-                WalFile::parse(base).ok().map(|file| (file, object))
-            })
+            .filter_map(|object| Some((wal_file_of_key(&object.key)?, object)))
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
+}
+
+/// The WAL file an object key holds, whatever compression suffix barman-cloud or pgsteward
+/// gave it (None for keys that are not WAL files).
+fn wal_file_of_key(key: &str) -> Option<WalFile> {
+    let name = key.rsplit('/').next()?;
+    let base = std::iter::once(".gz")
+        .chain(OTHER_COMPRESSIONS.iter().copied())
+        .find_map(|suffix| name.strip_suffix(suffix))
+        .unwrap_or(name);
+    WalFile::parse(base).ok()
 }
 
 /// A deadline `timeout` from now.

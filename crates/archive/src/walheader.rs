@@ -84,13 +84,11 @@ pub fn check_segment(
             bytes,
         });
     }
-    let Some((_, log, seg)) = file.position() else {
+    let (Some((_, log, _)), Some(expected)) = (file.position(), file.start_lsn(bytes)) else {
         return Ok(());
     };
-    // A segment's first byte is at (log << 32) + seg * size; a `seg` past the end of its
-    // `log` for this size names no segment at all.
-    let expected = (u64::from(log) << 32) + u64::from(seg) * bytes;
-    if u64::from(seg) >= (1u64 << 32) / bytes || header.pageaddr != expected {
+    // A segment number past the end of its log for this size names no segment at all.
+    if expected >> 32 != u64::from(log) || header.pageaddr != expected {
         return Err(InvalidSegment::Position {
             expected,
             found: header.pageaddr,
@@ -157,7 +155,7 @@ mod tests {
         let partial =
             WalFile::parse("000000030000000A0000002F.partial").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(check_segment(&partial, &content, Some(SYSID)), Ok(()));
-        // 64 MiB segments: seg 3 of log 1 starts at 1/C0000000.
+        // 64 MiB segments: seg 3 of log 1 starts at 1/C000000.
         let (file, content) = segment(
             "000000010000000100000003",
             (1 << 32) + 3 * (64 << 20),

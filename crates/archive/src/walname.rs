@@ -102,6 +102,14 @@ impl WalFile {
         Some((self.timeline(), log, low))
     }
 
+    /// The WAL position (LSN) of the first byte of the segment this file belongs to, for a
+    /// segment size of `segment_bytes` (None for timeline history files). A segment number past
+    /// the end of its log for that size gives a position in a later log.
+    pub fn start_lsn(&self, segment_bytes: u64) -> Option<u64> {
+        let (_, log, seg) = self.position()?;
+        Some((u64::from(log) << 32) + u64::from(seg) * segment_bytes)
+    }
+
     /// The name of the segment after this one, for a segment size of `segment_bytes`.
     pub fn next_segment(&self, segment_bytes: u64) -> Option<WalFile> {
         let (tli, log, low) = self.position()?;
@@ -163,6 +171,21 @@ mod tests {
         ] {
             assert!(WalFile::parse(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn start_lsn_counts_segments_within_their_log() {
+        let lsn = |name: &str, size: u64| WalFile::parse(name).ok()?.start_lsn(size);
+        assert_eq!(lsn("000000020000000000000008", 16 << 20), Some(0x800_0000));
+        assert_eq!(
+            lsn("0000000200000003000000FF", 16 << 20),
+            Some(0x3_FF00_0000)
+        );
+        assert_eq!(
+            lsn("000000010000000100000003.partial", 64 << 20),
+            Some(0x1_0C00_0000)
+        );
+        assert_eq!(lsn("00000002.history", 16 << 20), None);
     }
 
     #[test]

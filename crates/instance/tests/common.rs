@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use pgsteward_testkit::manager::{Instance, PASSWORD, TOKEN};
-pub use pgsteward_testkit::{http, proc, wait_for, ManagerOptions, PgVersion};
+pub use pgsteward_testkit::{http, proc, wait_file, wait_for, ManagerOptions, PgVersion};
 
 /// Options for the pgsteward binary built with these tests.
 pub fn options(version: PgVersion) -> ManagerOptions {

@@ -11,6 +11,7 @@ use std::time::Duration;
 use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use pgsteward_backup::restore::target::Lsn;
 use pgsteward_testkit::fsutil::ScratchDir;
 
 /// Make `dir` and everything below it writable or not (the manager writes as postgres).
@@ -20,10 +21,10 @@ fn set_writable(dir: &std::path::Path, writable: bool) {
     assert!(status.is_ok_and(|s| s.success()), "chmod -R {mode}");
 }
 
-async fn lsn_value(instance: &Instance, sql: &str) -> u64 {
+async fn lsn_value(instance: &Instance, sql: &str) -> Lsn {
     let text = query(instance, sql).await;
-    let (hi, lo) = text.split_once('/').unwrap_or(("0", "0"));
-    (u64::from_str_radix(hi, 16).unwrap_or(0) << 32) | u64::from_str_radix(lo, 16).unwrap_or(0)
+    text.parse()
+        .unwrap_or_else(|e| panic!("{sql} returned {text:?}: {e}"))
 }
 
 async fn received_wal_is_archived_after_failover(version: PgVersion) {
@@ -104,10 +105,10 @@ async fn received_wal_is_archived_after_failover(version: PgVersion) {
     assert_eq!(code, 200, "{body}");
     for name in &unarchived {
         let object = store.join(format!("cluster/wals/{}/{name}.gz", &name[..16]));
-        wait_for(
+        wait_file(
             &format!("{name}, received by the standby, archived"),
             Duration::from_secs(60),
-            || async { object.is_file().then_some(()) },
+            &object,
         )
         .await;
     }

@@ -45,10 +45,10 @@ async fn manager_bootstraps_by_point_in_time_recovery(version: PgVersion) {
         "{PREFIX}/boot/wals/{:08X}.history.gz",
         status["timeline"].as_u64().unwrap_or(0)
     ));
-    wait_for(
+    wait_file(
         "the new timeline's history archived",
         Duration::from_secs(60),
-        || async { history.is_file().then_some(()) },
+        &history,
     )
     .await;
     manager.signal(Signal::SIGTERM).await;

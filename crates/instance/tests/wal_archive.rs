@@ -202,10 +202,10 @@ async fn a_quiet_commit_is_archived_within_archive_timeout(version: PgVersion) {
     .await;
     let holding = current_walfile(&instance).await;
     let object = store.join(format!("cluster-a/wals/{}/{holding}.gz", &holding[..16]));
-    wait_for(
+    wait_file(
         "the segment holding the commit archived without a WAL switch",
         Duration::from_secs(60),
-        || async { object.is_file().then_some(()) },
+        &object,
     )
     .await;
 

@@ -88,6 +88,12 @@ where
     }
 }
 
+/// Wait until `path` is a file (an object a store wrote, an archived segment), or panic after
+/// `timeout` naming `what`.
+pub async fn wait_file(what: &str, timeout: Duration, path: &std::path::Path) {
+    wait_for(what, timeout, || async { path.is_file().then_some(()) }).await
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};

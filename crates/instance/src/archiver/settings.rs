@@ -88,19 +88,24 @@ impl ArchiveSettings {
         let store = pgsteward_archive::open(&self.destination, &self.store_options())
             .await
             .with_context(|| format!("opening the archive destination {}", self.destination))?;
+        Ok(self.wal_archive_on(store))
+    }
+
+    /// The WAL archive of these settings on `store`, a client already opened for them.
+    pub fn wal_archive_on(&self, store: Arc<dyn pgsteward_archive::ObjectStore>) -> WalArchive {
         let compression = match self.compression {
             WalCompression::Gzip => Compression::Gzip,
             WalCompression::None => Compression::None,
         };
         // One compressed buffer per upload under way; read buffers are in use only while a
         // segment is compressed (one per CPU), the pool keeps as many as uploads at most.
-        Ok(WalArchive::new(
-            Arc::clone(&store),
+        WalArchive::new(
+            store,
             Layout::new(&self.server_name),
             compression,
             self.gzip_level,
         )
-        .with_pooled_buffers(self.max_parallel.max(1)))
+        .with_pooled_buffers(self.max_parallel.max(1))
     }
 
     /// Open the WAL archive for archiving `pgdata`'s WAL: a segment is stored only when it is

@@ -104,7 +104,9 @@ pub async fn restore_files(
         .check_against(&backup)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     if replay && target.target == Target::EndOfArchive {
-        wal_path::check(&source.open().await?, &backup, source.timeout()).await?;
+        // On the catalog's store client: no second client (TLS set-up, credentials) for it.
+        let wal = source.wal_archive_on(Arc::clone(catalog.store()));
+        wal_path::check(&wal, &backup, source.timeout()).await?;
     }
     tracing::info!(backup = %backup.backup_id(), source = %catalog.store().describe(), server = %source.server_name, target = %target.target, "backup chosen for restore");
     let report = restore::restore(&catalog, &backup, pgdata, options).await?;

@@ -9,13 +9,7 @@ use anyhow::{bail, Result};
 use pgsteward_archive::wal::deadline_in;
 use pgsteward_archive::{WalArchive, WalFile, WalKind};
 use pgsteward_backup::info::BackupInfo;
-
-/// A segment's first LSN, as postgres writes LSNs (`X/Y`).
-fn segment_start_lsn(file: &WalFile, segment_bytes: u64) -> String {
-    let (_, log, seg) = file.position().unwrap_or_default();
-    let lsn = (u64::from(log) << 32) + u64::from(seg) * segment_bytes;
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
-}
+use pgsteward_backup::restore::target::Lsn;
 
 /// The position part of a segment name (log and segment, 16 hex digits): comparable across
 /// timelines.
@@ -111,7 +105,7 @@ pub async fn check(
         names.len(),
         names.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
         if names.len() > 5 { ", ..." } else { "" },
-        segment_start_lsn(&first, segment_bytes),
+        Lsn(first.start_lsn(segment_bytes).unwrap_or_default()),
         if missing.len() > 1 {
             format!(
                 " ({} timelines have gaps: `pgsteward wal check` lists them)",
@@ -202,9 +196,12 @@ mod tests {
         assert!(found[0].1.contains(&"000000010000000200000000".to_owned()));
         assert!(!found[0].1.contains(&"0000000100000001000000FF".to_owned()));
 
-        let first = WalFile::parse("000000020000000000000008").unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(segment_start_lsn(&first, 16 << 20), "0/8000000");
-        let first = WalFile::parse("0000000200000003000000FF").unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(segment_start_lsn(&first, 16 << 20), "3/FF000000");
+        // The target the refusal suggests: the first missing segment's start.
+        let start = |name: &str| {
+            let file = WalFile::parse(name).unwrap_or_else(|e| panic!("{e}"));
+            Lsn(file.start_lsn(16 << 20).unwrap_or_default()).to_string()
+        };
+        assert_eq!(start("000000020000000000000008"), "0/8000000");
+        assert_eq!(start("0000000200000003000000FF"), "3/FF000000");
     }
 }

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::config::gucs::GucCatalog;
-use crate::pgconn::{self, LocalTarget};
+use crate::pgconn;
 use postmaster::{Ended, Postmaster};
 use reaper::Reaper;
 use shared::{AfterRoleChange, CommandError, Shared, ShutdownMode, SupervisorCommand};
@@ -343,7 +343,7 @@ impl Supervisor {
                     .state
                     .transition(InstanceState::Running, "postgres accepts connections");
                 if !facts.in_recovery && self.shared.config().archive.destination.is_some() {
-                    wake_checkpointer(target);
+                    wake_checkpointer(self.shared.clone());
                 }
                 if let Some((previous, reply)) = self.restart_reply.take() {
                     let current = self.shared.runtime().postmaster_pid;
@@ -502,17 +502,21 @@ impl Supervisor {
 /// with `archive_timeout = 2s`, PostgreSQL 15 every time, 18 at times). A quiet segment would
 /// wait that long for its switch, longer than the archive's promised bound when
 /// `checkpoint_timeout` is longer. A configuration reload sets the checkpointer's latch, and
-/// from then on it sleeps for `archive_timeout` at most.
-fn wake_checkpointer(target: LocalTarget) {
+/// from then on it sleeps for `archive_timeout` at most. Sent on the kept status session the
+/// probes open anyway.
+fn wake_checkpointer(shared: Arc<Shared>) {
     tokio::spawn(async move {
-        let reload = async {
-            let client = pgconn::connect(&target, "postgres", Duration::from_secs(5)).await?;
-            client
-                .batch_execute("SELECT pg_reload_conf()")
-                .await
-                .context("pg_reload_conf")?;
-            anyhow::Ok(())
-        };
+        let reload = crate::kept_connection::read(
+            &shared,
+            crate::kept_connection::ReadKind::Status,
+            Duration::from_secs(5),
+            |client| async move {
+                client
+                    .batch_execute("SELECT pg_reload_conf()")
+                    .await
+                    .context("pg_reload_conf")
+            },
+        );
         if let Err(e) = reload.await {
             tracing::warn!(error = %format!("{e:#}"), "could not wake the checkpointer: archive_timeout applies only after its first checkpoint_timeout");
         }

@@ -49,10 +49,10 @@ pub async fn switch_and_wait_archived(source: &Instance, s3: &S3Server) {
     let name = sql(source, "SELECT pg_walfile_name(pg_current_wal_lsn())").await;
     sql(source, "SELECT pg_switch_wal()::text").await;
     let key = format!("{PREFIX}/{SOURCE}/wals/{}/{name}.gz", &name[..16]);
-    wait_for(
+    wait_file(
         &format!("{name} archived"),
         Duration::from_secs(120),
-        || async { s3.object_path(&key).is_file().then_some(()) },
+        &s3.object_path(&key),
     )
     .await;
 }
@@ -252,10 +252,10 @@ pub async fn restore_and_read(
     let history = source
         .s3
         .object_path(&format!("{PREFIX}/{name}/wals/{timeline:08X}.history.gz"));
-    wait_for(
+    wait_file(
         "the new timeline's history archived",
         Duration::from_secs(60),
-        || async { history.is_file().then_some(()) },
+        &history,
     )
     .await;
     manager.signal(Signal::SIGTERM).await;
