@@ -5,8 +5,8 @@
 //! a second instance, which `pgsteward run` then starts: the whole archive, a time between
 //! two transactions (exactly the first), an LSN, a restore-point name, a relocated
 //! tablespace; refusals for a non-empty directory, a target before the backup, a target
-//! beyond the archive, a damaged segment and a gap in the archive (failures, not a shorter
-//! recovery).
+//! beyond the archive, a damaged segment, a gap in the archive and a backup whose own WAL is
+//! lost (failures, not a shorter recovery; `wal check` reports the last two per backup).
 
 use std::path::PathBuf;
 
@@ -165,7 +165,54 @@ async fn restore_refusals(version: PgVersion) {
         stderr(&out)
     );
     assert!(!instance.pgdata.exists() || is_empty(&instance.pgdata));
+    // `wal check` says the same of the backup, with where a replay would stop.
+    let (code, report) = wal_check(&source);
+    assert_eq!(code, Some(1), "{report}");
+    assert!(
+        report.contains(&format!("backup {id}: restores only up to"))
+            && report.contains(&segment_name(&lost)),
+        "{report}"
+    );
     std::fs::write(&lost, kept).unwrap_or_else(|e| panic!("{e}"));
+    let (code, report) = wal_check(&source);
+    assert_eq!(code, Some(0), "{report}");
+    assert!(
+        report.contains(&format!("backup {id}: restores to the end of the archive")),
+        "{report}"
+    );
+
+    // The backup's own first segment is lost: no restore from it can become consistent. It is
+    // refused before the base backup is downloaded, for a target too (postgres would fail only
+    // after the whole download), and `wal check` says so.
+    let begin = backup_field(&source, &id, "begin_wal");
+    let own = segments
+        .iter()
+        .find(|object| segment_name(object) == begin)
+        .unwrap_or_else(|| panic!("the backup's first segment {begin} is not archived"))
+        .clone();
+    let kept = std::fs::read(&own).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::remove_file(&own).unwrap_or_else(|e| panic!("{e}"));
+    let instance = target_instance(&source, version, "r-own-wal");
+    let out = restore(
+        &source,
+        &instance,
+        &["--target-lsn", &source.lsn_after_first],
+    );
+    assert!(
+        !out.status.success()
+            && stderr(&out).contains("cannot be restored")
+            && stderr(&out).contains(&begin),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!instance.pgdata.exists() || is_empty(&instance.pgdata));
+    let (code, report) = wal_check(&source);
+    assert_eq!(code, Some(1), "{report}");
+    assert!(
+        report.contains(&format!("backup {id}: cannot be restored")) && report.contains(&begin),
+        "{report}"
+    );
+    std::fs::write(&own, kept).unwrap_or_else(|e| panic!("{e}"));
 
     // A damaged segment (the last one): restoring the whole archive fails in the replay,
     // naming it, instead of ending the recovery before it.
@@ -268,6 +315,30 @@ fn archived_segments(source: &Source) -> Vec<PathBuf> {
         .collect();
     segments.sort();
     segments
+}
+
+/// `pgsteward wal check` on the source's archive settings: exit code and output.
+fn wal_check(source: &Source) -> (Option<i32>, String) {
+    let pgdata = source.instance.pgdata.display().to_string();
+    let out = pgsteward(&["wal", "check", "--pgdata", &pgdata]);
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), report)
+}
+
+/// A field of a backup's `backup.info` in the store.
+fn backup_field(source: &Source, id: &str, key: &str) -> String {
+    let info = source
+        .s3
+        .object_path(&format!("{PREFIX}/{SOURCE}/base/{id}/backup.info"));
+    let text = std::fs::read_to_string(&info).unwrap_or_else(|e| panic!("{}: {e}", info.display()));
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key} in {text}"))
+        .to_owned()
 }
 
 /// The WAL file name of a segment object.

@@ -87,9 +87,9 @@ pub async fn open_catalog(source: &ArchiveSettings) -> Result<Catalog> {
 
 /// Step 1: choose, check and restore the backup into `pgdata`, then prepare the directory
 /// for WAL replay from `source` (signal file, archive settings whose socket the caller serves
-/// with a `replay_server::ReplayServer` during the replay). With `replay` and the end of the
-/// archive as the target, the archive's WAL after the backup must have no gap
-/// (`wal_path::check`); nothing is written when it has one.
+/// with a `replay_server::ReplayServer` during the replay). With `replay`, the archive must
+/// hold the backup's own WAL, and with the end of the archive as the target all WAL after it
+/// without a gap (`wal_path::check`); nothing is written otherwise.
 pub async fn restore_files(
     source: &ArchiveSettings,
     choice: &BackupChoice,
@@ -103,10 +103,11 @@ pub async fn restore_files(
     target
         .check_against(&backup)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    if replay && target.target == Target::EndOfArchive {
+    if replay {
         // On the catalog's store client: no second client (TLS set-up, credentials) for it.
         let wal = source.wal_archive_on(Arc::clone(catalog.store()));
-        wal_path::check(&wal, &backup, source.timeout()).await?;
+        let to_end = target.target == Target::EndOfArchive;
+        wal_path::check(&wal, &backup, source.timeout(), to_end).await?;
     }
     tracing::info!(backup = %backup.backup_id(), source = %catalog.store().describe(), server = %source.server_name, target = %target.target, "backup chosen for restore");
     let report = restore::restore(&catalog, &backup, pgdata, options).await?;

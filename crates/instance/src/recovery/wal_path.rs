@@ -1,9 +1,10 @@
-//! Before a replay to the end of the archive: the archive must hold every segment from the
-//! backup's first WAL on. Postgres takes a missing segment for the end of the archive: it ends
-//! the recovery there, promotes, and nothing says that the WAL after the gap (archiving turned
-//! off for a while, a segment marked done by hand, WAL deleted) was left out. A gap is refused
-//! with what is missing and how to restore up to it on purpose (a target before it). With an
-//! explicit target postgres itself reports a target it could not reach.
+//! Before a replay: the archive must hold the WAL the replay reads. Postgres takes a missing
+//! segment for the end of the archive: it ends the recovery there, promotes, and nothing says
+//! that the WAL after the gap (archiving turned off for a while, a segment marked done by
+//! hand, WAL deleted) was left out; and a backup whose own WAL (its first to its last segment)
+//! is missing fails only after the whole base backup was downloaded. Both are found here first
+//! and refused with what is missing and what to do. `pgsteward wal check` reports the same for
+//! every backup of the catalog.
 
 use anyhow::{bail, Result};
 use pgsteward_archive::wal::deadline_in;
@@ -17,22 +18,49 @@ fn position(file: &WalFile) -> &str {
     &file.name()[8..24]
 }
 
-/// The segments missing on the replay's path from the backup's first WAL to the last archived
-/// segment, by timeline (empty when the path is whole). The path follows the timelines from
+/// `at`'s position on `timeline`.
+fn on_timeline(timeline: u32, at: &WalFile) -> Option<WalFile> {
+    WalFile::parse(&format!("{timeline:08X}{}", position(at))).ok()
+}
+
+/// The segments from `from` up to `to` (excluded, or included with `inclusive`), on `from`'s
+/// timeline; bounded, so a corrupt name cannot make it run away.
+fn segments_between(
+    from: WalFile,
+    to: &WalFile,
+    inclusive: bool,
+    segment_bytes: u64,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut at = Some(from);
+    while let Some(file) = at.filter(|a| {
+        let p = position(a);
+        (p < position(to) || (inclusive && p == position(to))) && out.len() < 100_000
+    }) {
+        out.push(file.name().to_owned());
+        at = file.next_segment(segment_bytes);
+    }
+    out
+}
+
+/// The segments missing on the replay's path from the backup's first WAL (`begin`) to the last
+/// archived segment, and at least to the backup's last WAL (`end`), by timeline (empty when
+/// the path is whole), with the last segment on the path. The path follows the timelines from
 /// the backup's upward, each up to the first segment of the next one in the archive (where
 /// postgres switches to it; what an old timeline holds beyond that, such as the WAL of a
 /// primary that went on after a failover, is not on the path). History files are not read.
 pub fn missing_after_backup(
     archived: &[WalFile],
-    begin_wal: &WalFile,
+    begin: &WalFile,
+    end: Option<&WalFile>,
     segment_bytes: u64,
-) -> Vec<(u32, Vec<String>)> {
-    let first_timeline = begin_wal.timeline();
+) -> (Vec<(u32, Vec<String>)>, Option<WalFile>) {
+    let first_timeline = begin.timeline();
     let mut by_timeline: std::collections::BTreeMap<u32, Vec<&WalFile>> = Default::default();
     for file in archived.iter().filter(|f| {
         f.kind() == WalKind::Segment
             && f.timeline() >= first_timeline
-            && position(f) >= position(begin_wal)
+            && position(f) >= position(begin)
     }) {
         by_timeline.entry(file.timeline()).or_default().push(file);
     }
@@ -44,7 +72,8 @@ pub fn missing_after_backup(
         .map(|files| files.first().map(|f| position(f)))
         .collect();
     let mut missing: Vec<(u32, Vec<String>)> = Vec::new();
-    let mut expected: Option<WalFile> = None;
+    let mut expected = Some(begin.clone());
+    let mut last: Option<WalFile> = None;
     for (index, (timeline, files)) in by_timeline.iter().enumerate() {
         let next_first = firsts.get(index + 1).copied().flatten();
         let mut holes = Vec::new();
@@ -52,69 +81,216 @@ pub fn missing_after_backup(
             .iter()
             .filter(|f| next_first.is_none_or(|n| position(f) < n))
         {
-            // Walk from the expected position to this segment, on this timeline's names.
-            let mut at = expected
-                .as_ref()
-                .and_then(|e| WalFile::parse(&format!("{timeline:08X}{}", position(e))).ok());
-            let mut guard = 0;
-            while let Some(hole) = at.filter(|a| position(a) < position(file) && guard < 100_000) {
-                holes.push(hole.name().to_owned());
-                at = hole.next_segment(segment_bytes);
-                guard += 1;
+            // From the expected position to this segment, on this timeline's names.
+            if let Some(from) = expected.as_ref().and_then(|e| on_timeline(*timeline, e)) {
+                holes.extend(segments_between(from, file, false, segment_bytes));
             }
             expected = file.next_segment(segment_bytes);
+            last = Some((*file).clone());
         }
         if !holes.is_empty() {
             missing.push((*timeline, holes));
         }
     }
-    missing
+    // The backup's own WAL runs to its end, whatever the archive holds.
+    if let Some(end) = end {
+        let tail = expected
+            .as_ref()
+            .and_then(|e| on_timeline(end.timeline(), e))
+            .map(|from| segments_between(from, end, true, segment_bytes))
+            .unwrap_or_default();
+        if !tail.is_empty() {
+            match missing.iter_mut().find(|(t, _)| *t == end.timeline()) {
+                Some((_, holes)) => holes.extend(tail),
+                None => missing.push((end.timeline(), tail)),
+            }
+            missing.sort_by_key(|(timeline, _)| *timeline);
+        }
+    }
+    (missing, last)
 }
 
-/// Ok when the archive can be replayed from `backup` to its end without a gap.
+/// What the archive holds for a replay from one backup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replay {
+    /// Whole from the backup's first segment to the last on the path.
+    Whole { last: Option<String> },
+    /// Segments the backup itself needs (its first to its last WAL) are missing: it cannot be
+    /// restored at all.
+    LacksOwnWal { missing: Vec<String> },
+    /// The backup restores, but a replay to the end would stop at the first gap: `first_gap`
+    /// on `timeline`, with `timelines` timelines having gaps in all.
+    EndsAtGap {
+        timeline: u32,
+        first_gap: Vec<String>,
+        stops_at: Lsn,
+        timelines: usize,
+    },
+}
+
+/// The backup's first and last WAL segments and segment size (None when it names no first
+/// segment: nothing can be checked).
+fn backup_wal(backup: &BackupInfo) -> Option<(WalFile, Option<WalFile>, u64)> {
+    let begin = WalFile::parse(backup.begin_wal()?).ok()?;
+    let end = backup.end_wal().and_then(|n| WalFile::parse(n).ok());
+    Some((begin, end, backup.segment_size().unwrap_or(16 << 20)))
+}
+
+/// How a replay from `backup` to the end of `archived` would go (None when the backup names no
+/// first WAL segment).
+pub fn assess(archived: &[WalFile], backup: &BackupInfo) -> Option<Replay> {
+    let (begin, end, segment_bytes) = backup_wal(backup)?;
+    let (missing, last) = missing_after_backup(archived, &begin, end.as_ref(), segment_bytes);
+    let own_end = end.as_ref().unwrap_or(&begin);
+    let own: Vec<String> = missing
+        .iter()
+        .flat_map(|(_, names)| names)
+        .filter(|name| name.get(8..24).is_some_and(|p| p <= position(own_end)))
+        .cloned()
+        .collect();
+    if !own.is_empty() {
+        return Some(Replay::LacksOwnWal { missing: own });
+    }
+    Some(match missing.first() {
+        None => Replay::Whole {
+            last: last.map(|f| f.name().to_owned()),
+        },
+        Some((timeline, names)) => Replay::EndsAtGap {
+            timeline: *timeline,
+            stops_at: Lsn(names
+                .first()
+                .and_then(|n| WalFile::parse(n).ok())
+                .and_then(|f| f.start_lsn(segment_bytes))
+                .unwrap_or_default()),
+            first_gap: names.clone(),
+            timelines: missing.len(),
+        },
+    })
+}
+
+/// The first `count` names, and "..." when there are more.
+fn some_names(names: &[String], count: usize) -> String {
+    let shown = names
+        .iter()
+        .take(count)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > count {
+        format!("{shown}, ...")
+    } else {
+        shown
+    }
+}
+
+impl Replay {
+    /// One line for `pgsteward wal check`.
+    pub fn summary(&self) -> String {
+        match self {
+            Replay::Whole { last: Some(last) } => {
+                format!("restores to the end of the archive ({last})")
+            }
+            Replay::Whole { last: None } => "restores (no WAL archived after it yet)".to_owned(),
+            Replay::LacksOwnWal { missing } => format!(
+                "cannot be restored: the archive lacks {} segment(s) of its own WAL ({})",
+                missing.len(),
+                some_names(missing, 5)
+            ),
+            Replay::EndsAtGap {
+                timeline,
+                first_gap,
+                stops_at,
+                ..
+            } => format!(
+                "restores only up to {stops_at}: timeline {timeline} misses {} segment(s) ({})",
+                first_gap.len(),
+                some_names(first_gap, 5)
+            ),
+        }
+    }
+}
+
+/// The refusal for a restore from `backup` (None when the replay can go ahead): a backup
+/// lacking its own WAL always, a gap only for a replay `to_end` of the archive.
+fn refusal(backup: &BackupInfo, replay: &Replay, to_end: bool) -> Option<String> {
+    match replay {
+        Replay::Whole { .. } => None,
+        Replay::LacksOwnWal { missing } => Some(format!(
+            "backup {} cannot be restored: the archive lacks {} segment(s) of the WAL written \
+             while it was taken ({}), without which postgres cannot make it consistent. Restore \
+             another backup (--backup ID; `pgsteward wal check` shows which ones restore)",
+            backup.backup_id(),
+            missing.len(),
+            some_names(missing, 5)
+        )),
+        Replay::EndsAtGap { .. } if !to_end => None,
+        Replay::EndsAtGap {
+            timeline,
+            first_gap,
+            stops_at,
+            timelines,
+        } => Some(format!(
+            "the archive has a gap after backup {}: timeline {timeline} misses {} segment(s) \
+             ({}); postgres would end the recovery at the gap and leave out all WAL archived \
+             after it. Restore a backup taken after the gap (--backup ID), or restore up to the \
+             gap on purpose with a target before it (--target-lsn {stops_at} or an earlier \
+             time){}",
+            backup.backup_id(),
+            first_gap.len(),
+            some_names(first_gap, 5),
+            if *timelines > 1 {
+                format!(" ({timelines} timelines have gaps: `pgsteward wal check` lists them)")
+            } else {
+                String::new()
+            }
+        )),
+    }
+}
+
+/// Ok when the archive holds what a replay from `backup` reads: its own WAL always, and with
+/// `to_end` everything up to the end of the archive without a gap. A replay to the end lists
+/// the whole archive; one to a target asks only for the directories of the backup's own WAL.
 pub async fn check(
     wal: &WalArchive,
     backup: &BackupInfo,
     timeout: std::time::Duration,
+    to_end: bool,
 ) -> Result<()> {
-    let Some(begin) = backup
-        .begin_wal()
-        .and_then(|name| WalFile::parse(name).ok())
-    else {
-        tracing::warn!(backup = %backup.backup_id(), "the backup names no first WAL segment: the archive's WAL is not checked for gaps");
+    let Some((begin, end, segment_bytes)) = backup_wal(backup) else {
+        tracing::warn!(backup = %backup.backup_id(), "the backup names no first WAL segment: the archive's WAL is not checked for it");
         return Ok(());
     };
-    let segment_bytes = backup.segment_size().unwrap_or(16 << 20);
-    let archived: Vec<WalFile> = wal
-        .list(deadline_in(timeout))
-        .await?
-        .into_iter()
-        .map(|(file, _)| file)
-        .collect();
-    let missing = missing_after_backup(&archived, &begin, segment_bytes);
-    let Some((timeline, names)) = missing.first() else {
+    if !to_end
+        && end
+            .as_ref()
+            .is_some_and(|e| e.timeline() != begin.timeline())
+    {
+        tracing::debug!(backup = %backup.backup_id(), "the backup's WAL spans timelines: its own WAL is checked by the replay");
         return Ok(());
+    }
+    let archived: Vec<WalFile> = if to_end {
+        wal.list(deadline_in(timeout))
+            .await?
+            .into_iter()
+            .map(|(file, _)| file)
+            .collect()
+    } else {
+        // The backup's own segments on its timeline: a backup does not span a promotion.
+        let own_end = end.clone().unwrap_or_else(|| begin.clone());
+        let wanted: Vec<WalFile> = segments_between(begin.clone(), &own_end, true, segment_bytes)
+            .iter()
+            .filter_map(|name| WalFile::parse(name).ok())
+            .collect();
+        wal.archived_among(&wanted, deadline_in(timeout))
+            .await?
+            .into_iter()
+            .collect()
     };
-    let first = WalFile::parse(&names[0])?;
-    bail!(
-        "the archive has a gap after backup {}: timeline {timeline} misses {} segment(s) ({}{}); \
-         postgres would end the recovery at the gap and leave out all WAL archived after it. \
-         Restore a backup taken after the gap (--backup ID), or restore up to the gap on purpose \
-         with a target before it (--target-lsn {} or an earlier time){}",
-        backup.backup_id(),
-        names.len(),
-        names.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
-        if names.len() > 5 { ", ..." } else { "" },
-        Lsn(first.start_lsn(segment_bytes).unwrap_or_default()),
-        if missing.len() > 1 {
-            format!(
-                " ({} timelines have gaps: `pgsteward wal check` lists them)",
-                missing.len()
-            )
-        } else {
-            String::new()
-        }
-    )
+    let replay = assess(&archived, backup);
+    match replay.as_ref().and_then(|r| refusal(backup, r, to_end)) {
+        Some(message) => bail!("{message}"),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -142,12 +318,14 @@ mod tests {
             "000000020000000000000006",
             "000000020000000000000007",
         ]);
-        assert!(missing_after_backup(&archived, &begin, 16 << 20).is_empty());
+        assert!(missing_after_backup(&archived, &begin, None, 16 << 20)
+            .0
+            .is_empty());
 
         let mut with_gap = archived.clone();
         with_gap.extend(files(&["00000002000000000000000A"]));
         assert_eq!(
-            missing_after_backup(&with_gap, &begin, 16 << 20),
+            missing_after_backup(&with_gap, &begin, None, 16 << 20).0,
             vec![(
                 2,
                 vec![
@@ -163,7 +341,9 @@ mod tests {
             "000000010000000000000009",
             "00000001000000000000000B",
         ]));
-        assert!(missing_after_backup(&split, &begin, 16 << 20).is_empty());
+        assert!(missing_after_backup(&split, &begin, None, 16 << 20)
+            .0
+            .is_empty());
 
         // The segments where timeline 2 begins are gone: missing on timeline 2.
         let late = files(&[
@@ -172,7 +352,7 @@ mod tests {
             "000000020000000000000008",
         ]);
         assert_eq!(
-            missing_after_backup(&late, &begin, 16 << 20),
+            missing_after_backup(&late, &begin, None, 16 << 20).0,
             vec![(
                 2,
                 vec![
@@ -187,7 +367,7 @@ mod tests {
             "0000000100000001000000FF",
             "000000010000000200000001",
         ]);
-        let found = missing_after_backup(&hole, &begin, 16 << 20);
+        let found = missing_after_backup(&hole, &begin, None, 16 << 20).0;
         assert_eq!(found.len(), 1);
         assert_eq!(
             found[0].1.first().map(String::as_str),
@@ -203,5 +383,76 @@ mod tests {
         };
         assert_eq!(start("000000020000000000000008"), "0/8000000");
         assert_eq!(start("0000000200000003000000FF"), "3/FF000000");
+    }
+
+    fn backup(begin: &str, end: &str) -> BackupInfo {
+        let mut info = BackupInfo::new("20261207T100000");
+        for (key, value) in [("begin_wal", begin), ("end_wal", end)] {
+            info.set(key, value).unwrap_or_else(|e| panic!("{e}"));
+        }
+        info
+    }
+
+    #[test]
+    fn a_backup_lacking_its_own_wal_is_told_from_one_ending_at_a_gap() {
+        let taken = backup("000000010000000000000004", "000000010000000000000006");
+        // Whole: the last segment on the path is named.
+        let whole = files(&[
+            "000000010000000000000004",
+            "000000010000000000000005",
+            "000000010000000000000006",
+            "000000010000000000000007",
+        ]);
+        assert_eq!(
+            assess(&whole, &taken),
+            Some(Replay::Whole {
+                last: Some("000000010000000000000007".to_owned())
+            })
+        );
+        // Its first segment is gone: before, the walk started at the first archived one.
+        let no_first = files(&["000000010000000000000005", "000000010000000000000006"]);
+        assert_eq!(
+            assess(&no_first, &taken),
+            Some(Replay::LacksOwnWal {
+                missing: vec!["000000010000000000000004".to_owned()]
+            })
+        );
+        // Its last segment is not archived (nothing after it either).
+        let no_last = files(&["000000010000000000000004", "000000010000000000000005"]);
+        assert_eq!(
+            assess(&no_last, &taken),
+            Some(Replay::LacksOwnWal {
+                missing: vec!["000000010000000000000006".to_owned()]
+            })
+        );
+        assert!(assess(&[], &taken)
+            .is_some_and(|r| matches!(r, Replay::LacksOwnWal { missing } if missing.len() == 3)));
+        // A gap after its end: it restores, up to the gap.
+        let gap = files(&[
+            "000000010000000000000004",
+            "000000010000000000000005",
+            "000000010000000000000006",
+            "000000010000000000000008",
+        ]);
+        let replay = assess(&gap, &taken);
+        assert_eq!(
+            replay,
+            Some(Replay::EndsAtGap {
+                timeline: 1,
+                first_gap: vec!["000000010000000000000007".to_owned()],
+                stops_at: Lsn(0x700_0000),
+                timelines: 1,
+            })
+        );
+        let summary = replay.map(|r| r.summary()).unwrap_or_default();
+        assert!(summary.contains("up to 0/7000000"), "{summary}");
+        // A restore to a target does not mind the gap; one to the end does.
+        let replay = assess(&gap, &taken).unwrap_or_else(|| panic!("no assessment"));
+        assert!(refusal(&taken, &replay, false).is_none());
+        assert!(refusal(&taken, &replay, true).is_some_and(|m| m.contains("has a gap")));
+        let lacking = assess(&no_first, &taken).unwrap_or_else(|| panic!("no assessment"));
+        assert!(refusal(&taken, &lacking, false).is_some_and(|m| m.contains("cannot be restored")));
+        // A backup naming no first segment cannot be assessed.
+        assert_eq!(assess(&whole, &BackupInfo::new("20261207T100000")), None);
     }
 }
