@@ -179,6 +179,8 @@ pub struct DrillStatus {
     pub last_duration_seconds: Option<f64>,
     /// The LSN the last successful drill recovered to.
     pub recovered_lsn: Option<String>,
+    /// WAL the last successful drill replayed, from its backup's start to `recovered_lsn`.
+    pub wal_replayed_bytes: Option<u64>,
     /// Databases the last drill queried, and whether pg_amcheck ran.
     pub databases_checked: u32,
     pub amcheck: bool,

@@ -158,6 +158,7 @@ async fn drills_check_backups_and_report_corruption(version: PgVersion) {
     .await;
     eprintln!("drill status: {}", status["drill"]);
     assert!(status["drill"]["recovered_lsn"].is_string());
+    assert!(status["drill"]["wal_replayed_bytes"].as_u64().unwrap_or(0) > 0);
     assert!(status["drill"]["databases_checked"].as_u64().unwrap_or(0) >= 2);
     let metrics = source.instance.metrics();
     for name in [
@@ -185,6 +186,11 @@ async fn drills_check_backups_and_report_corruption(version: PgVersion) {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(report["success"], true);
     assert!(report["recovered_lsn"].is_string());
+    // The replay ran from the backup's start past the transactions that followed it.
+    assert!(
+        report["wal_replayed_bytes"].as_u64().unwrap_or(0) > 0,
+        "{report}"
+    );
     assert!(report["databases_checked"].as_u64().unwrap_or(0) >= 2);
     assert_eq!(
         std::fs::read_dir(&scratch).map(|d| d.count()).unwrap_or(99),

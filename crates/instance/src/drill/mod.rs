@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Utc};
+use pgsteward_backup::info::BackupInfo;
 use pgsteward_backup::restore::choose::BackupChoice;
 use pgsteward_backup::restore::target::{Lsn, RecoveryTarget};
 use pgsteward_backup::restore::RestoreOptions;
@@ -41,6 +42,8 @@ pub struct DrillReport {
     pub backup_id: Option<String>,
     pub restored_bytes: u64,
     pub recovered_lsn: Option<String>,
+    /// WAL replayed after the backup: from its start LSN to `recovered_lsn`.
+    pub wal_replayed_bytes: u64,
     pub timeline: Option<u32>,
     pub databases_checked: u32,
     pub amcheck: bool,
@@ -75,6 +78,7 @@ impl DrillReport {
                 .to_rfc3339(),
             );
             status.recovered_lsn = self.recovered_lsn.clone();
+            status.wal_replayed_bytes = Some(self.wal_replayed_bytes);
         } else {
             metrics.failures.inc();
             metrics.last_failure.set(now);
@@ -123,6 +127,7 @@ pub async fn run(
         backup_id: None,
         restored_bytes: 0,
         recovered_lsn: None,
+        wal_replayed_bytes: 0,
         timeline: None,
         databases_checked: 0,
         amcheck: false,
@@ -151,6 +156,7 @@ pub async fn run(
             tracing::info!(
                 backup = ?report.backup_id,
                 recovered_lsn = ?report.recovered_lsn,
+                wal_replayed_bytes = report.wal_replayed_bytes,
                 databases = report.databases_checked,
                 amcheck = report.amcheck,
                 duration_s = format!("{:.1}", report.duration_seconds),
@@ -203,6 +209,7 @@ async fn run_inner(
     let checked = async {
         let recovered = recovery::wait_recovered(&mut pg, &target, Duration::MAX).await?;
         report.recovered_lsn = Some(recovered.lsn.clone());
+        report.wal_replayed_bytes = replayed_bytes(&restored.backup, &recovered.lsn);
         report.timeline = recovered.timeline;
         check(reaper, bins, &pg, report).await
     }
@@ -211,6 +218,15 @@ async fn run_inner(
     recovery::replay_server::ReplayServer::finish(replay_server);
     checked?;
     stopped.context("stopping the drill's postgres")
+}
+
+/// The WAL a replay from `backup`'s start to `recovered` covers (0 when either LSN is unknown).
+fn replayed_bytes(backup: &BackupInfo, recovered: &str) -> u64 {
+    let begin = backup.begin_lsn().and_then(|l| l.parse::<Lsn>().ok());
+    match (begin, recovered.parse::<Lsn>().ok()) {
+        (Some(begin), Some(end)) => end.0.saturating_sub(begin.0),
+        _ => 0,
+    }
 }
 
 /// The checks on the recovered copy.
