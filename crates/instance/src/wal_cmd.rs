@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use crate::archiver::protocol::{self, CallError, Request};
 use crate::archiver::settings::ArchiveSettings;
-use crate::archiver::{destination, paths};
+use crate::archiver::{destination, paths, standby};
 use crate::recovery::wal_path::{self, Replay};
 
 fn block_on<F: std::future::Future<Output = i32>>(future: F) -> i32 {
@@ -65,7 +65,21 @@ async fn archive_inner(pgdata: &Path, path: &Path) -> Result<String> {
         Err(e) => eprintln!("pgsteward wal-archive: {e}; archiving directly"),
     }
     let wal = settings.open_for_archiving(pgdata).await?;
-    destination::ensure_ready(pgdata, &settings, &wal).await?;
+    if standby::is_standby(pgdata) {
+        // No grace here (the manager that would wait it out is not answering): a segment the
+        // primary stored is done, one it did not is uploaded now, into the primary's accepted
+        // destination.
+        if standby::left_to_primary(&wal, pgdata, &file, Duration::ZERO, settings.timeout())
+            .await
+            .map_err(anyhow::Error::msg)?
+        {
+            return Ok(format!(
+                "{name} is already archived (no manager answered; standby)"
+            ));
+        }
+    } else {
+        destination::ensure_ready(pgdata, &settings, &wal).await?;
+    }
     let content = tokio::fs::read(&resolved)
         .await
         .with_context(|| format!("reading {}", resolved.display()))?;

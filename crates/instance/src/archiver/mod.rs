@@ -10,6 +10,7 @@ pub mod protocol;
 pub mod server;
 pub mod settings;
 pub mod sidecar;
+pub mod standby;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -271,16 +272,33 @@ impl Archiver {
 
     async fn upload(&self, name: &str) -> Result<(), String> {
         let file = WalFile::parse(name).map_err(|e| e.to_string())?;
-        // Until the destination was accepted once, check it first after a refusal (no
-        // compressing segments that cannot be stored), else while the segment is compressed.
-        if self.track(|t| t.destination_refused) {
+        let on_standby = standby::is_standby(&self.pgdata);
+        if on_standby {
+            let grace = self.settings.standby_grace();
+            let timeout = self.settings.timeout();
+            if standby::left_to_primary(&self.wal, &self.pgdata, &file, grace, timeout).await? {
+                return Ok(());
+            }
+        } else if self.track(|t| t.destination_refused) {
+            // Until the destination was accepted once, check it first after a refusal (no
+            // compressing segments that cannot be stored), else while the segment is
+            // compressed.
             self.ensure_destination().await?;
         }
         let _permit = self.uploads.acquire().await.map_err(|e| e.to_string())?;
         let path = self.pgdata.join("pg_wal").join(name);
         let deadline = Instant::now() + self.settings.timeout();
         let started = Instant::now();
-        let allowed = self.ensure_destination();
+        // A standby archives into its primary's destination, which that primary accepted;
+        // the first-archive rule is the primary's (and a standby restored from a backup has no
+        // marker of its own).
+        let allowed = async {
+            if on_standby {
+                Ok(())
+            } else {
+                self.ensure_destination().await
+            }
+        };
         match self.wal.archive_file(&file, &path, deadline, allowed).await {
             Ok(ArchiveOutcome::Stored {
                 key,

@@ -30,6 +30,10 @@ pub struct ArchiveSettings {
     pub max_parallel: usize,
     pub prefetch: usize,
     pub timeout_ms: u64,
+    /// On a standby (`archive.wal.archive_on_standbys`): how long a received segment is left
+    /// to the primary before the standby uploads it itself.
+    #[serde(default)]
+    pub standby_grace_ms: u64,
     /// The manager's Unix socket.
     pub socket: PathBuf,
 }
@@ -53,12 +57,17 @@ impl ArchiveSettings {
             max_parallel: config.archive.wal.max_parallel.max(1),
             prefetch: config.archive.wal.prefetch,
             timeout_ms: config.archive.wal.timeout.as_millis() as u64,
+            standby_grace_ms: config.archive.wal.standby_grace.as_millis() as u64,
             socket: pg.socket_dir.join(format!(".s.PGSTEWARD.{}", pg.port)),
         })
     }
 
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
+    }
+
+    pub fn standby_grace(&self) -> Duration {
+        Duration::from_millis(self.standby_grace_ms)
     }
 
     pub fn store_options(&self) -> StoreOptions {

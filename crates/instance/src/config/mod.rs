@@ -416,6 +416,16 @@ pub struct WalArchiveConfig {
     /// How long one `wal-archive` or `wal-restore` call may take, retries included.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Standbys archive too (`archive_mode = always`). Postgres then keeps every segment a
+    /// standby receives until it is archived, so no failover can leave a hole in the archive
+    /// (with `archive_mode = on` a standby marks what it receives archived and may remove it);
+    /// the price is that a store outage fills the standbys' `pg_wal` as well as the primary's.
+    /// A standby uploads a segment only when the archive still lacks it `standby_grace` after
+    /// it arrived (the primary has normally stored it by then): one listing per segment.
+    pub archive_on_standbys: bool,
+    /// See `archive_on_standbys`; at most half of `timeout`.
+    #[serde(with = "humantime_serde")]
+    pub standby_grace: Duration,
 }
 
 impl Default for WalArchiveConfig {
@@ -426,6 +436,8 @@ impl Default for WalArchiveConfig {
             max_parallel: 4,
             prefetch: 8,
             timeout: Duration::from_secs(60),
+            archive_on_standbys: false,
+            standby_grace: Duration::from_secs(20),
         }
     }
 }

@@ -121,10 +121,13 @@ fn include_body(config: &Config, ctx: &RenderContext) -> String {
         ));
     }
     let archiving = config.archive.destination.is_some();
-    owned.push((
-        "archive_mode",
-        if archiving { "on" } else { "off" }.to_owned(),
-    ));
+    let archive_mode = match (archiving, config.archive.wal.archive_on_standbys) {
+        (false, _) => "off",
+        (true, false) => "on",
+        // The same as `on` on a primary; a standby archives what it receives too.
+        (true, true) => "always",
+    };
+    owned.push(("archive_mode", archive_mode.to_owned()));
     if archiving {
         let exe = shell_quote(&ctx.executable.to_string_lossy());
         let pgdata = shell_quote(&ctx.pgdata.to_string_lossy());
@@ -290,6 +293,9 @@ mod tests {
         let text = render(&config, &ctx).include_file;
         assert!(text.contains("archive_mode = on"), "{text}");
         assert!(text.contains("archive_timeout = '5min'"), "{text}");
+        config.archive.wal.archive_on_standbys = true;
+        let always = render(&config, &ctx).include_file;
+        assert!(always.contains("archive_mode = always"), "{always}");
         let expected = concat!(
             "archive_command = '",
             "''/opt/pg steward/bin/pgsteward'' wal-archive --pgdata ",

@@ -195,6 +195,13 @@ fn check_archive(problems: &mut Vec<String>, config: &Config) {
     if archive.wal.timeout < std::time::Duration::from_secs(1) {
         problems.push("archive.wal.timeout: must be at least 1s".to_owned());
     }
+    if archive.wal.archive_on_standbys && archive.wal.standby_grace * 2 > archive.wal.timeout {
+        problems.push(format!(
+            "archive.wal.standby_grace: {} must be at most half of archive.wal.timeout ({}): a standby's archive_command waits through it",
+            humantime::format_duration(archive.wal.standby_grace),
+            humantime::format_duration(archive.wal.timeout)
+        ));
+    }
     if archive.s3.kms_key_id.is_some()
         && archive.s3.sse != pgsteward_archive::store::ServerSideEncryption::AwsKms
     {
@@ -372,6 +379,20 @@ mod tests {
         );
         assert!(problems.contains("jit: expected a boolean"), "{problems}");
         assert!(problems.contains("block_size: read-only"), "{problems}");
+    }
+
+    #[test]
+    fn standby_grace_fits_in_the_call_timeout() {
+        let mut config = config_with(&[]);
+        config.archive.wal.archive_on_standbys = true;
+        config.archive.wal.standby_grace = std::time::Duration::from_secs(31);
+        let problems = validate(&config, &catalog()).unwrap_err().to_string();
+        assert!(
+            problems.contains("archive.wal.standby_grace: 31s must be at most half"),
+            "{problems}"
+        );
+        config.archive.wal.standby_grace = std::time::Duration::from_secs(30);
+        assert_eq!(validate(&config, &catalog()), Ok(()));
     }
 
     #[test]
