@@ -412,6 +412,15 @@ impl WalArchive {
         }
     }
 
+    /// Whether `file` is archived under the key this archive writes (one HEAD request; an
+    /// object another tool stored with another compression suffix is not seen).
+    pub async fn is_archived(&self, file: &WalFile, deadline: Instant) -> Result<bool, WalError> {
+        let key = self.layout.wal_key(file, self.compression);
+        Ok(with_retry("head", deadline, || self.store.head(&key))
+            .await?
+            .is_some())
+    }
+
     /// Which of `files` are archived (under any suffix: compressed or not, by any tool), with
     /// one listing per directory they fall in rather than one request per file.
     pub async fn archived_among(
@@ -545,6 +554,21 @@ mod tests {
             found,
             ["000000010000000000000004", "000000020000000100000000"]
         );
+        // One HEAD of the key this archive writes: the segment, and not its partial's name.
+        for (name, archived) in [
+            ("000000010000000000000004", true),
+            ("000000010000000000000005", false),
+            ("000000010000000000000005.partial", true),
+            ("00000002.history", true),
+            ("00000003.history", false),
+        ] {
+            let file = WalFile::parse(name).unwrap();
+            assert_eq!(
+                wal.is_archived(&file, deadline).await.unwrap(),
+                archived,
+                "{name}"
+            );
+        }
     }
 
     #[tokio::test]

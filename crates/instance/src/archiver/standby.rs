@@ -30,10 +30,12 @@ fn ready_age(pgdata: &Path, name: &str) -> Duration {
     .unwrap_or_default()
 }
 
-/// Wait until `file` arrived `grace` ago, then tell whether the archive holds it (stored by the
-/// primary, or it was restored from the archive in the first place): true means nothing is
-/// left to do. One listing of the segment's directory; its content is not compared (the
-/// primary wrote the same bytes, and checks conflicts itself).
+/// Whether the archive already holds `file` (stored by the primary, or restored from the
+/// archive in the first place), asked at once and, when it does not yet, again once the
+/// segment arrived `grace` ago: true means nothing is left to do. One HEAD request, or two;
+/// the content is not compared (the primary wrote the same bytes, and checks conflicts itself).
+/// Asking at once spares the wait for segments a standby restored from the archive, which
+/// postgres marks ready with `archive_mode = always` and keeps until they are "archived".
 pub async fn left_to_primary(
     wal: &WalArchive,
     pgdata: &Path,
@@ -41,17 +43,22 @@ pub async fn left_to_primary(
     grace: Duration,
     timeout: Duration,
 ) -> Result<bool, String> {
+    let archived = || async {
+        wal.is_archived(file, deadline_in(timeout))
+            .await
+            .map_err(|e| format!("checking whether the primary archived {file}: {e}"))
+    };
+    if archived().await? {
+        tracing::debug!(wal = %file, "already archived");
+        return Ok(true);
+    }
     let waited = ready_age(pgdata, file.name());
     if waited < grace {
         tokio::time::sleep(grace - waited).await;
-    }
-    let present = wal
-        .archived_among(std::slice::from_ref(file), deadline_in(timeout))
-        .await
-        .map_err(|e| format!("checking whether the primary archived {file}: {e}"))?;
-    if present.contains(file) {
-        tracing::debug!(wal = %file, "archived by the primary");
-        return Ok(true);
+        if archived().await? {
+            tracing::debug!(wal = %file, "archived by the primary");
+            return Ok(true);
+        }
     }
     tracing::warn!(wal = %file, grace_s = grace.as_secs_f64(), "the archive still lacks a segment this standby received: archiving it from the standby");
     Ok(false)
@@ -81,5 +88,49 @@ mod tests {
         std::fs::write(dir.join("standby.signal"), "").unwrap_or_else(|e| panic!("{e}"));
         assert!(is_standby(&dir));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn what_the_archive_holds_costs_no_wait_and_the_rest_waits_the_grace() {
+        use pgsteward_archive::layout::Compression;
+        use pgsteward_archive::store::file::FileStore;
+        use pgsteward_archive::Layout;
+
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = FileStore::new(dir.path().join("store")).unwrap_or_else(|e| panic!("{e}"));
+        let wal = WalArchive::new(
+            std::sync::Arc::new(store),
+            Layout::new("srv"),
+            Compression::Gzip,
+            6,
+        );
+        let pgdata = dir.path().join("data");
+        std::fs::create_dir_all(pgdata.join("pg_wal/archive_status"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let timeout = Duration::from_secs(10);
+        let stored = WalFile::parse("000000010000000000000004").unwrap_or_else(|e| panic!("{e}"));
+        wal.archive(
+            &stored,
+            bytes::Bytes::from_static(b"wal"),
+            deadline_in(timeout),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        // Archived already (a segment restored from the archive): found at once, not after an
+        // hour's grace.
+        let hour = Duration::from_secs(3600);
+        let found = tokio::time::timeout(
+            Duration::from_secs(5),
+            left_to_primary(&wal, &pgdata, &stored, hour, timeout),
+        )
+        .await;
+        assert_eq!(found, Ok(Ok(true)));
+        // Missing: it waits out the grace, then is the standby's to upload.
+        let missing = WalFile::parse("000000010000000000000005").unwrap_or_else(|e| panic!("{e}"));
+        let grace = Duration::from_millis(300);
+        let started = std::time::Instant::now();
+        let left = left_to_primary(&wal, &pgdata, &missing, grace, timeout).await;
+        assert_eq!(left, Ok(false));
+        assert!(started.elapsed() >= grace);
     }
 }

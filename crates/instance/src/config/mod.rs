@@ -421,7 +421,7 @@ pub struct WalArchiveConfig {
     /// (with `archive_mode = on` a standby marks what it receives archived and may remove it);
     /// the price is that a store outage fills the standbys' `pg_wal` as well as the primary's.
     /// A standby uploads a segment only when the archive still lacks it `standby_grace` after
-    /// it arrived (the primary has normally stored it by then): one listing per segment.
+    /// it arrived (the primary has normally stored it by then): one or two HEAD requests per segment.
     pub archive_on_standbys: bool,
     /// See `archive_on_standbys`; at most half of `timeout`.
     #[serde(with = "humantime_serde")]
