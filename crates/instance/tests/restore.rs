@@ -102,28 +102,21 @@ async fn restore_refusals(version: PgVersion) {
 
     // A target before the only backup's end: no backup can reach it.
     let before = "2001-01-01 00:00:00";
-    let instance = target_instance(&source, version, "r-before");
-    let out = restore(&source, &instance, &["--target-time", before]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("end after the target"),
-        "{}",
-        stderr(&out)
+    refused_before_writing(
+        &source,
+        version,
+        "r-before",
+        &["--target-time", before],
+        &["end after the target"],
     );
-    assert!(!instance.pgdata.exists() || is_empty(&instance.pgdata));
     // The same backup named explicitly: the target is before its end.
     let id = backup_id(&source);
-    let instance = target_instance(&source, version, "r-before-id2");
-    let out = restore(
+    refused_before_writing(
         &source,
-        &instance,
+        version,
+        "r-before-id2",
         &["--backup", &id, "--target-time", before],
-    );
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("before the end of backup"),
-        "{}",
-        stderr(&out)
+        &["before the end of backup"],
     );
 
     // A target beyond the archive: postgres ends recovery early; reported plainly.
@@ -151,34 +144,25 @@ async fn restore_refusals(version: PgVersion) {
     };
     let kept = std::fs::read(&lost).unwrap_or_else(|e| panic!("{e}"));
     std::fs::remove_file(&lost).unwrap_or_else(|e| panic!("{e}"));
-    let instance = target_instance(&source, version, "r-gap");
-    let out = restore(&source, &instance, &[]);
-    assert!(
-        !out.status.success(),
-        "a restore over a gap succeeded: {}",
-        stderr(&out)
+    let lost_name = segment_name(&lost);
+    refused_before_writing(
+        &source,
+        version,
+        "r-gap",
+        &[],
+        &["the archive has a gap", &lost_name],
     );
-    assert!(
-        stderr(&out).contains("the archive has a gap")
-            && stderr(&out).contains(&segment_name(&lost)),
-        "{}",
-        stderr(&out)
-    );
-    assert!(!instance.pgdata.exists() || is_empty(&instance.pgdata));
     // `wal check` says the same of the backup, with where a replay would stop.
-    let (code, report) = wal_check(&source);
-    assert_eq!(code, Some(1), "{report}");
-    assert!(
-        report.contains(&format!("backup {id}: restores only up to"))
-            && report.contains(&segment_name(&lost)),
-        "{report}"
+    wal_check_says(
+        &source,
+        1,
+        &[&format!("backup {id}: restores only up to"), &lost_name],
     );
     std::fs::write(&lost, kept).unwrap_or_else(|e| panic!("{e}"));
-    let (code, report) = wal_check(&source);
-    assert_eq!(code, Some(0), "{report}");
-    assert!(
-        report.contains(&format!("backup {id}: restores to the end of the archive")),
-        "{report}"
+    wal_check_says(
+        &source,
+        0,
+        &[&format!("backup {id}: restores to the end of the archive")],
     );
 
     // The backup's own first segment is lost: no restore from it can become consistent. It is
@@ -192,25 +176,17 @@ async fn restore_refusals(version: PgVersion) {
         .clone();
     let kept = std::fs::read(&own).unwrap_or_else(|e| panic!("{e}"));
     std::fs::remove_file(&own).unwrap_or_else(|e| panic!("{e}"));
-    let instance = target_instance(&source, version, "r-own-wal");
-    let out = restore(
+    refused_before_writing(
         &source,
-        &instance,
+        version,
+        "r-own-wal",
         &["--target-lsn", &source.lsn_after_first],
+        &["cannot be restored", &begin],
     );
-    assert!(
-        !out.status.success()
-            && stderr(&out).contains("cannot be restored")
-            && stderr(&out).contains(&begin),
-        "{}",
-        stderr(&out)
-    );
-    assert!(!instance.pgdata.exists() || is_empty(&instance.pgdata));
-    let (code, report) = wal_check(&source);
-    assert_eq!(code, Some(1), "{report}");
-    assert!(
-        report.contains(&format!("backup {id}: cannot be restored")) && report.contains(&begin),
-        "{report}"
+    wal_check_says(
+        &source,
+        1,
+        &[&format!("backup {id}: cannot be restored"), &begin],
     );
     std::fs::write(&own, kept).unwrap_or_else(|e| panic!("{e}"));
 
@@ -317,8 +293,28 @@ fn archived_segments(source: &Source) -> Vec<PathBuf> {
     segments
 }
 
-/// `pgsteward wal check` on the source's archive settings: exit code and output.
-fn wal_check(source: &Source) -> (Option<i32>, String) {
+/// A restore with `args` into a new instance `name` fails, saying each of `expected`, and
+/// leaves the data directory empty.
+fn refused_before_writing(
+    source: &Source,
+    version: PgVersion,
+    name: &str,
+    args: &[&str],
+    expected: &[&str],
+) {
+    let instance = target_instance(source, version, name);
+    let out = restore(source, &instance, args);
+    let said = stderr(&out);
+    assert!(!out.status.success(), "the restore succeeded: {said}");
+    for text in expected {
+        assert!(said.contains(text), "expected {text:?} in: {said}");
+    }
+    assert!(!instance.pgdata.exists() || is_empty(&instance.pgdata));
+}
+
+/// `pgsteward wal check` on the source's archive settings exits `code` and says each of
+/// `expected`.
+fn wal_check_says(source: &Source, code: i32, expected: &[&str]) {
     let pgdata = source.instance.pgdata.display().to_string();
     let out = pgsteward(&["wal", "check", "--pgdata", &pgdata]);
     let report = format!(
@@ -326,7 +322,10 @@ fn wal_check(source: &Source) -> (Option<i32>, String) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    (out.status.code(), report)
+    assert_eq!(out.status.code(), Some(code), "{report}");
+    for text in expected {
+        assert!(report.contains(text), "expected {text:?} in: {report}");
+    }
 }
 
 /// A field of a backup's `backup.info` in the store.
