@@ -140,12 +140,13 @@ fn backup_wal(backup: &BackupInfo) -> Option<(WalFile, Option<WalFile>, u64)> {
 /// first WAL segment).
 pub fn assess(archived: &[WalFile], backup: &BackupInfo) -> Option<Replay> {
     let (begin, end, segment_bytes) = backup_wal(backup)?;
-    let (missing, last) = missing_after_backup(archived, &begin, end.as_ref(), segment_bytes);
-    let own_end = end.as_ref().unwrap_or(&begin);
+    // Without a recorded last segment, at least its first must be there.
+    let own_end = end.unwrap_or_else(|| begin.clone());
+    let (missing, last) = missing_after_backup(archived, &begin, Some(&own_end), segment_bytes);
     let own: Vec<String> = missing
         .iter()
         .flat_map(|(_, names)| names)
-        .filter(|name| name.get(8..24).is_some_and(|p| p <= position(own_end)))
+        .filter(|name| name.get(8..24).is_some_and(|p| p <= position(&own_end)))
         .cloned()
         .collect();
     if !own.is_empty() {
@@ -452,6 +453,17 @@ mod tests {
         assert!(refusal(&taken, &replay, true).is_some_and(|m| m.contains("has a gap")));
         let lacking = assess(&no_first, &taken).unwrap_or_else(|| panic!("no assessment"));
         assert!(refusal(&taken, &lacking, false).is_some_and(|m| m.contains("cannot be restored")));
+        // A backup that records no last segment needs at least its first.
+        let mut no_end = BackupInfo::new("20261207T100000");
+        no_end
+            .set("begin_wal", "000000010000000000000004")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            assess(&no_first, &no_end),
+            Some(Replay::LacksOwnWal {
+                missing: vec!["000000010000000000000004".to_owned()]
+            })
+        );
         // A backup naming no first segment cannot be assessed.
         assert_eq!(assess(&whole, &BackupInfo::new("20261207T100000")), None);
     }
