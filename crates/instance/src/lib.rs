@@ -30,4 +30,5 @@ pub mod state;
 pub mod status;
 pub mod status_cmd;
 pub mod supervisor;
+pub mod wal_check_task;
 pub mod wal_cmd;

@@ -51,6 +51,8 @@ pub struct Metrics {
     pub replication: crate::replication::metrics::ReplicationMetrics,
     /// Restore drills.
     pub drill: DrillMetrics,
+    /// Scheduled archive checks.
+    pub wal_check: crate::wal_check_task::WalCheckMetrics,
     /// HA checks and self-fencing.
     pub ha: crate::ha::metrics::HaMetrics,
 }
@@ -265,6 +267,7 @@ impl Metrics {
             manager_state.with_label_values(&[state.as_str()]).set(0.0);
         }
         let drill = DrillMetrics::new(namespace, &registry)?;
+        let wal_check = crate::wal_check_task::WalCheckMetrics::register(&registry, namespace)?;
         let databases = crate::database_metrics::DatabaseMetrics::register(&registry, namespace)?;
         let ha = crate::ha::metrics::HaMetrics::register(&registry, namespace)?;
         Ok(Metrics {
@@ -295,6 +298,7 @@ impl Metrics {
             retention,
             replication,
             drill,
+            wal_check,
             ha,
         })
     }

@@ -205,6 +205,7 @@ async fn manage(config: Config, sources: ConfigSources, os_user: String) -> Resu
     }
     start_archiver(&shared, &reaper, &config).await?;
     crate::retention_task::spawn(shared.clone());
+    crate::wal_check_task::spawn(shared.clone());
     crate::logs::pg_tail::spawn(pgdata.clone());
     crate::supervisor::reload::spawn_file_watcher(shared.clone());
     crate::drill::schedule::spawn(shared.clone(), reaper.clone());

@@ -2,7 +2,9 @@
 //! barman-cloud backups: `bootstrap.method: recovery` (point-in-time recovery into an empty
 //! data directory before the first start; a target beyond the archive fails the start), and
 //! restore drills (`archive.drill.interval` in the manager, `pgsteward drill` on the command
-//! line; a corrupted backup object fails the drill and everything is cleaned up).
+//! line; a corrupted backup object fails the drill and everything is cleaned up), and the
+//! scheduled archive check (a segment deleted from the archive is counted, alerted on and
+//! cleared once it is back).
 
 mod common;
 #[path = "support/pitr.rs"]
@@ -233,6 +235,79 @@ async fn drills_check_backups_and_report_corruption(version: PgVersion) {
     assert_eq!(manager.wait_exit(EXIT).await, 0);
 }
 
+async fn archive_checks_see_a_hole_before_any_restore(version: PgVersion) {
+    // The manager checks the archive every second.
+    let source = source_with(version, &["--set=archive.wal.check_interval=1s"], |_| {
+        Vec::new()
+    })
+    .await;
+    let prometheus = pgsteward_testkit::prometheus::Prometheus::start(
+        &[format!("127.0.0.1:{}", source.instance.metrics_port)],
+        &[alert_rules("pgsteward-alerts.yaml")],
+    )
+    .await;
+    let missing = || async {
+        let metrics = source.instance.metrics();
+        metric(&metrics, "pgsteward_wal_archive_path_missing_segments").await
+    };
+    wait_for("a check that finds the archive whole", READY, || async {
+        let metrics = source.instance.metrics();
+        let checked = metric(
+            &metrics,
+            "pgsteward_wal_archive_last_check_timestamp_seconds",
+        )
+        .await?;
+        (checked > 0.0 && missing().await? == 0.0).then_some(())
+    })
+    .await;
+    prometheus
+        .wait_alert("PgstewardWalArchiveHole", "inactive", READY)
+        .await;
+
+    // Two more segments after the backup, the first of them lost from the archive.
+    for _ in 0..2 {
+        sql(&source.instance, "INSERT INTO t VALUES ('later'); SELECT 1").await;
+        switch_and_wait_archived(&source.instance, &source.s3).await;
+    }
+    let segments = archived_segments(&source);
+    let lost = match segments.as_slice() {
+        [.., lost, _] => lost.clone(),
+        _ => panic!("fewer than two archived segments: {segments:?}"),
+    };
+    let kept = std::fs::read(&lost).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::remove_file(&lost).unwrap_or_else(|e| panic!("{e}"));
+    wait_for("the check to count the hole", READY, || async {
+        (missing().await? == 1.0).then_some(())
+    })
+    .await;
+    prometheus
+        .wait_alert("PgstewardWalArchiveHole", "firing", READY)
+        .await;
+    let name = segment_name(&lost);
+    let log = source.manager.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("the archive lacks WAL a restore") && l.contains(&name)),
+        "{log}"
+    );
+
+    // Put back (a bucket version, another copy): the next check clears it.
+    std::fs::write(&lost, kept).unwrap_or_else(|e| panic!("{e}"));
+    wait_for(
+        "the check to see the archive whole again",
+        READY,
+        || async { (missing().await? == 0.0).then_some(()) },
+    )
+    .await;
+    prometheus
+        .wait_alert("PgstewardWalArchiveHole", "inactive", READY)
+        .await;
+    let mut manager = source.manager;
+    manager.signal(Signal::SIGTERM).await;
+    assert_eq!(manager.wait_exit(EXIT).await, 0);
+}
+
 for_each_version!(manager_bootstraps_by_point_in_time_recovery);
+for_each_version!(archive_checks_see_a_hole_before_any_restore);
 for_each_version!(manager_bootstraps_a_standby_that_streams);
 for_each_version!(drills_check_backups_and_report_corruption);

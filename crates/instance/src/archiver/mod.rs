@@ -130,6 +130,11 @@ impl Archiver {
         &self.settings
     }
 
+    /// The data directory whose `pg_wal` this archiver archives.
+    pub fn pgdata(&self) -> &Path {
+        &self.pgdata
+    }
+
     /// WAL segment size of the cluster.
     pub fn segment_bytes(&self) -> u64 {
         self.prefetch.segment_bytes()

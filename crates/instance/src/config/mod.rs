@@ -426,6 +426,11 @@ pub struct WalArchiveConfig {
     /// See `archive_on_standbys`; at most half of `timeout`.
     #[serde(with = "humantime_serde")]
     pub standby_grace: Duration,
+    /// How often the primary checks that a restore from the newest finished backup would
+    /// reach the end of the archive (`wal_archive_path_missing_segments`): one listing of the
+    /// archive and of the backups each time.
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
 }
 
 impl Default for WalArchiveConfig {
@@ -438,6 +443,7 @@ impl Default for WalArchiveConfig {
             timeout: Duration::from_secs(60),
             archive_on_standbys: false,
             standby_grace: Duration::from_secs(20),
+            check_interval: Duration::from_secs(3600),
         }
     }
 }

@@ -195,6 +195,9 @@ fn check_archive(problems: &mut Vec<String>, config: &Config) {
     if archive.wal.timeout < std::time::Duration::from_secs(1) {
         problems.push("archive.wal.timeout: must be at least 1s".to_owned());
     }
+    if archive.wal.check_interval < std::time::Duration::from_secs(1) {
+        problems.push("archive.wal.check_interval: must be at least 1s".to_owned());
+    }
     if archive.wal.archive_on_standbys && archive.wal.standby_grace * 2 > archive.wal.timeout {
         problems.push(format!(
             "archive.wal.standby_grace: {} must be at most half of archive.wal.timeout ({}): a standby's archive_command waits through it",

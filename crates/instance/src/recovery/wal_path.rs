@@ -54,7 +54,7 @@ pub fn missing_after_backup(
     begin: &WalFile,
     end: Option<&WalFile>,
     segment_bytes: u64,
-) -> (Vec<(u32, Vec<String>)>, Option<WalFile>) {
+) -> (Holes, Option<WalFile>) {
     let first_timeline = begin.timeline();
     let mut by_timeline: std::collections::BTreeMap<u32, Vec<&WalFile>> = Default::default();
     for file in archived.iter().filter(|f| {
@@ -71,7 +71,7 @@ pub fn missing_after_backup(
         .values()
         .map(|files| files.first().map(|f| position(f)))
         .collect();
-    let mut missing: Vec<(u32, Vec<String>)> = Vec::new();
+    let mut missing: Holes = Vec::new();
     let mut expected = Some(begin.clone());
     let mut last: Option<WalFile> = None;
     for (index, (timeline, files)) in by_timeline.iter().enumerate() {
@@ -136,13 +136,49 @@ fn backup_wal(backup: &BackupInfo) -> Option<(WalFile, Option<WalFile>, u64)> {
     Some((begin, end, backup.segment_size().unwrap_or(16 << 20)))
 }
 
-/// How a replay from `backup` to the end of `archived` would go (None when the backup names no
+/// Segment names missing from the archive, by timeline.
+pub type Holes = Vec<(u32, Vec<String>)>;
+
+/// The replay path from one backup to the end of the archive, walked.
+struct Walk {
+    missing: Holes,
+    /// The last archived segment on the path.
+    last: Option<WalFile>,
+    /// The backup's last segment (its first when it records none).
+    own_end: WalFile,
+    segment_bytes: u64,
+}
+
+/// Walk the replay path from `backup` to the end of `archived` (None when the backup names no
 /// first WAL segment).
-pub fn assess(archived: &[WalFile], backup: &BackupInfo) -> Option<Replay> {
+fn walk(archived: &[WalFile], backup: &BackupInfo) -> Option<Walk> {
     let (begin, end, segment_bytes) = backup_wal(backup)?;
     // Without a recorded last segment, at least its first must be there.
     let own_end = end.unwrap_or_else(|| begin.clone());
     let (missing, last) = missing_after_backup(archived, &begin, Some(&own_end), segment_bytes);
+    Some(Walk {
+        missing,
+        last,
+        own_end,
+        segment_bytes,
+    })
+}
+
+/// The segments a replay from `backup` to the end of `archived` would miss, by timeline
+/// (empty when it would work; None when the backup names no first WAL segment).
+pub fn path_holes(archived: &[WalFile], backup: &BackupInfo) -> Option<Holes> {
+    walk(archived, backup).map(|w| w.missing)
+}
+
+/// How a replay from `backup` to the end of `archived` would go (None when the backup names no
+/// first WAL segment).
+pub fn assess(archived: &[WalFile], backup: &BackupInfo) -> Option<Replay> {
+    let Walk {
+        missing,
+        last,
+        own_end,
+        segment_bytes,
+    } = walk(archived, backup)?;
     let own: Vec<String> = missing
         .iter()
         .flat_map(|(_, names)| names)

@@ -307,3 +307,82 @@ pub fn drill(source: &Source, scratch: &Path) -> (serde_json::Value, Output) {
         .unwrap_or_else(|e| panic!("no drill report in {stdout}: {e}"));
     (report, out)
 }
+
+/// The source's archived segment objects (not history, backup or partial files), in order.
+pub fn archived_segments(source: &Source) -> Vec<PathBuf> {
+    let wals = source.s3.object_path(&format!("{PREFIX}/{SOURCE}/wals"));
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(&wals)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .flat_map(|dir| {
+            std::fs::read_dir(dir.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.len() == "000000010000000000000001.gz".len())
+        })
+        .collect();
+    segments.sort();
+    segments
+}
+
+/// A restore with `args` into a new instance `name` fails, saying each of `expected`, and
+/// leaves the data directory empty.
+pub fn refused_before_writing(
+    source: &Source,
+    version: PgVersion,
+    name: &str,
+    args: &[&str],
+    expected: &[&str],
+) {
+    let instance = target_instance(source, version, name);
+    let out = restore(source, &instance, args);
+    let said = stderr(&out);
+    assert!(!out.status.success(), "the restore succeeded: {said}");
+    for text in expected {
+        assert!(said.contains(text), "expected {text:?} in: {said}");
+    }
+    assert!(!instance.pgdata.exists() || is_empty(&instance.pgdata));
+}
+
+/// `pgsteward wal check` on the source's archive settings exits `code` and says each of
+/// `expected`.
+pub fn wal_check_says(source: &Source, code: i32, expected: &[&str]) {
+    let pgdata = source.instance.pgdata.display().to_string();
+    let out = pgsteward(&["wal", "check", "--pgdata", &pgdata]);
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(code), "{report}");
+    for text in expected {
+        assert!(report.contains(text), "expected {text:?} in: {report}");
+    }
+}
+
+/// A field of a backup's `backup.info` in the store.
+pub fn backup_field(source: &Source, id: &str, key: &str) -> String {
+    let info = source
+        .s3
+        .object_path(&format!("{PREFIX}/{SOURCE}/base/{id}/backup.info"));
+    let text = std::fs::read_to_string(&info).unwrap_or_else(|e| panic!("{}: {e}", info.display()));
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key} in {text}"))
+        .to_owned()
+}
+
+/// The WAL file name of a segment object.
+pub fn segment_name(object: &Path) -> String {
+    object
+        .file_name()
+        .map(|n| n.to_string_lossy().trim_end_matches(".gz").to_owned())
+        .unwrap_or_default()
+}

@@ -1,0 +1,210 @@
+//! The primary's scheduled archive check: every `archive.wal.check_interval` (read afresh each
+//! time), when postgres runs and is not in recovery, the manager lists its archive and
+//! follows the replay path of the newest finished backup (`recovery::wal_path`): the
+//! segments a restore from it to the end of the archive would miss, less those this primary
+//! still holds `.ready` (not lost: the backlog, which its own alerts cover), become
+//! `wal_archive_path_missing_segments`, logged by name. A hole (archiving off for a while, a
+//! segment deleted or marked done by hand, a lifecycle rule on the bucket) is then seen within
+//! the interval, not at the next drill or the next real restore.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgsteward_api::InstanceState;
+use pgsteward_archive::wal::deadline_in;
+use pgsteward_archive::WalFile;
+use pgsteward_backup::catalog::Catalog;
+use pgsteward_backup::info::{BackupInfo, BackupStatus};
+use prometheus::{Gauge, IntCounter, IntGauge, Opts, Registry};
+
+use crate::archiver::Archiver;
+use crate::recovery::wal_path;
+use crate::supervisor::shared::Shared;
+
+/// Metrics of the scheduled archive checks.
+#[derive(Clone)]
+pub struct WalCheckMetrics {
+    /// Segments the newest finished backup's replay path misses (0: a restore to the end of
+    /// the archive works).
+    pub missing: IntGauge,
+    /// When a check last completed (seconds since the epoch).
+    pub last_check: Gauge,
+    pub errors: IntCounter,
+}
+
+impl WalCheckMetrics {
+    pub fn register(registry: &Registry, namespace: &str) -> prometheus::Result<Self> {
+        let opts = |name: &str, help: &str| Opts::new(name, help).namespace(namespace.to_owned());
+        let metrics = WalCheckMetrics {
+            missing: IntGauge::with_opts(opts(
+                "wal_archive_path_missing_segments",
+                "WAL segments a restore from the newest finished backup to the end of the archive would miss (not counting segments still waiting to be archived); 0 when it would work",
+            ))?,
+            last_check: Gauge::with_opts(opts(
+                "wal_archive_last_check_timestamp_seconds",
+                "When the scheduled archive check last completed (seconds since the epoch)",
+            ))?,
+            errors: IntCounter::with_opts(opts(
+                "wal_archive_check_errors_total",
+                "Scheduled archive checks that failed (store errors, unreadable catalog)",
+            ))?,
+        };
+        registry.register(Box::new(metrics.missing.clone()))?;
+        registry.register(Box::new(metrics.last_check.clone()))?;
+        registry.register(Box::new(metrics.errors.clone()))?;
+        Ok(metrics)
+    }
+}
+
+/// The segments of `missing` (by timeline) this data directory does not still hold `.ready`.
+fn lost(missing: &wal_path::Holes, pgdata: &Path) -> Vec<String> {
+    let status = pgdata.join("pg_wal/archive_status");
+    let ready: HashSet<String> = std::fs::read_dir(&status)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".ready"))
+                .map(str::to_owned)
+        })
+        .collect();
+    missing
+        .iter()
+        .flat_map(|(_, names)| names)
+        .filter(|name| !ready.contains(*name))
+        .cloned()
+        .collect()
+}
+
+/// The newest finished backup that names its first WAL segment.
+fn newest_done(backups: Vec<pgsteward_backup::catalog::CatalogEntry>) -> Option<BackupInfo> {
+    backups
+        .into_iter()
+        .rev()
+        .filter_map(|entry| entry.info.ok())
+        .find(|info| matches!(info.status(), Ok(BackupStatus::Done)) && info.begin_wal().is_some())
+}
+
+/// The segments a restore from the newest finished backup would miss, less those still
+/// `.ready` here, and that backup's id (None without a finished backup).
+async fn check(
+    archiver: &Archiver,
+    timeout: Duration,
+) -> anyhow::Result<Option<(String, Vec<String>)>> {
+    let wal = archiver.wal();
+    let catalog = Catalog::new(wal.store().clone(), &archiver.settings().server_name);
+    let Some(backup) = newest_done(catalog.list().await?) else {
+        return Ok(None);
+    };
+    let archived: Vec<WalFile> = wal
+        .list(deadline_in(timeout))
+        .await?
+        .into_iter()
+        .map(|(file, _)| file)
+        .collect();
+    let missing = wal_path::path_holes(&archived, &backup).unwrap_or_default();
+    Ok(Some((
+        backup.backup_id().to_owned(),
+        lost(&missing, archiver.pgdata()),
+    )))
+}
+
+/// Start the schedule (a no-op without an archive).
+pub fn spawn(shared: Arc<Shared>) {
+    let Some(archiver) = shared.archiver.get().cloned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            let interval = shared
+                .config()
+                .archive
+                .wal
+                .check_interval
+                .max(Duration::from_secs(1));
+            tokio::time::sleep(interval).await;
+            run_once(&shared, &archiver).await;
+        }
+    });
+}
+
+async fn run_once(shared: &Shared, archiver: &Archiver) {
+    let metrics = &shared.metrics.wal_check;
+    let in_recovery = if shared.state.current() == InstanceState::Running {
+        crate::pgconn::probe(&shared.target(), Duration::from_secs(10))
+            .await
+            .map(|facts| facts.in_recovery)
+            .map_err(|e| format!("{e:#}"))
+    } else {
+        Ok(false)
+    };
+    if let Err(skip) = crate::retention_task::may_run(shared.state.current(), in_recovery) {
+        tracing::debug!(?skip, "archive check skipped");
+        return;
+    }
+    let timeout = shared
+        .config()
+        .archive
+        .wal
+        .timeout
+        .max(Duration::from_secs(60));
+    match check(archiver, timeout).await {
+        Ok(found) => {
+            let missing = found.as_ref().map_or(0, |(_, names)| names.len());
+            metrics.missing.set(missing as i64);
+            metrics
+                .last_check
+                .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+            match found {
+                Some((backup, names)) if !names.is_empty() => tracing::error!(
+                    backup,
+                    missing = names.len(),
+                    segments = %names.iter().take(10).cloned().collect::<Vec<_>>().join(", "),
+                    "the archive lacks WAL a restore from the newest backup needs: a restore to the end would stop there (`pgsteward wal check`)"
+                ),
+                Some((backup, _)) => {
+                    tracing::debug!(
+                        backup,
+                        "archive check: the newest backup restores to the end"
+                    )
+                }
+                None => tracing::debug!("archive check: no finished backup yet"),
+            }
+        }
+        Err(e) => {
+            metrics.errors.inc();
+            tracing::error!(error = %format!("{e:#}"), "archive check failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_still_ready_here_are_not_lost() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let status = dir.path().join("pg_wal/archive_status");
+        std::fs::create_dir_all(&status).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(status.join("000000010000000000000006.ready"), "")
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(status.join("000000010000000000000005.done"), "")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let missing = vec![(
+            1,
+            vec![
+                "000000010000000000000005".to_owned(),
+                "000000010000000000000006".to_owned(),
+            ],
+        )];
+        assert_eq!(
+            lost(&missing, dir.path()),
+            vec!["000000010000000000000005".to_owned()]
+        );
+    }
+}
