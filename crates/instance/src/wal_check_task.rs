@@ -23,6 +23,9 @@ use crate::archiver::Archiver;
 use crate::recovery::wal_path;
 use crate::supervisor::shared::Shared;
 
+/// How long one check's listing of the archive may take, retries included.
+const LIST_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// Metrics of the scheduled archive checks.
 #[derive(Clone)]
 pub struct WalCheckMetrics {
@@ -146,13 +149,9 @@ async fn run_once(shared: &Shared, archiver: &Archiver) {
         tracing::debug!(?skip, "archive check skipped");
         return;
     }
-    let timeout = shared
-        .config()
-        .archive
-        .wal
-        .timeout
-        .max(Duration::from_secs(60));
-    match check(archiver, timeout).await {
+    // Listing a large archive takes a request per thousand objects: a generous bound, not
+    // the per-segment call's.
+    match check(archiver, LIST_TIMEOUT).await {
         Ok(found) => {
             let missing = found.as_ref().map_or(0, |(_, names)| names.len());
             metrics.missing.set(missing as i64);
