@@ -177,13 +177,17 @@ pub struct BackupTakeArgs {
 pub enum WalCommand {
     /// List archived WAL files.
     List(WalTarget),
-    /// Report gaps in the archived segments of each timeline (exit 1 when there are some).
+    /// Report gaps in the archived segments of each timeline, and whether each finished
+    /// backup restores to the end of the archive (exit 1 when something is missing).
     Check {
         #[command(flatten)]
         target: WalTarget,
         /// WAL segment size in MB.
         #[arg(long, default_value_t = 16)]
         segment_size_mb: u64,
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -337,10 +341,12 @@ pub fn dispatch(cli: Cli) -> i32 {
         Command::Wal(WalCommand::Check {
             target,
             segment_size_mb,
-        }) => crate::wal_cmd::check(
+            json,
+        }) => crate::wal_check_cmd::check(
             target.pgdata.as_deref(),
             target.config.as_deref(),
             segment_size_mb,
+            json,
         ),
         Command::Archiver {
             pgdata,

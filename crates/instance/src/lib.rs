@@ -30,5 +30,6 @@ pub mod state;
 pub mod status;
 pub mod status_cmd;
 pub mod supervisor;
+pub mod wal_check_cmd;
 pub mod wal_check_task;
 pub mod wal_cmd;

@@ -2,23 +2,19 @@
 //! (restore_command), and `wal list|check` for operators. The first two ask the manager over
 //! its socket and do the work themselves when no manager answers; their inputs are checked
 //! before anything touches storage: a WAL file name, and paths inside the data directory.
-//! `wal check` also says, for every finished backup, whether it restores to the archive's end.
+//! `wal check` is in `wal_check_cmd`.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use pgsteward_archive::{ArchiveOutcome, RestoreOutcome, WalArchive, WalFile, WalKind};
-use pgsteward_backup::catalog::Catalog;
-use pgsteward_backup::info::BackupStatus;
 use tokio::time::Instant;
 
 use crate::archiver::protocol::{self, CallError, Request};
 use crate::archiver::settings::ArchiveSettings;
 use crate::archiver::{destination, paths, standby};
-use crate::recovery::wal_path::{self, Replay};
 
 fn block_on<F: std::future::Future<Output = i32>>(future: F) -> i32 {
     crate::cli::block_on("wal", crate::cli::CommandRuntime::CurrentThread, future)
@@ -221,96 +217,6 @@ pub fn gaps(names: &[WalFile], segment_bytes: u64) -> Vec<(u32, Vec<String>)> {
         }
     }
     out
-}
-
-/// `pgsteward wal check`: gaps per timeline, then for every finished backup of the catalog in
-/// the same place whether a restore from it reaches the end of the archive (its own WAL is
-/// there and no gap stops the replay, timeline switches included). Exit 1 when a timeline has
-/// gaps or a finished backup does not restore to the end, 2 when the check itself failed.
-pub fn check(pgdata: Option<&Path>, config: Option<&Path>, segment_mb: u64) -> i32 {
-    block_on(async {
-        match check_inner(pgdata, config, segment_mb).await {
-            Ok(true) => 0,
-            Ok(false) => 1,
-            Err(e) => {
-                eprintln!("pgsteward wal check: ERROR: {e:#}");
-                2
-            }
-        }
-    })
-}
-
-async fn check_inner(
-    pgdata: Option<&Path>,
-    config: Option<&Path>,
-    segment_mb: u64,
-) -> Result<bool> {
-    let settings = operator_settings(pgdata, config)?;
-    let wal = settings.open().await?;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let files: Vec<WalFile> = wal
-        .list(deadline)
-        .await?
-        .into_iter()
-        .map(|(f, _)| f)
-        .collect();
-    let found = gaps(&files, segment_mb << 20);
-    let timelines: std::collections::BTreeSet<u32> = files.iter().map(WalFile::timeline).collect();
-    println!(
-        "{}: {} files on timeline(s) {:?}",
-        wal.store().describe(),
-        files.len(),
-        timelines
-    );
-    for (timeline, missing) in &found {
-        println!(
-            "timeline {timeline}: {} missing segment(s): {}",
-            missing.len(),
-            missing
-                .iter()
-                .take(20)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
-    let catalog = Catalog::new(Arc::clone(wal.store()), &settings.server_name);
-    let backups = catalog
-        .list()
-        .await
-        .context("listing the backups beside the WAL")?;
-    let mut restorable = true;
-    for entry in &backups {
-        let line = match &entry.info {
-            Err(e) => format!("unreadable backup.info ({e}), not checked"),
-            Ok(info) => match info.status() {
-                Ok(BackupStatus::Done) => match wal_path::assess(&files, info) {
-                    Some(replay) => {
-                        restorable &= matches!(replay, Replay::Whole { .. });
-                        replay.summary()
-                    }
-                    None => "names no first WAL segment, not checked".to_owned(),
-                },
-                Ok(status) => format!("{}, not checked", status.as_str()),
-                Err(e) => format!("{e}, not checked"),
-            },
-        };
-        println!("backup {}: {line}", entry.backup_id);
-    }
-    if backups.is_empty() {
-        println!("no backups in {}/base", settings.server_name);
-    }
-    if found.is_empty() && restorable {
-        println!(
-            "no gaps{}",
-            if backups.is_empty() {
-                ""
-            } else {
-                "; every finished backup restores to the end of the archive"
-            }
-        );
-    }
-    Ok(found.is_empty() && restorable)
 }
 
 #[cfg(test)]

@@ -156,11 +156,26 @@ async fn restore_refusals(version: PgVersion) {
         1,
         &[&format!("backup {id}: restores only up to"), &lost_name],
     );
+    let (code, backup) = wal_check_json(&source, &id);
+    assert_eq!(code, Some(1));
+    assert_eq!(backup["restore"], "up_to_gap", "{backup}");
+    assert!(
+        backup["missing"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|n| n == lost_name.as_str())),
+        "{backup}"
+    );
     std::fs::write(&lost, kept).unwrap_or_else(|e| panic!("{e}"));
     wal_check_says(
         &source,
         0,
         &[&format!("backup {id}: restores to the end of the archive")],
+    );
+    let (code, backup) = wal_check_json(&source, &id);
+    assert_eq!(
+        (code, &backup["restore"]),
+        (Some(0), &"to_end".into()),
+        "{backup}"
     );
 
     // The backup's own first segment is lost: no restore from it can become consistent. It is
@@ -186,6 +201,8 @@ async fn restore_refusals(version: PgVersion) {
         1,
         &[&format!("backup {id}: cannot be restored"), &begin],
     );
+    let (_, backup) = wal_check_json(&source, &id);
+    assert_eq!(backup["restore"], "impossible", "{backup}");
     std::fs::write(&own, kept).unwrap_or_else(|e| panic!("{e}"));
 
     // A damaged segment (the last one): restoring the whole archive fails in the replay,

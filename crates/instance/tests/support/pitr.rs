@@ -367,6 +367,22 @@ pub fn wal_check_says(source: &Source, code: i32, expected: &[&str]) {
     }
 }
 
+/// `pgsteward wal check --json` on the source's archive settings: exit code and the report of
+/// the backup `id`.
+pub fn wal_check_json(source: &Source, id: &str) -> (Option<i32>, serde_json::Value) {
+    let pgdata = source.instance.pgdata.display().to_string();
+    let out = pgsteward(&["wal", "check", "--json", "--pgdata", &pgdata]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let report: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+    let backup = report["backups"]
+        .as_array()
+        .and_then(|all| all.iter().find(|b| b["backup_id"] == id).cloned())
+        .unwrap_or_else(|| panic!("no backup {id} in {report}"));
+    assert_eq!(report["ok"], out.status.code() == Some(0), "{report}");
+    (out.status.code(), backup)
+}
+
 /// A field of a backup's `backup.info` in the store.
 pub fn backup_field(source: &Source, id: &str, key: &str) -> String {
     let info = source

@@ -1,0 +1,219 @@
+//! `pgsteward wal check [--json]`: the archived segments' gaps per timeline, then for every
+//! finished backup of the catalog in the same place whether a restore from it reaches the end
+//! of the archive (its own WAL is there and no gap stops the replay, timeline switches
+//! included; `recovery::wal_path`). Text for people, `--json` for scripts; the exit code is the
+//! same: 0 when all is whole, 1 when a timeline has gaps or a finished backup does not restore
+//! to the end, 2 when the check itself failed.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use pgsteward_archive::WalFile;
+use pgsteward_backup::catalog::Catalog;
+use pgsteward_backup::info::BackupStatus;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use crate::recovery::wal_path::{self, Replay};
+use crate::wal_cmd::{gaps, operator_settings};
+
+/// What one backup's line says.
+struct BackupLine {
+    backup_id: String,
+    status: String,
+    /// None when the backup was not checked (unfinished, unreadable, no first segment).
+    replay: Option<Replay>,
+    text: String,
+}
+
+/// Everything the check found.
+struct Report {
+    destination: String,
+    server: String,
+    files: usize,
+    timelines: Vec<u32>,
+    gaps: Vec<(u32, Vec<String>)>,
+    backups: Vec<BackupLine>,
+}
+
+impl Report {
+    fn ok(&self) -> bool {
+        self.gaps.is_empty()
+            && self.backups.iter().all(|b| {
+                b.replay
+                    .as_ref()
+                    .is_none_or(|r| matches!(r, Replay::Whole { .. }))
+            })
+    }
+
+    fn print_text(&self) {
+        println!(
+            "{}: {} files on timeline(s) {:?}",
+            self.destination,
+            self.files,
+            self.timelines
+                .iter()
+                .collect::<std::collections::BTreeSet<_>>()
+        );
+        for (timeline, missing) in &self.gaps {
+            println!(
+                "timeline {timeline}: {} missing segment(s): {}",
+                missing.len(),
+                missing
+                    .iter()
+                    .take(20)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        for line in &self.backups {
+            println!("backup {}: {}", line.backup_id, line.text);
+        }
+        if self.backups.is_empty() {
+            println!("no backups in {}/base", self.server);
+        }
+        if self.ok() {
+            println!(
+                "no gaps{}",
+                if self.backups.is_empty() {
+                    ""
+                } else {
+                    "; every finished backup restores to the end of the archive"
+                }
+            );
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        let backups: Vec<Value> = self
+            .backups
+            .iter()
+            .map(|line| {
+                let mut entry = json!({
+                    "backup_id": line.backup_id,
+                    "status": line.status,
+                    "summary": line.text,
+                });
+                entry["restore"] = match &line.replay {
+                    None => json!("not_checked"),
+                    Some(Replay::Whole { last }) => {
+                        entry["last_segment"] = json!(last);
+                        json!("to_end")
+                    }
+                    Some(Replay::EndsAtGap {
+                        first_gap,
+                        stops_at,
+                        ..
+                    }) => {
+                        entry["stops_at_lsn"] = json!(stops_at.to_string());
+                        entry["missing"] = json!(first_gap);
+                        json!("up_to_gap")
+                    }
+                    Some(Replay::LacksOwnWal { missing }) => {
+                        entry["missing"] = json!(missing);
+                        json!("impossible")
+                    }
+                };
+                entry
+            })
+            .collect();
+        json!({
+            "destination": self.destination,
+            "server_name": self.server,
+            "files": self.files,
+            "timelines": self.timelines,
+            "gaps": self.gaps.iter().map(|(timeline, missing)| json!({
+                "timeline": timeline,
+                "missing": missing,
+            })).collect::<Vec<_>>(),
+            "backups": backups,
+            "ok": self.ok(),
+        })
+    }
+}
+
+/// `pgsteward wal check`.
+pub fn check(pgdata: Option<&Path>, config: Option<&Path>, segment_mb: u64, as_json: bool) -> i32 {
+    crate::cli::block_on("wal", crate::cli::CommandRuntime::CurrentThread, async {
+        match report(pgdata, config, segment_mb).await {
+            Ok(report) => {
+                if as_json {
+                    println!("{}", report.to_json());
+                } else {
+                    report.print_text();
+                }
+                if report.ok() {
+                    0
+                } else {
+                    1
+                }
+            }
+            Err(e) => {
+                eprintln!("pgsteward wal check: ERROR: {e:#}");
+                2
+            }
+        }
+    })
+}
+
+async fn report(pgdata: Option<&Path>, config: Option<&Path>, segment_mb: u64) -> Result<Report> {
+    let settings = operator_settings(pgdata, config)?;
+    let wal = settings.open().await?;
+    let files: Vec<WalFile> = wal
+        .list(Instant::now() + Duration::from_secs(600))
+        .await?
+        .into_iter()
+        .map(|(f, _)| f)
+        .collect();
+    let timelines: std::collections::BTreeSet<u32> = files.iter().map(WalFile::timeline).collect();
+    let catalog = Catalog::new(Arc::clone(wal.store()), &settings.server_name);
+    let entries = catalog
+        .list()
+        .await
+        .context("listing the backups beside the WAL")?;
+    let backups = entries
+        .iter()
+        .map(|entry| {
+            let (status, replay, text) = match &entry.info {
+                Err(e) => (
+                    "UNREADABLE".to_owned(),
+                    None,
+                    format!("unreadable backup.info ({e}), not checked"),
+                ),
+                Ok(info) => match info.status() {
+                    Ok(BackupStatus::Done) => match wal_path::assess(&files, info) {
+                        Some(replay) => ("DONE".to_owned(), Some(replay.clone()), replay.summary()),
+                        None => (
+                            "DONE".to_owned(),
+                            None,
+                            "names no first WAL segment, not checked".to_owned(),
+                        ),
+                    },
+                    Ok(status) => (
+                        status.as_str().to_owned(),
+                        None,
+                        format!("{}, not checked", status.as_str()),
+                    ),
+                    Err(e) => ("UNKNOWN".to_owned(), None, format!("{e}, not checked")),
+                },
+            };
+            BackupLine {
+                backup_id: entry.backup_id.clone(),
+                status,
+                replay,
+                text,
+            }
+        })
+        .collect();
+    Ok(Report {
+        destination: wal.store().describe(),
+        server: settings.server_name.clone(),
+        files: files.len(),
+        timelines: timelines.into_iter().collect(),
+        gaps: gaps(&files, segment_mb << 20),
+        backups,
+    })
+}
