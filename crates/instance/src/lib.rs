@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod pgbin;
 pub mod pgconn;
 pub mod pgdata;
+pub mod primary_schedule;
 pub mod privileges;
 pub mod recovery;
 pub mod replication;

@@ -2,55 +2,25 @@
 //! time, so a reload applies), when `archive.retention_policy` is set, postgres runs and is
 //! not in recovery, the manager applies the policy to its archive's catalog with
 //! barman-cloud-backup-delete's semantics, logs the summary and updates the retention
-//! metrics. One task per manager, so runs never overlap; standbys never delete.
+//! metrics. Scheduled by `primary_schedule`: runs never overlap; standbys never delete.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::Utc;
-use pgsteward_api::InstanceState;
 use pgsteward_backup::catalog::Catalog;
 use pgsteward_backup::retention::{run_retention, ApplyOptions, RetentionPolicy};
 
 use crate::archiver::Archiver;
+use crate::primary_schedule;
 use crate::supervisor::shared::Shared;
-
-/// Why a scheduled run did nothing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Skip {
-    NotRunning(InstanceState),
-    Standby,
-    Unreachable(String),
-}
-
-/// Whether retention may run on an instance in `state` whose postgres reports `in_recovery`.
-pub fn may_run(state: InstanceState, in_recovery: Result<bool, String>) -> Result<(), Skip> {
-    if state != InstanceState::Running {
-        return Err(Skip::NotRunning(state));
-    }
-    match in_recovery {
-        Ok(false) => Ok(()),
-        Ok(true) => Err(Skip::Standby),
-        Err(e) => Err(Skip::Unreachable(e)),
-    }
-}
 
 /// Start the schedule (a no-op without an archive).
 pub fn spawn(shared: Arc<Shared>) {
-    let Some(archiver) = shared.archiver.get().cloned() else {
-        return;
-    };
-    tokio::spawn(async move {
-        loop {
-            let interval = shared
-                .config()
-                .archive
-                .retention_interval
-                .max(Duration::from_secs(1));
-            tokio::time::sleep(interval).await;
-            run_once(&shared, &archiver).await;
-        }
-    });
+    primary_schedule::every(
+        shared,
+        |config| config.archive.retention_interval,
+        |shared, archiver| async move { run_once(&shared, &archiver).await },
+    );
 }
 
 async fn run_once(shared: &Shared, archiver: &Archiver) {
@@ -67,15 +37,7 @@ async fn run_once(shared: &Shared, archiver: &Archiver) {
             return;
         }
     };
-    let in_recovery = if shared.state.current() == InstanceState::Running {
-        crate::pgconn::probe(&shared.target(), Duration::from_secs(10))
-            .await
-            .map(|facts| facts.in_recovery)
-            .map_err(|e| format!("{e:#}"))
-    } else {
-        Ok(false)
-    };
-    if let Err(skip) = may_run(shared.state.current(), in_recovery) {
+    if let Err(skip) = primary_schedule::primary_now(shared).await {
         tracing::debug!(?skip, "retention skipped");
         return;
     }
@@ -115,27 +77,5 @@ async fn run_once(shared: &Shared, archiver: &Archiver) {
             metrics.errors.inc();
             tracing::error!(policy = %policy, error = %e, "retention failed");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_a_running_primary_deletes() {
-        assert_eq!(may_run(InstanceState::Running, Ok(false)), Ok(()));
-        assert_eq!(
-            may_run(InstanceState::Running, Ok(true)),
-            Err(Skip::Standby)
-        );
-        assert!(matches!(
-            may_run(InstanceState::Starting, Ok(false)),
-            Err(Skip::NotRunning(_))
-        ));
-        assert!(matches!(
-            may_run(InstanceState::Running, Err("refused".into())),
-            Err(Skip::Unreachable(_))
-        ));
     }
 }

@@ -1,5 +1,5 @@
-//! The primary's scheduled archive check: every `archive.wal.check_interval` (read afresh each
-//! time), when postgres runs and is not in recovery, the manager lists its archive and
+//! The primary's scheduled archive check: every `archive.wal.check_interval` (scheduled by
+//! `primary_schedule`: only while postgres runs as a primary), the manager lists its archive and
 //! follows the replay path of the newest finished backup (`recovery::wal_path`): the
 //! segments a restore from it to the end of the archive would miss, less those this primary
 //! still holds `.ready` (not lost: the backlog, which its own alerts cover), become
@@ -12,7 +12,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgsteward_api::InstanceState;
 use pgsteward_archive::wal::deadline_in;
 use pgsteward_archive::WalFile;
 use pgsteward_backup::catalog::Catalog;
@@ -20,6 +19,7 @@ use pgsteward_backup::info::{BackupInfo, BackupStatus};
 use prometheus::{Gauge, IntCounter, IntGauge, Opts, Registry};
 
 use crate::archiver::Archiver;
+use crate::primary_schedule;
 use crate::recovery::wal_path;
 use crate::supervisor::shared::Shared;
 
@@ -118,34 +118,16 @@ async fn check(
 
 /// Start the schedule (a no-op without an archive).
 pub fn spawn(shared: Arc<Shared>) {
-    let Some(archiver) = shared.archiver.get().cloned() else {
-        return;
-    };
-    tokio::spawn(async move {
-        loop {
-            let interval = shared
-                .config()
-                .archive
-                .wal
-                .check_interval
-                .max(Duration::from_secs(1));
-            tokio::time::sleep(interval).await;
-            run_once(&shared, &archiver).await;
-        }
-    });
+    primary_schedule::every(
+        shared,
+        |config| config.archive.wal.check_interval,
+        |shared, archiver| async move { run_once(&shared, &archiver).await },
+    );
 }
 
 async fn run_once(shared: &Shared, archiver: &Archiver) {
     let metrics = &shared.metrics.wal_check;
-    let in_recovery = if shared.state.current() == InstanceState::Running {
-        crate::pgconn::probe(&shared.target(), Duration::from_secs(10))
-            .await
-            .map(|facts| facts.in_recovery)
-            .map_err(|e| format!("{e:#}"))
-    } else {
-        Ok(false)
-    };
-    if let Err(skip) = crate::retention_task::may_run(shared.state.current(), in_recovery) {
+    if let Err(skip) = primary_schedule::primary_now(shared).await {
         tracing::debug!(?skip, "archive check skipped");
         return;
     }
