@@ -2,7 +2,8 @@
 //! `primary_schedule`: only while postgres runs as a primary), the manager lists its archive and
 //! follows the replay path of the newest finished backup (`recovery::wal_path`): the
 //! segments a restore from it to the end of the archive would miss, less those this primary
-//! still holds `.ready` (not lost: the backlog, which its own alerts cover), become
+//! still holds `.ready` (not lost: the backlog, which its own alerts cover) and those stored
+//! while the check ran (uploads finish out of order), become
 //! `wal_archive_path_missing_segments`, logged by name. A hole (archiving off for a while, a
 //! segment deleted or marked done by hand, a lifecycle rule on the bucket) is then seen within
 //! the interval, not at the next drill or the next real restore.
@@ -110,9 +111,27 @@ async fn check(
         .map(|(file, _)| file)
         .collect();
     let missing = wal_path::path_holes(&archived, &backup).unwrap_or_default();
+    // Read after the listing: a segment in flight then is either still `.ready` now, or
+    // stored by now (postgres drops `.ready` only once it is archived), which the second look
+    // below finds; what is neither is gone. Without it, the parallel uploads' out-of-order
+    // completions would be counted as holes for a whole interval.
+    let candidates: Vec<WalFile> = lost(&missing, archiver.pgdata())
+        .iter()
+        .filter_map(|name| WalFile::parse(name).ok())
+        .collect();
+    let stored_since = if candidates.is_empty() {
+        Default::default()
+    } else {
+        wal.archived_among(&candidates, deadline_in(timeout))
+            .await?
+    };
     Ok(Some((
         backup.backup_id().to_owned(),
-        lost(&missing, archiver.pgdata()),
+        candidates
+            .iter()
+            .filter(|file| !stored_since.contains(*file))
+            .map(|file| file.name().to_owned())
+            .collect(),
     )))
 }
 
