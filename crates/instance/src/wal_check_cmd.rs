@@ -10,14 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use pgsteward_archive::WalFile;
+use pgsteward_archive::{WalFile, WalKind};
 use pgsteward_backup::catalog::Catalog;
 use pgsteward_backup::info::BackupStatus;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::recovery::wal_path::{self, Replay};
-use crate::wal_cmd::{gaps, operator_settings};
+use crate::wal_cmd::operator_settings;
 
 /// What one backup's line says.
 struct BackupLine {
@@ -216,4 +216,65 @@ async fn report(pgdata: Option<&Path>, config: Option<&Path>, segment_mb: u64) -
         gaps: gaps(&files, segment_mb << 20),
         backups,
     })
+}
+
+/// Missing segments between the first and last archived segment of each timeline.
+pub fn gaps(names: &[WalFile], segment_bytes: u64) -> Vec<(u32, Vec<String>)> {
+    let mut by_timeline: std::collections::BTreeMap<u32, Vec<&WalFile>> =
+        std::collections::BTreeMap::new();
+    for file in names.iter().filter(|f| f.kind() == WalKind::Segment) {
+        by_timeline.entry(file.timeline()).or_default().push(file);
+    }
+    let mut out = Vec::new();
+    for (timeline, mut files) in by_timeline {
+        files.sort();
+        let mut missing = Vec::new();
+        for pair in files.windows(2) {
+            let mut expected = pair[0].next_segment(segment_bytes);
+            let mut guard = 0;
+            while let Some(next) = expected {
+                if next.name() >= pair[1].name() || guard > 100_000 {
+                    break;
+                }
+                missing.push(next.name().to_owned());
+                expected = next.next_segment(segment_bytes);
+                guard += 1;
+            }
+        }
+        if !missing.is_empty() {
+            out.push((timeline, missing));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_gaps_per_timeline() {
+        let names: Vec<WalFile> = [
+            "000000010000000000000001",
+            "000000010000000000000002",
+            "000000010000000000000005",
+            "00000002.history",
+            "000000020000000000000005",
+            "000000020000000000000006",
+        ]
+        .iter()
+        .map(|n| WalFile::parse(n).unwrap())
+        .collect();
+        let found = gaps(&names, 16 << 20);
+        assert_eq!(
+            found,
+            vec![(
+                1,
+                vec![
+                    "000000010000000000000003".to_owned(),
+                    "000000010000000000000004".to_owned()
+                ]
+            )]
+        );
+    }
 }

@@ -19,7 +19,7 @@ use pgsteward_backup::catalog::Catalog;
 use pgsteward_backup::info::{BackupInfo, BackupStatus};
 use prometheus::{Gauge, IntCounter, IntGauge, Opts, Registry};
 
-use crate::archiver::Archiver;
+use crate::archiver::{status, Archiver};
 use crate::primary_schedule;
 use crate::recovery::wal_path;
 use crate::supervisor::shared::Shared;
@@ -64,17 +64,8 @@ impl WalCheckMetrics {
 
 /// The segments of `missing` (by timeline) this data directory does not still hold `.ready`.
 fn lost(missing: &wal_path::Holes, pgdata: &Path) -> Vec<String> {
-    let status = pgdata.join("pg_wal/archive_status");
-    let ready: HashSet<String> = std::fs::read_dir(&status)
+    let ready: HashSet<String> = status::names_with_status(pgdata, status::READY)
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()
-                .and_then(|n| n.strip_suffix(".ready"))
-                .map(str::to_owned)
-        })
         .collect();
     missing
         .iter()

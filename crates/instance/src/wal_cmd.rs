@@ -1,15 +1,15 @@
 //! The WAL commands: `wal-archive %p` (postgres's archive_command), `wal-restore %f %p`
-//! (restore_command), and `wal list|check` for operators. The first two ask the manager over
+//! (restore_command), and `wal list` for operators. The first two ask the manager over
 //! its socket and do the work themselves when no manager answers; their inputs are checked
 //! before anything touches storage: a WAL file name, and paths inside the data directory.
-//! `wal check` is in `wal_check_cmd`.
+//! `wal check` is in `wal_check_cmd`, which shares `operator_settings`.
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use pgsteward_archive::{ArchiveOutcome, RestoreOutcome, WalArchive, WalFile, WalKind};
+use pgsteward_archive::{ArchiveOutcome, RestoreOutcome, WalArchive, WalFile};
 use tokio::time::Instant;
 
 use crate::archiver::protocol::{self, CallError, Request};
@@ -187,65 +187,4 @@ pub fn list(pgdata: Option<&Path>, config: Option<&Path>) -> i32 {
             }
         }
     })
-}
-
-/// Missing segments between the first and last archived segment of each timeline.
-pub fn gaps(names: &[WalFile], segment_bytes: u64) -> Vec<(u32, Vec<String>)> {
-    let mut by_timeline: std::collections::BTreeMap<u32, Vec<&WalFile>> =
-        std::collections::BTreeMap::new();
-    for file in names.iter().filter(|f| f.kind() == WalKind::Segment) {
-        by_timeline.entry(file.timeline()).or_default().push(file);
-    }
-    let mut out = Vec::new();
-    for (timeline, mut files) in by_timeline {
-        files.sort();
-        let mut missing = Vec::new();
-        for pair in files.windows(2) {
-            let mut expected = pair[0].next_segment(segment_bytes);
-            let mut guard = 0;
-            while let Some(next) = expected {
-                if next.name() >= pair[1].name() || guard > 100_000 {
-                    break;
-                }
-                missing.push(next.name().to_owned());
-                expected = next.next_segment(segment_bytes);
-                guard += 1;
-            }
-        }
-        if !missing.is_empty() {
-            out.push((timeline, missing));
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_gaps_per_timeline() {
-        let names: Vec<WalFile> = [
-            "000000010000000000000001",
-            "000000010000000000000002",
-            "000000010000000000000005",
-            "00000002.history",
-            "000000020000000000000005",
-            "000000020000000000000006",
-        ]
-        .iter()
-        .map(|n| WalFile::parse(n).unwrap())
-        .collect();
-        let found = gaps(&names, 16 << 20);
-        assert_eq!(
-            found,
-            vec![(
-                1,
-                vec![
-                    "000000010000000000000003".to_owned(),
-                    "000000010000000000000004".to_owned()
-                ]
-            )]
-        );
-    }
 }

@@ -172,11 +172,7 @@ async fn drills_check_backups_and_report_corruption(version: PgVersion) {
         assert!(value > 0.0, "{name} = {value}");
     }
     // The recommended alert on the manager's drills: quiet while they succeed.
-    let prometheus = pgsteward_testkit::prometheus::Prometheus::start(
-        &[format!("127.0.0.1:{}", source.instance.metrics_port)],
-        &[alert_rules("pgsteward-alerts.yaml")],
-    )
-    .await;
+    let prometheus = alerting_on(&source).await;
     prometheus
         .wait_alert("PgstewardRestoreDrillFailing", "inactive", READY)
         .await;
@@ -241,11 +237,7 @@ async fn archive_checks_see_a_hole_before_any_restore(version: PgVersion) {
         Vec::new()
     })
     .await;
-    let prometheus = pgsteward_testkit::prometheus::Prometheus::start(
-        &[format!("127.0.0.1:{}", source.instance.metrics_port)],
-        &[alert_rules("pgsteward-alerts.yaml")],
-    )
-    .await;
+    let prometheus = alerting_on(&source).await;
     let missing = || async {
         let metrics = source.instance.metrics();
         metric(&metrics, "pgsteward_wal_archive_path_missing_segments").await
@@ -305,6 +297,15 @@ async fn archive_checks_see_a_hole_before_any_restore(version: PgVersion) {
     let mut manager = source.manager;
     manager.signal(Signal::SIGTERM).await;
     assert_eq!(manager.wait_exit(EXIT).await, 0);
+}
+
+/// A real Prometheus scraping the source's manager with the recommended alert rules.
+async fn alerting_on(source: &Source) -> pgsteward_testkit::prometheus::Prometheus {
+    pgsteward_testkit::prometheus::Prometheus::start(
+        &[format!("127.0.0.1:{}", source.instance.metrics_port)],
+        &[alert_rules("pgsteward-alerts.yaml")],
+    )
+    .await
 }
 
 for_each_version!(manager_bootstraps_by_point_in_time_recovery);

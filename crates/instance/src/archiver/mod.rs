@@ -11,6 +11,7 @@ pub mod server;
 pub mod settings;
 pub mod sidecar;
 pub mod standby;
+pub mod status;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -196,22 +197,9 @@ impl Archiver {
     /// One pass over `archive_status`: start uploads for new `.ready` files, forget stored
     /// segments postgres has marked `.done`, refresh backlog and lag.
     async fn scan(self: &Arc<Self>) {
-        let status_dir = self.pgdata.join("pg_wal/archive_status");
-        let Ok(entries) = std::fs::read_dir(&status_dir) else {
+        let Ok(mut ready) = status::with_status(&self.pgdata, status::READY) else {
             return;
         };
-        let mut ready: Vec<(String, SystemTime)> = entries
-            .flatten()
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let base = name.strip_suffix(".ready")?.to_owned();
-                let modified = e
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .unwrap_or(SystemTime::now());
-                Some((base, modified))
-            })
-            .collect();
         // History files first (a promotion needs them archived), then in WAL order.
         ready.sort_by_key(|(name, _)| (!name.ends_with(".history"), name.clone()));
         let names: HashSet<&str> = ready.iter().map(|(n, _)| n.as_str()).collect();

@@ -13,21 +13,19 @@ use pgsteward_archive::{WalArchive, WalFile};
 
 /// The data directory is a standby's (postgres removes the signal file when it promotes).
 pub fn is_standby(pgdata: &Path) -> bool {
-    pgdata.join("standby.signal").exists()
+    pgdata
+        .join(crate::replication::standby::STANDBY_SIGNAL)
+        .exists()
 }
 
 /// How long ago postgres marked `name` ready (zero when the status file is gone or unreadable,
 /// which only shortens nothing: the caller then waits the whole grace).
 fn ready_age(pgdata: &Path, name: &str) -> Duration {
-    std::fs::metadata(
-        pgdata
-            .join("pg_wal/archive_status")
-            .join(format!("{name}.ready")),
-    )
-    .and_then(|m| m.modified())
-    .ok()
-    .and_then(|modified| SystemTime::now().duration_since(modified).ok())
-    .unwrap_or_default()
+    std::fs::metadata(super::status::file(pgdata, name, super::status::READY))
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|modified| SystemTime::now().duration_since(modified).ok())
+        .unwrap_or_default()
 }
 
 /// Whether the archive already holds `file` (stored by the primary, or restored from the

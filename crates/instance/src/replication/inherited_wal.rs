@@ -16,20 +16,18 @@ use std::time::Duration;
 use pgsteward_archive::{WalArchive, WalFile, WalKind};
 use tokio::time::Instant;
 
+use crate::archiver::status;
+
 /// How long the archive's listing may delay the promotion's answer.
 const LISTING_BUDGET: Duration = Duration::from_secs(3);
 
 /// The segments in `pg_wal` marked `.done`, in order.
 fn done_segments(pgdata: &Path) -> Vec<WalFile> {
-    let status = pgdata.join("pg_wal/archive_status");
-    let mut segments: Vec<WalFile> = std::fs::read_dir(&status)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let file = WalFile::parse(name.strip_suffix(".done")?).ok()?;
-            (file.kind() == WalKind::Segment && pgdata.join("pg_wal").join(file.name()).is_file())
+    let mut segments: Vec<WalFile> = status::names_with_status(pgdata, status::DONE)
+        .iter()
+        .filter_map(|name| {
+            let file = WalFile::parse(name).ok()?;
+            (file.kind() == WalKind::Segment && pgdata.join("pg_wal").join(name).is_file())
                 .then_some(file)
         })
         .collect();
@@ -54,11 +52,10 @@ pub async fn keep_unarchived(pgdata: &Path, wal: &WalArchive) -> Vec<String> {
             Default::default()
         }
     };
-    let status = pgdata.join("pg_wal/archive_status");
     let mut marked = Vec::new();
     for file in done.iter().filter(|f| !archived.contains(*f)) {
-        let from = status.join(format!("{}.done", file.name()));
-        let to = status.join(format!("{}.ready", file.name()));
+        let from = status::file(pgdata, file.name(), status::DONE);
+        let to = status::file(pgdata, file.name(), status::READY);
         match std::fs::rename(&from, &to) {
             Ok(()) => marked.push(file.name().to_owned()),
             Err(e) => {
