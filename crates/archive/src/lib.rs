@@ -1,7 +1,7 @@
 //! pgsteward-archive: object storage (S3 through aws-sdk-s3, and `file://` as the embedded
 //! default), the barman-cloud object layout, WAL segment names, gzip compression (with a pool
 //! of reusable segment buffers), and WAL archive/restore with the no-overwrite rule and the
-//! segment header check. No knowledge of HTTP or of the supervisor.
+//! segment header check, and timeline history files. No knowledge of HTTP or of the supervisor.
 
 pub mod atomic_file;
 pub mod buffers;
@@ -9,6 +9,7 @@ pub mod compress;
 pub mod layout;
 pub mod retry;
 pub mod store;
+pub mod timeline;
 pub mod wal;
 pub mod walheader;
 pub mod walname;

@@ -110,6 +110,25 @@ impl WalFile {
         Some((u64::from(log) << 32) + u64::from(seg) * segment_bytes)
     }
 
+    /// The segment number (position over the segment size, counted across logs) of the
+    /// segment this file belongs to (None for timeline history files).
+    pub fn segno(&self, segment_bytes: u64) -> Option<u64> {
+        Some(self.start_lsn(segment_bytes)? / segment_bytes.max(1))
+    }
+
+    /// Segment number `segno` of `timeline`, for a segment size of `segment_bytes`.
+    pub fn segment(timeline: u32, segno: u64, segment_bytes: u64) -> Option<WalFile> {
+        let per_log = 0x1_0000_0000u64 / segment_bytes.max(1);
+        let log = u32::try_from(segno / per_log.max(1)).ok()?;
+        let low = segno % per_log.max(1);
+        WalFile::parse(&format!("{timeline:08X}{log:08X}{low:08X}")).ok()
+    }
+
+    /// The history file of `timeline`.
+    pub fn history_of(timeline: u32) -> Option<WalFile> {
+        WalFile::parse(&format!("{timeline:08X}.history")).ok()
+    }
+
     /// The name of the segment after this one, for a segment size of `segment_bytes`.
     pub fn next_segment(&self, segment_bytes: u64) -> Option<WalFile> {
         let (tli, log, low) = self.position()?;
@@ -186,6 +205,23 @@ mod tests {
             Some(0x1_0C00_0000)
         );
         assert_eq!(lsn("00000002.history", 16 << 20), None);
+    }
+
+    #[test]
+    fn segment_numbers_count_across_logs() {
+        let seg = WalFile::parse("0000000200000003000000FF").unwrap();
+        let segno = seg.segno(16 << 20).unwrap();
+        assert_eq!(segno, 3 * 256 + 255);
+        assert_eq!(WalFile::segment(2, segno, 16 << 20), Some(seg));
+        assert_eq!(
+            WalFile::segment(1, segno + 1, 16 << 20).map(|f| f.name().to_owned()),
+            Some("000000010000000400000000".to_owned())
+        );
+        assert_eq!(WalFile::segment(0, 5, 16 << 20), None);
+        assert_eq!(
+            WalFile::history_of(10).map(|f| f.name().to_owned()),
+            Some("0000000A.history".to_owned())
+        );
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! `pgsteward wal check [--json]`: the archived segments' gaps per timeline, then for every
 //! finished backup of the catalog in the same place whether a restore from it reaches the end
-//! of the archive (its own WAL is there and no gap stops the replay, timeline switches
-//! included; `recovery::wal_path`). Text for people, `--json` for scripts; the exit code is the
-//! same: 0 when all is whole, 1 when a timeline has gaps or a finished backup does not restore
+//! of the archive (its own WAL is there, it is on the newest timeline's history and no gap
+//! stops the replay along that history; `recovery::wal_path`). Text for people, `--json` for
+//! scripts; the exit code is the same: 0 when all is whole, 1 when a timeline has gaps or a finished backup does not restore
 //! to the end, 2 when the check itself failed.
 
 use std::path::Path;
@@ -116,6 +116,16 @@ impl Report {
                         entry["missing"] = json!(missing);
                         json!("impossible")
                     }
+                    Some(Replay::OffHistory {
+                        timeline,
+                        backup_timeline,
+                        forked_at,
+                    }) => {
+                        entry["timeline"] = json!(timeline);
+                        entry["backup_timeline"] = json!(backup_timeline);
+                        entry["forked_at_lsn"] = json!(forked_at.map(|l| l.to_string()));
+                        json!("off_history")
+                    }
                 };
                 entry
             })
@@ -174,6 +184,16 @@ async fn report(pgdata: Option<&Path>, config: Option<&Path>, segment_mb: u64) -
         .list()
         .await
         .context("listing the backups beside the WAL")?;
+    // The newest timeline's history, as a restore to the end follows it, for each timeline
+    // the finished backups start on.
+    let backup_timelines = entries
+        .iter()
+        .filter_map(|e| e.info.as_ref().ok())
+        .filter(|info| matches!(info.status(), Ok(BackupStatus::Done)))
+        .filter_map(wal_path::backup_timeline)
+        .collect();
+    let histories =
+        wal_path::latest_histories(&wal, backup_timelines, &files, settings.timeout()).await?;
     let backups = entries
         .iter()
         .map(|entry| {
@@ -184,7 +204,10 @@ async fn report(pgdata: Option<&Path>, config: Option<&Path>, segment_mb: u64) -
                     format!("unreadable backup.info ({e}), not checked"),
                 ),
                 Ok(info) => match info.status() {
-                    Ok(BackupStatus::Done) => match wal_path::assess(&files, info) {
+                    Ok(BackupStatus::Done) => match wal_path::backup_timeline(info)
+                        .and_then(|timeline| histories.get(&timeline))
+                        .and_then(|history| wal_path::assess(&files, info, history))
+                    {
                         Some(replay) => ("DONE".to_owned(), Some(replay.clone()), replay.summary()),
                         None => (
                             "DONE".to_owned(),

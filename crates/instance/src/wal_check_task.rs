@@ -1,6 +1,7 @@
 //! The primary's scheduled archive check: every `archive.wal.check_interval` (scheduled by
 //! `primary_schedule`: only while postgres runs as a primary), the manager lists its archive and
-//! follows the replay path of the newest finished backup (`recovery::wal_path`): the
+//! follows the replay path of the newest finished backup on the newest timeline's history
+//! (`recovery::wal_path`, the path a restore to the end takes): the
 //! segments a restore from it to the end of the archive would miss, less those this primary
 //! still holds `.ready` (not lost: the backlog, which its own alerts cover) and those stored
 //! while the check ran (uploads finish out of order), become
@@ -75,33 +76,55 @@ fn lost(missing: &wal_path::Holes, pgdata: &Path) -> Vec<String> {
         .collect()
 }
 
-/// The newest finished backup that names its first WAL segment.
-fn newest_done(backups: Vec<pgsteward_backup::catalog::CatalogEntry>) -> Option<BackupInfo> {
+/// The finished backups that name their first WAL segment, newest first.
+fn done_newest_first(backups: Vec<pgsteward_backup::catalog::CatalogEntry>) -> Vec<BackupInfo> {
     backups
         .into_iter()
         .rev()
         .filter_map(|entry| entry.info.ok())
-        .find(|info| matches!(info.status(), Ok(BackupStatus::Done)) && info.begin_wal().is_some())
+        .filter(|info| {
+            matches!(info.status(), Ok(BackupStatus::Done))
+                && wal_path::backup_timeline(info).is_some()
+        })
+        .collect()
 }
 
-/// The segments a restore from the newest finished backup would miss, less those still
-/// `.ready` here, and that backup's id (None without a finished backup).
+/// The segments a restore from the newest finished backup on the newest timeline's history
+/// would miss, less those still `.ready` here, and that backup's id (None without such a
+/// backup). A backup off that history (taken by a primary that went on after a failover)
+/// cannot be restored to the end, which `pgsteward wal check` reports; it is skipped here.
 async fn check(
     archiver: &Archiver,
     timeout: Duration,
 ) -> anyhow::Result<Option<(String, Vec<String>)>> {
     let wal = archiver.wal();
     let catalog = Catalog::new(wal.store().clone(), &archiver.settings().server_name);
-    let Some(backup) = newest_done(catalog.list().await?) else {
+    let backups = done_newest_first(catalog.list().await?);
+    if backups.is_empty() {
         return Ok(None);
-    };
+    }
     let archived: Vec<WalFile> = wal
         .list(deadline_in(timeout))
         .await?
         .into_iter()
         .map(|(file, _)| file)
         .collect();
-    let missing = wal_path::path_holes(&archived, &backup).unwrap_or_default();
+    let timelines = backups
+        .iter()
+        .filter_map(wal_path::backup_timeline)
+        .collect();
+    let histories = wal_path::latest_histories(wal, timelines, &archived, timeout).await?;
+    let found = backups.into_iter().find_map(|backup| {
+        let history = histories.get(&wal_path::backup_timeline(&backup)?)?;
+        let missing = wal_path::path_holes(&archived, &backup, history);
+        if missing.is_none() {
+            tracing::debug!(backup = %backup.backup_id(), timeline = history.timeline(), "archive check: the backup is not on the newest timeline's history; an older one is checked");
+        }
+        Some((backup, missing?))
+    });
+    let Some((backup, missing)) = found else {
+        return Ok(None);
+    };
     // Read after the listing: a segment in flight then is either still `.ready` now, or
     // stored by now (postgres drops `.ready` only once it is archived), which the second look
     // below finds; what is neither is gone. Without it, the parallel uploads' out-of-order

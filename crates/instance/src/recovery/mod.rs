@@ -15,6 +15,7 @@
 pub mod bootstrap;
 pub mod private_pg;
 pub mod replay_server;
+pub mod route;
 pub mod wal_path;
 
 use std::path::{Path, PathBuf};
@@ -107,7 +108,7 @@ pub async fn restore_files(
         // On the catalog's store client: no second client (TLS set-up, credentials) for it.
         let wal = source.wal_archive_on(Arc::clone(catalog.store()));
         let to_end = target.target == Target::EndOfArchive;
-        wal_path::check(&wal, &backup, source.timeout(), to_end).await?;
+        wal_path::check(&wal, &backup, source.timeout(), to_end, target.timeline).await?;
     }
     tracing::info!(backup = %backup.backup_id(), source = %catalog.store().describe(), server = %source.server_name, target = %target.target, "backup chosen for restore");
     let report = restore::restore(&catalog, &backup, pgdata, options).await?;

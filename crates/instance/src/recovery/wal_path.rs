@@ -3,111 +3,79 @@
 //! that the WAL after the gap (archiving turned off for a while, a segment marked done by
 //! hand, WAL deleted) was left out; and a backup whose own WAL (its first to its last segment)
 //! is missing fails only after the whole base backup was downloaded. Both are found here first
-//! and refused with what is missing and what to do. `pgsteward wal check` reports the same for
-//! every backup of the catalog.
+//! and refused with what is missing and what to do, along the path postgres takes through the
+//! timelines (`route`), as is a backup that is not on that path at all. `pgsteward wal check`
+//! reports the same for every backup of the catalog.
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{bail, Result};
+use pgsteward_archive::timeline::History;
 use pgsteward_archive::wal::deadline_in;
 use pgsteward_archive::{WalArchive, WalFile, WalKind};
 use pgsteward_backup::info::BackupInfo;
-use pgsteward_backup::restore::target::Lsn;
+use pgsteward_backup::restore::target::{Lsn, TargetTimeline};
 
-/// The position part of a segment name (log and segment, 16 hex digits): comparable across
-/// timelines.
-fn position(file: &WalFile) -> &str {
-    &file.name()[8..24]
-}
+use super::route;
 
-/// `at`'s position on `timeline`.
-fn on_timeline(timeline: u32, at: &WalFile) -> Option<WalFile> {
-    WalFile::parse(&format!("{timeline:08X}{}", position(at))).ok()
-}
-
-/// The segments from `from` up to `to` (excluded, or included with `inclusive`), on `from`'s
-/// timeline; bounded, so a corrupt name cannot make it run away.
-fn segments_between(
-    from: WalFile,
-    to: &WalFile,
-    inclusive: bool,
-    segment_bytes: u64,
-) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut at = Some(from);
-    while let Some(file) = at.filter(|a| {
-        let p = position(a);
-        (p < position(to) || (inclusive && p == position(to))) && out.len() < 100_000
-    }) {
-        out.push(file.name().to_owned());
-        at = file.next_segment(segment_bytes);
-    }
-    out
-}
+/// At most this many missing names are listed (a corrupt name cannot make a walk run away).
+const MAX_NAMES: usize = 100_000;
 
 /// The segments missing on the replay's path from the backup's first WAL (`begin`) to the last
-/// archived segment, and at least to the backup's last WAL (`end`), by timeline (empty when
-/// the path is whole), with the last segment on the path. The path follows the timelines from
-/// the backup's upward, each up to the first segment of the next one in the archive (where
-/// postgres switches to it; what an old timeline holds beyond that, such as the WAL of a
-/// primary that went on after a failover, is not on the path). History files are not read.
+/// archived segment on it, and at least to the backup's last WAL (`end`), by timeline (empty
+/// when the path is whole), with the last archived segment on the path. The path follows
+/// `history`: each segment is read from the newest timeline that began at or before it, so
+/// what an old timeline holds after its fork (such as the WAL of a primary that went on after
+/// a failover) is not on the path, and neither is a timeline the history does not lead to.
 pub fn missing_after_backup(
     archived: &[WalFile],
     begin: &WalFile,
     end: Option<&WalFile>,
+    history: &History,
     segment_bytes: u64,
 ) -> (Holes, Option<WalFile>) {
-    let first_timeline = begin.timeline();
-    let mut by_timeline: std::collections::BTreeMap<u32, Vec<&WalFile>> = Default::default();
-    for file in archived.iter().filter(|f| {
-        f.kind() == WalKind::Segment
-            && f.timeline() >= first_timeline
-            && position(f) >= position(begin)
-    }) {
-        by_timeline.entry(file.timeline()).or_default().push(file);
-    }
-    for files in by_timeline.values_mut() {
-        files.sort();
-    }
-    let firsts: Vec<Option<&str>> = by_timeline
-        .values()
-        .map(|files| files.first().map(|f| position(f)))
+    let read_from = |segno: u64| history.timeline_of_segment(segno, segment_bytes);
+    let Some(first) = begin.segno(segment_bytes) else {
+        return (Vec::new(), None);
+    };
+    let on_path: BTreeSet<u64> = archived
+        .iter()
+        .filter(|f| f.kind() == WalKind::Segment)
+        .filter_map(|f| {
+            let segno = f.segno(segment_bytes)?;
+            (segno >= first && read_from(segno) == f.timeline()).then_some(segno)
+        })
         .collect();
-    let mut missing: Holes = Vec::new();
-    let mut expected = Some(begin.clone());
-    let mut last: Option<WalFile> = None;
-    for (index, (timeline, files)) in by_timeline.iter().enumerate() {
-        let next_first = firsts.get(index + 1).copied().flatten();
-        let mut holes = Vec::new();
-        for file in files
-            .iter()
-            .filter(|f| next_first.is_none_or(|n| position(f) < n))
-        {
-            // From the expected position to this segment, on this timeline's names.
-            if let Some(from) = expected.as_ref().and_then(|e| on_timeline(*timeline, e)) {
-                holes.extend(segments_between(from, file, false, segment_bytes));
+    let mut missing: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    let mut listed = 0usize;
+    let mut note = |from: u64, to: u64| {
+        for segno in from..to {
+            if listed >= MAX_NAMES {
+                return;
             }
-            expected = file.next_segment(segment_bytes);
-            last = Some((*file).clone());
+            let timeline = read_from(segno);
+            if let Some(file) = WalFile::segment(timeline, segno, segment_bytes) {
+                missing
+                    .entry(timeline)
+                    .or_default()
+                    .push(file.name().to_owned());
+                listed += 1;
+            }
         }
-        if !holes.is_empty() {
-            missing.push((*timeline, holes));
-        }
+    };
+    let mut expected = first;
+    let mut last = None;
+    for segno in on_path {
+        note(expected, segno);
+        expected = segno + 1;
+        last = Some(segno);
     }
     // The backup's own WAL runs to its end, whatever the archive holds.
-    if let Some(end) = end {
-        let tail = expected
-            .as_ref()
-            .and_then(|e| on_timeline(end.timeline(), e))
-            .map(|from| segments_between(from, end, true, segment_bytes))
-            .unwrap_or_default();
-        if !tail.is_empty() {
-            match missing.iter_mut().find(|(t, _)| *t == end.timeline()) {
-                Some((_, holes)) => holes.extend(tail),
-                None => missing.push((end.timeline(), tail)),
-            }
-            missing.sort_by_key(|(timeline, _)| *timeline);
-        }
+    if let Some(end) = end.and_then(|e| e.segno(segment_bytes)) {
+        note(expected, end.saturating_add(1));
     }
-    (missing, last)
+    let last = last.and_then(|segno| WalFile::segment(read_from(segno), segno, segment_bytes));
+    (missing.into_iter().collect(), last)
 }
 
 /// What the archive holds for a replay from one backup.
@@ -125,6 +93,15 @@ pub enum Replay {
         first_gap: Vec<String>,
         stops_at: Lsn,
         timelines: usize,
+    },
+    /// The backup is not on the history of the replay's `timeline`: it was taken on
+    /// `backup_timeline` after `timeline` forked off it (at `forked_at`), or on a timeline
+    /// that history does not pass through (no `forked_at`). Postgres refuses to start such a
+    /// replay ("requested timeline is not a child of this server's history").
+    OffHistory {
+        timeline: u32,
+        backup_timeline: u32,
+        forked_at: Option<Lsn>,
     },
 }
 
@@ -149,13 +126,14 @@ struct Walk {
     segment_bytes: u64,
 }
 
-/// Walk the replay path from `backup` to the end of `archived` (None when the backup names no
-/// first WAL segment).
-fn walk(archived: &[WalFile], backup: &BackupInfo) -> Option<Walk> {
+/// Walk the replay path from `backup` along `history` to the end of `archived` (None when the
+/// backup names no first WAL segment).
+fn walk(archived: &[WalFile], backup: &BackupInfo, history: &History) -> Option<Walk> {
     let (begin, end, segment_bytes) = backup_wal(backup)?;
     // Without a recorded last segment, at least its first must be there.
     let own_end = end.unwrap_or_else(|| begin.clone());
-    let (missing, last) = missing_after_backup(archived, &begin, Some(&own_end), segment_bytes);
+    let (missing, last) =
+        missing_after_backup(archived, &begin, Some(&own_end), history, segment_bytes);
     Some(Walk {
         missing,
         last,
@@ -164,25 +142,60 @@ fn walk(archived: &[WalFile], backup: &BackupInfo) -> Option<Walk> {
     })
 }
 
-/// The segments a replay from `backup` to the end of `archived` would miss, by timeline
-/// (empty when it would work; None when the backup names no first WAL segment).
-pub fn path_holes(archived: &[WalFile], backup: &BackupInfo) -> Option<Holes> {
-    walk(archived, backup).map(|w| w.missing)
+/// Whether `history` passes through the backup's timeline from its start to its end (None
+/// when it does), as postgres checks the backup's checkpoint against the target timeline.
+fn off_history(backup: &BackupInfo, history: &History) -> Option<Replay> {
+    let (begin, end, segment_bytes) = backup_wal(backup)?;
+    let backup_timeline = begin.timeline();
+    let lsn = |text: Option<&str>| text.and_then(|t| t.parse::<Lsn>().ok()).map(|l| l.0);
+    let start = lsn(backup.begin_lsn()).or_else(|| begin.start_lsn(segment_bytes))?;
+    // The last byte the backup needs (its end position is just past it).
+    let last = lsn(backup.end_lsn())
+        .or_else(|| end.and_then(|e| e.start_lsn(segment_bytes)))
+        .map(|l| l.saturating_sub(1).max(start));
+    let on_it = |at: u64| history.timeline_of(at) == backup_timeline;
+    if on_it(start) && last.is_none_or(on_it) {
+        return None;
+    }
+    Some(Replay::OffHistory {
+        timeline: history.timeline(),
+        backup_timeline,
+        forked_at: history.end_of(backup_timeline).map(Lsn),
+    })
 }
 
-/// How a replay from `backup` to the end of `archived` would go (None when the backup names no
-/// first WAL segment).
-pub fn assess(archived: &[WalFile], backup: &BackupInfo) -> Option<Replay> {
+/// The segments a replay from `backup` along `history` to the end of `archived` would miss,
+/// by timeline (empty when it would work; None when the backup names no first WAL segment or
+/// is not on that history).
+pub fn path_holes(archived: &[WalFile], backup: &BackupInfo, history: &History) -> Option<Holes> {
+    if off_history(backup, history).is_some() {
+        return None;
+    }
+    walk(archived, backup, history).map(|w| w.missing)
+}
+
+/// How a replay from `backup` along `history` to the end of `archived` would go (None when
+/// the backup names no first WAL segment).
+pub fn assess(archived: &[WalFile], backup: &BackupInfo, history: &History) -> Option<Replay> {
+    if let Some(off) = off_history(backup, history) {
+        return Some(off);
+    }
     let Walk {
         missing,
         last,
         own_end,
         segment_bytes,
-    } = walk(archived, backup)?;
+    } = walk(archived, backup, history)?;
+    let own_end = own_end.segno(segment_bytes).unwrap_or(0);
     let own: Vec<String> = missing
         .iter()
         .flat_map(|(_, names)| names)
-        .filter(|name| name.get(8..24).is_some_and(|p| p <= position(&own_end)))
+        .filter(|name| {
+            WalFile::parse(name)
+                .ok()
+                .and_then(|f| f.segno(segment_bytes))
+                .is_some_and(|segno| segno <= own_end)
+        })
         .cloned()
         .collect();
     if !own.is_empty() {
@@ -203,6 +216,35 @@ pub fn assess(archived: &[WalFile], backup: &BackupInfo) -> Option<Replay> {
             timelines: missing.len(),
         },
     })
+}
+
+/// The timeline a backup starts on (its first WAL segment's).
+pub fn backup_timeline(backup: &BackupInfo) -> Option<u32> {
+    backup_wal(backup).map(|(begin, _, _)| begin.timeline())
+}
+
+/// For each of `timelines`, the history a replay from a backup on it to the newest timeline
+/// follows, found in `archived` (the archive's listing) as postgres's `latest` finds it.
+pub async fn latest_histories(
+    wal: &WalArchive,
+    timelines: BTreeSet<u32>,
+    archived: &[WalFile],
+    timeout: std::time::Duration,
+) -> Result<BTreeMap<u32, History>> {
+    let deadline = deadline_in(timeout);
+    let mut histories = BTreeMap::new();
+    for timeline in timelines {
+        let history = route::resolve(
+            wal,
+            timeline,
+            TargetTimeline::Latest,
+            Some(archived),
+            deadline,
+        )
+        .await?;
+        histories.insert(timeline, history);
+    }
+    Ok(histories)
 }
 
 /// The first `count` names, and "..." when there are more.
@@ -243,7 +285,29 @@ impl Replay {
                 first_gap.len(),
                 some_names(first_gap, 5)
             ),
+            Replay::OffHistory {
+                timeline,
+                backup_timeline,
+                forked_at,
+            } => format!(
+                "cannot be restored to timeline {timeline}, the newest: {}; it restores with \
+                 --target-timeline current",
+                off_history_reason(*timeline, *backup_timeline, *forked_at)
+            ),
         }
+    }
+}
+
+/// Why a backup on `backup_timeline` is not on `timeline`'s history.
+fn off_history_reason(timeline: u32, backup_timeline: u32, forked_at: Option<Lsn>) -> String {
+    match forked_at {
+        Some(at) => format!(
+            "it was taken on timeline {backup_timeline} after {at}, where timeline {timeline}'s \
+             history leaves timeline {backup_timeline}"
+        ),
+        None => format!(
+            "timeline {timeline}'s history does not pass through timeline {backup_timeline}"
+        ),
     }
 }
 
@@ -259,6 +323,19 @@ fn refusal(backup: &BackupInfo, replay: &Replay, to_end: bool) -> Option<String>
             backup.backup_id(),
             missing.len(),
             some_names(missing, 5)
+        )),
+        Replay::OffHistory {
+            timeline,
+            backup_timeline,
+            forked_at,
+        } => Some(format!(
+            "backup {} cannot be restored to timeline {timeline}: {}. Postgres would refuse it \
+             (requested timeline {timeline} is not a child of this server's history) after the \
+             whole base backup is downloaded. Restore it with --target-timeline current to \
+             stay on timeline {backup_timeline}, or restore a backup on timeline {timeline}'s \
+             history (--backup ID; `pgsteward wal check` shows which ones restore)",
+            backup.backup_id(),
+            off_history_reason(*timeline, *backup_timeline, *forked_at)
         )),
         Replay::EndsAtGap { .. } if !to_end => None,
         Replay::EndsAtGap {
@@ -284,46 +361,63 @@ fn refusal(backup: &BackupInfo, replay: &Replay, to_end: bool) -> Option<String>
     }
 }
 
-/// Ok when the archive holds what a replay from `backup` reads: its own WAL always, and with
-/// `to_end` everything up to the end of the archive without a gap. A replay to the end lists
-/// the whole archive; one to a target asks only for the directories of the backup's own WAL.
+/// Ok when the archive holds what a replay from `backup` to `timeline` reads: its own WAL
+/// always, and with `to_end` everything up to the end of the archive without a gap, along the
+/// history of the timeline the replay follows (which the backup must be on). A replay to the
+/// end lists the whole archive; one to a target asks only for the directories of the
+/// backup's own WAL (and for history files when it follows another timeline).
 pub async fn check(
     wal: &WalArchive,
     backup: &BackupInfo,
     timeout: std::time::Duration,
     to_end: bool,
+    timeline: TargetTimeline,
 ) -> Result<()> {
     let Some((begin, end, segment_bytes)) = backup_wal(backup) else {
         tracing::warn!(backup = %backup.backup_id(), "the backup names no first WAL segment: the archive's WAL is not checked for it");
         return Ok(());
     };
-    if !to_end
-        && end
-            .as_ref()
-            .is_some_and(|e| e.timeline() != begin.timeline())
-    {
-        tracing::debug!(backup = %backup.backup_id(), "the backup's WAL spans timelines: its own WAL is checked by the replay");
-        return Ok(());
-    }
-    let archived: Vec<WalFile> = if to_end {
-        wal.list(deadline_in(timeout))
-            .await?
-            .into_iter()
-            .map(|(file, _)| file)
-            .collect()
+    let deadline = deadline_in(timeout);
+    let listed: Option<Vec<WalFile>> = if to_end {
+        Some(
+            wal.list(deadline)
+                .await?
+                .into_iter()
+                .map(|(file, _)| file)
+                .collect(),
+        )
     } else {
-        // The backup's own segments on its timeline: a backup does not span a promotion.
-        let own_end = end.clone().unwrap_or_else(|| begin.clone());
-        let wanted: Vec<WalFile> = segments_between(begin.clone(), &own_end, true, segment_bytes)
-            .iter()
-            .filter_map(|name| WalFile::parse(name).ok())
-            .collect();
-        wal.archived_among(&wanted, deadline_in(timeout))
-            .await?
-            .into_iter()
-            .collect()
+        None
     };
-    let replay = assess(&archived, backup);
+    let history =
+        route::resolve(wal, begin.timeline(), timeline, listed.as_deref(), deadline).await?;
+    let archived = match listed {
+        Some(files) => files,
+        None => {
+            // The backup's own segments, each on the timeline the replay reads it from.
+            let own_end = end.unwrap_or_else(|| begin.clone());
+            let (Some(first), Some(last)) =
+                (begin.segno(segment_bytes), own_end.segno(segment_bytes))
+            else {
+                return Ok(());
+            };
+            let wanted: Vec<WalFile> = (first..=last)
+                .take(MAX_NAMES)
+                .filter_map(|segno| {
+                    WalFile::segment(
+                        history.timeline_of_segment(segno, segment_bytes),
+                        segno,
+                        segment_bytes,
+                    )
+                })
+                .collect();
+            wal.archived_among(&wanted, deadline)
+                .await?
+                .into_iter()
+                .collect()
+        }
+    };
+    let replay = assess(&archived, backup, &history);
     match replay.as_ref().and_then(|r| refusal(backup, r, to_end)) {
         Some(message) => bail!("{message}"),
         None => Ok(()),
@@ -331,176 +425,5 @@ pub async fn check(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn files(names: &[&str]) -> Vec<WalFile> {
-        names
-            .iter()
-            .map(|n| WalFile::parse(n).unwrap_or_else(|e| panic!("{e}")))
-            .collect()
-    }
-
-    #[test]
-    fn only_gaps_on_the_replay_path_count() {
-        let begin = WalFile::parse("000000010000000000000004").unwrap_or_else(|e| panic!("{e}"));
-        let archived = files(&[
-            // A gap before the backup does not matter.
-            "000000010000000000000001",
-            "000000010000000000000003",
-            "000000010000000000000004",
-            "000000010000000000000005",
-            "000000010000000000000006.partial",
-            "00000002.history",
-            "000000020000000000000006",
-            "000000020000000000000007",
-        ]);
-        assert!(missing_after_backup(&archived, &begin, None, 16 << 20)
-            .0
-            .is_empty());
-
-        let mut with_gap = archived.clone();
-        with_gap.extend(files(&["00000002000000000000000A"]));
-        assert_eq!(
-            missing_after_backup(&with_gap, &begin, None, 16 << 20).0,
-            vec![(
-                2,
-                vec![
-                    "000000020000000000000008".to_owned(),
-                    "000000020000000000000009".to_owned()
-                ]
-            )]
-        );
-        // A primary that went on writing on timeline 1 after the failover to timeline 2: its
-        // later segments are not on the path.
-        let mut split = archived.clone();
-        split.extend(files(&[
-            "000000010000000000000009",
-            "00000001000000000000000B",
-        ]));
-        assert!(missing_after_backup(&split, &begin, None, 16 << 20)
-            .0
-            .is_empty());
-
-        // The segments where timeline 2 begins are gone: missing on timeline 2.
-        let late = files(&[
-            "000000010000000000000004",
-            "000000010000000000000005",
-            "000000020000000000000008",
-        ]);
-        assert_eq!(
-            missing_after_backup(&late, &begin, None, 16 << 20).0,
-            vec![(
-                2,
-                vec![
-                    "000000020000000000000006".to_owned(),
-                    "000000020000000000000007".to_owned()
-                ]
-            )]
-        );
-        // A hole on the backup's own timeline, across a log boundary.
-        let hole = files(&[
-            "000000010000000000000004",
-            "0000000100000001000000FF",
-            "000000010000000200000001",
-        ]);
-        let found = missing_after_backup(&hole, &begin, None, 16 << 20).0;
-        assert_eq!(found.len(), 1);
-        assert_eq!(
-            found[0].1.first().map(String::as_str),
-            Some("000000010000000000000005")
-        );
-        assert!(found[0].1.contains(&"000000010000000200000000".to_owned()));
-        assert!(!found[0].1.contains(&"0000000100000001000000FF".to_owned()));
-
-        // The target the refusal suggests: the first missing segment's start.
-        let start = |name: &str| {
-            let file = WalFile::parse(name).unwrap_or_else(|e| panic!("{e}"));
-            Lsn(file.start_lsn(16 << 20).unwrap_or_default()).to_string()
-        };
-        assert_eq!(start("000000020000000000000008"), "0/8000000");
-        assert_eq!(start("0000000200000003000000FF"), "3/FF000000");
-    }
-
-    fn backup(begin: &str, end: &str) -> BackupInfo {
-        let mut info = BackupInfo::new("20261207T100000");
-        for (key, value) in [("begin_wal", begin), ("end_wal", end)] {
-            info.set(key, value).unwrap_or_else(|e| panic!("{e}"));
-        }
-        info
-    }
-
-    #[test]
-    fn a_backup_lacking_its_own_wal_is_told_from_one_ending_at_a_gap() {
-        let taken = backup("000000010000000000000004", "000000010000000000000006");
-        // Whole: the last segment on the path is named.
-        let whole = files(&[
-            "000000010000000000000004",
-            "000000010000000000000005",
-            "000000010000000000000006",
-            "000000010000000000000007",
-        ]);
-        assert_eq!(
-            assess(&whole, &taken),
-            Some(Replay::Whole {
-                last: Some("000000010000000000000007".to_owned())
-            })
-        );
-        // Its first segment is gone: before, the walk started at the first archived one.
-        let no_first = files(&["000000010000000000000005", "000000010000000000000006"]);
-        assert_eq!(
-            assess(&no_first, &taken),
-            Some(Replay::LacksOwnWal {
-                missing: vec!["000000010000000000000004".to_owned()]
-            })
-        );
-        // Its last segment is not archived (nothing after it either).
-        let no_last = files(&["000000010000000000000004", "000000010000000000000005"]);
-        assert_eq!(
-            assess(&no_last, &taken),
-            Some(Replay::LacksOwnWal {
-                missing: vec!["000000010000000000000006".to_owned()]
-            })
-        );
-        assert!(assess(&[], &taken)
-            .is_some_and(|r| matches!(r, Replay::LacksOwnWal { missing } if missing.len() == 3)));
-        // A gap after its end: it restores, up to the gap.
-        let gap = files(&[
-            "000000010000000000000004",
-            "000000010000000000000005",
-            "000000010000000000000006",
-            "000000010000000000000008",
-        ]);
-        let replay = assess(&gap, &taken);
-        assert_eq!(
-            replay,
-            Some(Replay::EndsAtGap {
-                timeline: 1,
-                first_gap: vec!["000000010000000000000007".to_owned()],
-                stops_at: Lsn(0x700_0000),
-                timelines: 1,
-            })
-        );
-        let summary = replay.map(|r| r.summary()).unwrap_or_default();
-        assert!(summary.contains("up to 0/7000000"), "{summary}");
-        // A restore to a target does not mind the gap; one to the end does.
-        let replay = assess(&gap, &taken).unwrap_or_else(|| panic!("no assessment"));
-        assert!(refusal(&taken, &replay, false).is_none());
-        assert!(refusal(&taken, &replay, true).is_some_and(|m| m.contains("has a gap")));
-        let lacking = assess(&no_first, &taken).unwrap_or_else(|| panic!("no assessment"));
-        assert!(refusal(&taken, &lacking, false).is_some_and(|m| m.contains("cannot be restored")));
-        // A backup that records no last segment needs at least its first.
-        let mut no_end = BackupInfo::new("20261207T100000");
-        no_end
-            .set("begin_wal", "000000010000000000000004")
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            assess(&no_first, &no_end),
-            Some(Replay::LacksOwnWal {
-                missing: vec!["000000010000000000000004".to_owned()]
-            })
-        );
-        // A backup naming no first segment cannot be assessed.
-        assert_eq!(assess(&whole, &BackupInfo::new("20261207T100000")), None);
-    }
-}
+#[path = "wal_path_tests.rs"]
+mod tests;

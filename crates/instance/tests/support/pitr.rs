@@ -81,6 +81,12 @@ pub async fn source_with(
         .unwrap_or_else(|e| panic!("{statement}: {e}"));
     }
 
+    barman_backup(&s3, &instance);
+    finish_source(s3, creds, instance, manager).await
+}
+
+/// A base backup of `instance` by `barman-cloud-backup` into the source's place in the archive.
+pub fn barman_backup(s3: &S3Server, instance: &Instance) {
     let out = Command::new(barman("barman-cloud-backup"))
         .env("AWS_ACCESS_KEY_ID", s3.access_key())
         .env("AWS_SECRET_ACCESS_KEY", s3.secret_key())
@@ -111,8 +117,6 @@ pub async fn source_with(
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-
-    finish_source(s3, creds, instance, manager).await
 }
 
 /// The source instance, archiving, with `t` holding 'base'.

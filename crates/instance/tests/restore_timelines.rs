@@ -1,0 +1,127 @@
+//! Restores after a timeline fork, on PostgreSQL 15 and 18, a real S3 server and real
+//! barman-cloud backups: a point-in-time restore of the source's first backup, archiving into
+//! the same place, forks timeline 2 off timeline 1, while the source goes on writing on
+//! timeline 1 and takes a second backup there. A restore to the end follows timeline 2's
+//! history as postgres does (the first backup comes back with timeline 2's rows); the second
+//! backup is off that history, so a restore of it to the newest timeline is refused before
+//! anything is downloaded (postgres would refuse it only after the download), and restores with
+//! `--target-timeline current`; `wal check` says which backup restores how.
+
+mod common;
+#[path = "support/pitr.rs"]
+mod pitr;
+
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::Signal;
+use pitr::*;
+
+/// Restore the source's backup up to 'first' into an instance that archives into the source's
+/// own place (`allow_existing_wal`), start it, write 'on-two' and archive it: timeline 2.
+/// Returns the LSN where timeline 2 forked off timeline 1.
+async fn fork_timeline_two(source: &Source, version: PgVersion) -> String {
+    let mut opts = options(version);
+    opts.args = s3_archive_args(&source.s3, source.creds.path(), PREFIX, SOURCE);
+    opts.args
+        .push("--set=archive.allow_existing_wal=true".into());
+    let fork = Instance::new(opts);
+    let out = restore(source, &fork, &["--target-lsn", &source.lsn_after_first]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut manager = fork.spawn();
+    manager.wait_ready(READY).await;
+    assert_eq!(manager.status().await["timeline"].as_u64(), Some(2));
+    sql(&fork, "INSERT INTO t VALUES ('on-two'); SELECT 1").await;
+    switch_and_wait_archived(&fork, &source.s3).await;
+    let history = source
+        .s3
+        .object_path(&format!("{PREFIX}/{SOURCE}/wals/00000002.history.gz"));
+    wait_file(
+        "00000002.history archived",
+        Duration::from_secs(60),
+        &history,
+    )
+    .await;
+    let history_text = sql(&fork, "SELECT pg_read_file('pg_wal/00000002.history')").await;
+    manager.signal(Signal::SIGTERM).await;
+    assert_eq!(manager.wait_exit(EXIT).await, 0);
+    history_text
+        .split('\t')
+        .nth(1)
+        .unwrap_or_else(|| panic!("no fork position in {history_text:?}"))
+        .to_owned()
+}
+
+async fn restores_follow_the_newest_timelines_history(version: PgVersion) {
+    let source = source(version).await;
+    let first = backup_id(&source);
+    let forked_at = fork_timeline_two(&source, version).await;
+
+    // The source went on on timeline 1 after the fork: 'fourth', and a second backup there.
+    sql(
+        &source.instance,
+        "INSERT INTO t VALUES ('fourth'); SELECT 1",
+    )
+    .await;
+    barman_backup(&source.s3, &source.instance);
+    let second = backup_id(&source);
+    assert_ne!(first, second);
+    switch_and_wait_archived(&source.instance, &source.s3).await;
+
+    // `wal check`: the first backup restores along timeline 2, the second cannot.
+    let (code, backup) = wal_check_json(&source, &first);
+    assert_eq!(code, Some(1), "{backup}");
+    assert_eq!(backup["restore"], "to_end", "{backup}");
+    assert!(
+        backup["last_segment"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("00000002")),
+        "{backup}"
+    );
+    let (_, backup) = wal_check_json(&source, &second);
+    assert_eq!(backup["restore"], "off_history", "{backup}");
+    assert_eq!(backup["timeline"], 2, "{backup}");
+    assert_eq!(backup["forked_at_lsn"], forked_at.as_str(), "{backup}");
+    wal_check_says(
+        &source,
+        1,
+        &[&format!(
+            "backup {second}: cannot be restored to timeline 2"
+        )],
+    );
+
+    // The newest backup, to the newest timeline (the defaults): refused before writing.
+    refused_before_writing(
+        &source,
+        version,
+        "r-off-history",
+        &[],
+        &[
+            &format!("backup {second} cannot be restored to timeline 2"),
+            &forked_at,
+            "--target-timeline current",
+        ],
+    );
+    // As suggested, it restores on its own timeline, with timeline 1's rows.
+    assert_eq!(
+        restore_and_read(
+            &source,
+            version,
+            "r-current",
+            &["--backup", &second, "--target-timeline", "current"]
+        )
+        .await,
+        "base,first,fourth,second,third"
+    );
+    // The first backup, to the end: timeline 2's history, so timeline 2's rows.
+    assert_eq!(
+        restore_and_read(&source, version, "r-latest", &["--backup", &first]).await,
+        "base,first,on-two"
+    );
+
+    let mut manager = source.manager;
+    manager.signal(Signal::SIGTERM).await;
+    assert_eq!(manager.wait_exit(EXIT).await, 0);
+}
+
+for_each_version!(restores_follow_the_newest_timelines_history);
