@@ -5,19 +5,22 @@
 //! scripts; the exit code is the same: 0 when all is whole, 1 when a timeline has gaps or a finished backup does not restore
 //! to the end, 2 when the check itself failed.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use pgsteward_archive::timeline::History;
 use pgsteward_archive::{WalFile, WalKind};
-use pgsteward_backup::catalog::Catalog;
+use pgsteward_backup::catalog::{Catalog, CatalogEntry};
 use pgsteward_backup::info::BackupStatus;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
+use crate::archiver::status;
 use crate::recovery::wal_path::{self, Replay};
-use crate::wal_cmd::operator_settings;
+use crate::wal_cmd::operator_target;
 
 /// What one backup's line says.
 struct BackupLine {
@@ -32,7 +35,10 @@ struct BackupLine {
 struct Report {
     destination: String,
     server: String,
+    /// Files listed in the archive.
     files: usize,
+    /// Files the local data directory still holds `.ready`: not archived yet, not lost.
+    pending: Vec<String>,
     timelines: Vec<u32>,
     gaps: Vec<(u32, Vec<String>)>,
     backups: Vec<BackupLine>,
@@ -57,6 +63,18 @@ impl Report {
                 .iter()
                 .collect::<std::collections::BTreeSet<_>>()
         );
+        if !self.pending.is_empty() {
+            println!(
+                "{} file(s) still waiting to be archived in this data directory, counted as archived (postgres keeps them until they are): {}",
+                self.pending.len(),
+                self.pending
+                    .iter()
+                    .take(20)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         for (timeline, missing) in &self.gaps {
             println!(
                 "timeline {timeline}: {} missing segment(s): {}",
@@ -134,6 +152,7 @@ impl Report {
             "destination": self.destination,
             "server_name": self.server,
             "files": self.files,
+            "pending": self.pending,
             "timelines": self.timelines,
             "gaps": self.gaps.iter().map(|(timeline, missing)| json!({
                 "timeline": timeline,
@@ -170,15 +189,29 @@ pub fn check(pgdata: Option<&Path>, config: Option<&Path>, segment_mb: u64, as_j
 }
 
 async fn report(pgdata: Option<&Path>, config: Option<&Path>, segment_mb: u64) -> Result<Report> {
-    let settings = operator_settings(pgdata, config)?;
+    let (settings, local) = operator_target(pgdata, config)?;
+    // Its `.ready` files are not holes (when it is on this machine).
+    let local = local.filter(|dir| dir.join("pg_wal/archive_status").is_dir());
     let wal = settings.open().await?;
-    let files: Vec<WalFile> = wal
+    let mut files: Vec<WalFile> = wal
         .list(Instant::now() + Duration::from_secs(600))
         .await?
         .into_iter()
         .map(|(f, _)| f)
         .collect();
-    let timelines: std::collections::BTreeSet<u32> = files.iter().map(WalFile::timeline).collect();
+    let listed = files.len();
+    // What this data directory still holds `.ready`, read after the listing: postgres keeps
+    // those until they are archived, so they are not holes (a busy primary always has some,
+    // and its parallel uploads finish out of order).
+    let pending: Vec<WalFile> = local
+        .as_deref()
+        .map(|dir| status::names_with_status(dir, status::READY))
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|name| WalFile::parse(name).ok())
+        .filter(|file| !files.contains(file))
+        .collect();
+    files.extend(pending.iter().cloned());
     let catalog = Catalog::new(Arc::clone(wal.store()), &settings.server_name);
     let entries = catalog
         .list()
@@ -194,7 +227,64 @@ async fn report(pgdata: Option<&Path>, config: Option<&Path>, segment_mb: u64) -
         .collect();
     let histories =
         wal_path::latest_histories(&wal, backup_timelines, &files, settings.timeout()).await?;
-    let backups = entries
+    let segment_bytes = segment_mb << 20;
+    let mut backups = assess_backups(&entries, &files, &histories);
+    let mut found_gaps = gaps(&files, segment_bytes);
+    if local.is_some() {
+        // A segment whose upload ended between the listing and the `.ready` read is neither
+        // listed nor pending: look for what seems missing once more.
+        let seemingly_missing: Vec<WalFile> = missing_names(&found_gaps, &backups)
+            .iter()
+            .filter_map(|name| WalFile::parse(name).ok())
+            .collect();
+        if !seemingly_missing.is_empty() {
+            let stored_since = wal
+                .archived_among(&seemingly_missing, Instant::now() + settings.timeout())
+                .await?;
+            if !stored_since.is_empty() {
+                files.extend(stored_since);
+                backups = assess_backups(&entries, &files, &histories);
+                found_gaps = gaps(&files, segment_bytes);
+            }
+        }
+    }
+    Ok(Report {
+        destination: wal.store().describe(),
+        server: settings.server_name.clone(),
+        files: listed,
+        pending: pending.iter().map(|f| f.name().to_owned()).collect(),
+        timelines: files
+            .iter()
+            .map(WalFile::timeline)
+            .collect::<std::collections::BTreeSet<u32>>()
+            .into_iter()
+            .collect(),
+        gaps: found_gaps,
+        backups,
+    })
+}
+
+/// Every segment name the gaps and the backups' lines call missing.
+fn missing_names(gaps: &[(u32, Vec<String>)], backups: &[BackupLine]) -> BTreeSet<String> {
+    let from_backups = backups.iter().flat_map(|line| match &line.replay {
+        Some(Replay::LacksOwnWal { missing }) => missing.as_slice(),
+        Some(Replay::EndsAtGap { first_gap, .. }) => first_gap.as_slice(),
+        _ => &[],
+    });
+    gaps.iter()
+        .flat_map(|(_, names)| names)
+        .chain(from_backups)
+        .cloned()
+        .collect()
+}
+
+/// One line per backup of the catalog: how a restore from a finished one goes.
+fn assess_backups(
+    entries: &[CatalogEntry],
+    files: &[WalFile],
+    histories: &BTreeMap<u32, History>,
+) -> Vec<BackupLine> {
+    entries
         .iter()
         .map(|entry| {
             let (status, replay, text) = match &entry.info {
@@ -206,7 +296,7 @@ async fn report(pgdata: Option<&Path>, config: Option<&Path>, segment_mb: u64) -
                 Ok(info) => match info.status() {
                     Ok(BackupStatus::Done) => match wal_path::backup_timeline(info)
                         .and_then(|timeline| histories.get(&timeline))
-                        .and_then(|history| wal_path::assess(&files, info, history))
+                        .and_then(|history| wal_path::assess(files, info, history))
                     {
                         Some(replay) => ("DONE".to_owned(), Some(replay.clone()), replay.summary()),
                         None => (
@@ -230,15 +320,7 @@ async fn report(pgdata: Option<&Path>, config: Option<&Path>, segment_mb: u64) -
                 text,
             }
         })
-        .collect();
-    Ok(Report {
-        destination: wal.store().describe(),
-        server: settings.server_name.clone(),
-        files: files.len(),
-        timelines: timelines.into_iter().collect(),
-        gaps: gaps(&files, segment_mb << 20),
-        backups,
-    })
+        .collect()
 }
 
 /// Missing segments between the first and last archived segment of each timeline.

@@ -2,9 +2,9 @@
 //! (restore_command), and `wal list` for operators. The first two ask the manager over
 //! its socket and do the work themselves when no manager answers; their inputs are checked
 //! before anything touches storage: a WAL file name, and paths inside the data directory.
-//! `wal check` is in `wal_check_cmd`, which shares `operator_settings`.
+//! `wal check` is in `wal_check_cmd`, which shares `operator_target`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -143,14 +143,25 @@ pub(crate) fn operator_settings(
     pgdata: Option<&Path>,
     config: Option<&Path>,
 ) -> Result<ArchiveSettings> {
+    operator_target(pgdata, config).map(|(settings, _)| settings)
+}
+
+/// The archive settings an operator command works on (those `--pgdata` holds, or those
+/// `--config` resolves), and the data directory it names (`--pgdata`, or the configuration's
+/// `pgdata`).
+pub(crate) fn operator_target(
+    pgdata: Option<&Path>,
+    config: Option<&Path>,
+) -> Result<(ArchiveSettings, Option<PathBuf>)> {
     match (pgdata, config) {
-        (Some(pgdata), _) => ArchiveSettings::read(pgdata),
+        (Some(pgdata), _) => Ok((ArchiveSettings::read(pgdata)?, Some(pgdata.to_path_buf()))),
         (None, Some(file)) => {
             let sources =
                 crate::config::ConfigSources::from_process(Some(file.to_path_buf()), Vec::new());
             let config = crate::config::load(&sources)?;
-            ArchiveSettings::from_config(&config)
-                .context("archive.destination is not set in the configuration")
+            let settings = ArchiveSettings::from_config(&config)
+                .context("archive.destination is not set in the configuration")?;
+            Ok((settings, config.pgdata))
         }
         (None, None) => bail!("give --pgdata DIR or --config FILE"),
     }

@@ -6,7 +6,8 @@
 //! two transactions (exactly the first), an LSN, a restore-point name, a relocated
 //! tablespace; refusals for a non-empty directory, a target before the backup, a target
 //! beyond the archive, a damaged segment, a gap in the archive and a backup whose own WAL is
-//! lost (failures, not a shorter recovery; `wal check` reports the last two per backup).
+//! lost (failures, not a shorter recovery; `wal check` reports the last two per backup, and
+//! does not count a segment still `.ready` in the data directory it is given as lost).
 
 mod common;
 #[path = "support/pitr.rs"]
@@ -164,6 +165,28 @@ async fn restore_refusals(version: PgVersion) {
             .as_array()
             .is_some_and(|m| m.iter().any(|n| n == lost_name.as_str())),
         "{backup}"
+    );
+    // The same segment still `.ready` in the data directory `wal check` is given (in flight
+    // on a busy primary, whose uploads finish out of order): waiting, not a hole.
+    let local = pgsteward_testkit::fsutil::ScratchDir::new();
+    local.mkdir("pg_wal/archive_status", 0o700);
+    local.write(
+        "pgsteward.archive.json",
+        &std::fs::read_to_string(source.instance.pgdata.join("pgsteward.archive.json"))
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
+    local.write(&format!("pg_wal/archive_status/{lost_name}.ready"), "");
+    let out = pgsteward(&[
+        "wal",
+        "check",
+        "--pgdata",
+        &local.path().display().to_string(),
+    ]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{said}{}", stderr(&out));
+    assert!(
+        said.contains("1 file(s) still waiting to be archived") && said.contains(&lost_name),
+        "{said}"
     );
     std::fs::write(&lost, kept).unwrap_or_else(|e| panic!("{e}"));
     wal_check_says(
