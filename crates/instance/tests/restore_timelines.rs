@@ -2,10 +2,11 @@
 //! barman-cloud backups: a point-in-time restore of the source's first backup, archiving into
 //! the same place, forks timeline 2 off timeline 1, while the source goes on writing on
 //! timeline 1 and takes a second backup there. A restore to the end follows timeline 2's
-//! history as postgres does (the first backup comes back with timeline 2's rows); the second
-//! backup is off that history, so a restore of it to the newest timeline is refused before
-//! anything is downloaded (postgres would refuse it only after the download), and restores with
-//! `--target-timeline current`; `wal check` says which backup restores how.
+//! history as postgres does; the second backup is off that history, so the defaults pass it
+//! over for the first (which comes back with timeline 2's rows), a restore of it named to the
+//! newest timeline is refused before anything is downloaded (postgres would refuse it only
+//! after the download), and it restores with `--target-timeline current`; `wal check` says
+//! which backup restores how.
 
 mod common;
 #[path = "support/pitr.rs"]
@@ -90,12 +91,18 @@ async fn restores_follow_the_newest_timelines_history(version: PgVersion) {
         )],
     );
 
-    // The newest backup, to the newest timeline (the defaults): refused before writing.
+    // The defaults (the newest backup, to the end of the newest timeline) pass over the
+    // second backup for the newest one on timeline 2's history: timeline 2's rows.
+    assert_eq!(
+        restore_and_read(&source, version, "r-latest", &[]).await,
+        "base,first,on-two"
+    );
+    // The second backup named, to the newest timeline: refused before writing.
     refused_before_writing(
         &source,
         version,
         "r-off-history",
-        &[],
+        &["--backup", &second],
         &[
             &format!("backup {second} cannot be restored to timeline 2"),
             &forked_at,
@@ -112,11 +119,6 @@ async fn restores_follow_the_newest_timelines_history(version: PgVersion) {
         )
         .await,
         "base,first,fourth,second,third"
-    );
-    // The first backup, to the end: timeline 2's history, so timeline 2's rows.
-    assert_eq!(
-        restore_and_read(&source, version, "r-latest", &["--backup", &first]).await,
-        "base,first,on-two"
     );
 
     let mut manager = source.manager;

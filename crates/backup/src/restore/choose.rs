@@ -49,9 +49,14 @@ fn is_done(info: &BackupInfo) -> bool {
 
 /// Pick among `backups` (any order) for `target`; pure, for tests.
 pub fn pick<'a>(backups: &'a [BackupInfo], target: &RecoveryTarget) -> Option<&'a BackupInfo> {
+    suitable(backups, target).into_iter().next()
+}
+
+/// The DONE backups among `backups` that can reach `target`, newest first.
+fn suitable<'a>(backups: &'a [BackupInfo], target: &RecoveryTarget) -> Vec<&'a BackupInfo> {
     let mut done: Vec<&BackupInfo> = backups.iter().filter(|b| is_done(b)).collect();
     done.sort_by(|a, b| b.backup_id().cmp(a.backup_id()));
-    done.into_iter().find(|backup| {
+    done.retain(|backup| {
         if let TargetTimeline::Id(tli) = target.timeline {
             if backup.timeline().ok().flatten() != Some(tli) {
                 return false;
@@ -69,15 +74,18 @@ pub fn pick<'a>(backups: &'a [BackupInfo], target: &RecoveryTarget) -> Option<&'
                 .is_some_and(|end| end <= *lsn),
             _ => true,
         }
-    })
+    });
+    done
 }
 
-/// Choose from the catalog.
+/// Choose from the catalog: the backup asked for, or for `Latest` every DONE backup that can
+/// reach the target, newest first (never empty: none is an error). The caller takes the
+/// first, or the first whose WAL leads to the target's timeline.
 pub async fn choose(
     catalog: &Catalog,
     choice: &BackupChoice,
     target: &RecoveryTarget,
-) -> Result<BackupInfo, ChooseError> {
+) -> Result<Vec<BackupInfo>, ChooseError> {
     let where_ = format!("{}/{}", catalog.store().describe(), catalog.base_prefix());
     match choice {
         BackupChoice::Id(id) => {
@@ -86,7 +94,7 @@ pub async fn choose(
                 .await?
                 .ok_or_else(|| ChooseError::NotFound(id.clone(), where_.clone()))?;
             match info.status() {
-                Ok(BackupStatus::Done) => Ok(info),
+                Ok(BackupStatus::Done) => Ok(vec![info]),
                 Ok(status) => Err(ChooseError::NotDone {
                     id: id.clone(),
                     status: status.as_str().to_owned(),
@@ -108,18 +116,20 @@ pub async fn choose(
                 }
             }
             let done = infos.iter().filter(|b| is_done(b)).count();
-            pick(&infos, target)
-                .cloned()
-                .ok_or_else(|| ChooseError::NoneSuitable {
-                    where_,
-                    detail: match &target.target {
-                        _ if done == 0 => "the catalog has no DONE backup".to_owned(),
-                        Target::Time(_) | Target::Lsn(_) => format!(
-                            "all {done} DONE backups end after the target, or are on another timeline"
-                        ),
-                        _ => format!("none of the {done} DONE backups is on the target timeline"),
-                    },
-                })
+            let suitable: Vec<BackupInfo> = suitable(&infos, target).into_iter().cloned().collect();
+            if !suitable.is_empty() {
+                return Ok(suitable);
+            }
+            Err(ChooseError::NoneSuitable {
+                where_,
+                detail: match &target.target {
+                    _ if done == 0 => "the catalog has no DONE backup".to_owned(),
+                    Target::Time(_) | Target::Lsn(_) => format!(
+                        "all {done} DONE backups end after the target, or are on another timeline"
+                    ),
+                    _ => format!("none of the {done} DONE backups is on the target timeline"),
+                },
+            })
         }
     }
 }

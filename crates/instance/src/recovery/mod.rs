@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use pgsteward_backup::catalog::Catalog;
 use pgsteward_backup::info::BackupInfo;
 use pgsteward_backup::restore::choose::{self, BackupChoice};
@@ -100,13 +100,23 @@ pub async fn restore_files(
     replay: bool,
 ) -> Result<Restored> {
     let catalog = open_catalog(source).await?;
-    let backup = choose::choose(&catalog, choice, target).await?;
+    let candidates = choose::choose(&catalog, choice, target).await?;
+    // On the catalog's store client: no second client (TLS set-up, credentials) for it.
+    let wal = source.wal_archive_on(Arc::clone(catalog.store()));
+    // The newest suitable backup; when replaying, the newest that can reach the target's
+    // timeline (not one an old primary took after a failover forked the timeline off its own).
+    let newest_on_history = if replay && candidates.len() > 1 {
+        wal_path::first_on_history(&wal, &candidates, target.timeline, source.timeout()).await?
+    } else {
+        None
+    };
+    let Some(backup) = newest_on_history.or_else(|| candidates.into_iter().next()) else {
+        bail!("no backup to restore");
+    };
     target
         .check_against(&backup)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     if replay {
-        // On the catalog's store client: no second client (TLS set-up, credentials) for it.
-        let wal = source.wal_archive_on(Arc::clone(catalog.store()));
         let to_end = target.target == Target::EndOfArchive;
         wal_path::check(&wal, &backup, source.timeout(), to_end, target.timeline).await?;
     }

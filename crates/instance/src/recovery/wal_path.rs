@@ -7,6 +7,7 @@
 //! timelines (`route`), as is a backup that is not on that path at all. `pgsteward wal check`
 //! reports the same for every backup of the catalog.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{bail, Result};
@@ -216,6 +217,48 @@ pub fn assess(archived: &[WalFile], backup: &BackupInfo, history: &History) -> O
             timelines: missing.len(),
         },
     })
+}
+
+/// The first of `candidates` (best first) that is on the history of the timeline a replay to
+/// `timeline` follows (None when none is): after a failover, backups the old primary took on
+/// its timeline after the fork cannot reach the newest timeline, and are passed over, with a
+/// warning saying how to restore them. A candidate naming no first WAL segment is not
+/// judged here (taken as it is).
+pub async fn first_on_history(
+    wal: &WalArchive,
+    candidates: &[BackupInfo],
+    timeline: TargetTimeline,
+    timeout: std::time::Duration,
+) -> Result<Option<BackupInfo>> {
+    let deadline = deadline_in(timeout);
+    let mut histories: BTreeMap<u32, History> = BTreeMap::new();
+    for backup in candidates {
+        let Some(backup_timeline) = backup_timeline(backup) else {
+            return Ok(Some(backup.clone()));
+        };
+        let history = match histories.entry(backup_timeline) {
+            Entry::Occupied(known) => known.into_mut(),
+            Entry::Vacant(slot) => {
+                slot.insert(route::resolve(wal, backup_timeline, timeline, None, deadline).await?)
+            }
+        };
+        match off_history(backup, history) {
+            None => return Ok(Some(backup.clone())),
+            Some(Replay::OffHistory {
+                timeline,
+                backup_timeline,
+                forked_at,
+            }) => tracing::warn!(
+                backup = %backup.backup_id(),
+                "passing over backup {}: it cannot be restored to timeline {timeline} ({}); restore it with --backup {} --target-timeline current",
+                backup.backup_id(),
+                off_history_reason(timeline, backup_timeline, forked_at),
+                backup.backup_id()
+            ),
+            Some(_) => {}
+        }
+    }
+    Ok(None)
 }
 
 /// The timeline a backup starts on (its first WAL segment's).
