@@ -97,6 +97,11 @@ async fn restores_follow_the_newest_timelines_history(version: PgVersion) {
         restore_and_read(&source, version, "r-latest", &[]).await,
         "base,first,on-two"
     );
+    // Timeline 2 by number: its backups and those of earlier timelines on its history.
+    assert_eq!(
+        restore_and_read(&source, version, "r-two", &["--target-timeline", "2"]).await,
+        "base,first,on-two"
+    );
     // The second backup named, to the newest timeline: refused before writing.
     refused_before_writing(
         &source,

@@ -1,7 +1,8 @@
 //! Which backup a restore starts from, with barman's rules: only DONE backups; `latest` is the
 //! newest; for a time target the newest whose `end_time` is not after the target, for an LSN
 //! target the newest whose `end_xlog` is not after it; a numeric target timeline keeps only
-//! backups of that timeline. A backup named by id must exist and be DONE.
+//! backups of that timeline or an earlier one (the restore then takes the newest on its
+//! history). A backup named by id must exist and be DONE.
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::info::{BackupInfo, BackupStatus};
@@ -58,7 +59,9 @@ fn suitable<'a>(backups: &'a [BackupInfo], target: &RecoveryTarget) -> Vec<&'a B
     done.sort_by(|a, b| b.backup_id().cmp(a.backup_id()));
     done.retain(|backup| {
         if let TargetTimeline::Id(tli) = target.timeline {
-            if backup.timeline().ok().flatten() != Some(tli) {
+            // A backup on a later timeline is never on this one's history; one on an earlier
+            // timeline may be (whether it is, the archive's history files say: the caller).
+            if backup.timeline().ok().flatten().is_none_or(|t| t > tli) {
                 return false;
             }
         }
@@ -127,7 +130,9 @@ pub async fn choose(
                     Target::Time(_) | Target::Lsn(_) => format!(
                         "all {done} DONE backups end after the target, or are on another timeline"
                     ),
-                    _ => format!("none of the {done} DONE backups is on the target timeline"),
+                    _ => format!(
+                        "none of the {done} DONE backups is on the target timeline or an earlier one"
+                    ),
                 },
             })
         }
@@ -193,6 +198,9 @@ mod tests {
         target.target = Target::Name("before-upgrade".into());
         target.timeline = TargetTimeline::Id(1);
         assert_eq!(id(&target).as_deref(), Some("20261121T100000"));
+        // Timeline 3 may descend from timeline 2: its backups are candidates.
+        target.timeline = TargetTimeline::Id(3);
+        assert_eq!(id(&target).as_deref(), Some("20261123T100000"));
     }
 
     #[test]
