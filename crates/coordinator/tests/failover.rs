@@ -408,15 +408,7 @@ async fn hang_fails_over_then_fences_the_stale_primary(version: PgVersion) {
     // Without an archive, pg_rewind may miss recycled WAL of the old timeline: then the
     // instance stays fenced and says why (replication.rewind_failure = fence).
     let settled = wait_fenced_or_readmitted(&primary, &replica, 5).await;
-    if settled["state"] == "fenced" {
-        assert!(
-            settled["replication"]["role"] == "primary"
-                || settled["last_error"]
-                    .as_str()
-                    .is_some_and(|e| e.contains("rewind_failure")),
-            "{settled}"
-        );
-    }
+    assert_stale_primary_settled(&settled, &replica, 5);
     let s = coordinator.status().await.unwrap();
     assert_eq!(
         s["last_action"]["decision"]["action"]["kind"], "fence",
@@ -494,15 +486,7 @@ async fn postgres_down_fences_then_promotes(version: PgVersion) {
         "{status}"
     );
     let settled = wait_fenced_or_readmitted(&primary, &replica, 2).await;
-    if settled["state"] == "fenced" {
-        assert!(
-            settled["replication"]["role"] == "primary"
-                || settled["last_error"]
-                    .as_str()
-                    .is_some_and(|e| e.contains("rewind_failure")),
-            "{settled}"
-        );
-    }
+    assert_stale_primary_settled(&settled, &replica, 2);
     let new = replica_manager.status().await;
     assert_eq!(new["replication"]["role"], "primary", "{new}");
     exec(replica.pg_port, "INSERT INTO t VALUES (1)")
@@ -511,6 +495,27 @@ async fn postgres_down_fences_then_promotes(version: PgVersion) {
 }
 
 /// Wait until the old primary is fenced or re-admitted (see `wait_readmitted`); its status.
+/// A stale primary that `wait_fenced_or_readmitted` found fenced is fenced as the old
+/// primary, or already told to follow the new one with `term` (the re-admission under way,
+/// postgres not yet started as a standby), or refused a rewind.
+fn assert_stale_primary_settled(settled: &Value, new: &Instance, term: u64) {
+    if settled["state"] != "fenced" {
+        return;
+    }
+    let r = &settled["replication"];
+    let readmitting = r["role"] == "replica"
+        && r["term"] == term
+        && r["upstream"] == format!("127.0.0.1:{}", new.pg_port).as_str();
+    assert!(
+        r["role"] == "primary"
+            || readmitting
+            || settled["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("rewind_failure")),
+        "{settled}"
+    );
+}
+
 async fn wait_fenced_or_readmitted(old: &Instance, new: &Instance, term: u64) -> Value {
     let upstream = format!("127.0.0.1:{}", new.pg_port);
     wait_for(
