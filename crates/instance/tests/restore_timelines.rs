@@ -12,8 +12,6 @@ mod common;
 #[path = "support/pitr.rs"]
 mod pitr;
 
-use std::time::Duration;
-
 use common::*;
 use nix::sys::signal::Signal;
 use pitr::*;
@@ -34,15 +32,7 @@ async fn fork_timeline_two(source: &Source, version: PgVersion) -> String {
     assert_eq!(manager.status().await["timeline"].as_u64(), Some(2));
     sql(&fork, "INSERT INTO t VALUES ('on-two'); SELECT 1").await;
     switch_and_wait_archived(&fork, &source.s3).await;
-    let history = source
-        .s3
-        .object_path(&format!("{PREFIX}/{SOURCE}/wals/00000002.history.gz"));
-    wait_file(
-        "00000002.history archived",
-        Duration::from_secs(60),
-        &history,
-    )
-    .await;
+    wait_history_archived(source, SOURCE, 2).await;
     let history_text = sql(&fork, "SELECT pg_read_file('pg_wal/00000002.history')").await;
     manager.signal(Signal::SIGTERM).await;
     assert_eq!(manager.wait_exit(EXIT).await, 0);

@@ -253,18 +253,23 @@ pub async fn restore_and_read(
     // The history file of the new timeline reaches the instance's own archive.
     let timeline = manager.status().await["timeline"].as_u64().unwrap_or(0);
     assert!(timeline >= 2, "timeline {timeline}");
+    wait_history_archived(source, name, timeline).await;
+    manager.signal(Signal::SIGTERM).await;
+    assert_eq!(manager.wait_exit(EXIT).await, 0);
+    rows
+}
+
+/// Wait until `timeline`'s history file is archived under `server` in the source's bucket.
+pub async fn wait_history_archived(source: &Source, server: &str, timeline: u64) {
     let history = source
         .s3
-        .object_path(&format!("{PREFIX}/{name}/wals/{timeline:08X}.history.gz"));
+        .object_path(&format!("{PREFIX}/{server}/wals/{timeline:08X}.history.gz"));
     wait_file(
-        "the new timeline's history archived",
+        &format!("{timeline:08X}.history archived"),
         Duration::from_secs(60),
         &history,
     )
     .await;
-    manager.signal(Signal::SIGTERM).await;
-    assert_eq!(manager.wait_exit(EXIT).await, 0);
-    rows
 }
 
 pub fn stderr(out: &Output) -> String {
