@@ -40,6 +40,8 @@ struct Report {
     /// Files the local data directory still holds `.ready`: not archived yet, not lost.
     pending: Vec<String>,
     timelines: Vec<u32>,
+    /// Timelines after the first with segments but no archived history file.
+    without_history: Vec<u32>,
     gaps: Vec<(u32, Vec<String>)>,
     backups: Vec<BackupLine>,
 }
@@ -47,6 +49,7 @@ struct Report {
 impl Report {
     fn ok(&self) -> bool {
         self.gaps.is_empty()
+            && self.without_history.is_empty()
             && self.backups.iter().all(|b| {
                 b.replay
                     .as_ref()
@@ -73,6 +76,13 @@ impl Report {
                     .cloned()
                     .collect::<Vec<_>>()
                     .join(", ")
+            );
+        }
+        for timeline in &self.without_history {
+            println!(
+                "timeline {timeline}: segments archived but no {timeline:08X}.history: a restore \
+                 reaches them only from a backup taken on timeline {timeline} (postgres finds a \
+                 newer timeline by its history file)"
             );
         }
         for (timeline, missing) in &self.gaps {
@@ -154,6 +164,7 @@ impl Report {
             "files": self.files,
             "pending": self.pending,
             "timelines": self.timelines,
+            "timelines_without_history": self.without_history,
             "gaps": self.gaps.iter().map(|(timeline, missing)| json!({
                 "timeline": timeline,
                 "missing": missing,
@@ -259,6 +270,7 @@ async fn report(pgdata: Option<&Path>, config: Option<&Path>, segment_mb: u64) -
             .collect::<std::collections::BTreeSet<u32>>()
             .into_iter()
             .collect(),
+        without_history: without_history(&files),
         gaps: found_gaps,
         backups,
     })
@@ -323,6 +335,27 @@ fn assess_backups(
         .collect()
 }
 
+/// Timelines after the lowest one archived that have segments but no history file: a replay
+/// following the newest timeline never reaches them (postgres looks for a newer timeline by
+/// its history file).
+fn without_history(files: &[WalFile]) -> Vec<u32> {
+    let histories: BTreeSet<u32> = files
+        .iter()
+        .filter(|f| f.kind() == WalKind::TimelineHistory)
+        .map(WalFile::timeline)
+        .collect();
+    let with_segments: BTreeSet<u32> = files
+        .iter()
+        .filter(|f| f.kind() == WalKind::Segment)
+        .map(WalFile::timeline)
+        .collect();
+    let lowest = with_segments.first().copied();
+    with_segments
+        .into_iter()
+        .filter(|t| Some(*t) != lowest && !histories.contains(t))
+        .collect()
+}
+
 /// Missing segments between the first and last archived segment of each timeline.
 pub fn gaps(names: &[WalFile], segment_bytes: u64) -> Vec<(u32, Vec<String>)> {
     let mut by_timeline: std::collections::BTreeMap<u32, Vec<&WalFile>> =
@@ -370,6 +403,7 @@ mod tests {
         .iter()
         .map(|n| WalFile::parse(n).unwrap())
         .collect();
+        assert!(without_history(&names).is_empty());
         let found = gaps(&names, 16 << 20);
         assert_eq!(
             found,
@@ -381,5 +415,21 @@ mod tests {
                 ]
             )]
         );
+    }
+
+    #[test]
+    fn tells_timelines_whose_history_file_is_missing() {
+        let names: Vec<WalFile> = [
+            "000000020000000000000001",
+            "000000030000000000000004",
+            "00000004.history",
+            "000000040000000000000006",
+            "000000050000000000000007",
+        ]
+        .iter()
+        .map(|n| WalFile::parse(n).unwrap())
+        .collect();
+        // The lowest (an archive that begins on timeline 2) needs none.
+        assert_eq!(without_history(&names), vec![3, 5]);
     }
 }

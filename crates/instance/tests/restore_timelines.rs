@@ -81,6 +81,31 @@ async fn restores_follow_the_newest_timelines_history(version: PgVersion) {
         )],
     );
 
+    // Without timeline 2's history file no replay reaches timeline 2 (postgres finds a newer
+    // timeline by its history file): `wal check` says so, and both backups then restore along
+    // timeline 1 alone.
+    let history = source
+        .s3
+        .object_path(&format!("{PREFIX}/{SOURCE}/wals/00000002.history.gz"));
+    let kept = std::fs::read(&history).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::remove_file(&history).unwrap_or_else(|e| panic!("{e}"));
+    wal_check_says(
+        &source,
+        1,
+        &["timeline 2: segments archived but no 00000002.history"],
+    );
+    for id in [&first, &second] {
+        let (_, backup) = wal_check_json(&source, id);
+        assert_eq!(backup["restore"], "to_end", "{backup}");
+        assert!(
+            backup["last_segment"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("00000001")),
+            "{backup}"
+        );
+    }
+    std::fs::write(&history, kept).unwrap_or_else(|e| panic!("{e}"));
+
     // The defaults (the newest backup, to the end of the newest timeline) pass over the
     // second backup for the newest one on timeline 2's history: timeline 2's rows.
     assert_eq!(
