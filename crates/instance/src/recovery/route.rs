@@ -30,8 +30,9 @@ pub async fn resolve(
         TargetTimeline::Id(timeline) => (timeline, None),
         TargetTimeline::Latest => newest(wal, backup_timeline, listed, deadline).await?,
     };
-    if timeline == backup_timeline {
-        // The replay starts on its target timeline and stays there.
+    if timeline == backup_timeline || timeline == 1 {
+        // The replay starts on its target timeline and stays there; or the target is the
+        // first timeline, which has no history file (and no ancestors).
         return Ok(History::without_forks(timeline));
     }
     let Some(file) = WalFile::history_of(timeline) else {
@@ -84,4 +85,68 @@ async fn newest(
         newest = (file.timeline(), content);
     }
     Ok(newest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgsteward_archive::layout::{Compression, Layout};
+    use pgsteward_archive::store::file::FileStore;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn resolves_timelines_as_postgres_does() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store =
+            Arc::new(FileStore::new(dir.path().join("store")).unwrap_or_else(|e| panic!("{e}")));
+        let wal = WalArchive::new(store, Layout::new("srv"), Compression::Gzip, 1);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // Timelines 2 and 3 have history files, 4 does not, 5 does (after the gap).
+        for (timeline, text) in [
+            (2, "1\t0/5000000\tno recovery target specified\n"),
+            (3, "1\t0/5000000\tx\n2\t0/9000000\ty\n"),
+            (5, "1\t0/5000000\tx\n"),
+        ] {
+            let file = WalFile::history_of(timeline).unwrap_or_else(|| panic!("{timeline}"));
+            wal.archive(&file, Bytes::from(text.to_owned()), deadline)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let listed: Vec<WalFile> = wal
+            .list(deadline)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_iter()
+            .map(|(file, _)| file)
+            .collect();
+        for listing in [None, Some(listed.as_slice())] {
+            let latest = resolve(&wal, 1, TargetTimeline::Latest, listing, deadline)
+                .await
+                .unwrap_or_else(|e| panic!("{e:#}"));
+            assert_eq!(latest.timeline(), 3, "the probe stops at the missing 4");
+            assert_eq!(latest.forks().len(), 2);
+            assert_eq!(latest.timeline_of(0x900_0000), 3);
+        }
+        let current = resolve(&wal, 2, TargetTimeline::Current, None, deadline)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(current, History::without_forks(2));
+        // The first timeline needs no history file; another that has none is refused.
+        let first = resolve(&wal, 2, TargetTimeline::Id(1), None, deadline)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(first, History::without_forks(1));
+        let missing = resolve(&wal, 1, TargetTimeline::Id(4), None, deadline).await;
+        assert!(
+            missing
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("no 00000004.history")),
+            "{missing:?}"
+        );
+        let by_number = resolve(&wal, 1, TargetTimeline::Id(5), None, deadline)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(by_number.timeline_of(0x500_0000), 5);
+    }
 }
