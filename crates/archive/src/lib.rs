@@ -7,6 +7,7 @@ pub mod atomic_file;
 pub mod buffers;
 pub mod compress;
 pub mod layout;
+pub mod lsn;
 pub mod retry;
 pub mod store;
 pub mod timeline;

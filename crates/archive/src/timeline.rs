@@ -6,6 +6,8 @@
 
 use thiserror::Error;
 
+use crate::lsn::{format_lsn, parse_lsn};
+
 /// Where a timeline forked off its parent: WAL before `at` is the parent's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fork {
@@ -126,21 +128,6 @@ impl History {
     }
 }
 
-fn parse_lsn(text: &str) -> Option<u64> {
-    let (high, low) = text.split_once('/')?;
-    let part = |p: &str| {
-        (!p.is_empty() && p.len() <= 8)
-            .then(|| u32::from_str_radix(p, 16).ok())
-            .flatten()
-    };
-    Some((u64::from(part(high)?) << 32) | u64::from(part(low)?))
-}
-
-/// A WAL position as postgres prints it (`X/Y`, hex).
-pub fn format_lsn(lsn: u64) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,7 +169,6 @@ mod tests {
         // WAL up to the fork); segment 9 begins exactly at the second fork.
         let read_from: Vec<u32> = (3..11).map(|s| h.timeline_of_segment(s, SEGMENT)).collect();
         assert_eq!(read_from, [1, 1, 2, 2, 2, 2, 3, 3]);
-        assert_eq!(format_lsn(0x1_0A00_0028), "1/A000028");
     }
 
     #[test]

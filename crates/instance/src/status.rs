@@ -106,9 +106,7 @@ fn lag_bytes(
     last_archived: Option<&str>,
     segment_bytes: u64,
 ) -> Option<u64> {
-    let (high, low) = current_lsn?.split_once('/')?;
-    let current =
-        (u64::from_str_radix(high, 16).ok()? << 32) | u64::from_str_radix(low, 16).ok()?;
+    let current = pgsteward_archive::lsn::parse_lsn(current_lsn?)?;
     let file = pgsteward_archive::WalFile::parse(last_archived?).ok()?;
     let (_, log, seg) = file.position()?;
     let end = (u64::from(log) << 32) + (u64::from(seg) + 1) * segment_bytes;

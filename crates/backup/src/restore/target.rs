@@ -18,25 +18,15 @@ impl FromStr for Lsn {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let (high, low) = text
-            .trim()
-            .split_once('/')
-            .ok_or_else(|| format!("LSN {text:?} is not X/Y"))?;
-        let parse = |part: &str| {
-            if part.is_empty() || part.len() > 8 {
-                return Err(format!(
-                    "LSN {text:?} is not X/Y (hex, 8 digits at most each)"
-                ));
-            }
-            u32::from_str_radix(part, 16).map_err(|_| format!("LSN {text:?} is not hex"))
-        };
-        Ok(Lsn((u64::from(parse(high)?) << 32) | u64::from(parse(low)?)))
+        pgsteward_archive::lsn::parse_lsn(text)
+            .map(Lsn)
+            .ok_or_else(|| format!("LSN {text:?} is not X/Y (hex, 8 digits at most each)"))
     }
 }
 
 impl fmt::Display for Lsn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xffff_ffff)
+        f.write_str(&pgsteward_archive::lsn::format_lsn(self.0))
     }
 }
 

@@ -143,11 +143,7 @@ fn micros_to_time(micros: i64) -> chrono::DateTime<chrono::FixedOffset> {
         .fixed_offset()
 }
 
-/// Parse `X/Y` into a 64-bit LSN.
-pub fn parse_lsn(text: &str) -> Option<u64> {
-    let (hi, lo) = text.split_once('/')?;
-    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
-}
+pub use pgsteward_archive::lsn::parse_lsn;
 
 /// The WAL segment holding `lsn`; with `previous`, the one holding the byte before it (as
 /// `pg_walfile_name` names a backup's end).
