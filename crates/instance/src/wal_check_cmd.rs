@@ -70,12 +70,7 @@ impl Report {
             println!(
                 "{} file(s) still waiting to be archived in this data directory, counted as archived (postgres keeps them until they are): {}",
                 self.pending.len(),
-                self.pending
-                    .iter()
-                    .take(20)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                wal_path::some_names(&self.pending, 20)
             );
         }
         for timeline in &self.without_history {
@@ -89,12 +84,7 @@ impl Report {
             println!(
                 "timeline {timeline}: {} missing segment(s): {}",
                 missing.len(),
-                missing
-                    .iter()
-                    .take(20)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                wal_path::some_names(missing, 20)
             );
         }
         for line in &self.backups {

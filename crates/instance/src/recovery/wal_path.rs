@@ -291,7 +291,7 @@ pub async fn latest_histories(
 }
 
 /// The first `count` names, and "..." when there are more.
-fn some_names(names: &[String], count: usize) -> String {
+pub fn some_names(names: &[String], count: usize) -> String {
     let shown = names
         .iter()
         .take(count)
