@@ -232,11 +232,16 @@ async fn report(pgdata: Option<&Path>, config: Option<&Path>, segment_mb: u64) -
     let mut backups = assess_backups(&entries, &files, &histories);
     let mut found_gaps = gaps(&files, segment_bytes);
     if local.is_some() {
-        // A segment whose upload ended between the listing and the `.ready` read is neither
+        // A file whose upload ended between the listing and the `.ready` read is neither
         // listed nor pending: look for what seems missing once more.
         let seemingly_missing: Vec<WalFile> = missing_names(&found_gaps, &backups)
             .iter()
             .filter_map(|name| WalFile::parse(name).ok())
+            .chain(
+                wal_path::timelines_without_history(&files)
+                    .into_iter()
+                    .filter_map(WalFile::history_of),
+            )
             .collect();
         if !seemingly_missing.is_empty() {
             let stored_since = wal
@@ -260,7 +265,7 @@ async fn report(pgdata: Option<&Path>, config: Option<&Path>, segment_mb: u64) -
             .collect::<std::collections::BTreeSet<u32>>()
             .into_iter()
             .collect(),
-        without_history: without_history(&files),
+        without_history: wal_path::timelines_without_history(&files),
         gaps: found_gaps,
         backups,
     })
@@ -325,27 +330,6 @@ fn assess_backups(
         .collect()
 }
 
-/// Timelines after the lowest one archived that have segments but no history file: a replay
-/// following the newest timeline never reaches them (postgres looks for a newer timeline by
-/// its history file).
-fn without_history(files: &[WalFile]) -> Vec<u32> {
-    let histories: BTreeSet<u32> = files
-        .iter()
-        .filter(|f| f.kind() == WalKind::TimelineHistory)
-        .map(WalFile::timeline)
-        .collect();
-    let with_segments: BTreeSet<u32> = files
-        .iter()
-        .filter(|f| f.kind() == WalKind::Segment)
-        .map(WalFile::timeline)
-        .collect();
-    let lowest = with_segments.first().copied();
-    with_segments
-        .into_iter()
-        .filter(|t| Some(*t) != lowest && !histories.contains(t))
-        .collect()
-}
-
 /// Missing segments between the first and last archived segment of each timeline.
 pub fn gaps(names: &[WalFile], segment_bytes: u64) -> Vec<(u32, Vec<String>)> {
     let mut by_timeline: std::collections::BTreeMap<u32, Vec<&WalFile>> =
@@ -393,7 +377,7 @@ mod tests {
         .iter()
         .map(|n| WalFile::parse(n).unwrap())
         .collect();
-        assert!(without_history(&names).is_empty());
+        assert!(wal_path::timelines_without_history(&names).is_empty());
         let found = gaps(&names, 16 << 20);
         assert_eq!(
             found,
@@ -405,21 +389,5 @@ mod tests {
                 ]
             )]
         );
-    }
-
-    #[test]
-    fn tells_timelines_whose_history_file_is_missing() {
-        let names: Vec<WalFile> = [
-            "000000020000000000000001",
-            "000000030000000000000004",
-            "00000004.history",
-            "000000040000000000000006",
-            "000000050000000000000007",
-        ]
-        .iter()
-        .map(|n| WalFile::parse(n).unwrap())
-        .collect();
-        // The lowest (an archive that begins on timeline 2) needs none.
-        assert_eq!(without_history(&names), vec![3, 5]);
     }
 }

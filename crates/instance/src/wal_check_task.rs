@@ -7,7 +7,10 @@
 //! while the check ran (uploads finish out of order), become
 //! `wal_archive_path_missing_segments`, logged by name. A hole (archiving off for a while, a
 //! segment deleted or marked done by hand, a lifecycle rule on the bucket) is then seen within
-//! the interval, not at the next drill or the next real restore.
+//! the interval, not at the next drill or the next real restore. Timelines whose segments are
+//! archived without their history file (by the same rules) become
+//! `wal_archive_timelines_without_history`: postgres finds a newer timeline only by that file,
+//! so a restore to the end, or a standby fed from the archive, silently stops before them.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -15,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pgsteward_archive::wal::deadline_in;
-use pgsteward_archive::WalFile;
+use pgsteward_archive::{WalFile, WalKind};
 use pgsteward_backup::catalog::Catalog;
 use pgsteward_backup::info::{BackupInfo, BackupStatus};
 use prometheus::{Gauge, IntCounter, IntGauge, Opts, Registry};
@@ -34,6 +37,8 @@ pub struct WalCheckMetrics {
     /// Segments the newest finished backup's replay path misses (0: a restore to the end of
     /// the archive works).
     pub missing: IntGauge,
+    /// Timelines with segments but no history file (0: every timeline is reachable).
+    pub without_history: IntGauge,
     /// When a check last completed (seconds since the epoch).
     pub last_check: Gauge,
     pub errors: IntCounter,
@@ -47,6 +52,10 @@ impl WalCheckMetrics {
                 "wal_archive_path_missing_segments",
                 "WAL segments a restore from the newest finished backup to the end of the archive would miss (not counting segments still waiting to be archived); 0 when it would work",
             ))?,
+            without_history: IntGauge::with_opts(opts(
+                "wal_archive_timelines_without_history",
+                "Timelines with archived WAL segments but no archived history file (after the archive's first timeline): no restore to the end and no standby fed from the archive reaches them; 0 when every timeline has one",
+            ))?,
             last_check: Gauge::with_opts(opts(
                 "wal_archive_last_check_timestamp_seconds",
                 "When the scheduled archive check last completed (seconds since the epoch)",
@@ -57,20 +66,20 @@ impl WalCheckMetrics {
             ))?,
         };
         registry.register(Box::new(metrics.missing.clone()))?;
+        registry.register(Box::new(metrics.without_history.clone()))?;
         registry.register(Box::new(metrics.last_check.clone()))?;
         registry.register(Box::new(metrics.errors.clone()))?;
         Ok(metrics)
     }
 }
 
-/// The segments of `missing` (by timeline) this data directory does not still hold `.ready`.
-fn lost(missing: &wal_path::Holes, pgdata: &Path) -> Vec<String> {
+/// The files of `names` this data directory does not still hold `.ready`.
+fn lost<'a>(names: impl IntoIterator<Item = &'a String>, pgdata: &Path) -> Vec<String> {
     let ready: HashSet<String> = status::names_with_status(pgdata, status::READY)
         .into_iter()
         .collect();
-    missing
-        .iter()
-        .flat_map(|(_, names)| names)
+    names
+        .into_iter()
         .filter(|name| !ready.contains(*name))
         .cloned()
         .collect()
@@ -89,47 +98,57 @@ fn done_newest_first(backups: Vec<pgsteward_backup::catalog::CatalogEntry>) -> V
         .collect()
 }
 
+/// What one check found.
+#[derive(Debug, Default)]
+struct Found {
+    /// The newest finished backup on the newest timeline's history and the segments a
+    /// restore from it to the end would miss (None without such a backup).
+    path: Option<(String, Vec<String>)>,
+    /// Timelines after the archive's first with segments but no history file: no replay
+    /// following the newest timeline reaches them, nor does a standby fed from the archive.
+    without_history: Vec<u32>,
+}
+
 /// The segments a restore from the newest finished backup on the newest timeline's history
-/// would miss, less those still `.ready` here, and that backup's id (None without such a
-/// backup). A backup off that history (taken by a primary that went on after a failover)
-/// cannot be restored to the end, which `pgsteward wal check` reports; it is skipped here.
-async fn check(
-    archiver: &Archiver,
-    timeout: Duration,
-) -> anyhow::Result<Option<(String, Vec<String>)>> {
+/// would miss, and the timelines without a history file, less what is still `.ready` here. A
+/// backup off that history (taken by a primary that went on after a failover) cannot be
+/// restored to the end, which `pgsteward wal check` reports; it is skipped here.
+async fn check(archiver: &Archiver, timeout: Duration) -> anyhow::Result<Found> {
     let wal = archiver.wal();
-    let catalog = Catalog::new(wal.store().clone(), &archiver.settings().server_name);
-    let backups = done_newest_first(catalog.list().await?);
-    if backups.is_empty() {
-        return Ok(None);
-    }
     let archived: Vec<WalFile> = wal
         .list(deadline_in(timeout))
         .await?
         .into_iter()
         .map(|(file, _)| file)
         .collect();
+    let mut suspects: Vec<String> = wal_path::timelines_without_history(&archived)
+        .into_iter()
+        .filter_map(WalFile::history_of)
+        .map(|file| file.name().to_owned())
+        .collect();
+    let catalog = Catalog::new(wal.store().clone(), &archiver.settings().server_name);
+    let backups = done_newest_first(catalog.list().await?);
     let timelines = backups
         .iter()
         .filter_map(wal_path::backup_timeline)
         .collect();
     let histories = wal_path::latest_histories(wal, timelines, &archived, timeout).await?;
-    let found = backups.into_iter().find_map(|backup| {
+    let on_path = backups.into_iter().find_map(|backup| {
         let history = histories.get(&wal_path::backup_timeline(&backup)?)?;
         let missing = wal_path::path_holes(&archived, &backup, history);
         if missing.is_none() {
             tracing::debug!(backup = %backup.backup_id(), timeline = history.timeline(), "archive check: the backup is not on the newest timeline's history; an older one is checked");
         }
-        Some((backup, missing?))
+        Some((backup.backup_id().to_owned(), missing?))
     });
-    let Some((backup, missing)) = found else {
-        return Ok(None);
-    };
-    // Read after the listing: a segment in flight then is either still `.ready` now, or
-    // stored by now (postgres drops `.ready` only once it is archived), which the second look
-    // below finds; what is neither is gone. Without it, the parallel uploads' out-of-order
+    if let Some((_, missing)) = &on_path {
+        suspects.extend(missing.iter().flat_map(|(_, names)| names).cloned());
+    }
+    // Read after the listing: a file in flight then is either still `.ready` now, or stored
+    // by now (postgres drops `.ready` only once it is archived), which the second look below
+    // finds; what is neither is gone. Without it, the parallel uploads' out-of-order
     // completions would be counted as holes for a whole interval.
-    let candidates: Vec<WalFile> = lost(&missing, archiver.pgdata())
+    let candidates: Vec<WalFile> = lost(&suspects, archiver.pgdata())
         .iter()
         .filter_map(|name| WalFile::parse(name).ok())
         .collect();
@@ -139,14 +158,24 @@ async fn check(
         wal.archived_among(&candidates, deadline_in(timeout))
             .await?
     };
-    Ok(Some((
-        backup.backup_id().to_owned(),
-        candidates
+    let gone = |file: &&WalFile| !stored_since.contains(*file);
+    Ok(Found {
+        path: on_path.map(|(backup, _)| {
+            let names = candidates
+                .iter()
+                .filter(gone)
+                .filter(|file| file.kind() == WalKind::Segment)
+                .map(|file| file.name().to_owned())
+                .collect();
+            (backup, names)
+        }),
+        without_history: candidates
             .iter()
-            .filter(|file| !stored_since.contains(*file))
-            .map(|file| file.name().to_owned())
+            .filter(gone)
+            .filter(|file| file.kind() == WalKind::TimelineHistory)
+            .map(WalFile::timeline)
             .collect(),
-    )))
+    })
 }
 
 /// Start the schedule (a no-op without an archive).
@@ -168,16 +197,25 @@ async fn run_once(shared: &Shared, archiver: &Archiver) {
     // the per-segment call's.
     match check(archiver, LIST_TIMEOUT).await {
         Ok(found) => {
-            let missing = found.as_ref().map_or(0, |(_, names)| names.len());
+            let missing = found.path.as_ref().map_or(0, |(_, names)| names.len());
             metrics.missing.set(missing as i64);
+            metrics
+                .without_history
+                .set(found.without_history.len() as i64);
             metrics
                 .last_check
                 .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
-            match found {
+            if !found.without_history.is_empty() {
+                tracing::error!(
+                    timelines = ?found.without_history,
+                    "the archive holds segments of timeline(s) whose history file is missing: a restore to the end, or a standby fed from the archive, stops before them (`pgsteward wal check`)"
+                );
+            }
+            match found.path {
                 Some((backup, names)) if !names.is_empty() => tracing::error!(
                     backup,
                     missing = names.len(),
-                    segments = %names.iter().take(10).cloned().collect::<Vec<_>>().join(", "),
+                    segments = %wal_path::some_names(&names, 10),
                     "the archive lacks WAL a restore from the newest backup needs: a restore to the end would stop there (`pgsteward wal check`)"
                 ),
                 Some((backup, _)) => {
@@ -201,7 +239,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn segments_still_ready_here_are_not_lost() {
+    fn files_still_ready_here_are_not_lost() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let status = dir.path().join("pg_wal/archive_status");
         std::fs::create_dir_all(&status).unwrap_or_else(|e| panic!("{e}"));
@@ -209,16 +247,19 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         std::fs::write(status.join("000000010000000000000005.done"), "")
             .unwrap_or_else(|e| panic!("{e}"));
-        let missing = vec![(
-            1,
+        std::fs::write(status.join("00000002.history.ready"), "").unwrap_or_else(|e| panic!("{e}"));
+        let suspects = [
+            "000000010000000000000005".to_owned(),
+            "000000010000000000000006".to_owned(),
+            "00000002.history".to_owned(),
+            "00000003.history".to_owned(),
+        ];
+        assert_eq!(
+            lost(&suspects, dir.path()),
             vec![
                 "000000010000000000000005".to_owned(),
-                "000000010000000000000006".to_owned(),
-            ],
-        )];
-        assert_eq!(
-            lost(&missing, dir.path()),
-            vec!["000000010000000000000005".to_owned()]
+                "00000003.history".to_owned()
+            ]
         );
     }
 }

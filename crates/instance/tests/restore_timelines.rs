@@ -6,7 +6,8 @@
 //! over for the first (which comes back with timeline 2's rows), a restore of it named to the
 //! newest timeline is refused before anything is downloaded (postgres would refuse it only
 //! after the download), and it restores with `--target-timeline current`; `wal check` says
-//! which backup restores how.
+//! which backup restores how. With timeline 2's history file gone, `wal check` and the
+//! source's scheduled archive check (`wal_archive_timelines_without_history`) both say so.
 
 mod common;
 #[path = "support/pitr.rs"]
@@ -18,8 +19,9 @@ use pitr::*;
 
 /// Restore the source's backup up to 'first' into an instance that archives into the source's
 /// own place (`allow_existing_wal`), start it, write 'on-two' and archive it: timeline 2.
-/// Returns the LSN where timeline 2 forked off timeline 1.
-async fn fork_timeline_two(source: &Source, version: PgVersion) -> String {
+/// Returns the stopped fork (its data directory still holds `00000002.history`) and the LSN
+/// where timeline 2 forked off timeline 1.
+async fn fork_timeline_two(source: &Source, version: PgVersion) -> (Instance, String) {
     let mut opts = options(version);
     opts.args = s3_archive_args(&source.s3, source.creds.path(), PREFIX, SOURCE);
     opts.args
@@ -36,17 +38,51 @@ async fn fork_timeline_two(source: &Source, version: PgVersion) -> String {
     let history_text = sql(&fork, "SELECT pg_read_file('pg_wal/00000002.history')").await;
     manager.signal(Signal::SIGTERM).await;
     assert_eq!(manager.wait_exit(EXIT).await, 0);
-    history_text
+    let forked_at = history_text
         .split('\t')
         .nth(1)
         .unwrap_or_else(|| panic!("no fork position in {history_text:?}"))
-        .to_owned()
+        .to_owned();
+    (fork, forked_at)
+}
+
+/// The source manager's `name` metric, once a scheduled check has completed.
+async fn checked_metric(source: &Source, name: &str) -> Option<f64> {
+    let metrics = source.instance.metrics();
+    let checked = metric(
+        &metrics,
+        "pgsteward_wal_archive_last_check_timestamp_seconds",
+    )
+    .await?;
+    if checked > 0.0 {
+        metric(&metrics, name).await
+    } else {
+        None
+    }
+}
+
+/// Wait until the source's scheduled checks count `count` timelines without a history file.
+async fn wait_without_history(source: &Source, count: f64) {
+    wait_for(
+        &format!("the archive check to count {count} timeline(s) without history"),
+        READY,
+        || async {
+            let found =
+                checked_metric(source, "pgsteward_wal_archive_timelines_without_history").await?;
+            (found == count).then_some(())
+        },
+    )
+    .await;
 }
 
 async fn restores_follow_the_newest_timelines_history(version: PgVersion) {
-    let source = source(version).await;
+    // The source's manager checks its archive every second.
+    let source = source_with(version, &["--set=archive.wal.check_interval=1s"], |_| {
+        Vec::new()
+    })
+    .await;
     let first = backup_id(&source);
-    let forked_at = fork_timeline_two(&source, version).await;
+    let (fork, forked_at) = fork_timeline_two(&source, version).await;
 
     // The source went on on timeline 1 after the fork: 'fourth', and a second backup there.
     sql(
@@ -80,6 +116,12 @@ async fn restores_follow_the_newest_timelines_history(version: PgVersion) {
             "backup {second}: cannot be restored to timeline 2"
         )],
     );
+    // The scheduled check passes over the second backup and finds the first one's path whole.
+    wait_without_history(&source, 0.0).await;
+    assert_eq!(
+        checked_metric(&source, "pgsteward_wal_archive_path_missing_segments").await,
+        Some(0.0)
+    );
 
     // Without timeline 2's history file no replay reaches timeline 2 (postgres finds a newer
     // timeline by its history file): `wal check` says so, and both backups then restore along
@@ -104,7 +146,25 @@ async fn restores_follow_the_newest_timelines_history(version: PgVersion) {
             "{backup}"
         );
     }
-    std::fs::write(&history, kept).unwrap_or_else(|e| panic!("{e}"));
+    // The primary's scheduled check sees it too, and says so in its log.
+    wait_without_history(&source, 1.0).await;
+    let log = source.manager.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("whose history file is missing") && l.contains("[2]")),
+        "{log}"
+    );
+    // The runbook's fix: archive it again from a data directory on timeline 2 (the fork's).
+    let pgdata = fork.pgdata.display().to_string();
+    let out = pgsteward(&[
+        "wal-archive",
+        "--pgdata",
+        &pgdata,
+        "pg_wal/00000002.history",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&history).ok(), Some(kept));
+    wait_without_history(&source, 0.0).await;
 
     // The defaults (the newest backup, to the end of the newest timeline) pass over the
     // second backup for the newest one on timeline 2's history: timeline 2's rows.

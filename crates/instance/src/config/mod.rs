@@ -427,8 +427,9 @@ pub struct WalArchiveConfig {
     #[serde(with = "humantime_serde")]
     pub standby_grace: Duration,
     /// How often the primary checks that a restore from the newest finished backup would
-    /// reach the end of the archive (`wal_archive_path_missing_segments`): one listing of the
-    /// archive and of the backups each time.
+    /// reach the end of the archive (`wal_archive_path_missing_segments`) and that every
+    /// timeline in it has its history file (`wal_archive_timelines_without_history`): one
+    /// listing of the archive and of the backups each time.
     #[serde(with = "humantime_serde")]
     pub check_interval: Duration,
 }

@@ -290,6 +290,27 @@ pub async fn latest_histories(
     Ok(histories)
 }
 
+/// Timelines after the lowest one archived that have segments but no history file: a replay
+/// following the newest timeline never reaches them (postgres looks for a newer timeline by
+/// its history file).
+pub fn timelines_without_history(files: &[WalFile]) -> Vec<u32> {
+    let histories: BTreeSet<u32> = files
+        .iter()
+        .filter(|f| f.kind() == WalKind::TimelineHistory)
+        .map(WalFile::timeline)
+        .collect();
+    let with_segments: BTreeSet<u32> = files
+        .iter()
+        .filter(|f| f.kind() == WalKind::Segment)
+        .map(WalFile::timeline)
+        .collect();
+    let lowest = with_segments.first().copied();
+    with_segments
+        .into_iter()
+        .filter(|t| Some(*t) != lowest && !histories.contains(t))
+        .collect()
+}
+
 /// The first `count` names, and "..." when there are more.
 pub fn some_names(names: &[String], count: usize) -> String {
     let shown = names

@@ -303,3 +303,18 @@ fn a_backup_off_the_followed_history_is_refused() {
         })
     );
 }
+
+#[test]
+fn tells_timelines_whose_history_file_is_missing() {
+    let names = files(&[
+        "000000020000000000000001",
+        "000000030000000000000004",
+        "00000004.history",
+        "000000040000000000000006",
+        "000000050000000000000007",
+    ]);
+    // The lowest (an archive that begins on timeline 2) needs none.
+    assert_eq!(timelines_without_history(&names), vec![3, 5]);
+    // A history file alone (a promotion with no segment yet) is no timeline to reach.
+    assert!(timelines_without_history(&files(&["00000002.history"])).is_empty());
+}
