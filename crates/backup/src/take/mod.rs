@@ -303,7 +303,7 @@ pub async fn take_backup(
     set(
         &mut info,
         "begin_wal",
-        session::wal_name(started.timeline, begin_lsn, facts.segment_size, false),
+        session::wal_name(started.timeline, begin_lsn, facts.segment_size, false)?,
     )?;
     info.set_time("begin_time", &started.time)
         .map_err(|e| TakeError::Catalog(e.to_string()))?;
@@ -484,7 +484,7 @@ async fn copy_and_stop(
     set(
         info,
         "end_wal",
-        session::wal_name(started.timeline, end_lsn, facts.segment_size, true),
+        session::wal_name(started.timeline, end_lsn, facts.segment_size, true)?,
     )?;
     info.set_time("end_time", &stopped.time)
         .map_err(|e| TakeError::Catalog(e.to_string()))?;

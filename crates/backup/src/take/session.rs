@@ -147,15 +147,26 @@ pub use pgsteward_archive::lsn::parse_lsn;
 
 /// The WAL segment holding `lsn`; with `previous`, the one holding the byte before it (as
 /// `pg_walfile_name` names a backup's end).
-pub fn wal_name(timeline: u32, lsn: u64, segment_size: u64, previous: bool) -> String {
+pub fn wal_name(
+    timeline: u32,
+    lsn: u64,
+    segment_size: u64,
+    previous: bool,
+) -> Result<String, TakeError> {
     let segment_size = segment_size.max(1);
     let segno = if previous && lsn > 0 {
         (lsn - 1) / segment_size
     } else {
         lsn / segment_size
     };
-    let per_id = 0x1_0000_0000u64 / segment_size;
-    format!("{timeline:08X}{:08X}{:08X}", segno / per_id, segno % per_id)
+    pgsteward_archive::WalFile::segment(timeline, segno, segment_size)
+        .map(|file| file.name().to_owned())
+        .ok_or_else(|| {
+            TakeError::Postgres(format!(
+                "no WAL segment name for timeline {timeline} at {} (segment size {segment_size})",
+                pgsteward_archive::lsn::format_lsn(lsn)
+            ))
+        })
 }
 
 #[cfg(test)]
@@ -168,16 +179,27 @@ mod tests {
         assert_eq!(parse_lsn("1/0"), Some(1 << 32));
         let seg = 16 * 1024 * 1024;
         assert_eq!(
-            wal_name(1, 0x4000028, seg, false),
-            "000000010000000000000004"
+            wal_name(1, 0x4000028, seg, false).ok().as_deref(),
+            Some("000000010000000000000004")
         );
         assert_eq!(
-            wal_name(1, 0x5000000, seg, true),
-            "000000010000000000000004"
+            wal_name(1, 0x5000000, seg, true).ok().as_deref(),
+            Some("000000010000000000000004")
         );
         assert_eq!(
-            wal_name(2, (1 << 32) + 0x3000000, seg, false),
-            "000000020000000100000003"
+            wal_name(2, (1 << 32) + 0x3000000, seg, false)
+                .ok()
+                .as_deref(),
+            Some("000000020000000100000003")
         );
+        // 1 GiB segments: four per log file.
+        assert_eq!(
+            wal_name(1, (1 << 32) + (3 << 30) + 5, 1 << 30, false)
+                .ok()
+                .as_deref(),
+            Some("000000010000000100000003")
+        );
+        // Timeline 0 does not exist: an error, not a made-up name.
+        assert!(wal_name(0, 0x4000028, seg, false).is_err());
     }
 }
