@@ -182,13 +182,24 @@ pub enum WalCommand {
     Check {
         #[command(flatten)]
         target: WalTarget,
-        /// WAL segment size in MB.
-        #[arg(long, default_value_t = 16)]
-        segment_size_mb: u64,
+        /// WAL segment size in MiB (default: read off the data directory's pg_wal when it is
+        /// on this machine, else the newest finished backup's, else 16).
+        #[arg(long, value_parser = parse_segment_size_mb)]
+        segment_size_mb: Option<u64>,
         /// Print the report as one JSON object.
         #[arg(long)]
         json: bool,
     },
+}
+
+/// A WAL segment size in MiB: a power of two from 1 to 1024, as `initdb --wal-segsize` takes.
+fn parse_segment_size_mb(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(mb) if mb.is_power_of_two() && mb <= 1024 => Ok(mb),
+        _ => Err(format!(
+            "{text:?} is not a WAL segment size: a power of two from 1 to 1024 (MiB)"
+        )),
+    }
 }
 
 /// Which archive: the one a data directory's manager uses, or the one a configuration names.
@@ -392,6 +403,22 @@ pub fn block_on<F: std::future::Future<Output = i32>>(
         Err(e) => {
             eprintln!("pgsteward {command}: cannot start the async runtime: {e}");
             1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_sizes_are_powers_of_two_up_to_a_gibibyte() {
+        assert_eq!(parse_segment_size_mb("1"), Ok(1));
+        assert_eq!(parse_segment_size_mb("64"), Ok(64));
+        assert_eq!(parse_segment_size_mb("1024"), Ok(1024));
+        for bad in ["0", "3", "2048", "16MB", "-16", ""] {
+            let error = parse_segment_size_mb(bad).err().unwrap_or_default();
+            assert!(error.contains("power of two"), "{bad}: {error}");
         }
     }
 }

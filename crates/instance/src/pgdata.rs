@@ -165,6 +165,30 @@ pub fn system_identifier(pgdata: &Path) -> std::io::Result<u64> {
     Ok(u64::from_ne_bytes(first))
 }
 
+/// The WAL segment size, read off the segment files in `pg_wal` (postgres pre-allocates each
+/// to `wal_segment_size`, a power of two from 1 MiB to 1 GiB); None when no segment is there
+/// yet or one has another size (logged).
+pub fn wal_segment_size(pgdata: &Path) -> Option<u64> {
+    let entries = fs::read_dir(pgdata.join("pg_wal")).ok()?;
+    let size = entries.flatten().find_map(|entry| {
+        let name = entry.file_name();
+        let name = name.to_str()?;
+        let is_segment = name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit());
+        let meta = entry.metadata().ok()?;
+        (is_segment && meta.is_file()).then_some(meta.len())
+    })?;
+    if size.is_power_of_two() && (1 << 20..=1 << 30).contains(&size) {
+        Some(size)
+    } else {
+        tracing::warn!(
+            size,
+            pgdata = %pgdata.display(),
+            "a WAL segment in pg_wal has an unexpected size; not taken as the segment size"
+        );
+        None
+    }
+}
+
 /// True when `pid` is a live (not zombie) process whose executable name is `postgres`.
 pub fn is_live_postgres(pid: i32) -> bool {
     let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -182,6 +206,26 @@ pub fn is_live_postgres(pid: i32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wal_segment_size_comes_from_the_files_in_pg_wal() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(wal_segment_size(dir.path()), None);
+        let pg_wal = dir.path().join("pg_wal");
+        fs::create_dir_all(pg_wal.join("archive_status")).unwrap_or_else(|e| panic!("{e}"));
+        fs::write(
+            pg_wal.join("00000002.history"),
+            "1\t0/3000000\tno recovery target\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(wal_segment_size(dir.path()), None);
+        let segment = fs::File::create(pg_wal.join("000000010000000000000001"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        segment.set_len(64 << 20).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(wal_segment_size(dir.path()), Some(64 << 20));
+        segment.set_len(12345).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(wal_segment_size(dir.path()), None);
+    }
 
     #[test]
     fn classifies_directories() {

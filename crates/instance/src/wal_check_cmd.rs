@@ -42,6 +42,8 @@ struct Report {
     timelines: Vec<u32>,
     /// Timelines after the first with segments but no archived history file.
     without_history: Vec<u32>,
+    /// The segment size the gaps were counted with.
+    segment_bytes: u64,
     gaps: Vec<(u32, Vec<String>)>,
     backups: Vec<BackupLine>,
 }
@@ -66,6 +68,9 @@ impl Report {
                 .iter()
                 .collect::<std::collections::BTreeSet<_>>()
         );
+        if self.segment_bytes != 16 << 20 {
+            println!("WAL segments of {} MiB", self.segment_bytes >> 20);
+        }
         if !self.pending.is_empty() {
             println!(
                 "{} file(s) still waiting to be archived in this data directory, counted as archived (postgres keeps them until they are): {}",
@@ -155,6 +160,7 @@ impl Report {
             "pending": self.pending,
             "timelines": self.timelines,
             "timelines_without_history": self.without_history,
+            "segment_bytes": self.segment_bytes,
             "gaps": self.gaps.iter().map(|(timeline, missing)| json!({
                 "timeline": timeline,
                 "missing": missing,
@@ -166,7 +172,12 @@ impl Report {
 }
 
 /// `pgsteward wal check`.
-pub fn check(pgdata: Option<&Path>, config: Option<&Path>, segment_mb: u64, as_json: bool) -> i32 {
+pub fn check(
+    pgdata: Option<&Path>,
+    config: Option<&Path>,
+    segment_mb: Option<u64>,
+    as_json: bool,
+) -> i32 {
     crate::cli::block_on("wal", crate::cli::CommandRuntime::CurrentThread, async {
         match report(pgdata, config, segment_mb).await {
             Ok(report) => {
@@ -189,7 +200,11 @@ pub fn check(pgdata: Option<&Path>, config: Option<&Path>, segment_mb: u64, as_j
     })
 }
 
-async fn report(pgdata: Option<&Path>, config: Option<&Path>, segment_mb: u64) -> Result<Report> {
+async fn report(
+    pgdata: Option<&Path>,
+    config: Option<&Path>,
+    segment_mb: Option<u64>,
+) -> Result<Report> {
     let (settings, local) = operator_target(pgdata, config)?;
     // Its `.ready` files are not holes (when it is on this machine).
     let local = local.filter(|dir| dir.join("pg_wal/archive_status").is_dir());
@@ -228,7 +243,7 @@ async fn report(pgdata: Option<&Path>, config: Option<&Path>, segment_mb: u64) -
         .collect();
     let histories =
         wal_path::latest_histories(&wal, backup_timelines, &files, settings.timeout()).await?;
-    let segment_bytes = segment_mb << 20;
+    let segment_bytes = segment_size(segment_mb, local.as_deref(), &entries);
     let mut backups = assess_backups(&entries, &files, &histories);
     let mut found_gaps = gaps(&files, segment_bytes);
     if local.is_some() {
@@ -266,9 +281,28 @@ async fn report(pgdata: Option<&Path>, config: Option<&Path>, segment_mb: u64) -
             .into_iter()
             .collect(),
         without_history: wal_path::timelines_without_history(&files),
+        segment_bytes,
         gaps: found_gaps,
         backups,
     })
+}
+
+/// The WAL segment size the gaps are counted with: the one given, else the data directory's
+/// (when it is on this machine), else the newest finished backup's, else 16 MiB. With the
+/// wrong size every log file's end would look like a gap.
+fn segment_size(given_mb: Option<u64>, local: Option<&Path>, entries: &[CatalogEntry]) -> u64 {
+    given_mb
+        .map(|mb| mb << 20)
+        .or_else(|| local.and_then(crate::pgdata::wal_segment_size))
+        .or_else(|| {
+            entries
+                .iter()
+                .rev()
+                .filter_map(|e| e.info.as_ref().ok())
+                .filter(|info| matches!(info.status(), Ok(BackupStatus::Done)))
+                .find_map(|info| info.segment_size().ok())
+        })
+        .unwrap_or(16 << 20)
 }
 
 /// Every segment name the gaps and the backups' lines call missing.
@@ -389,5 +423,54 @@ mod tests {
                 ]
             )]
         );
+    }
+
+    #[test]
+    fn gaps_follow_the_segment_size() {
+        // 64 MiB segments: a log file holds 0x00-0x3F, then the next one begins.
+        let names: Vec<WalFile> = [
+            "00000001000000000000003E",
+            "00000001000000000000003F",
+            "000000010000000100000000",
+            "000000010000000100000002",
+        ]
+        .iter()
+        .map(|n| WalFile::parse(n).unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+        assert_eq!(
+            gaps(&names, 64 << 20),
+            vec![(1, vec!["000000010000000100000001".to_owned()])]
+        );
+        // Counted with 16 MiB, the end of the log file would look like 192 missing segments.
+        assert_eq!(gaps(&names, 16 << 20)[0].1.len(), 192 + 1);
+    }
+
+    #[test]
+    fn the_segment_size_is_the_given_one_then_the_directorys_then_the_backups() {
+        let backup = |id: &str, size: u64, status: &str| {
+            let mut info = pgsteward_backup::info::BackupInfo::new(id);
+            info.set("xlog_segment_size", size.to_string())
+                .unwrap_or_else(|e| panic!("{e}"));
+            info.set("status", status).unwrap_or_else(|e| panic!("{e}"));
+            CatalogEntry {
+                backup_id: id.to_owned(),
+                info: Ok(info),
+            }
+        };
+        let entries = vec![
+            backup("20261201T000000", 32 << 20, "DONE"),
+            backup("20261202T000000", 64 << 20, "DONE"),
+            backup("20261203T000000", 128 << 20, "FAILED"),
+        ];
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(segment_size(None, None, &[]), 16 << 20);
+        // The newest finished backup's.
+        assert_eq!(segment_size(None, Some(dir.path()), &entries), 64 << 20);
+        std::fs::create_dir_all(dir.path().join("pg_wal")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::File::create(dir.path().join("pg_wal/000000010000000000000001"))
+            .and_then(|f| f.set_len(8 << 20))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(segment_size(None, Some(dir.path()), &entries), 8 << 20);
+        assert_eq!(segment_size(Some(1), Some(dir.path()), &entries), 1 << 20);
     }
 }

@@ -16,33 +16,6 @@ use super::Archiver;
 use crate::metrics::Metrics;
 use crate::pgdata::{is_live_postgres, read_postmaster_pid};
 
-/// The WAL segment size, read off the segment files in pg_wal (postgres pre-allocates each to
-/// `wal_segment_size`, a power of two from 1 MiB to 1 GiB); 16 MiB when none is there yet.
-fn segment_size_from_pg_wal(pgdata: &Path) -> u64 {
-    const DEFAULT: u64 = 16 << 20;
-    let Ok(entries) = std::fs::read_dir(pgdata.join("pg_wal")) else {
-        return DEFAULT;
-    };
-    let mut sizes = entries.flatten().filter_map(|entry| {
-        let name = entry.file_name();
-        let name = name.to_str()?;
-        let is_segment = name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit());
-        let meta = entry.metadata().ok()?;
-        (is_segment && meta.is_file()).then_some(meta.len())
-    });
-    match sizes.next() {
-        Some(size) if size.is_power_of_two() && (1 << 20..=1 << 30).contains(&size) => size,
-        Some(size) => {
-            tracing::warn!(
-                size,
-                "a WAL segment in pg_wal has an unexpected size; assuming 16 MiB"
-            );
-            DEFAULT
-        }
-        None => DEFAULT,
-    }
-}
-
 /// Serve `GET /metrics` on `listen` (a bind failure stops the sidecar before it starts).
 async fn serve_metrics(listen: SocketAddr, metrics: Metrics) -> Result<()> {
     use axum::http::header::CONTENT_TYPE;
@@ -93,7 +66,7 @@ async fn serve(pgdata: &Path, metrics_listen: Option<SocketAddr>) -> Result<()> 
     if let Some(listen) = metrics_listen {
         serve_metrics(listen, metrics.clone()).await?;
     }
-    let segment_bytes = segment_size_from_pg_wal(pgdata);
+    let segment_bytes = crate::pgdata::wal_segment_size(pgdata).unwrap_or(16 << 20);
     let archiver = Archiver::new(settings, pgdata, metrics, segment_bytes).await?;
     archiver.spawn()?;
     tracing::info!(pgdata = %pgdata.display(), destination = %archiver.wal().store().describe(), segment_bytes, "archiver sidecar running");
@@ -126,28 +99,4 @@ async fn serve(pgdata: &Path, metrics_listen: Option<SocketAddr>) -> Result<()> 
         "archiver sidecar stopped"
     );
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn segment_size_comes_from_the_files_in_pg_wal() {
-        let dir = tempfile::tempdir().unwrap();
-        assert_eq!(segment_size_from_pg_wal(dir.path()), 16 << 20);
-        let pg_wal = dir.path().join("pg_wal");
-        std::fs::create_dir_all(pg_wal.join("archive_status")).unwrap();
-        std::fs::write(
-            pg_wal.join("00000002.history"),
-            "1\t0/3000000\tno recovery target\n",
-        )
-        .unwrap();
-        assert_eq!(segment_size_from_pg_wal(dir.path()), 16 << 20);
-        let segment = std::fs::File::create(pg_wal.join("000000010000000000000001")).unwrap();
-        segment.set_len(64 << 20).unwrap();
-        assert_eq!(segment_size_from_pg_wal(dir.path()), 64 << 20);
-        segment.set_len(12345).unwrap();
-        assert_eq!(segment_size_from_pg_wal(dir.path()), 16 << 20);
-    }
 }
