@@ -71,6 +71,9 @@ pub async fn run(
     } else if bins.major >= 18 {
         command.arg("--no-data-checksums");
     }
+    if let Some(mb) = init.wal_segment_size_mb {
+        command.arg(format!("--wal-segsize={mb}"));
+    }
     if let Some(path) = &init.superuser_password_file {
         command.arg(format!("--pwfile={}", path.display()));
     }

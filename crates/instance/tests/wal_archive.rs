@@ -1,7 +1,8 @@
 //! Continuous WAL archiving against real postgres: every segment written under load reaches
 //! the archive and restores byte-identical; a quiet commit is archived within
 //! `archive_timeout`; a conflicting object is refused and postgres keeps the segment; a
-//! destination holding another cluster's WAL is refused; the WAL commands reject bad input.
+//! destination holding another cluster's WAL is refused; the WAL commands reject bad input;
+//! a cluster with 1 MiB segments archives and restores with its own segment size.
 
 mod common;
 
@@ -178,6 +179,59 @@ async fn archive_under_load_restores_byte_identical(version: PgVersion) {
     assert_eq!(manager.wait_exit(EXIT).await, 0, "{}", manager.log());
 }
 for_each_version!(archive_under_load_restores_byte_identical);
+
+/// A cluster created with 1 MiB WAL segments (`bootstrap.initdb.wal_segment_size_mb`):
+/// the manager takes its segment size from the cluster, every segment is archived, `wal
+/// check` counts with that size (no false gaps), and the prefetch spool fetches the right
+/// next segments.
+async fn small_segments_archive_and_restore(version: PgVersion) {
+    let scratch = ScratchDir::new();
+    let store = scratch.mkdir("store", 0o700);
+    let mut opts = archive_options(version, &format!("file://{}", store.display()));
+    opts.args
+        .push("--set=bootstrap.initdb.wal_segment_size_mb=1".into());
+    let instance = Instance::new(opts);
+    let mut manager = instance.spawn();
+    manager.wait_ready(READY).await;
+    assert_eq!(query(&instance, "SHOW wal_segment_size").await, "1MB");
+    assert!(
+        manager.log().contains("\"segment_bytes\":1048576"),
+        "{}",
+        manager.log()
+    );
+    pgbench(version, instance.pg_port, &["-i", "-s", "1", "-q"]);
+    query(&instance, "SELECT pg_switch_wal()::text").await;
+    query(
+        &instance,
+        "CREATE TABLE tick (i int); INSERT INTO tick VALUES (1); SELECT 1",
+    )
+    .await;
+    let last: String = current_walfile(&instance).await;
+    let archive = wait_archived(&instance).await;
+    assert_eq!(archive["failed_count"], 0, "{archive}");
+
+    let pgdata = instance.pgdata.display().to_string();
+    let check = pgsteward(&["wal", "check", "--pgdata", &pgdata, "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&check.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&check.stdout)));
+    assert_eq!(report["segment_bytes"], 1 << 20, "{report}");
+    assert_eq!(report["gaps"], serde_json::json!([]), "{report}");
+    let compared = verify_archive(&instance, &last);
+    assert!(compared >= 10, "only {compared} segments compared");
+    let hits = metric(
+        &instance.metrics(),
+        "pgsteward_wal_restore_prefetch_hits_total",
+    )
+    .await
+    .unwrap_or(0.0);
+    assert!(
+        hits >= (compared - 1) as f64,
+        "{hits} prefetch hits for {compared} in-order restores"
+    );
+    manager.signal(Signal::SIGTERM).await;
+    assert_eq!(manager.wait_exit(EXIT).await, 0, "{}", manager.log());
+}
+for_each_version!(small_segments_archive_and_restore);
 
 /// A commit on a quiet primary reaches the archive without anyone switching WAL files:
 /// `archive_timeout` (5 minutes by default when archiving, 2 s set by the user here) closes

@@ -294,4 +294,22 @@ mod tests {
             std::time::Duration::from_secs(45)
         );
     }
+
+    #[test]
+    fn optional_numbers_from_flags_and_env() {
+        let s = sources(
+            "",
+            &[("PGSTEWARD_BOOTSTRAP__RECOVERY__TARGET__XID", "1234")],
+            &[("bootstrap.initdb.wal_segment_size_mb", "64")],
+        );
+        let config = load(&s).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(config.bootstrap.initdb.wal_segment_size_mb, Some(64));
+        assert_eq!(config.bootstrap.recovery.target.xid, Some(1234));
+        let s = sources("", &[], &[("bootstrap.initdb.wal_segment_size_mb", "big")]);
+        let err = load(&s).map(|_| ()).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("\"big\" is not a number"),
+            "{err:#}"
+        );
+    }
 }

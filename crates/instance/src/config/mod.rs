@@ -5,6 +5,7 @@ pub mod backup;
 pub mod gucs;
 pub mod ha;
 pub mod layers;
+pub mod optional_number;
 pub mod recovery;
 pub mod render;
 pub mod replication;
@@ -170,6 +171,11 @@ pub struct InitdbConfig {
     pub locale: String,
     /// `--data-checksums` (on by default; PostgreSQL 18 enables them by default too).
     pub data_checksums: bool,
+    /// `--wal-segsize`: the WAL segment size in MiB, a power of two from 1 to 1024 (default:
+    /// postgres's, 16). Fixed at initdb; archiving, restores and `wal check` follow the
+    /// cluster's own size.
+    #[serde(with = "optional_number")]
+    pub wal_segment_size_mb: Option<u32>,
     /// File whose first line is the superuser's password (scram-sha-256).
     pub superuser_password_file: Option<PathBuf>,
     /// Application database to create.
@@ -188,6 +194,7 @@ impl Default for InitdbConfig {
         InitdbConfig {
             locale: "C.UTF-8".to_owned(),
             data_checksums: true,
+            wal_segment_size_mb: None,
             superuser_password_file: None,
             database: None,
             owner: None,

@@ -69,6 +69,7 @@ pub struct RecoveryTargetConfig {
     /// `YYYY-mm-dd HH:MM:SS[.ffffff][+HH:MM]` (UTC when no offset).
     pub time: Option<String>,
     pub lsn: Option<String>,
+    #[serde(with = "super::optional_number")]
     pub xid: Option<u64>,
     /// A restore point name (`pg_create_restore_point`).
     pub name: Option<String>,

@@ -71,6 +71,13 @@ pub fn validate(config: &Config, catalog: &GucCatalog) -> Result<(), ConfigProbl
     if init.owner_password_file.is_some() && init.owner.is_none() {
         problems.push("bootstrap.initdb.owner_password_file: set without an owner".to_owned());
     }
+    if let Some(mb) = init.wal_segment_size_mb {
+        if !mb.is_power_of_two() || mb > 1024 {
+            problems.push(format!(
+                "bootstrap.initdb.wal_segment_size_mb: {mb} is not a power of two from 1 to 1024"
+            ));
+        }
+    }
     if init.locale.is_empty() || init.locale.contains(char::is_whitespace) {
         problems.push(format!(
             "bootstrap.initdb.locale: invalid locale {:?}",
@@ -396,6 +403,25 @@ mod tests {
         );
         config.archive.wal.standby_grace = std::time::Duration::from_secs(30);
         assert_eq!(validate(&config, &catalog()), Ok(()));
+    }
+
+    #[test]
+    fn wal_segment_sizes_are_powers_of_two_up_to_a_gibibyte() {
+        let mut config = config_with(&[]);
+        for good in [1, 16, 64, 1024] {
+            config.bootstrap.initdb.wal_segment_size_mb = Some(good);
+            assert_eq!(validate(&config, &catalog()), Ok(()), "{good}");
+        }
+        for bad in [0, 3, 2048] {
+            config.bootstrap.initdb.wal_segment_size_mb = Some(bad);
+            let problems = validate(&config, &catalog()).unwrap_err().to_string();
+            assert!(
+                problems.contains(&format!(
+                    "bootstrap.initdb.wal_segment_size_mb: {bad} is not a power of two"
+                )),
+                "{problems}"
+            );
+        }
     }
 
     #[test]
