@@ -118,6 +118,24 @@ fn verify_archive(instance: &Instance, last: &str) -> usize {
     compared
 }
 
+/// `verify_archive` (at least `at_least` segments) through the running manager: after the
+/// first, every in-order request finds its segment prefetched (or waits for the download
+/// under way instead of fetching it twice).
+async fn verify_prefetched_restores(instance: &Instance, last: &str, at_least: usize) {
+    let compared = verify_archive(instance, last);
+    assert!(compared >= at_least, "only {compared} segments compared");
+    let hits = metric(
+        &instance.metrics(),
+        "pgsteward_wal_restore_prefetch_hits_total",
+    )
+    .await
+    .unwrap_or(0.0);
+    assert!(
+        hits >= (compared - 1) as f64,
+        "{hits} prefetch hits for {compared} in-order restores"
+    );
+}
+
 async fn archive_under_load_restores_byte_identical(version: PgVersion) {
     let (_scratch, store, instance) = file_store_instance(version);
     let mut manager = instance.spawn();
@@ -148,20 +166,7 @@ async fn archive_under_load_restores_byte_identical(version: PgVersion) {
     );
 
     // Every segment before the current one is archived, with no gaps, and restores byte-identical.
-    let compared = verify_archive(&instance, &last);
-    assert!(compared >= 5, "only {compared} segments compared");
-    // After the first, every in-order request finds its segment prefetched (or waits for the
-    // download under way instead of fetching it twice).
-    let hits = metric(
-        &instance.metrics(),
-        "pgsteward_wal_restore_prefetch_hits_total",
-    )
-    .await
-    .unwrap_or(0.0);
-    assert!(
-        hits >= (compared - 1) as f64,
-        "{hits} prefetch hits for {compared} in-order restores"
-    );
+    verify_prefetched_restores(&instance, &last, 5).await;
     // Objects are in barman-cloud's layout, one gzip member each.
     let object = store.join(format!(
         "cluster-a/wals/{}/{}.gz",
@@ -216,18 +221,7 @@ async fn small_segments_archive_and_restore(version: PgVersion) {
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&check.stdout)));
     assert_eq!(report["segment_bytes"], 1 << 20, "{report}");
     assert_eq!(report["gaps"], serde_json::json!([]), "{report}");
-    let compared = verify_archive(&instance, &last);
-    assert!(compared >= 10, "only {compared} segments compared");
-    let hits = metric(
-        &instance.metrics(),
-        "pgsteward_wal_restore_prefetch_hits_total",
-    )
-    .await
-    .unwrap_or(0.0);
-    assert!(
-        hits >= (compared - 1) as f64,
-        "{hits} prefetch hits for {compared} in-order restores"
-    );
+    verify_prefetched_restores(&instance, &last, 10).await;
     manager.signal(Signal::SIGTERM).await;
     assert_eq!(manager.wait_exit(EXIT).await, 0, "{}", manager.log());
 }
