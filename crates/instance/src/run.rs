@@ -227,6 +227,15 @@ async fn start_archiver(shared: &Arc<Shared>, reaper: &Reaper, config: &Config) 
         return Ok(());
     };
     let segment_bytes = segment_size(reaper, &shared.bins, &shared.pgdata).await;
+    if let Some(mb) = config.bootstrap.initdb.wal_segment_size_mb {
+        if u64::from(mb) << 20 != segment_bytes {
+            tracing::warn!(
+                configured_mb = mb,
+                cluster_segment_bytes = segment_bytes,
+                "bootstrap.initdb.wal_segment_size_mb differs from this cluster's WAL segment size: it applies only when initdb creates a cluster; the cluster's own size is used"
+            );
+        }
+    }
     let archiver = crate::archiver::Archiver::new(
         settings,
         &shared.pgdata,
@@ -240,7 +249,8 @@ async fn start_archiver(shared: &Arc<Shared>, reaper: &Reaper, config: &Config) 
     Ok(())
 }
 
-/// WAL segment size from pg_controldata (16 MiB when it cannot be read).
+/// WAL segment size from pg_controldata; else read off the segment files in pg_wal; else
+/// 16 MiB (logged).
 async fn segment_size(reaper: &Reaper, bins: &PgBinaries, pgdata: &Path) -> u64 {
     let mut command = std::process::Command::new(bins.bin("pg_controldata"));
     command.arg("-D").arg(pgdata).env("LC_ALL", "C");
@@ -254,7 +264,15 @@ async fn segment_size(reaper: &Reaper, bins: &PgBinaries, pgdata: &Path) -> u64 
                 .find_map(|l| l.strip_prefix("Bytes per WAL segment:"))
                 .and_then(|v| v.trim().parse::<u64>().ok())
         });
-    parsed.unwrap_or(16 << 20)
+    parsed
+        .or_else(|| {
+            tracing::warn!(pgdata = %pgdata.display(), "pg_controldata did not give the WAL segment size; reading it off pg_wal");
+            crate::pgdata::wal_segment_size(pgdata)
+        })
+        .unwrap_or_else(|| {
+            tracing::warn!(pgdata = %pgdata.display(), "the WAL segment size is unknown; assuming 16 MiB");
+            16 << 20
+        })
 }
 
 fn create_pgdata(path: &Path) -> Result<()> {

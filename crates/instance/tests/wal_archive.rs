@@ -188,7 +188,8 @@ for_each_version!(archive_under_load_restores_byte_identical);
 /// A cluster created with 1 MiB WAL segments (`bootstrap.initdb.wal_segment_size_mb`):
 /// the manager takes its segment size from the cluster, every segment is archived, `wal
 /// check` counts with that size (no false gaps), and the prefetch spool fetches the right
-/// next segments.
+/// next segments. Restarted with another size configured, it says the setting does not apply
+/// and keeps the cluster's.
 async fn small_segments_archive_and_restore(version: PgVersion) {
     let scratch = ScratchDir::new();
     let store = scratch.mkdir("store", 0o700);
@@ -224,6 +225,20 @@ async fn small_segments_archive_and_restore(version: PgVersion) {
     verify_prefetched_restores(&instance, &last, 10).await;
     manager.signal(Signal::SIGTERM).await;
     assert_eq!(manager.wait_exit(EXIT).await, 0, "{}", manager.log());
+
+    // Another size configured later applies to no existing cluster: said, and the cluster's
+    // own size is used.
+    let mut again =
+        instance.spawn_with(&["--set=bootstrap.initdb.wal_segment_size_mb=16".to_owned()]);
+    again.wait_ready(READY).await;
+    let log = again.log();
+    assert!(
+        log.contains("wal_segment_size_mb differs from this cluster's WAL segment size")
+            && log.contains("\"segment_bytes\":1048576"),
+        "{log}"
+    );
+    again.signal(Signal::SIGTERM).await;
+    assert_eq!(again.wait_exit(EXIT).await, 0, "{}", again.log());
 }
 for_each_version!(small_segments_archive_and_restore);
 
