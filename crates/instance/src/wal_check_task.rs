@@ -41,6 +41,8 @@ pub struct WalCheckMetrics {
     pub without_history: IntGauge,
     /// When a check last completed (seconds since the epoch).
     pub last_check: Gauge,
+    /// When a check last failed (seconds since the epoch; 0: never).
+    pub last_failure: Gauge,
     pub errors: IntCounter,
 }
 
@@ -60,6 +62,10 @@ impl WalCheckMetrics {
                 "wal_archive_last_check_timestamp_seconds",
                 "When the scheduled archive check last completed (seconds since the epoch)",
             ))?,
+            last_failure: Gauge::with_opts(opts(
+                "wal_archive_last_check_failure_timestamp_seconds",
+                "When the scheduled archive check last failed (seconds since the epoch; 0: never); newer than the last completed check: the archive's restorability is not known",
+            ))?,
             errors: IntCounter::with_opts(opts(
                 "wal_archive_check_errors_total",
                 "Scheduled archive checks that failed (store errors, unreadable catalog)",
@@ -68,6 +74,7 @@ impl WalCheckMetrics {
         registry.register(Box::new(metrics.missing.clone()))?;
         registry.register(Box::new(metrics.without_history.clone()))?;
         registry.register(Box::new(metrics.last_check.clone()))?;
+        registry.register(Box::new(metrics.last_failure.clone()))?;
         registry.register(Box::new(metrics.errors.clone()))?;
         Ok(metrics)
     }
@@ -229,7 +236,10 @@ async fn run_once(shared: &Shared, archiver: &Archiver) {
         }
         Err(e) => {
             metrics.errors.inc();
-            tracing::error!(error = %format!("{e:#}"), "archive check failed");
+            metrics
+                .last_failure
+                .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+            tracing::error!(error = %format!("{e:#}"), "archive check failed: whether a restore to the end works is not known until a check completes");
         }
     }
 }

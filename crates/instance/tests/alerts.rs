@@ -127,7 +127,7 @@ async fn reference_alerts_work_with_the_cnpg_namespace_pg18() {
 async fn pgsteward_rules_are_healthy_and_see_a_short_lived_certificate() {
     let rules = alert_rules("pgsteward-alerts.yaml");
     let checked = check_rules(&rules);
-    assert!(checked.contains("14 rules found"), "{checked}");
+    assert!(checked.contains("15 rules found"), "{checked}");
     let instance = Instance::new(options(PgVersion::V15));
     let certs = pgsteward_testkit::certs::generate_certificates(&instance.dir.mkdir("tls", 0o755))
         .unwrap_or_else(|e| panic!("{e:#}"));
@@ -161,6 +161,7 @@ async fn pgsteward_rules_are_healthy_and_see_a_short_lived_certificate() {
         "PgstewardWalArchiveFailing",
         "PgstewardWalArchiveHole",
         "PgstewardWalArchiveHistoryMissing",
+        "PgstewardWalArchiveCheckFailing",
         "PgstewardReplicationSlotInactive",
         "PgstewardRestoreDrillFailing",
         "PgstewardSelfFenced",
@@ -215,7 +216,7 @@ fn every_alert_has_a_runbook_section() {
     let reference = alerts_of("reference-alerts.yaml");
     let ours = alerts_of("pgsteward-alerts.yaml");
     assert_eq!(reference.len(), 3, "{reference:?}");
-    assert_eq!(ours.len(), 14, "{ours:?}");
+    assert_eq!(ours.len(), 15, "{ours:?}");
     for (name, _) in reference.iter().chain(&ours) {
         assert!(
             anchors.contains(&name.to_lowercase()),

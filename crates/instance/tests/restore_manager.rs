@@ -4,7 +4,8 @@
 //! restore drills (`archive.drill.interval` in the manager, `pgsteward drill` on the command
 //! line; a corrupted backup object fails the drill and everything is cleaned up), and the
 //! scheduled archive check (a segment deleted from the archive is counted, alerted on and
-//! cleared once it is back).
+//! cleared once it is back; a check that fails, the bucket gone, is alerted on until one
+//! completes again).
 
 mod common;
 #[path = "support/pitr.rs"]
@@ -293,6 +294,28 @@ async fn archive_checks_see_a_hole_before_any_restore(version: PgVersion) {
     .await;
     prometheus
         .wait_alert("PgstewardWalArchiveHole", "inactive", READY)
+        .await;
+
+    // The bucket gone for a while (renamed away: `NoSuchBucket`, not retried): the checks
+    // fail, which is counted and alerted on, and the next one after it is back clears it.
+    prometheus
+        .wait_alert("PgstewardWalArchiveCheckFailing", "inactive", READY)
+        .await;
+    let bucket = source.s3.object_path("");
+    let away = bucket.with_extension("away");
+    std::fs::rename(&bucket, &away).unwrap_or_else(|e| panic!("{e}"));
+    prometheus
+        .wait_alert("PgstewardWalArchiveCheckFailing", "firing", READY)
+        .await;
+    let log = source.manager.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("archive check failed") && l.contains("NoSuchBucket")),
+        "{log}"
+    );
+    std::fs::rename(&away, &bucket).unwrap_or_else(|e| panic!("{e}"));
+    prometheus
+        .wait_alert("PgstewardWalArchiveCheckFailing", "inactive", READY)
         .await;
     let mut manager = source.manager;
     manager.signal(Signal::SIGTERM).await;
