@@ -173,7 +173,8 @@ pub struct InitdbConfig {
     pub data_checksums: bool,
     /// `--wal-segsize`: the WAL segment size in MiB, a power of two from 1 to 1024 (default:
     /// postgres's, 16). Fixed at initdb; archiving, restores and `wal check` follow the
-    /// cluster's own size.
+    /// cluster's own size. WAL transfers hold whole segments in memory (about 2 x segment size
+    /// x `archive.wal.max_parallel`).
     #[serde(with = "optional_number")]
     pub wal_segment_size_mb: Option<u32>,
     /// File whose first line is the superuser's password (scram-sha-256).
@@ -416,7 +417,8 @@ pub struct WalArchiveConfig {
     pub compression: WalCompression,
     /// gzip level 1-9.
     pub gzip_level: u32,
-    /// Segments uploaded at once (memory: about 2 x 16 MiB each).
+    /// Segments uploaded at once (memory: about 2 x the segment size each; 32 MiB with 16 MiB
+    /// segments).
     pub max_parallel: usize,
     /// Segments downloaded ahead of postgres during recovery.
     pub prefetch: usize,
