@@ -36,21 +36,24 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::cluster::{self, mkdir_postgres, Cluster};
+use super::cluster::{self, mkdir_postgres};
 use super::procs::{self, Usage};
 use super::report::{self, Measured, Outcome, Report, Row};
 use super::rounds;
 use super::s3::{self, S3};
 use super::tools::{self, Availability, Ctx, Tool};
 
-const DEFAULT_SEGMENTS: usize = 48;
-const MIN_SEGMENTS: usize = 30;
+mod backlog;
+mod compare;
+
+use backlog::{generate_backlog, reuse_backlog, segment_size, segments_target, Backlog};
+use compare::same_content;
+
 /// Archiving or restoring the whole backlog must finish within this.
 const RUN_DEADLINE: Duration = Duration::from_secs(900);
 /// A run whose backlog does not shrink for this long has failed (postgres waits 60 s after
 /// three failed attempts).
 const STALL: Duration = Duration::from_secs(75);
-const GENERATE_DEADLINE: Duration = Duration::from_secs(1200);
 /// How long detached processes get to finish after a run.
 const ORPHAN_DEADLINE: Duration = Duration::from_secs(60);
 /// How long a tool's sidecar may take to start answering.
@@ -80,12 +83,6 @@ impl Round<'_> {
     }
 }
 
-/// The backlog every tool starts from.
-struct Backlog {
-    cluster: Cluster,
-    segments: Vec<String>,
-}
-
 pub fn run(root: &Path) -> Result<ExitCode> {
     if !nix::unistd::geteuid().is_root() {
         bail!("`cargo xtask bench wal-archive` must run as root: it runs postgres and the tools as the postgres OS user");
@@ -104,22 +101,6 @@ pub fn run(root: &Path) -> Result<ExitCode> {
         eprintln!("bench: kept the scratch directory {}", kept.display());
     }
     result
-}
-
-fn segments_target() -> Result<usize> {
-    match std::env::var("PGSTEWARD_BENCH_SEGMENTS") {
-        Err(_) => Ok(DEFAULT_SEGMENTS),
-        Ok(value) => {
-            let n: usize = value
-                .trim()
-                .parse()
-                .with_context(|| format!("PGSTEWARD_BENCH_SEGMENTS={value:?} is not a number"))?;
-            if n < MIN_SEGMENTS {
-                bail!("PGSTEWARD_BENCH_SEGMENTS={n}: the benchmark needs at least {MIN_SEGMENTS} segments");
-            }
-            Ok(n)
-        }
-    }
 }
 
 fn bench(root: &Path, scratch: &Path, target: usize) -> Result<ExitCode> {
@@ -264,119 +245,6 @@ fn selected_tools() -> Result<Vec<Tool>> {
         bail!("PGSTEWARD_BENCH_TOOLS={value:?} names no tool");
     }
     Ok(selected)
-}
-
-fn segment_size(backlog: &Backlog) -> Result<u64> {
-    let first = backlog.segments.first().context("empty backlog")?;
-    let path = backlog.cluster.data.join("pg_wal").join(first);
-    Ok(std::fs::metadata(&path)
-        .with_context(|| format!("stat {}", path.display()))?
-        .len())
-}
-
-/// The backlog of a kept earlier run (`PGSTEWARD_BENCH_BACKLOG`, its stopped `source/data`),
-/// copied into this run's scratch directory with this run's port and socket directory.
-fn reuse_backlog(scratch: &Path, kept: &Path) -> Result<Backlog> {
-    if !kept.join("PG_VERSION").is_file() {
-        bail!(
-            "PGSTEWARD_BENCH_BACKLOG={}: not a data directory (expected a kept run's source/data)",
-            kept.display()
-        );
-    }
-    if kept.join("postmaster.pid").exists() {
-        bail!(
-            "PGSTEWARD_BENCH_BACKLOG={}: a postmaster.pid is present; stop that postgres first",
-            kept.display()
-        );
-    }
-    for dir in [scratch.join("sock"), scratch.join("home")] {
-        mkdir_postgres(&dir)?;
-    }
-    let kept = Cluster {
-        data: kept.to_path_buf(),
-        port: pgsteward_testkit::free_port(),
-        socket_dir: scratch.join("sock"),
-        home: scratch.join("home"),
-    };
-    let cluster = kept.copy_to(&scratch.join("source").join("data"))?;
-    cluster.append_conf(&format!(
-        "\n# PGSTEWARD_BENCH_BACKLOG\nport = {}\nunix_socket_directories = '{}'\n",
-        cluster.port,
-        cluster::quote_conf(&cluster.socket_dir.display().to_string())
-    ))?;
-    let segments = cluster.ready_segments()?;
-    if segments.len() < MIN_SEGMENTS {
-        bail!(
-            "PGSTEWARD_BENCH_BACKLOG={}: only {} segments are .ready",
-            kept.data.display(),
-            segments.len()
-        );
-    }
-    eprintln!("bench: reusing the backlog in {}", kept.data.display());
-    Ok(Backlog { cluster, segments })
-}
-
-/// Builds the source cluster and its `.ready` backlog (see the module doc).
-fn generate_backlog(scratch: &Path, target: usize) -> Result<Backlog> {
-    let dir = scratch.join("source");
-    mkdir_postgres(&dir)?;
-    let cluster = Cluster::init(
-        &dir.join("data"),
-        &scratch.join("sock"),
-        &scratch.join("home"),
-        "/bin/false",
-    )?;
-    let mut postmaster = cluster.start(&[], &dir.join("postgres.log"))?;
-    let deadline = Instant::now() + GENERATE_DEADLINE;
-    eprintln!(
-        "bench: generating WAL (pgbench -i -s 10, random text, pgbench with full-page images)"
-    );
-    cluster.pgbench(&["-i", "-s", "10", "-q"], GENERATE_DEADLINE)?;
-    cluster.psql(&["CREATE TABLE noise AS SELECT g, md5(random()::text) || md5(random()::text) AS t FROM generate_series(1, 1000000) g"])?;
-    // The segment pg_switch_wal closes at the end makes the last one. Vacuumed and frozen at
-    // the end, so the copies have nothing left to write when they start.
-    while cluster.ready_count() + 1 < target {
-        if Instant::now() >= deadline {
-            bail!(
-                "only {} segments ready after {GENERATE_DEADLINE:?} of WAL generation",
-                cluster.ready_count()
-            );
-        }
-        cluster.psql(&["CHECKPOINT"])?;
-        cluster.pgbench(
-            &["-n", "-c", "2", "-j", "2", "-t", "10000"],
-            GENERATE_DEADLINE,
-        )?;
-    }
-    cluster.psql(&["VACUUM (FREEZE, ANALYZE)", "CHECKPOINT"])?;
-    let before = cluster.ready_count();
-    cluster.psql(&["SELECT pg_switch_wal()"])?;
-    wait_until(
-        Duration::from_secs(30),
-        "the switched segment to be .ready",
-        || Ok(cluster.ready_count() > before),
-    )?;
-    postmaster.stop()?;
-    let segments = cluster.ready_segments()?;
-    if segments.len() < MIN_SEGMENTS {
-        bail!("only {} segments in the backlog", segments.len());
-    }
-    Ok(Backlog { cluster, segments })
-}
-
-fn wait_until(
-    timeout: Duration,
-    what: &str,
-    mut check: impl FnMut() -> Result<bool>,
-) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    while !check()? {
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
 }
 
 /// One tool's row: the run's outcome (a failure is reported, not fatal) and its description.
@@ -606,69 +474,6 @@ fn restore_run(tool: Tool, round: &Round<'_>, described: &mut Option<String>) ->
 /// Whether `PGSTEWARD_BENCH_TRACE` asks for every restore_command's timing (for profiling).
 fn trace_calls() -> bool {
     std::env::var_os("PGSTEWARD_BENCH_TRACE").is_some_and(|v| !v.is_empty())
-}
-
-/// Whether `a` and `b` have the same bytes, compared by mapping both (no copy into this
-/// process's memory: every restore_command is forked from this process, and a child's peak
-/// RSS, what the table reports, starts from this process's own).
-fn same_content(a: &Path, b: &Path) -> Result<bool> {
-    let open = |path: &Path| {
-        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))
-    };
-    let (fa, fb) = (open(a)?, open(b)?);
-    let len = fa.metadata()?.len();
-    if len != fb.metadata()?.len() {
-        return Ok(false);
-    }
-    let len = usize::try_from(len).context("file too large to map")?;
-    if len == 0 {
-        return Ok(true);
-    }
-    let ma = Mapped::new(&fa, len).with_context(|| format!("mapping {}", a.display()))?;
-    let mb = Mapped::new(&fb, len).with_context(|| format!("mapping {}", b.display()))?;
-    Ok(ma.bytes() == mb.bytes())
-}
-
-/// A read-only, populated mapping of a whole file, unmapped on drop.
-struct Mapped {
-    ptr: *mut libc::c_void,
-    len: usize,
-}
-
-impl Mapped {
-    fn new(file: &std::fs::File, len: usize) -> std::io::Result<Self> {
-        use std::os::fd::AsRawFd;
-        // SAFETY: a fresh private read-only mapping of an open file; checked for failure.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_PRIVATE | libc::MAP_POPULATE,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(Mapped { ptr, len })
-    }
-
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: the mapping is `len` readable bytes and lives as long as `self`; nobody
-        // truncates these files while the benchmark compares them.
-        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
-    }
-}
-
-impl Drop for Mapped {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `new` mapped.
-        unsafe {
-            libc::munmap(self.ptr, self.len);
-        }
-    }
 }
 
 /// Removes the WAL segments (and their archive status) from a copied data directory.
