@@ -21,6 +21,11 @@ const LONG_HEADER_BYTES: usize = 40;
 const MIN_SEGMENT_BYTES: u64 = 1 << 20;
 const MAX_SEGMENT_BYTES: u64 = 1 << 30;
 
+/// Whether `bytes` is a WAL segment size postgres allows (a power of two, 1 MiB to 1 GiB).
+pub fn is_segment_size(bytes: u64) -> bool {
+    bytes.is_power_of_two() && (MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&bytes)
+}
+
 /// Why a file is not the WAL segment its name says.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum InvalidSegment {
@@ -72,7 +77,7 @@ pub fn check_segment(
         return Ok(());
     }
     let bytes = content.len() as u64;
-    if !bytes.is_power_of_two() || !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&bytes) {
+    if !is_segment_size(bytes) {
         return Err(InvalidSegment::Size { bytes });
     }
     let header = long_header(content)

@@ -195,7 +195,7 @@ pub enum WalCommand {
 /// A WAL segment size in MiB: a power of two from 1 to 1024, as `initdb --wal-segsize` takes.
 fn parse_segment_size_mb(text: &str) -> Result<u64, String> {
     match text.parse::<u64>() {
-        Ok(mb) if mb.is_power_of_two() && mb <= 1024 => Ok(mb),
+        Ok(mb) if mb <= 1024 && pgsteward_archive::walheader::is_segment_size(mb << 20) => Ok(mb),
         _ => Err(format!(
             "{text:?} is not a WAL segment size: a power of two from 1 to 1024 (MiB)"
         )),

@@ -177,7 +177,7 @@ pub fn wal_segment_size(pgdata: &Path) -> Option<u64> {
         let meta = entry.metadata().ok()?;
         (is_segment && meta.is_file()).then_some(meta.len())
     })?;
-    if size.is_power_of_two() && (1 << 20..=1 << 30).contains(&size) {
+    if pgsteward_archive::walheader::is_segment_size(size) {
         Some(size)
     } else {
         tracing::warn!(

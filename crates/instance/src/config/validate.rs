@@ -72,7 +72,7 @@ pub fn validate(config: &Config, catalog: &GucCatalog) -> Result<(), ConfigProbl
         problems.push("bootstrap.initdb.owner_password_file: set without an owner".to_owned());
     }
     if let Some(mb) = init.wal_segment_size_mb {
-        if !mb.is_power_of_two() || mb > 1024 {
+        if !pgsteward_archive::walheader::is_segment_size(u64::from(mb) << 20) {
             problems.push(format!(
                 "bootstrap.initdb.wal_segment_size_mb: {mb} is not a power of two from 1 to 1024"
             ));
