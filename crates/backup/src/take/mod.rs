@@ -273,7 +273,7 @@ pub async fn take_backup(
         info.set(key, value)
             .map_err(|e| TakeError::Catalog(e.to_string()))
     };
-    let begin_lsn = session::parse_lsn(&started.lsn).unwrap_or(0);
+    let begin_lsn = session::returned_lsn("pg_backup_start", &started.lsn)?;
     set(&mut info, "server_name", options.server.clone())?;
     set(&mut info, "mode", "concurrent".into())?;
     set(&mut info, "compression", "gzip".into())?;
@@ -470,7 +470,7 @@ async fn copy_and_stop(
         .map_err(|e| TakeError::Io(format!("data archive task failed: {e}")))??;
     archives.push(data_archive);
     progress.set_phase(Phase::Finishing);
-    let end_lsn = session::parse_lsn(&stopped.lsn).unwrap_or(0);
+    let end_lsn = session::returned_lsn("pg_backup_stop", &stopped.lsn)?;
     let set = |info: &mut BackupInfo, key: &str, value: String| {
         info.set(key, value)
             .map_err(|e| TakeError::Catalog(e.to_string()))

@@ -143,7 +143,12 @@ fn micros_to_time(micros: i64) -> chrono::DateTime<chrono::FixedOffset> {
         .fixed_offset()
 }
 
-pub use pgsteward_archive::lsn::parse_lsn;
+/// An LSN postgres returned (`X/Y`); an error naming `what` when it is not one, so that no
+/// made-up position reaches the backup's record.
+pub fn returned_lsn(what: &str, text: &str) -> Result<u64, TakeError> {
+    pgsteward_archive::lsn::parse_lsn(text)
+        .ok_or_else(|| TakeError::Postgres(format!("{what} returned {text:?}, not an LSN")))
+}
 
 /// The WAL segment holding `lsn`; with `previous`, the one holding the byte before it (as
 /// `pg_walfile_name` names a backup's end).
@@ -175,8 +180,15 @@ mod tests {
 
     #[test]
     fn wal_names_and_lsns() {
-        assert_eq!(parse_lsn("0/4000028"), Some(0x4000028));
-        assert_eq!(parse_lsn("1/0"), Some(1 << 32));
+        assert_eq!(returned_lsn("x", "0/4000028").ok(), Some(0x4000028));
+        assert_eq!(returned_lsn("x", "1/0").ok(), Some(1 << 32));
+        let error = returned_lsn("pg_backup_start", "")
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            error.as_deref(),
+            Some("postgres: pg_backup_start returned \"\", not an LSN")
+        );
         let seg = 16 * 1024 * 1024;
         assert_eq!(
             wal_name(1, 0x4000028, seg, false).ok().as_deref(),
