@@ -235,10 +235,7 @@ async fn report(
         .context("listing the backups beside the WAL")?;
     // The newest timeline's history, as a restore to the end follows it, for each timeline
     // the finished backups start on.
-    let backup_timelines = entries
-        .iter()
-        .filter_map(|e| e.info.as_ref().ok())
-        .filter(|info| matches!(info.status(), Ok(BackupStatus::Done)))
+    let backup_timelines = wal_path::finished_backups(&entries)
         .filter_map(wal_path::backup_timeline)
         .collect();
     let histories =
@@ -295,11 +292,8 @@ fn segment_size(given_mb: Option<u64>, local: Option<&Path>, entries: &[CatalogE
         .map(|mb| mb << 20)
         .or_else(|| local.and_then(crate::pgdata::wal_segment_size))
         .or_else(|| {
-            entries
-                .iter()
+            wal_path::finished_backups(entries)
                 .rev()
-                .filter_map(|e| e.info.as_ref().ok())
-                .filter(|info| matches!(info.status(), Ok(BackupStatus::Done)))
                 .find_map(|info| info.segment_size().ok())
         })
         .unwrap_or(16 << 20)

@@ -20,7 +20,7 @@ use std::time::Duration;
 use pgsteward_archive::wal::deadline_in;
 use pgsteward_archive::{WalFile, WalKind};
 use pgsteward_backup::catalog::Catalog;
-use pgsteward_backup::info::{BackupInfo, BackupStatus};
+use pgsteward_backup::info::BackupInfo;
 use prometheus::{Gauge, IntCounter, IntGauge, Opts, Registry};
 
 use crate::archiver::{status, Archiver};
@@ -92,21 +92,8 @@ fn lost<'a>(names: impl IntoIterator<Item = &'a String>, pgdata: &Path) -> Vec<S
         .collect()
 }
 
-/// The finished backups that name their first WAL segment, newest first.
-fn done_newest_first(backups: Vec<pgsteward_backup::catalog::CatalogEntry>) -> Vec<BackupInfo> {
-    backups
-        .into_iter()
-        .rev()
-        .filter_map(|entry| entry.info.ok())
-        .filter(|info| {
-            matches!(info.status(), Ok(BackupStatus::Done))
-                && wal_path::backup_timeline(info).is_some()
-        })
-        .collect()
-}
-
 /// What one check found.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Found {
     /// The newest finished backup on the newest timeline's history and the segments a
     /// restore from it to the end would miss (None without such a backup).
@@ -134,15 +121,16 @@ async fn check(archiver: &Archiver, timeout: Duration) -> anyhow::Result<Found> 
         .map(|file| file.name().to_owned())
         .collect();
     let catalog = Catalog::new(wal.store().clone(), &archiver.settings().server_name);
-    let backups = done_newest_first(catalog.list().await?);
+    let entries = catalog.list().await?;
+    let backups: Vec<&BackupInfo> = wal_path::finished_backups(&entries).rev().collect();
     let timelines = backups
         .iter()
-        .filter_map(wal_path::backup_timeline)
+        .filter_map(|backup| wal_path::backup_timeline(backup))
         .collect();
     let histories = wal_path::latest_histories(wal, timelines, &archived, timeout).await?;
     let on_path = backups.into_iter().find_map(|backup| {
-        let history = histories.get(&wal_path::backup_timeline(&backup)?)?;
-        let missing = wal_path::path_holes(&archived, &backup, history);
+        let history = histories.get(&wal_path::backup_timeline(backup)?)?;
+        let missing = wal_path::path_holes(&archived, backup, history);
         if missing.is_none() {
             tracing::debug!(backup = %backup.backup_id(), timeline = history.timeline(), "archive check: the backup is not on the newest timeline's history; an older one is checked");
         }

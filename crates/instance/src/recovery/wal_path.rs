@@ -261,6 +261,21 @@ pub async fn first_on_history(
     Ok(None)
 }
 
+/// The finished backups of a catalog listing (oldest first, as listed).
+pub fn finished_backups(
+    entries: &[pgsteward_backup::catalog::CatalogEntry],
+) -> impl DoubleEndedIterator<Item = &BackupInfo> {
+    entries
+        .iter()
+        .filter_map(|entry| entry.info.as_ref().ok())
+        .filter(|info| {
+            matches!(
+                info.status(),
+                Ok(pgsteward_backup::info::BackupStatus::Done)
+            )
+        })
+}
+
 /// The timeline a backup starts on (its first WAL segment's).
 pub fn backup_timeline(backup: &BackupInfo) -> Option<u32> {
     backup_wal(backup).map(|(begin, _, _)| begin.timeline())
