@@ -108,8 +108,7 @@ fn lag_bytes(
 ) -> Option<u64> {
     let current = pgsteward_archive::lsn::parse_lsn(current_lsn?)?;
     let file = pgsteward_archive::WalFile::parse(last_archived?).ok()?;
-    let (_, log, seg) = file.position()?;
-    let end = (u64::from(log) << 32) + (u64::from(seg) + 1) * segment_bytes;
+    let end = file.start_lsn(segment_bytes)? + segment_bytes;
     Some(current.saturating_sub(end))
 }
 

@@ -66,18 +66,9 @@ const LARGE_BUFFERS: u64 = 1 << 30;
 
 /// Transfers hold whole segments in memory (a segment and its gzip form each, compressed or
 /// decompressed whole): about `2 x segment size x max_parallel` at most. With large segments
-/// (`initdb --wal-segsize` up to 1 GiB) that can exceed what the container was given; say so.
-fn warn_of_large_buffers(max_parallel: usize, segment_bytes: u64) -> u64 {
-    let bound = 2 * segment_bytes * max_parallel as u64;
-    if bound > LARGE_BUFFERS {
-        tracing::warn!(
-            max_parallel,
-            segment_bytes,
-            buffers_bound_mib = bound >> 20,
-            "WAL transfers may hold up to this much memory (2 x segment size x archive.wal.max_parallel); lower archive.wal.max_parallel if the manager's memory is limited"
-        );
-    }
-    bound
+/// (`initdb --wal-segsize` up to 1 GiB) that can exceed what the container was given.
+fn transfer_buffers_bound(max_parallel: usize, segment_bytes: u64) -> u64 {
+    2 * segment_bytes * max_parallel as u64
 }
 
 impl Archiver {
@@ -120,7 +111,15 @@ impl Archiver {
             ..ArchiveStatus::default()
         };
         let prefetch = prefetch::Prefetcher::new(pgdata, settings.prefetch, segment_bytes);
-        warn_of_large_buffers(settings.max_parallel, segment_bytes);
+        let bound = transfer_buffers_bound(settings.max_parallel, segment_bytes);
+        if bound > LARGE_BUFFERS {
+            tracing::warn!(
+                max_parallel = settings.max_parallel,
+                segment_bytes,
+                buffers_bound_mib = bound >> 20,
+                "WAL transfers may hold up to this much memory (2 x segment size x archive.wal.max_parallel); lower archive.wal.max_parallel if the manager's memory is limited"
+            );
+        }
         Ok(Arc::new(Archiver {
             uploads: Arc::new(Semaphore::new(settings.max_parallel)),
             wal,
@@ -420,9 +419,10 @@ mod tests {
     #[test]
     fn the_buffer_bound_follows_the_segment_size() {
         // The defaults: 4 transfers of 16 MiB segments.
-        assert_eq!(warn_of_large_buffers(4, 16 << 20), 128 << 20);
-        // 1 GiB segments: 8 GiB with the same setting (warned), 2 GiB with one transfer.
-        assert_eq!(warn_of_large_buffers(4, 1 << 30), 8 << 30);
-        assert_eq!(warn_of_large_buffers(1, 1 << 30), 2 << 30);
+        assert_eq!(transfer_buffers_bound(4, 16 << 20), 128 << 20);
+        assert!(transfer_buffers_bound(4, 16 << 20) <= LARGE_BUFFERS);
+        // 1 GiB segments: 8 GiB with the same setting (warned at start), 2 GiB with one transfer.
+        assert_eq!(transfer_buffers_bound(4, 1 << 30), 8 << 30);
+        assert_eq!(transfer_buffers_bound(1, 1 << 30), 2 << 30);
     }
 }
