@@ -244,13 +244,9 @@ async fn archive_checks_see_a_hole_before_any_restore(version: PgVersion) {
         metric(&metrics, "pgsteward_wal_archive_path_missing_segments").await
     };
     wait_for("a check that finds the archive whole", READY, || async {
-        let metrics = source.instance.metrics();
-        let checked = metric(
-            &metrics,
-            "pgsteward_wal_archive_last_check_timestamp_seconds",
-        )
-        .await?;
-        (checked > 0.0 && missing().await? == 0.0).then_some(())
+        let missing =
+            checked_metric(&source, "pgsteward_wal_archive_path_missing_segments").await?;
+        (missing == 0.0).then_some(())
     })
     .await;
     prometheus

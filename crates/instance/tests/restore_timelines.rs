@@ -46,21 +46,6 @@ async fn fork_timeline_two(source: &Source, version: PgVersion) -> (Instance, St
     (fork, forked_at)
 }
 
-/// The source manager's `name` metric, once a scheduled check has completed.
-async fn checked_metric(source: &Source, name: &str) -> Option<f64> {
-    let metrics = source.instance.metrics();
-    let checked = metric(
-        &metrics,
-        "pgsteward_wal_archive_last_check_timestamp_seconds",
-    )
-    .await?;
-    if checked > 0.0 {
-        metric(&metrics, name).await
-    } else {
-        None
-    }
-}
-
 /// Wait until the source's scheduled checks count `count` timelines without a history file.
 async fn wait_without_history(source: &Source, count: f64) {
     wait_for(

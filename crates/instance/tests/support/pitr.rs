@@ -272,6 +272,21 @@ pub async fn wait_history_archived(source: &Source, server: &str, timeline: u64)
     .await;
 }
 
+/// The source manager's `name` metric, once a scheduled archive check has completed.
+pub async fn checked_metric(source: &Source, name: &str) -> Option<f64> {
+    let metrics = source.instance.metrics();
+    let checked = metric(
+        &metrics,
+        "pgsteward_wal_archive_last_check_timestamp_seconds",
+    )
+    .await?;
+    if checked > 0.0 {
+        metric(&metrics, name).await
+    } else {
+        None
+    }
+}
+
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
