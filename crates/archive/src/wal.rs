@@ -102,6 +102,10 @@ pub struct WalArchive {
     compressed: Arc<BufferPool>,
     /// Segments being read and compressed at once: one per CPU (see `cpu_slot`).
     compressing: Arc<tokio::sync::Semaphore>,
+    /// Restored files being decompressed and written at once: one per CPU (see
+    /// `decode_slot`), apart from `compressing` so a standby's archiving never waits on its
+    /// restores or the other way round.
+    decompressing: Arc<tokio::sync::Semaphore>,
     /// When set, a segment is archived only if it is a whole segment at its name's position,
     /// of this system when the identifier is known (`walheader`).
     segment_check: Option<SegmentCheck>,
@@ -144,6 +148,7 @@ impl WalArchive {
         compression: Compression,
         gzip_level: u32,
     ) -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         WalArchive {
             store,
             layout,
@@ -151,9 +156,8 @@ impl WalArchive {
             gzip_level,
             reads: BufferPool::new(DEFAULT_POOLED_BUFFERS),
             compressed: BufferPool::new(DEFAULT_POOLED_BUFFERS),
-            compressing: Arc::new(tokio::sync::Semaphore::new(
-                std::thread::available_parallelism().map_or(1, |n| n.get()),
-            )),
+            compressing: Arc::new(tokio::sync::Semaphore::new(cpus)),
+            decompressing: Arc::new(tokio::sync::Semaphore::new(cpus)),
             segment_check: None,
         }
     }

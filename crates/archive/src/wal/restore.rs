@@ -34,10 +34,13 @@ impl WalArchive {
         let Some(found) = self.locate(file, deadline).await? else {
             return Ok(None);
         };
+        let permit = self.decode_slot().await?;
         let this = self.clone();
         let key = found.key.clone();
         let data = tokio::task::spawn_blocking(move || {
-            this.decode(&found.key, found.compression, &found.stored)
+            let data = this.decode(&found.key, found.compression, &found.stored);
+            drop(permit);
+            data
         })
         .await
         .map_err(|e| StoreError::Permanent(format!("decompression task failed: {e}")))??;
@@ -78,16 +81,18 @@ impl WalArchive {
             return Ok(RestoreOutcome::NotFound);
         }
         on_found();
+        // Downloads run as many at once as the caller lets them; decompressing and writing
+        // takes a CPU slot, so only one segment-sized buffer per CPU is held at a time.
+        let permit = self.decode_slot().await?;
         let this = self.clone();
         let dest = dest.to_path_buf();
-        // Not bounded by the CPU slots archiving uses: a restore waits on one segment after
-        // another, and decompressing the next ones in parallel (about 10 ms each) shortens
-        // every wait; the caller bounds how many downloads run.
         tokio::task::spawn_blocking(move || {
             let data = this.decode(&found.key, found.compression, &found.stored)?;
             drop(found.stored);
             let bytes = data.len() as u64;
             write_blocking(&dest, &data, durability)?;
+            drop(data);
+            drop(permit);
             Ok(RestoreOutcome::Restored {
                 key: found.key,
                 bytes,
@@ -96,6 +101,19 @@ impl WalArchive {
         })
         .await
         .map_err(|e| StoreError::Permanent(format!("restore task failed: {e}")))?
+    }
+
+    /// One of the slots (one per CPU) for decompressing a restored file and writing it out:
+    /// more at once would only take turns on the same cores while each holds a decompressed
+    /// segment in memory. Waiters are served in order, so the file a restore asked for first
+    /// is not overtaken by later prefetches.
+    async fn decode_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, WalError> {
+        Ok(self
+            .decompressing
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| StoreError::Permanent(format!("CPU slots closed: {e}")))?)
     }
 
     /// Download `file` into postgres's `dest` (`%p`) atomically: a temporary file in the same
@@ -209,10 +227,7 @@ impl WalArchive {
         // the rest.
         let slots = Arc::new(tokio::sync::Semaphore::new(PARTS_IN_FLIGHT));
         let mut tasks = tokio::task::JoinSet::new();
-        for (index, start) in (first_len..total)
-            .step_by(DOWNLOAD_PART_BYTES as usize)
-            .enumerate()
-        {
+        for start in (first_len..total).step_by(DOWNLOAD_PART_BYTES as usize) {
             let len = DOWNLOAD_PART_BYTES.min(total - start);
             let (store, slots, key, etag) = (
                 self.store.clone(),
@@ -226,12 +241,16 @@ impl WalArchive {
                     store.get_range(&key, start, len, etag.as_deref())
                 })
                 .await;
-                (index, len, part)
+                (start, len, part)
             });
         }
-        let mut parts: Vec<Option<Bytes>> = vec![None; tasks.len()];
+        // Each part is copied to its place as it arrives and dropped: the object is held once,
+        // plus the parts in flight.
+        let mut whole = vec![0u8; total as usize];
+        whole[..first.data.len()].copy_from_slice(&first.data);
+        drop(first);
         while let Some(joined) = tasks.join_next().await {
-            let (index, len, part) =
+            let (start, len, part) =
                 joined.map_err(|e| StoreError::Permanent(format!("download task failed: {e}")))?;
             let part = part?.ok_or_else(|| {
                 StoreError::Transient(format!("{key} vanished while it was read in parts"))
@@ -244,15 +263,11 @@ impl WalArchive {
                 ))
                 .into());
             }
-            parts[index] = Some(part.data);
+            let at = start as usize;
+            whole[at..at + part.data.len()].copy_from_slice(&part.data);
         }
-        // Each part had its exact length, so together they are the whole object.
-        let mut whole = bytes::BytesMut::with_capacity(total as usize);
-        whole.extend_from_slice(&first.data);
-        for part in parts.into_iter().flatten() {
-            whole.extend_from_slice(&part);
-        }
-        Ok(Some(whole.freeze()))
+        // Every part arrived with its exact length, so together they fill the whole object.
+        Ok(Some(Bytes::from(whole)))
     }
 }
 
