@@ -31,7 +31,8 @@ impl WriteOptions {
 #[derive(Debug, thiserror::Error)]
 #[error("{action} {}: {source}", path.display())]
 pub struct AtomicWriteError {
-    /// What failed: "creating", "writing", "syncing", "renaming into", "syncing directory".
+    /// What failed: "creating", "writing", "syncing", "renaming into", "linking into",
+    /// "syncing directory".
     pub action: &'static str,
     pub path: PathBuf,
     pub source: std::io::Error,
@@ -69,6 +70,36 @@ fn failed(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> A
 
 /// Write `data` to `dest` atomically (see the module doc). The directory must exist.
 pub fn write(dest: &Path, data: &[u8], options: WriteOptions) -> Result<(), AtomicWriteError> {
+    write_placed(dest, data, options, Placement::Replace).map(|_| ())
+}
+
+/// Write `data` to `dest` atomically unless `dest` exists: the temporary file is hard-linked
+/// to `dest`, which fails when a file is already there, so concurrent writers (in this
+/// process or another) store one whole content and never replace it. `Ok(false)`: `dest`
+/// already existed and is untouched. Where hard links are not supported, `dest` is looked
+/// up, then renamed over (a race with another writer may then replace a file stored in
+/// between).
+pub fn write_new(
+    dest: &Path,
+    data: &[u8],
+    options: WriteOptions,
+) -> Result<bool, AtomicWriteError> {
+    write_placed(dest, data, options, Placement::CreateNew)
+}
+
+/// How the temporary file takes `dest`'s place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    Replace,
+    CreateNew,
+}
+
+fn write_placed(
+    dest: &Path,
+    data: &[u8],
+    options: WriteOptions,
+    placement: Placement,
+) -> Result<bool, AtomicWriteError> {
     let tmp = temporary_path(dest);
     let written = (|| {
         let mut file = std::fs::OpenOptions::new()
@@ -81,16 +112,51 @@ pub fn write(dest: &Path, data: &[u8], options: WriteOptions) -> Result<(), Atom
             .map_err(failed("creating", &tmp))?;
         file.write_all(data).map_err(failed("writing", &tmp))?;
         if options.durable {
-            commit(file, &tmp, dest)
-        } else {
-            drop(file);
-            std::fs::rename(&tmp, dest).map_err(failed("renaming into", dest))
+            file.sync_all().map_err(failed("syncing", &tmp))?;
         }
+        drop(file);
+        let placed = match placement {
+            Placement::Replace => {
+                std::fs::rename(&tmp, dest).map_err(failed("renaming into", dest))?;
+                true
+            }
+            Placement::CreateNew => link_new(&tmp, dest)?,
+        };
+        if placed && options.durable {
+            sync_directory(dest)?;
+        }
+        Ok(placed)
     })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
+    // After a rename there is nothing left at `tmp`; after a link (or a refusal) it is removed.
+    let _ = std::fs::remove_file(&tmp);
     written
+}
+
+/// Give `tmp`'s content the name `dest` unless `dest` exists (see `write_new`).
+fn link_new(tmp: &Path, dest: &Path) -> Result<bool, AtomicWriteError> {
+    match std::fs::hard_link(tmp, dest) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e)
+            if e.kind() == std::io::ErrorKind::Unsupported
+                || e.raw_os_error() == Some(libc::EPERM) =>
+        {
+            // No hard links on this filesystem: look, then rename.
+            if dest.symlink_metadata().is_ok() {
+                return Ok(false);
+            }
+            std::fs::rename(tmp, dest).map_err(failed("renaming into", dest))?;
+            Ok(true)
+        }
+        Err(e) => Err(failed("linking into", dest)(e)),
+    }
+}
+
+fn sync_directory(dest: &Path) -> Result<(), AtomicWriteError> {
+    let dir = directory_of(dest);
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(failed("syncing directory", dir))
 }
 
 /// Make a fully written temporary `file` (at `tmp`, from [`temporary_path`]) the durable
@@ -100,10 +166,7 @@ pub fn commit(file: std::fs::File, tmp: &Path, dest: &Path) -> Result<(), Atomic
     file.sync_all().map_err(failed("syncing", tmp))?;
     drop(file);
     std::fs::rename(tmp, dest).map_err(failed("renaming into", dest))?;
-    let dir = directory_of(dest);
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(failed("syncing directory", dir))
+    sync_directory(dest)
 }
 
 #[cfg(test)]
@@ -161,6 +224,45 @@ mod tests {
         });
         let last = std::fs::read(&dest).unwrap_or_default();
         assert!(contents.contains(&last), "a torn or mixed file");
+        assert!(leftovers(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn write_new_stores_one_writer_whole_and_never_replaces() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dest = dir.path().join("segment");
+        let contents: Vec<Vec<u8>> = (0..8u8).map(|i| vec![i; 256 << 10]).collect();
+        let stored: Vec<bool> = std::thread::scope(|scope| {
+            let writers: Vec<_> = contents
+                .iter()
+                .map(|content| {
+                    let dest = &dest;
+                    scope.spawn(move || {
+                        write_new(dest, content, WriteOptions::DURABLE)
+                            .unwrap_or_else(|e| panic!("{e}"))
+                    })
+                })
+                .collect();
+            writers
+                .into_iter()
+                .map(|w| w.join().unwrap_or_else(|_| panic!("writer panicked")))
+                .collect()
+        });
+        let winners: Vec<usize> = (0..stored.len()).filter(|&i| stored[i]).collect();
+        assert_eq!(winners.len(), 1, "{stored:?}");
+        assert_eq!(
+            std::fs::read(&dest).unwrap_or_default(),
+            contents[winners[0]],
+            "not the winner's whole content"
+        );
+        // A later writer finds it there and leaves it.
+        assert!(
+            !write_new(&dest, b"other", WriteOptions::DURABLE).unwrap_or_else(|e| panic!("{e}"))
+        );
+        assert_eq!(
+            std::fs::read(&dest).unwrap_or_default(),
+            contents[winners[0]]
+        );
         assert!(leftovers(dir.path()).is_empty());
     }
 

@@ -16,6 +16,6 @@ pub mod walheader;
 pub mod walname;
 
 pub use layout::Layout;
-pub use store::{open, ObjectMeta, ObjectStore, StoreError, StoreOptions};
+pub use store::{open, ObjectMeta, ObjectStore, PutNew, StoreError, StoreOptions};
 pub use wal::{ArchiveOutcome, RestoreOutcome, WalArchive, WalError};
 pub use walname::{WalFile, WalKind};

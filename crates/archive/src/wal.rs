@@ -16,7 +16,7 @@ use crate::buffers::BufferPool;
 use crate::compress;
 use crate::layout::{Compression, Layout};
 use crate::retry::with_retry;
-use crate::store::{ObjectMeta, ObjectStore, StoreError};
+use crate::store::{ObjectMeta, ObjectStore, PutNew, StoreError};
 use crate::walheader::{check_segment, InvalidSegment};
 use crate::walname::{InvalidWalName, WalFile};
 
@@ -274,7 +274,8 @@ impl WalArchive {
     ) -> Result<ArchiveOutcome, WalError> {
         match prepared {
             Prepared::Existing { key, meta, content } => {
-                self.compare_existing(&key, &meta, &content, deadline).await
+                self.compare_existing(&key, Some(meta.size), &content, deadline)
+                    .await
             }
             Prepared::Encoded {
                 key,
@@ -283,14 +284,32 @@ impl WalArchive {
             } => {
                 let stored_bytes = encoded.len() as u64;
                 // The store confirms the body it kept: S3 checks the checksum (or Content-MD5)
-                // sent with it before storing, file:// fsyncs and renames; no second round
-                // trip is needed.
-                with_retry("put", deadline, || self.store.put(&key, encoded.clone())).await?;
-                Ok(ArchiveOutcome::Stored {
-                    key,
-                    raw_bytes,
-                    stored_bytes,
-                })
+                // sent with it before storing, file:// fsyncs and links; no second round
+                // trip is needed. Only as a new object: one stored by another writer since
+                // the lookup is compared, never replaced. (A retried PUT whose first attempt
+                // was stored finds its own object there, identical.)
+                let put = with_retry("put", deadline, || {
+                    self.store.put_new(&key, encoded.clone())
+                });
+                match put.await? {
+                    PutNew::Stored => Ok(ArchiveOutcome::Stored {
+                        key,
+                        raw_bytes,
+                        stored_bytes,
+                    }),
+                    PutNew::Existed => {
+                        let this = self.clone();
+                        let decoded_key = key.clone();
+                        let content = tokio::task::spawn_blocking(move || {
+                            this.decode(&decoded_key, this.compression, &encoded)
+                        })
+                        .await
+                        .map_err(|e| {
+                            StoreError::Permanent(format!("decompression task failed: {e}"))
+                        })??;
+                        self.compare_existing(&key, None, &content, deadline).await
+                    }
+                }
             }
         }
     }
@@ -365,17 +384,19 @@ impl WalArchive {
             .map_err(|e| StoreError::Permanent(format!("reading task failed: {e}")))?
     }
 
+    /// Compare the object at `key` (`listed`: its size when a lookup found it) with `content`:
+    /// identical → `AlreadyArchived`, different → `Conflict`.
     async fn compare_existing(
         &self,
         key: &str,
-        meta: &ObjectMeta,
+        listed: Option<u64>,
         content: &[u8],
         deadline: Instant,
     ) -> Result<ArchiveOutcome, WalError> {
         let Some(stored) = with_retry("get", deadline, || self.store.get(key)).await? else {
+            let listed = listed.map_or_else(String::new, |n| format!(" ({n} bytes listed)"));
             return Err(StoreError::Transient(format!(
-                "{key} vanished while being compared ({} bytes listed)",
-                meta.size
+                "{key} vanished while being compared{listed}"
             ))
             .into());
         };

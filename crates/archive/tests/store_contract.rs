@@ -1,6 +1,7 @@
 //! The object store contract: the same assertions run against `file://` (FileStore) and
 //! `s3://` (S3Store on a real `s3s-fs` server from the testkit), with every store opened
 //! through `pgsteward_archive::open(url, &options)` so the destination parsing is covered too.
+//! Writes that never replace an object are in `store_contract/conditional.rs`.
 //! S3-only behaviour (server down → Transient, then recovery; wrong credentials → Permanent
 //! without secrets; `checksums: when_required`; SSE headers) is in `store_contract/s3_only.rs`.
 //! A missing `s3s-fs` panics with the install hint (`cargo xtask prereqs`); nothing is skipped.
@@ -136,7 +137,7 @@ async fn put_get_head_round_trip(backend: Backend) {
         std::fs::read(backend.object_file("srv/wals/0000000100000000/seg.gz")).unwrap(),
         data
     );
-    // Overwrite (callers that must not overwrite check with head first).
+    // Overwrite (callers that must not overwrite use put_new).
     store
         .put(
             "srv/wals/0000000100000000/seg.gz",
@@ -640,7 +641,13 @@ contract!(
     wal_archive_and_restore,
     multipart_uploads_stream_and_abort,
     streaming_download,
+    put_new_never_replaces,
+    archive_compares_an_object_stored_after_its_lookup,
 );
+
+#[path = "store_contract/conditional.rs"]
+mod conditional;
+use conditional::{archive_compares_an_object_stored_after_its_lookup, put_new_never_replaces};
 
 #[path = "store_contract/s3_only.rs"]
 mod s3_only;

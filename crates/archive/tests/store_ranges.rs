@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use pgsteward_archive::layout::Compression;
-use pgsteward_archive::store::{MultipartOptions, MultipartWriter, RangeRead};
+use pgsteward_archive::store::{MultipartOptions, MultipartWriter, PutNew, RangeRead};
 use pgsteward_archive::wal::{deadline_in, DOWNLOAD_PART_BYTES};
 use pgsteward_archive::{
     open, ArchiveOutcome, Layout, ObjectMeta, ObjectStore, RestoreOutcome, StoreError,
@@ -146,6 +146,9 @@ struct ReplacedAfterFirstPart {
 impl ObjectStore for ReplacedAfterFirstPart {
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
         self.inner.put(key, data).await
+    }
+    async fn put_new(&self, key: &str, data: Bytes) -> Result<PutNew, StoreError> {
+        self.inner.put_new(key, data).await
     }
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
         self.inner.get(key).await

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use chrono::{TimeDelta, Utc};
 use pgsteward_archive::store::file::FileStore;
 use pgsteward_archive::store::{
-    MultipartOptions, MultipartWriter, ObjectMeta, ObjectStore, StoreError,
+    MultipartOptions, MultipartWriter, ObjectMeta, ObjectStore, PutNew, StoreError,
 };
 use pgsteward_backup::catalog::Catalog;
 use pgsteward_backup::info::{backup_id_for, BackupInfo, BackupStatus};
@@ -29,6 +29,9 @@ struct FailingDelete {
 impl ObjectStore for FailingDelete {
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
         self.inner.put(key, data).await
+    }
+    async fn put_new(&self, key: &str, data: Bytes) -> Result<PutNew, StoreError> {
+        self.inner.put_new(key, data).await
     }
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
         self.inner.get(key).await

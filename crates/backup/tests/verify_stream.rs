@@ -11,7 +11,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pgsteward_archive::store::file::FileStore;
 use pgsteward_archive::store::{
-    stream::ObjectReader, MultipartOptions, MultipartWriter, ObjectMeta, ObjectStore, StoreError,
+    stream::ObjectReader, MultipartOptions, MultipartWriter, ObjectMeta, ObjectStore, PutNew,
+    StoreError,
 };
 use pgsteward_backup::catalog::Catalog;
 use pgsteward_backup::info::{BackupInfo, BackupStatus};
@@ -27,6 +28,9 @@ struct StreamOnly(FileStore);
 impl ObjectStore for StreamOnly {
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
         self.0.put(key, data).await
+    }
+    async fn put_new(&self, key: &str, data: Bytes) -> Result<PutNew, StoreError> {
+        self.0.put_new(key, data).await
     }
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
         if key.ends_with(".tar.gz") {

@@ -1,6 +1,6 @@
 //! `file://` store: objects are files below a root directory. Writes go to a temporary file in
-//! the same directory, are fsynced, renamed into place, and the directory is fsynced, so an
-//! object is either absent or whole.
+//! the same directory, are fsynced, renamed into place (hard-linked by `put_new`, which never
+//! replaces a file), and the directory is fsynced, so an object is either absent or whole.
 
 use std::path::{Path, PathBuf};
 
@@ -8,7 +8,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::file_multipart::FileUpload;
-use super::{check_key, MultipartOptions, MultipartWriter, ObjectMeta, ObjectStore, StoreError};
+use super::{
+    check_key, MultipartOptions, MultipartWriter, ObjectMeta, ObjectStore, PutNew, StoreError,
+};
 use crate::atomic_file::{self, WriteOptions};
 
 /// A directory used as an object store.
@@ -47,12 +49,26 @@ impl FileStore {
 }
 
 fn write_atomically(path: &Path, data: &[u8]) -> Result<(), StoreError> {
+    create_parent(path)?;
+    atomic_file::write(path, data, WriteOptions::DURABLE)
+        .map_err(|e| io_error(e.action, &e.path, e.source))
+}
+
+/// `write_atomically` unless a file is already at `path`.
+fn write_new(path: &Path, data: &[u8]) -> Result<PutNew, StoreError> {
+    create_parent(path)?;
+    match atomic_file::write_new(path, data, WriteOptions::DURABLE) {
+        Ok(true) => Ok(PutNew::Stored),
+        Ok(false) => Ok(PutNew::Existed),
+        Err(e) => Err(io_error(e.action, &e.path, e.source)),
+    }
+}
+
+fn create_parent(path: &Path) -> Result<(), StoreError> {
     let dir = path
         .parent()
         .ok_or_else(|| StoreError::Config(format!("{} has no parent", path.display())))?;
-    std::fs::create_dir_all(dir).map_err(|e| io_error("creating", dir, e))?;
-    atomic_file::write(path, data, WriteOptions::DURABLE)
-        .map_err(|e| io_error(e.action, &e.path, e.source))
+    std::fs::create_dir_all(dir).map_err(|e| io_error("creating", dir, e))
 }
 
 fn list_below(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
@@ -98,6 +114,13 @@ impl ObjectStore for FileStore {
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
         let path = self.path(key)?;
         tokio::task::spawn_blocking(move || write_atomically(&path, &data))
+            .await
+            .map_err(|e| StoreError::Permanent(format!("write task failed: {e}")))?
+    }
+
+    async fn put_new(&self, key: &str, data: Bytes) -> Result<PutNew, StoreError> {
+        let path = self.path(key)?;
+        tokio::task::spawn_blocking(move || write_new(&path, &data))
             .await
             .map_err(|e| StoreError::Permanent(format!("write task failed: {e}")))?
     }

@@ -52,6 +52,15 @@ impl RangeRead {
     }
 }
 
+/// What [`ObjectStore::put_new`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutNew {
+    /// The object is stored.
+    Stored,
+    /// An object was already at the key; nothing was written.
+    Existed,
+}
+
 /// An object store error; callers branch on the kind.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum StoreError {
@@ -80,8 +89,15 @@ impl StoreError {
 pub trait ObjectStore: Send + Sync + fmt::Debug {
     /// Store `data` at `key`, returning only once the store confirmed the whole object (the
     /// server verifies a checksum of the body). Overwrites; callers that must not overwrite
-    /// check with `head` first.
+    /// use `put_new`.
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError>;
+    /// `put`, unless an object is already at `key` (S3: `If-None-Match: *`, which AWS and
+    /// current S3-compatible servers honour; `file://`: a hard link, which fails on an
+    /// existing file): then nothing is written and the answer is [`PutNew::Existed`]. A
+    /// server that ignores the condition stores the object as `put` does, so callers still
+    /// look (`head`) before they upload; this closes the window between that look and the
+    /// write.
+    async fn put_new(&self, key: &str, data: Bytes) -> Result<PutNew, StoreError>;
     /// The object's content, or None when it does not exist.
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError>;
     /// The object's content as a stream of chunks, or None when it does not exist. Stores

@@ -8,6 +8,8 @@
 //! Integrity; the rest → Permanent) with credentials redacted from every message.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use aws_sdk_s3::config::http::HttpResponse;
@@ -30,7 +32,7 @@ use errors::{chain, classify, is_checksum_mismatch, Kind};
 
 use super::{
     check_key, ChecksumAlgorithm, ChecksumMode, MultipartOptions, MultipartWriter, ObjectMeta,
-    ObjectStore, ServerSideEncryption, StoreError, StoreOptions,
+    ObjectStore, PutNew, ServerSideEncryption, StoreError, StoreOptions,
 };
 
 /// An S3 bucket and prefix (cheap to clone: the client is shared).
@@ -49,6 +51,10 @@ pub struct S3Store {
     /// server checks it against the (signed) checksum header sent with it, so hashing it again
     /// for the signature (`UNSIGNED-PAYLOAD` instead) only costs CPU.
     pub(super) sign_payload: bool,
+    /// Whether the server accepts `If-None-Match: *` on PutObject; cleared (for every clone)
+    /// the first time it answers 501 NotImplemented, as AWS did before 2024 and some
+    /// S3-compatible servers still do.
+    conditional_puts: Arc<AtomicBool>,
     secrets: Secrets,
 }
 
@@ -109,6 +115,7 @@ impl S3Store {
             sse: options.sse,
             kms_key_id: options.kms_key_id.clone(),
             sign_payload: signs_payload(options.endpoint_url.as_deref(), options.checksums),
+            conditional_puts: Arc::new(AtomicBool::new(true)),
             secrets,
         })
     }
@@ -153,9 +160,67 @@ impl S3Store {
         let error = match kind {
             Kind::Transient => StoreError::Transient(message),
             Kind::Integrity => StoreError::Integrity(message),
-            Kind::Permanent | Kind::NotFound => StoreError::Permanent(message),
+            Kind::Permanent | Kind::NotFound | Kind::PreconditionFailed | Kind::NotImplemented => {
+                StoreError::Permanent(message)
+            }
         };
         (kind, error)
+    }
+}
+
+impl S3Store {
+    /// One PutObject of `data` at `object_key` with the configured checksum and encryption;
+    /// with `only_new`, `If-None-Match: *` (an existing object: `Kind::PreconditionFailed`).
+    async fn put_object(
+        &self,
+        object_key: &str,
+        data: Bytes,
+        only_new: bool,
+    ) -> Result<(), (Kind, StoreError)> {
+        let mut request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(object_key);
+        if only_new {
+            request = request.if_none_match("*");
+        }
+        let digest = checksum::BodyDigest::of(self.checksums, self.checksum_algorithm, &data);
+        request = request
+            .set_checksum_crc32(digest.crc32.clone())
+            .set_checksum_sha256(digest.sha256.clone())
+            .set_content_md5(digest.content_md5.clone());
+        match self.sse {
+            ServerSideEncryption::None => {}
+            ServerSideEncryption::Aes256 => {
+                request =
+                    request.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::Aes256);
+            }
+            ServerSideEncryption::AwsKms => {
+                request =
+                    request.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms);
+                if let Some(id) = &self.kms_key_id {
+                    request = request.ssekms_key_id(id);
+                }
+            }
+        }
+        let request = request
+            .content_length(data.len() as i64)
+            .body(ByteStream::from(data));
+        let sent = if self.sign_payload {
+            request.send().await
+        } else {
+            request.customize().disable_payload_signing().send().await
+        };
+        let output = sent.map_err(|e| self.error("put", object_key, &e))?;
+        // The server checked the body against the digest; when it echoes one, it must be ours.
+        if let Some(mismatch) = digest.mismatch(output.checksum_crc32(), output.checksum_sha256()) {
+            return Err((
+                Kind::Integrity,
+                StoreError::Integrity(format!("put {}: {mismatch}", self.location(object_key))),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -198,47 +263,33 @@ fn signs_payload(endpoint_url: Option<&str>, checksums: ChecksumMode) -> bool {
 impl ObjectStore for S3Store {
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
         let object_key = self.object_key(key)?;
-        let mut request = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(&object_key);
-        let digest = checksum::BodyDigest::of(self.checksums, self.checksum_algorithm, &data);
-        request = request
-            .set_checksum_crc32(digest.crc32.clone())
-            .set_checksum_sha256(digest.sha256.clone())
-            .set_content_md5(digest.content_md5.clone());
-        match self.sse {
-            ServerSideEncryption::None => {}
-            ServerSideEncryption::Aes256 => {
-                request =
-                    request.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::Aes256);
-            }
-            ServerSideEncryption::AwsKms => {
-                request =
-                    request.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms);
-                if let Some(id) = &self.kms_key_id {
-                    request = request.ssekms_key_id(id);
+        self.put_object(&object_key, data, false)
+            .await
+            .map_err(|(_, error)| error)
+    }
+
+    async fn put_new(&self, key: &str, data: Bytes) -> Result<PutNew, StoreError> {
+        let object_key = self.object_key(key)?;
+        if self.conditional_puts.load(Ordering::Relaxed) {
+            match self.put_object(&object_key, data.clone(), true).await {
+                Ok(()) => return Ok(PutNew::Stored),
+                Err((Kind::PreconditionFailed, _)) => return Ok(PutNew::Existed),
+                Err((Kind::NotImplemented, error)) => {
+                    if self.conditional_puts.swap(false, Ordering::Relaxed) {
+                        tracing::warn!(destination = %self.describe(), %error,
+                            "the S3 server does not support conditional writes (If-None-Match): \
+                             WAL is uploaded after a lookup only, as with every upload from now on");
+                    }
                 }
+                Err((_, error)) => return Err(error),
             }
         }
-        let request = request
-            .content_length(data.len() as i64)
-            .body(ByteStream::from(data));
-        let sent = if self.sign_payload {
-            request.send().await
-        } else {
-            request.customize().disable_payload_signing().send().await
-        };
-        let output = sent.map_err(|e| self.error("put", &object_key, &e).1)?;
-        // The server checked the body against the digest; when it echoes one, it must be ours.
-        if let Some(mismatch) = digest.mismatch(output.checksum_crc32(), output.checksum_sha256()) {
-            return Err(StoreError::Integrity(format!(
-                "put {}: {mismatch}",
-                self.location(&object_key)
-            )));
-        }
-        Ok(())
+        // The caller looked the key up before; without the condition a writer that stores
+        // the same key in between is replaced.
+        self.put_object(&object_key, data, false)
+            .await
+            .map_err(|(_, error)| error)?;
+        Ok(PutNew::Stored)
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {

@@ -7,6 +7,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 
 /// Keys of S3 server errors that are worth retrying.
 pub(super) const TRANSIENT_CODES: &[&str] = &[
+    "ConditionalRequestConflict",
     "InternalError",
     "OperationAborted",
     "RequestLimitExceeded",
@@ -35,6 +36,11 @@ pub(super) enum Kind {
     Transient,
     Permanent,
     Integrity,
+    /// A condition (`If-None-Match`, `If-Match`) did not hold.
+    PreconditionFailed,
+    /// The server does not implement what the request asked for (a header it does not
+    /// support): not worth retrying.
+    NotImplemented,
 }
 
 pub(super) fn is_transient_status(status: u16) -> bool {
@@ -61,6 +67,10 @@ where
                 Some("NoSuchKey") | Some("NotFound") => Kind::NotFound,
                 // A 404 from HEAD has no body and therefore no code.
                 None if status == 404 => Kind::NotFound,
+                Some("PreconditionFailed") => Kind::PreconditionFailed,
+                None if status == 412 => Kind::PreconditionFailed,
+                Some("NotImplemented") => Kind::NotImplemented,
+                None if status == 501 => Kind::NotImplemented,
                 Some(code) if TRANSIENT_CODES.contains(&code) => Kind::Transient,
                 _ if is_transient_status(status) => Kind::Transient,
                 _ => Kind::Permanent,

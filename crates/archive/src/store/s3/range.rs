@@ -43,7 +43,7 @@ impl S3Store {
                         .await?
                         .map(|data| RangeRead::of_whole(data, start, len, None))),
                     // The object changed since the first part was read.
-                    (_, StoreError::Permanent(message)) if is_code(&e, "PreconditionFailed") => {
+                    (Kind::PreconditionFailed, StoreError::Permanent(message)) => {
                         Err(StoreError::Integrity(format!(
                             "{message}: the object was replaced while it was read in parts"
                         )))

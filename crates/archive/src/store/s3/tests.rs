@@ -57,6 +57,24 @@ fn service_errors_map_to_kinds() {
         Kind::NotFound
     );
     assert_eq!(classify(&service_error(404, None)).0, Kind::NotFound);
+    assert_eq!(
+        classify(&service_error(412, Some("PreconditionFailed"))).0,
+        Kind::PreconditionFailed
+    );
+    assert_eq!(
+        classify(&service_error(412, None)).0,
+        Kind::PreconditionFailed
+    );
+    // Not a 5xx worth retrying: the server lacks the feature.
+    assert_eq!(
+        classify(&service_error(501, Some("NotImplemented"))).0,
+        Kind::NotImplemented
+    );
+    assert_eq!(classify(&service_error(501, None)).0, Kind::NotImplemented);
+    assert_eq!(
+        classify(&service_error(409, Some("ConditionalRequestConflict"))).0,
+        Kind::Transient
+    );
     let (_, text) = classify(&service_error(403, Some("AccessDenied")));
     assert_eq!(text, "AccessDenied: details (HTTP 403)");
 }
