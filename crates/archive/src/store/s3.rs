@@ -169,6 +169,22 @@ impl S3Store {
 }
 
 impl S3Store {
+    /// The server-side encryption headers of an upload: the algorithm and, for SSE-KMS, the
+    /// key (none: the bucket's default).
+    pub(super) fn encryption(
+        &self,
+    ) -> (
+        Option<aws_sdk_s3::types::ServerSideEncryption>,
+        Option<String>,
+    ) {
+        use aws_sdk_s3::types::ServerSideEncryption as Sse;
+        match self.sse {
+            ServerSideEncryption::None => (None, None),
+            ServerSideEncryption::Aes256 => (Some(Sse::Aes256), None),
+            ServerSideEncryption::AwsKms => (Some(Sse::AwsKms), self.kms_key_id.clone()),
+        }
+    }
+
     /// One PutObject of `data` at `object_key` with the configured checksum and encryption;
     /// with `only_new`, `If-None-Match: *` (an existing object: `Kind::PreconditionFailed`).
     async fn put_object(
@@ -190,21 +206,10 @@ impl S3Store {
             .set_checksum_crc32(digest.crc32.clone())
             .set_checksum_sha256(digest.sha256.clone())
             .set_content_md5(digest.content_md5.clone());
-        match self.sse {
-            ServerSideEncryption::None => {}
-            ServerSideEncryption::Aes256 => {
-                request =
-                    request.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::Aes256);
-            }
-            ServerSideEncryption::AwsKms => {
-                request =
-                    request.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms);
-                if let Some(id) = &self.kms_key_id {
-                    request = request.ssekms_key_id(id);
-                }
-            }
-        }
+        let (sse, kms_key_id) = self.encryption();
         let request = request
+            .set_server_side_encryption(sse)
+            .set_ssekms_key_id(kms_key_id)
             .content_length(data.len() as i64)
             .body(ByteStream::from(data));
         let sent = if self.sign_payload {

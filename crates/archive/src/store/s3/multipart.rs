@@ -12,9 +12,7 @@ use bytes::Bytes;
 use tokio::task::JoinSet;
 
 use super::super::multipart::PartBuffer;
-use super::super::{
-    MultipartOptions, MultipartWriter, ObjectMeta, ObjectStore, ServerSideEncryption, StoreError,
-};
+use super::super::{MultipartOptions, MultipartWriter, ObjectMeta, ObjectStore, StoreError};
 use super::S3Store;
 
 /// An upload in progress.
@@ -83,20 +81,10 @@ impl S3Upload {
             store.checksums,
             store.checksum_algorithm,
         ));
-        match store.sse {
-            ServerSideEncryption::None => {}
-            ServerSideEncryption::Aes256 => {
-                request =
-                    request.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::Aes256);
-            }
-            ServerSideEncryption::AwsKms => {
-                request =
-                    request.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms);
-                if let Some(id) = &store.kms_key_id {
-                    request = request.ssekms_key_id(id);
-                }
-            }
-        }
+        let (sse, kms_key_id) = store.encryption();
+        request = request
+            .set_server_side_encryption(sse)
+            .set_ssekms_key_id(kms_key_id);
         let output = request.send().await.map_err(|e| {
             store
                 .error("create multipart upload", &self.object_key, &e)
