@@ -283,7 +283,8 @@ impl ObjectStore for S3Store {
                     if self.conditional_puts.swap(false, Ordering::Relaxed) {
                         tracing::warn!(destination = %self.describe(), %error,
                             "the S3 server does not support conditional writes (If-None-Match): \
-                             WAL is uploaded after a lookup only, as with every upload from now on");
+                             from now on WAL is uploaded with a plain PUT after its lookup, and a \
+                             writer racing on the same key could be replaced");
                     }
                 }
                 Err((_, error)) => return Err(error),
