@@ -358,12 +358,7 @@ impl WalArchive {
     /// that may wait on the network, but more compressions at once would only take turns on
     /// the same cores while holding more uncompressed segments in memory.
     async fn cpu_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, WalError> {
-        Ok(self
-            .compressing
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|e| StoreError::Permanent(format!("CPU slots closed: {e}")))?)
+        slot_of(&self.compressing).await
     }
 
     /// The content of `source`; a file is read into a pooled buffer, with its CRC-32.
@@ -489,6 +484,17 @@ fn wal_file_of_key(key: &str) -> Option<WalFile> {
         .find_map(|suffix| name.strip_suffix(suffix))
         .unwrap_or(name);
     WalFile::parse(base).ok()
+}
+
+/// A permit of `slots` (the CPU slots of archiving or of restoring), in request order.
+async fn slot_of(
+    slots: &Arc<tokio::sync::Semaphore>,
+) -> Result<tokio::sync::OwnedSemaphorePermit, WalError> {
+    Ok(slots
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|e| StoreError::Permanent(format!("CPU slots closed: {e}")))?)
 }
 
 /// A deadline `timeout` from now.

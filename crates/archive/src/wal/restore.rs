@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::{WalArchive, WalError, OTHER_COMPRESSIONS};
+use super::{slot_of, WalArchive, WalError, OTHER_COMPRESSIONS};
 use crate::atomic_file::{self, WriteOptions};
 use crate::layout::Compression;
 use crate::retry::with_retry;
@@ -108,12 +108,7 @@ impl WalArchive {
     /// segment in memory. Waiters are served in order, so the file a restore asked for first
     /// is not overtaken by later prefetches.
     async fn decode_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, WalError> {
-        Ok(self
-            .decompressing
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|e| StoreError::Permanent(format!("CPU slots closed: {e}")))?)
+        slot_of(&self.decompressing).await
     }
 
     /// Download `file` into postgres's `dest` (`%p`) atomically: a temporary file in the same
