@@ -1,7 +1,9 @@
 //! Whole-file writes that no reader sees half done: the content goes to a temporary file in the
 //! destination's directory, named for this process and call (so concurrent writers of one
 //! destination, in this process or another, never share it), which is then renamed over the
-//! destination. A durable write fsyncs the file before the rename and the directory after it.
+//! destination (`write`) or hard-linked to it where nothing is there yet (`write_new`, which
+//! never replaces a file). A durable write fsyncs the file before it takes the destination's
+//! name and the directory after.
 //! Used by the `file://` store (whole objects, and streamed uploads through `temporary_path` and
 //! `commit`), restored WAL files and the manager's rendered configuration.
 
@@ -127,8 +129,10 @@ fn write_placed(
         }
         Ok(placed)
     })();
-    // After a rename there is nothing left at `tmp`; after a link (or a refusal) it is removed.
-    let _ = std::fs::remove_file(&tmp);
+    // A rename leaves nothing at `tmp`; a link (or a refusal) or a failure leaves it behind.
+    if written.is_err() || placement == Placement::CreateNew {
+        let _ = std::fs::remove_file(&tmp);
+    }
     written
 }
 

@@ -227,9 +227,7 @@ impl S3Store {
         }
         Ok(())
     }
-}
 
-impl S3Store {
     /// A reader of a GET's body that checks its length against `expected` and maps body
     /// errors (a checksum mismatch → `Integrity`) with credentials redacted.
     fn body_reader(
